@@ -1,0 +1,237 @@
+//! Classification of errors (the `Err` side of a call).
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+
+use super::FailureKind;
+use crate::circuit_breaker::CircuitOpen;
+use crate::BoxError;
+
+/// An error that knows its [`FailureKind`].
+///
+/// Implemented for [`BoxError`] (by looking through the error and its sources for
+/// types this crate knows), tower's timeout [`Elapsed`](tower::timeout::error::Elapsed),
+/// [`CircuitOpen`], [`std::io::Error`], [`ClassifiedError`], and `reqwest::Error`
+/// with the `reqwest` feature.
+pub trait ClassifyError {
+    /// Why the call failed.
+    fn classify_error(&self) -> FailureKind;
+}
+
+/// An error that carries its own [`FailureKind`]: the simplest way for a service of
+/// your own to tell the layers what went wrong.
+///
+/// ```
+/// use tower_llm_resilience::classify::{ClassifiedError, ClassifyError, FailureKind};
+/// use tower_llm_resilience::BoxError;
+///
+/// let err: BoxError = ClassifiedError::new(FailureKind::ContextLengthExceeded, "prompt too long").into();
+/// assert_eq!(err.classify_error(), FailureKind::ContextLengthExceeded);
+/// ```
+#[derive(Debug)]
+pub struct ClassifiedError {
+    kind: FailureKind,
+    source: BoxError,
+}
+
+impl ClassifiedError {
+    /// An error of `kind`, described by (or wrapping) `source`.
+    pub fn new(kind: FailureKind, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            source: source.into(),
+        }
+    }
+
+    /// The kind it was given.
+    pub fn kind(&self) -> &FailureKind {
+        &self.kind
+    }
+
+    /// The wrapped error.
+    pub fn into_inner(self) -> BoxError {
+        self.source
+    }
+}
+
+impl fmt::Display for ClassifiedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.source)
+    }
+}
+
+impl Error for ClassifiedError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+/// Classify any error by walking it and its `source()` chain, outermost first, for
+/// a type this crate knows. Unknown errors are [`FailureKind::Other`].
+pub fn classify_dyn_error(err: &(dyn Error + 'static)) -> FailureKind {
+    let mut current = Some(err);
+    while let Some(err) = current {
+        if let Some(kind) = known_kind(err) {
+            return kind;
+        }
+        current = err.source();
+    }
+    FailureKind::Other
+}
+
+fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
+    if let Some(e) = err.downcast_ref::<ClassifiedError>() {
+        return Some(e.kind.clone());
+    }
+    if let Some(e) = err.downcast_ref::<CircuitOpen>() {
+        return Some(e.classify_error());
+    }
+    if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
+        return Some(FailureKind::Timeout);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = err.downcast_ref::<reqwest::Error>() {
+        return Some(e.classify_error());
+    }
+    if let Some(e) = err.downcast_ref::<io::Error>() {
+        return Some(e.classify_error());
+    }
+    None
+}
+
+impl ClassifyError for BoxError {
+    fn classify_error(&self) -> FailureKind {
+        classify_dyn_error(&**self)
+    }
+}
+
+impl ClassifyError for ClassifiedError {
+    fn classify_error(&self) -> FailureKind {
+        self.kind.clone()
+    }
+}
+
+impl ClassifyError for tower::timeout::error::Elapsed {
+    fn classify_error(&self) -> FailureKind {
+        FailureKind::Timeout
+    }
+}
+
+impl ClassifyError for tokio::time::error::Elapsed {
+    fn classify_error(&self) -> FailureKind {
+        FailureKind::Timeout
+    }
+}
+
+impl ClassifyError for CircuitOpen {
+    fn classify_error(&self) -> FailureKind {
+        FailureKind::CircuitOpen {
+            retry_after: self.retry_after(),
+        }
+    }
+}
+
+impl ClassifyError for std::convert::Infallible {
+    fn classify_error(&self) -> FailureKind {
+        match *self {}
+    }
+}
+
+impl ClassifyError for io::Error {
+    fn classify_error(&self) -> FailureKind {
+        use io::ErrorKind::*;
+        match self.kind() {
+            TimedOut => FailureKind::Timeout,
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
+            | BrokenPipe | UnexpectedEof | AddrNotAvailable | AddrInUse => FailureKind::Connect,
+            _ => match self.get_ref() {
+                Some(inner) => classify_dyn_error(inner),
+                None => FailureKind::Other,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl ClassifyError for reqwest::Error {
+    fn classify_error(&self) -> FailureKind {
+        if self.is_timeout() {
+            FailureKind::Timeout
+        } else if self.is_connect() {
+            FailureKind::Connect
+        } else if let Some(status) = self.status() {
+            match super::classify_status(status, &http::HeaderMap::new()) {
+                super::Outcome::Failure(kind) => kind,
+                super::Outcome::Success => FailureKind::Other,
+            }
+        } else if self.is_decode() {
+            FailureKind::InvalidResponse
+        } else if self.is_body() || self.is_request() {
+            // The connection broke while sending the request or reading the body;
+            // look for a more precise cause (an io timeout) below.
+            match self.source().map(classify_dyn_error) {
+                Some(FailureKind::Timeout) => FailureKind::Timeout,
+                _ => FailureKind::Connect,
+            }
+        } else if self.is_builder() {
+            FailureKind::BadRequest
+        } else {
+            FailureKind::Other
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Debug)]
+    struct Wrapper(BoxError);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapper")
+        }
+    }
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn known_errors() {
+        let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        assert_eq!(elapsed.classify_error(), FailureKind::Timeout);
+        let open: BoxError = Box::new(CircuitOpen::new(Duration::from_secs(2)));
+        assert_eq!(
+            open.classify_error(),
+            FailureKind::CircuitOpen {
+                retry_after: Duration::from_secs(2)
+            }
+        );
+        let refused: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(refused.classify_error(), FailureKind::Connect);
+        let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+        assert_eq!(timed_out.classify_error(), FailureKind::Timeout);
+        let unknown: BoxError = "boom".into();
+        assert_eq!(unknown.classify_error(), FailureKind::Other);
+    }
+
+    #[test]
+    fn sources_are_searched() {
+        let inner: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+        let outer: BoxError = Box::new(Wrapper(Box::new(Wrapper(inner))));
+        assert_eq!(outer.classify_error(), FailureKind::Timeout);
+        let io_wrapping = io::Error::other(ClassifiedError::new(FailureKind::Auth, "no key"));
+        assert_eq!(io_wrapping.classify_error(), FailureKind::Auth);
+    }
+
+    #[test]
+    fn classified_error_keeps_kind_and_message() {
+        let err = ClassifiedError::new(FailureKind::QuotaExhausted, "out of credit");
+        assert_eq!(err.to_string(), "quota_exhausted: out of credit");
+        assert!(err.source().is_some());
+    }
+}

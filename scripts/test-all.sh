@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh Debian machine with only Rust installed.
+# Installs the system packages the tests need (when missing), then runs the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+# Add Debian packages here as tests come to need them (redis-server, chromium, ...).
+for pkg in "${EXTRA_PACKAGES[@]:-}"; do [ -n "$pkg" ] && need+=("$pkg"); done
+if [ ${#need[@]} -gt 0 ]; then
+  missing=()
+  for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+
+cargo test --workspace --all-features --all-targets
+cargo test --workspace --all-features --doc
