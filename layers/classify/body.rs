@@ -54,9 +54,7 @@ pub fn classify_buffered(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
         }
         Outcome::Failure(from_status) => {
             let refined = match classify_error_body(body) {
-                Some(
-                    FailureKind::Other | FailureKind::BadRequest | FailureKind::ServerError,
-                )
+                Some(FailureKind::Other | FailureKind::BadRequest | FailureKind::ServerError)
                 | None => from_status.clone(),
                 // An `auth`-looking body on a non-auth status is still the status's kind.
                 Some(FailureKind::Auth) if from_status != FailureKind::Auth => from_status.clone(),
@@ -88,9 +86,7 @@ fn error_object(value: &Value) -> Option<&serde_json::Map<String, Value>> {
 
 fn kind_from_tag(tag: &str) -> Option<FailureKind> {
     Some(match tag {
-        "context_length_exceeded" | "string_above_max_length" => {
-            FailureKind::ContextLengthExceeded
-        }
+        "context_length_exceeded" | "string_above_max_length" => FailureKind::ContextLengthExceeded,
         "content_filter" | "content_policy_violation" | "content_filtered" => {
             FailureKind::ContentFiltered
         }
@@ -122,8 +118,7 @@ fn kind_from_message(message: &str) -> Option<FailureKind> {
         || has("too many tokens")
     {
         Some(FailureKind::ContextLengthExceeded)
-    } else if has("content policy") || has("content management policy") || has("content filter")
-    {
+    } else if has("content policy") || has("content management policy") || has("content filter") {
         Some(FailureKind::ContentFiltered)
     } else if has("quota") {
         Some(FailureKind::QuotaExhausted)
@@ -155,7 +150,8 @@ mod tests {
         r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
     const ANTHROPIC_CONTEXT: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 200500 tokens > 200000 maximum"}}"#;
     const ANTHROPIC_INVALID: &str = r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
-    const ANTHROPIC_AUTH: &str = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+    const ANTHROPIC_AUTH: &str =
+        r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
     const ANTHROPIC_API: &str =
         r#"{"type":"error","error":{"type":"api_error","message":"Internal server error"}}"#;
 
@@ -172,8 +168,14 @@ mod tests {
             (OPENAI_FILTER, FailureKind::ContentFiltered),
             (OPENAI_AUTH, FailureKind::Auth),
             (OPENAI_BAD, FailureKind::BadRequest),
-            (ANTHROPIC_RATE, FailureKind::RateLimited { retry_after: None }),
-            (ANTHROPIC_OVERLOADED, FailureKind::Overloaded { retry_after: None }),
+            (
+                ANTHROPIC_RATE,
+                FailureKind::RateLimited { retry_after: None },
+            ),
+            (
+                ANTHROPIC_OVERLOADED,
+                FailureKind::Overloaded { retry_after: None },
+            ),
             (ANTHROPIC_CONTEXT, FailureKind::ContextLengthExceeded),
             (ANTHROPIC_INVALID, FailureKind::BadRequest),
             (ANTHROPIC_AUTH, FailureKind::Auth),
@@ -253,14 +255,25 @@ mod tests {
         let none = HeaderMap::new();
         let ok = br#"{"choices":[{"message":{"content":"hi"}}]}"#;
         assert_eq!(classify_buffered(status(200), &none, ok), Outcome::Success);
-        for bad in [OPENAI_RATE.as_bytes(), ANTHROPIC_API.as_bytes(), b"", b"<html>"] {
+        for bad in [
+            OPENAI_RATE.as_bytes(),
+            ANTHROPIC_API.as_bytes(),
+            b"",
+            b"<html>",
+        ] {
             assert_eq!(
                 classify_buffered(status(200), &none, bad),
                 Outcome::Failure(FailureKind::InvalidResponse)
             );
         }
         let mut sse = HeaderMap::new();
-        sse.insert("content-type", HeaderValue::from_static("text/event-stream"));
-        assert_eq!(classify_buffered(status(200), &sse, b"data: {}\n\n"), Outcome::Success);
+        sse.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        assert_eq!(
+            classify_buffered(status(200), &sse, b"data: {}\n\n"),
+            Outcome::Success
+        );
     }
 }

@@ -143,8 +143,8 @@ impl ClassifyError for io::Error {
         use io::ErrorKind::*;
         match self.kind() {
             TimedOut => FailureKind::Timeout,
-            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected
-            | BrokenPipe | UnexpectedEof | AddrNotAvailable | AddrInUse => FailureKind::Connect,
+            ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe
+            | UnexpectedEof | AddrNotAvailable | AddrInUse => FailureKind::Connect,
             _ => match self.get_ref() {
                 Some(inner) => classify_dyn_error(inner),
                 None => FailureKind::Other,

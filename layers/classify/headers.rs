@@ -6,7 +6,10 @@ use http::HeaderMap;
 
 /// OpenAI's reset headers, paired with the "remaining" header of the same limit.
 const OPENAI_RESETS: [(&str, &str); 2] = [
-    ("x-ratelimit-reset-requests", "x-ratelimit-remaining-requests"),
+    (
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-remaining-requests",
+    ),
     ("x-ratelimit-reset-tokens", "x-ratelimit-remaining-tokens"),
 ];
 
@@ -180,14 +183,27 @@ mod tests {
     fn malformed_values_are_ignored_without_panic() {
         let now = SystemTime::UNIX_EPOCH;
         for bad in [
-            "", "-1", "soon", "1e400", "NaN", "inf", "1.2.3", "99999999999999999999999999",
+            "",
+            "-1",
+            "soon",
+            "1e400",
+            "NaN",
+            "inf",
+            "1.2.3",
+            "99999999999999999999999999",
             "Wed, 99 Foo 2015",
         ] {
             let got = retry_after_at(&headers(&[("retry-after", bad)]), now);
             assert!(got.is_none() || got.unwrap() < Duration::MAX, "{bad}");
         }
-        assert_eq!(retry_after_at(&headers(&[("retry-after", "soon")]), now), None);
-        assert_eq!(retry_after_at(&headers(&[("retry-after-ms", "-5")]), now), None);
+        assert_eq!(
+            retry_after_at(&headers(&[("retry-after", "soon")]), now),
+            None
+        );
+        assert_eq!(
+            retry_after_at(&headers(&[("retry-after-ms", "-5")]), now),
+            None
+        );
         let mut map = HeaderMap::new();
         map.insert("retry-after", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         assert_eq!(retry_after_at(&map, now), None);
@@ -220,7 +236,10 @@ mod tests {
     #[test]
     fn go_durations() {
         assert_eq!(parse_go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(parse_go_duration("1h2m3.5s"), Some(Duration::from_millis(3_723_500)));
+        assert_eq!(
+            parse_go_duration("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
         assert_eq!(parse_go_duration("1x"), None);
         assert_eq!(parse_go_duration("s"), None);
         assert_eq!(parse_go_duration(""), None);

@@ -113,9 +113,7 @@ impl<Res, Err: ClassifyError> Classify<Res, Err> for ErrorOnlyClassifier {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JsonBodyClassifier;
 
-impl<B: AsRef<[u8]>, Err: ClassifyError> Classify<::http::Response<B>, Err>
-    for JsonBodyClassifier
-{
+impl<B: AsRef<[u8]>, Err: ClassifyError> Classify<::http::Response<B>, Err> for JsonBodyClassifier {
     fn classify(&self, result: &Result<::http::Response<B>, Err>) -> Outcome {
         match result {
             Ok(response) => classify_buffered(
@@ -137,7 +135,9 @@ mod tests {
     fn json_body_classifier_reads_bodies() {
         let response = ::http::Response::builder()
             .status(200)
-            .body(bytes::Bytes::from_static(br#"{"error":{"type":"server_error"}}"#))
+            .body(bytes::Bytes::from_static(
+                br#"{"error":{"type":"server_error"}}"#,
+            ))
             .unwrap();
         let result: Result<_, BoxError> = Ok(response);
         assert_eq!(

@@ -176,8 +176,13 @@ mod tests {
         let p = FailurePolicy::default().with_counts_against_circuit(FailureCategory::Auth, true);
         assert!(p.decisions(FailureCategory::Auth).counts_against_circuit);
         assert!(!p.decisions(FailureCategory::Auth).retryable);
-        assert!(!p.decisions(FailureCategory::BadRequest).counts_against_circuit);
+        assert!(
+            !p.decisions(FailureCategory::BadRequest)
+                .counts_against_circuit
+        );
         let kind = FailureKind::RateLimited { retry_after: None };
-        assert!(p.is_retryable(&kind) && p.counts_against_circuit(&kind) && p.is_worth_fallback(&kind));
+        assert!(
+            p.is_retryable(&kind) && p.counts_against_circuit(&kind) && p.is_worth_fallback(&kind)
+        );
     }
 }
