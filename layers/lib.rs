@@ -14,5 +14,7 @@
 pub mod circuit_breaker;
 pub mod classify;
 
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
