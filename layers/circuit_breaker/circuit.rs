@@ -34,9 +34,9 @@ pub(crate) struct Shared<K> {
     pub(crate) metrics_only: AtomicBool,
 }
 
+/// Counters kept off the success path: a success costs no atomic read-modify-write.
 #[derive(Debug)]
 struct Counters {
-    successes: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
 }
@@ -73,6 +73,8 @@ pub(crate) struct Circuit<K> {
     open_until_nanos: AtomicU64,
     consecutive: AtomicU32,
     window: Option<RollingWindow>,
+    /// Outcomes need timing: a slow-call policy or a time window.
+    needs_clock: bool,
     counters: Counters,
     transitions: Mutex<Transitions>,
 }
@@ -126,6 +128,8 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
         let window = (config.failure_rate.is_some() || config.slow_call.is_some())
             .then(|| RollingWindow::new(config.window));
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
+        let needs_clock =
+            config.slow_call.is_some() || window.as_ref().is_some_and(RollingWindow::needs_clock);
         Circuit {
             key,
             epoch: Instant::now(),
@@ -135,8 +139,8 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             open_until_nanos: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             window,
+            needs_clock,
             counters: Counters {
-                successes: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
             },
@@ -155,8 +159,9 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
     }
 
     /// Whether outcomes need timing (slow-call policy or a time window).
+    #[inline]
     pub(crate) fn needs_clock(&self) -> bool {
-        self.config().slow_call.is_some() || self.window.as_ref().is_some_and(|w| w.needs_clock())
+        self.needs_clock
     }
 
     fn nanos_since_epoch(&self, now: Instant) -> u64 {
@@ -226,11 +231,9 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             (Some((_, threshold)), Some(elapsed)) => elapsed >= threshold,
             _ => false,
         };
-        match verdict {
-            Verdict::Success => self.counters.successes.fetch_add(1, Ordering::Relaxed),
-            Verdict::Failure { .. } => self.counters.failures.fetch_add(1, Ordering::Relaxed),
-            Verdict::Neutral => 0,
-        };
+        if let Verdict::Failure { .. } = verdict {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
         match admission {
             Admission::Closed => self.record_closed(verdict, slow),
             Admission::Probe(generation) => self.record_probe(*generation, verdict, slow),
@@ -413,7 +416,6 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             window_failures: totals.failures,
             window_slow_calls: totals.slow,
             trips: t.trips,
-            successes: self.counters.successes.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
             rejected: self.counters.rejected.load(Ordering::Relaxed),
         }

@@ -101,8 +101,6 @@ pub struct CircuitSnapshot {
     pub window_slow_calls: u32,
     /// Re-trips since the circuit last closed (drives the growing cooldown).
     pub trips: u32,
-    /// Calls that succeeded, since the circuit was created.
-    pub successes: u64,
     /// Calls that failed in a way that counts against the circuit.
     pub failures: u64,
     /// Calls rejected while open (in metrics-only mode: calls that would have been).

@@ -1,0 +1,173 @@
+//! Per-call overhead of circuit breakers in the closed state, side by side:
+//! a bare no-op service, this crate's breaker, tower-resilience's breaker and the
+//! failsafe crate's breaker; once on one thread and once with two threads
+//! hammering one shared breaker.
+//!
+//! Run: `cargo bench --bench circuit_breaker`
+//!
+//! The inner service answers with a ready future, and each call is polled once
+//! with a no-op waker, so what is measured is the breakers' own work.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use failsafe::futures::CircuitBreaker as _;
+use tower::{service_fn, Layer, Service};
+
+type Inner = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, std::io::Error>>>;
+
+fn inner() -> Inner {
+    service_fn((|x: u64| std::future::ready(Ok(x))) as fn(u64) -> _)
+}
+
+/// Poll a future that is expected to be ready at once.
+#[inline(always)]
+fn now<F: Future>(future: F) -> F::Output {
+    let mut cx = Context::from_waker(Waker::noop());
+    match pin!(future).poll(&mut cx) {
+        Poll::Ready(out) => out,
+        Poll::Pending => unreachable!("benchmark futures are ready at once"),
+    }
+}
+
+/// One call through a tower service: poll_ready then call.
+#[inline(always)]
+fn call<S: Service<u64>>(svc: &mut S, x: u64) -> Result<S::Response, S::Error> {
+    let mut cx = Context::from_waker(Waker::noop());
+    match svc.poll_ready(&mut cx) {
+        Poll::Ready(Ok(())) => {}
+        _ => unreachable!("benchmark services are always ready"),
+    }
+    now(svc.call(x))
+}
+
+fn ours() -> impl Service<u64, Response = u64> + Clone + Send + 'static {
+    tower_llm_resilience::CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .classifier(tower_llm_resilience::classify::ErrorOnlyClassifier)
+        .build()
+        .unwrap()
+        .layer(inner())
+}
+
+fn tower_resilience() -> impl Service<u64, Response = u64> + Clone + Send + 'static {
+    tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .build()
+        .unwrap()
+        .layer(inner())
+}
+
+fn single_thread(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let mut group = c.benchmark_group("closed_call");
+    let mut bare = inner();
+    group.bench_function("bare", |b| b.iter(|| call(&mut bare, black_box(1))));
+    let mut svc = ours();
+    group.bench_function("tower-llm-resilience", |b| {
+        b.iter(|| call(&mut svc, black_box(1)))
+    });
+    let mut svc = tower_resilience();
+    group.bench_function("tower-resilience", |b| {
+        b.iter(|| call(&mut svc, black_box(1)))
+    });
+    let breaker = failsafe::Config::new().build();
+    let mut bare = inner();
+    group.bench_function("failsafe", |b| {
+        b.iter(|| {
+            let mut cx = Context::from_waker(Waker::noop());
+            let _ = bare.poll_ready(&mut cx);
+            now(breaker.call(bare.call(black_box(1))))
+        })
+    });
+    group.finish();
+}
+
+/// Two threads share one breaker; reports time per call per thread.
+fn two_threads<S>(make: impl Fn() -> S, iters: u64) -> Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+{
+    let svc = make();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _guard = rt.enter();
+                barrier.wait();
+                let start = Instant::now();
+                for i in 0..iters {
+                    let _ = black_box(call(&mut svc, i));
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .max()
+        .unwrap()
+}
+
+fn contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("closed_call_two_threads");
+    group.bench_function("bare", |b| b.iter_custom(|n| two_threads(inner, n)));
+    group.bench_function("tower-llm-resilience", |b| {
+        b.iter_custom(|n| two_threads(ours, n))
+    });
+    group.bench_function("tower-resilience", |b| {
+        b.iter_custom(|n| two_threads(tower_resilience, n))
+    });
+    group.bench_function("failsafe", |b| {
+        b.iter_custom(|n| {
+            let breaker = failsafe::Config::new().build();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (breaker, barrier) = (breaker.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let mut svc = inner();
+                        barrier.wait();
+                        let start = Instant::now();
+                        for i in 0..n {
+                            let mut cx = Context::from_waker(Waker::noop());
+                            let _ = svc.poll_ready(&mut cx);
+                            let _ = black_box(now(breaker.call(svc.call(i))));
+                        }
+                        start.elapsed()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .max()
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = single_thread, contended
+}
+criterion_main!(benches);
