@@ -42,6 +42,24 @@ impl Step {
     pub fn data(payload: &str) -> Step {
         Step::Chunk(format!("data: {payload}\n\n"))
     }
+
+    /// An SSE text (a `.sse` fixture) as one chunk per event.
+    pub fn events(text: &str) -> Vec<Step> {
+        text.split_inclusive("\n\n")
+            .map(|event| Step::Chunk(event.to_owned()))
+            .collect()
+    }
+}
+
+/// The text of a file under `tests/fixtures/`.
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+}
+
+/// A JSON file under `tests/fixtures/`, parsed.
+pub fn json_fixture(path: &str) -> serde_json::Value {
+    serde_json::from_str(&fixture(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
 /// What the upstream does with one request.
