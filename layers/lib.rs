@@ -24,5 +24,7 @@ pub use client::{
     AnthropicClient, ChatRequest, ChatResponse, ChatStream, ClientError, OpenAiClient,
 };
 
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
