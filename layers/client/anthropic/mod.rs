@@ -4,17 +4,17 @@ use std::fmt;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tower_service::Service;
 
+use self::wire::{decode_response, request_body, AnthropicEvents};
 use super::error::{ClientError, ConfigError};
 use super::service::{run, ResponseFuture, StreamChat, Streaming};
-use super::sse::SseEvent;
-use super::stream::{parse_event, ChatDelta, ChatStream, EventDecoder, StreamState};
+use super::stream::ChatStream;
 use super::transport::{CommonOptions, Transport};
-use super::types::{ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, Usage};
+use super::types::{ChatRequest, ChatResponse};
 use crate::classify::FailureKind;
+
+mod wire;
 
 /// The `anthropic-version` sent unless configured otherwise.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -29,9 +29,10 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// `system` prompt (joined by blank lines, in order), the others the `messages`;
 /// `stop` becomes `stop_sequences`; a request without `max_tokens` gets the
 /// builder's default. The Messages API has no JSON mode, so a
-/// [`ResponseFormat::JsonObject`] or [`ResponseFormat::JsonSchema`] request adds
-/// an instruction (with the schema) to the system prompt. Answers' text content
-/// blocks are joined; other blocks (thinking, tool use) are skipped.
+/// [`JsonObject`](super::ResponseFormat::JsonObject) or
+/// [`JsonSchema`](super::ResponseFormat::JsonSchema) request adds an instruction
+/// (with the schema) to the system prompt. Answers' text content blocks are
+/// joined; other blocks (thinking, tool use) are skipped.
 ///
 /// Cheap to clone; always ready.
 ///
@@ -112,33 +113,8 @@ impl AnthropicClient {
         stream: bool,
     ) -> Result<(Vec<u8>, String), ClientError> {
         let model = self.transport.model(request.model.as_deref())?;
-        let mut system: Vec<String> = request
-            .messages
-            .iter()
-            .filter(|m| m.role == Role::System)
-            .map(|m| m.content.clone())
-            .collect();
-        if let Some(instruction) = request.response_format.as_ref().and_then(json_instruction) {
-            system.push(instruction);
-        }
-        let body = WireRequest {
-            model: &model,
-            max_tokens: request.max_tokens.unwrap_or(self.default_max_tokens),
-            system: (!system.is_empty()).then(|| system.join("\n\n")),
-            messages: request
-                .messages
-                .iter()
-                .filter(|m| m.role != Role::System)
-                .map(|m| WireMessage {
-                    role: m.role.as_str(),
-                    content: &m.content,
-                })
-                .collect(),
-            temperature: request.temperature,
-            stop_sequences: &request.stop,
-            stream,
-        };
-        let bytes = serde_json::to_vec(&body).map_err(|e| {
+        let max_tokens = request.max_tokens.unwrap_or(self.default_max_tokens);
+        let bytes = request_body(request, &model, max_tokens, stream).map_err(|e| {
             ClientError::new(
                 FailureKind::BadRequest,
                 self.transport.provider(),
@@ -292,207 +268,4 @@ impl AnthropicClientBuilder {
             default_max_tokens: self.default_max_tokens,
         })
     }
-}
-
-fn json_instruction(format: &ResponseFormat) -> Option<String> {
-    match format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(
-            "Respond with a single JSON object and nothing else: no prose, no code fences."
-                .to_owned(),
-        ),
-        ResponseFormat::JsonSchema { schema, .. } => Some(format!(
-            "Respond with a single JSON object that conforms to this JSON Schema, and \
-             nothing else: no prose, no code fences.\n{schema}"
-        )),
-    }
-}
-
-fn decode_response(
-    transport: &Transport,
-    status: http::StatusCode,
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Result<ChatResponse, ClientError> {
-    let invalid = || {
-        ClientError::from_answer(transport.provider(), status, headers, body, &|s| {
-            transport.redact(s)
-        })
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|_| invalid())?;
-    if value.get("type").and_then(Value::as_str) == Some("error") || value.get("error").is_some() {
-        return Err(invalid());
-    }
-    let wire: WireResponse = serde_json::from_value(value).map_err(|_| invalid())?;
-    let mut response = ChatResponse::new(
-        transport.provider(),
-        wire.model.unwrap_or_default(),
-        text_of(&wire.content),
-    );
-    response.id = wire.id;
-    response.finish_reason = wire
-        .stop_reason
-        .as_deref()
-        .map(FinishReason::from_anthropic);
-    response.usage = wire.usage.map(|u| Usage {
-        input_tokens: u.input_tokens.unwrap_or(0),
-        output_tokens: u.output_tokens.unwrap_or(0),
-    });
-    Ok(response)
-}
-
-fn text_of(blocks: &[WireBlock]) -> String {
-    blocks
-        .iter()
-        .filter(|b| b.kind == "text")
-        .filter_map(|b| b.text.as_deref())
-        .collect()
-}
-
-/// Anthropic's stream: `message_start`, content block events, `message_delta`,
-/// `message_stop`; `ping` and unknown events are skipped, `error` fails the stream.
-#[derive(Default)]
-struct AnthropicEvents {
-    input_tokens: u32,
-}
-
-impl EventDecoder for AnthropicEvents {
-    fn on_event(
-        &mut self,
-        event: SseEvent,
-        state: &mut StreamState<'_>,
-        transport: &Transport,
-    ) -> Result<(), ClientError> {
-        let wire: WireEvent = parse_event(&event.data, transport)?;
-        let kind = wire
-            .kind
-            .as_deref()
-            .or(event.event.as_deref())
-            .unwrap_or("");
-        match kind {
-            "message_start" => {
-                let message = wire.message.unwrap_or_default();
-                if let Some(id) = message.id {
-                    *state.id = Some(id);
-                }
-                if let Some(model) = message.model.filter(|m| !m.is_empty()) {
-                    *state.model = model;
-                }
-                self.input_tokens = message.usage.and_then(|u| u.input_tokens).unwrap_or(0);
-            }
-            "content_block_start" => {
-                let block = wire.content_block.unwrap_or_default();
-                if let Some(text) = block.text.filter(|t| block.kind == "text" && !t.is_empty()) {
-                    state.deltas.push_back(ChatDelta::Text(text));
-                }
-            }
-            "content_block_delta" => {
-                let delta = wire.delta.unwrap_or_default();
-                if delta.kind.as_deref() == Some("text_delta") {
-                    if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                        state.deltas.push_back(ChatDelta::Text(text));
-                    }
-                }
-            }
-            "message_delta" => {
-                if let Some(reason) = wire.delta.and_then(|d| d.stop_reason) {
-                    let reason = FinishReason::from_anthropic(&reason);
-                    state.deltas.push_back(ChatDelta::Finish(reason));
-                }
-                if let Some(usage) = wire.usage {
-                    if let Some(input) = usage.input_tokens {
-                        self.input_tokens = input;
-                    }
-                    state.deltas.push_back(ChatDelta::Usage(Usage {
-                        input_tokens: self.input_tokens,
-                        output_tokens: usage.output_tokens.unwrap_or(0),
-                    }));
-                }
-            }
-            "message_stop" => state.done = true,
-            "error" => {
-                return Err(ClientError::from_stream_error(
-                    transport.provider(),
-                    &event.data,
-                    &|s| transport.redact(s),
-                ))
-            }
-            // ping, content_block_stop, and event types added after this client.
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn terminal_event(&self) -> &'static str {
-        "message_stop"
-    }
-}
-
-#[derive(Serialize)]
-struct WireRequest<'a> {
-    model: &'a str,
-    max_tokens: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
-    messages: Vec<WireMessage<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop_sequences: &'a [String],
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-#[derive(Deserialize)]
-struct WireResponse {
-    id: Option<String>,
-    model: Option<String>,
-    #[serde(default)]
-    content: Vec<WireBlock>,
-    stop_reason: Option<String>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Default, Deserialize)]
-struct WireBlock {
-    #[serde(rename = "type", default)]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Default, Deserialize)]
-struct WireUsage {
-    input_tokens: Option<u32>,
-    output_tokens: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct WireEvent {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    message: Option<WireStartMessage>,
-    content_block: Option<WireBlock>,
-    delta: Option<WireEventDelta>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Default, Deserialize)]
-struct WireStartMessage {
-    id: Option<String>,
-    model: Option<String>,
-    usage: Option<WireUsage>,
-}
-
-#[derive(Default, Deserialize)]
-struct WireEventDelta {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    text: Option<String>,
-    stop_reason: Option<String>,
 }
