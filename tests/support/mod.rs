@@ -5,6 +5,14 @@
 //! the server then runs on the same current-thread runtime as the client, so a
 //! response on loopback is ready whenever the runtime polls for it, and paused time
 //! only auto-advances when everything waits on a timer (for example a `Stall`).
+//!
+//! One caveat, seen with reqwest: tokio's auto-advance does not count I/O wake-ups of
+//! *spawned* tasks (hyper's connection tasks) as work, so while a request travels
+//! over loopback the clock can jump to the next pending timer. With a pooled
+//! keep-alive connection and a timeout pending, every other request then "times
+//! out". So: pause time only in tests whose point is a timer firing, make that timer
+//! the earliest one pending (e.g. a connect timeout longer than the call timeout),
+//! or call `tokio::time::pause()` after the I/O part, once every task waits.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
