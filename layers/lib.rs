@@ -5,6 +5,9 @@
 //! - [`circuit_breaker`]: stop calling an upstream that keeps failing, fail fast
 //!   while open, probe and recover.
 //!
+//! With the `reqwest` feature, [`client`] has the services these layers most often
+//! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
+//!
 //! All layers decide from one shared classification of a call's result, in
 //! [`classify`]: a rate limit, an overloaded provider, a context-length error and a
 //! caller bug are different failures and are treated differently.
@@ -13,6 +16,13 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+#[cfg(feature = "reqwest")]
+pub mod client;
+
+#[cfg(feature = "reqwest")]
+pub use client::{
+    AnthropicClient, ChatRequest, ChatResponse, ChatStream, ClientError, OpenAiClient,
+};
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
 

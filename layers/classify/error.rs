@@ -13,7 +13,7 @@ use crate::BoxError;
 /// Implemented for [`BoxError`] (by looking through the error and its sources for
 /// types this crate knows), tower's timeout [`Elapsed`](tower::timeout::error::Elapsed),
 /// [`CircuitOpen`], [`std::io::Error`], [`ClassifiedError`], and `reqwest::Error`
-/// with the `reqwest` feature.
+/// and the LLM clients' `ClientError` with the `reqwest` feature.
 pub trait ClassifyError {
     /// Why the call failed.
     fn classify_error(&self) -> FailureKind;
@@ -91,6 +91,10 @@ fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
         return Some(FailureKind::Timeout);
     }
     #[cfg(feature = "reqwest")]
+    if let Some(e) = err.downcast_ref::<crate::client::ClientError>() {
+        return Some(e.kind().clone());
+    }
+    #[cfg(feature = "reqwest")]
     if let Some(e) = err.downcast_ref::<reqwest::Error>() {
         return Some(e.classify_error());
     }
@@ -166,7 +170,12 @@ impl ClassifyError for reqwest::Error {
                 super::Outcome::Success => FailureKind::Other,
             }
         } else if self.is_decode() {
-            FailureKind::InvalidResponse
+            // reqwest also reports a body that broke off mid-read as a decode error;
+            // its source (an io error) tells the two apart.
+            match self.source().map(classify_dyn_error) {
+                Some(kind @ (FailureKind::Timeout | FailureKind::Connect)) => kind,
+                _ => FailureKind::InvalidResponse,
+            }
         } else if self.is_body() || self.is_request() {
             // The connection broke while sending the request or reading the body;
             // look for a more precise cause (an io timeout) below.

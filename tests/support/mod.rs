@@ -5,6 +5,14 @@
 //! the server then runs on the same current-thread runtime as the client, so a
 //! response on loopback is ready whenever the runtime polls for it, and paused time
 //! only auto-advances when everything waits on a timer (for example a `Stall`).
+//!
+//! One caveat, seen with reqwest: tokio's auto-advance does not count I/O wake-ups of
+//! *spawned* tasks (hyper's connection tasks) as work, so while a request travels
+//! over loopback the clock can jump to the next pending timer. With a pooled
+//! keep-alive connection and a timeout pending, every other request then "times
+//! out". So: pause time only in tests whose point is a timer firing, make that timer
+//! the earliest one pending (e.g. a connect timeout longer than the call timeout),
+//! or call `tokio::time::pause()` after the I/O part, once every task waits.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -42,6 +50,24 @@ impl Step {
     pub fn data(payload: &str) -> Step {
         Step::Chunk(format!("data: {payload}\n\n"))
     }
+
+    /// An SSE text (a `.sse` fixture) as one chunk per event.
+    pub fn events(text: &str) -> Vec<Step> {
+        text.split_inclusive("\n\n")
+            .map(|event| Step::Chunk(event.to_owned()))
+            .collect()
+    }
+}
+
+/// The text of a file under `tests/fixtures/`.
+pub fn fixture(path: &str) -> String {
+    let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("fixture {full}: {e}"))
+}
+
+/// A JSON file under `tests/fixtures/`, parsed.
+pub fn json_fixture(path: &str) -> serde_json::Value {
+    serde_json::from_str(&fixture(path)).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
 }
 
 /// What the upstream does with one request.

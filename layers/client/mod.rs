@@ -1,0 +1,116 @@
+//! LLM client services on reqwest: OpenAI-compatible chat completions and the
+//! Anthropic Messages API, behind one provider-neutral request and answer.
+//!
+//! Enabled by the `reqwest` feature (add `rustls` for HTTPS).
+//!
+//! These are the services the layers of this crate most often wrap: a
+//! [`ChatRequest`] goes in, a [`ChatResponse`] comes out, whichever provider
+//! answers, so one request can travel down a fallback chain from an OpenAI-compatible
+//! server to Anthropic to a template.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_llm_resilience::client::{ChatRequest, Message, OpenAiClient};
+//!
+//! # async fn run() -> Result<(), tower_llm_resilience::BoxError> {
+//! let openai = OpenAiClient::builder()
+//!     .api_key(std::env::var("OPENAI_API_KEY")?)
+//!     .model("gpt-4o-mini")
+//!     .build()?;
+//!
+//! // Any tower layer stacks on top; the crate's layers classify `ClientError`s
+//! // (rate limits with their `Retry-After`, overload, context length, auth...).
+//! let mut service = ServiceBuilder::new()
+//!     .concurrency_limit(8)
+//!     .service(openai.clone());
+//!
+//! let request = ChatRequest::new(vec![
+//!     Message::system("You are terse."),
+//!     Message::user("Say hello."),
+//! ])
+//! .max_tokens(64);
+//! let answer = service.ready().await?.call(request.clone()).await?;
+//! println!("{} ({}): {}", answer.model, answer.provider, answer.content);
+//!
+//! // Streaming: the same request, answered delta by delta.
+//! let mut stream = openai.streaming().oneshot(request).await?;
+//! while let Some(delta) = stream.next_delta().await {
+//!     println!("{:?}", delta?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Non-streaming and streaming services
+//!
+//! [`OpenAiClient`] and [`AnthropicClient`] are each
+//! `Service<ChatRequest, Response = ChatResponse, Error = ClientError>`: the future
+//! resolves with the whole answer, so every failure, including one in the middle
+//! of a streamed body, is the call's `Err` and every layer sees it. If
+//! [`ChatRequest::stream`] is set, the answer is streamed on the wire and assembled
+//! (some servers stream faster, or only stream).
+//!
+//! Their [`streaming`](OpenAiClient::streaming) form, [`Streaming<C>`], is
+//! `Service<ChatRequest, Response = ChatStream, Error = ClientError>`. Its future
+//! resolves when the provider accepted the request (a success status); errors up
+//! to then are the call's `Err`. The [`ChatStream`] then yields [`ChatDelta`]s.
+//! A stream that ends without the provider's terminal event (`data: [DONE]`,
+//! `message_stop`), breaks, is malformed, carries an error event, or stays silent
+//! longer than the stream idle timeout yields one `Err` and ends: never a silent
+//! short answer. Layers around a `Streaming` service therefore judge the opening of
+//! the stream only; a failure mid-stream reaches the reader, who decides.
+//!
+//! Two service types rather than one with an enum answer keep each `Response` type
+//! concrete, so a fallback tier (a template, a cached answer) has one simple type to
+//! produce, and [`ChatStream::from_response`] turns such an answer into a stream.
+//!
+//! # Errors
+//!
+//! A [`ClientError`] carries its [`FailureKind`](crate::classify::FailureKind) from
+//! the shared taxonomy: status and headers first (`Retry-After`, `retry-after-ms`,
+//! provider reset headers), refined by the provider's error body through
+//! [`classify_buffered`](crate::classify::classify_buffered). Boxed into a
+//! [`BoxError`](crate::BoxError) it is still recognized by
+//! [`classify_dyn_error`](crate::classify::classify_dyn_error). A
+//! [`ChatResponse`] cut by the provider's content filter classifies as
+//! [`ContentFiltered`](crate::classify::FailureKind::ContentFiltered) through
+//! [`ClassifyResponse`](crate::classify::ClassifyResponse).
+//!
+//! # Timeouts
+//!
+//! - `timeout`: the whole call for the non-streaming service; for a stream, until
+//!   the answer's headers. A [`FailureKind::Timeout`](crate::classify::FailureKind::Timeout).
+//! - `connect_timeout`: connecting, on the HTTP client the builder makes.
+//! - `stream_idle_timeout`: the longest silence between two chunks of a stream.
+//!
+//! All are measured with `tokio::time`, so tests with paused time control them.
+//!
+//! # Secrets
+//!
+//! API keys go only into their request header, marked sensitive. `Debug` output of
+//! the clients and builders shows `[REDACTED]`, errors never contain them (a
+//! provider message that echoes the key is redacted), and spans and metrics name
+//! the provider and model, never the key or the prompt.
+
+mod anthropic;
+mod error;
+mod openai;
+mod service;
+mod sse;
+mod stream;
+mod transport;
+mod types;
+
+pub use self::anthropic::{
+    AnthropicClient, AnthropicClientBuilder, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS,
+};
+pub use self::error::{ClientError, ConfigError};
+pub use self::openai::{OpenAiClient, OpenAiClientBuilder};
+pub use self::service::{ResponseFuture, StreamChat, Streaming};
+pub use self::stream::{ChatDelta, ChatStream};
+pub use self::types::{
+    ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, Role, Usage,
+};

@@ -1,0 +1,245 @@
+//! The OpenAI chat completions wire format: request body, answer, stream events.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::classify::FailureKind;
+use crate::client::error::ClientError;
+use crate::client::sse::SseEvent;
+use crate::client::stream::{parse_event, ChatDelta, EventDecoder, StreamState};
+use crate::client::transport::Transport;
+use crate::client::types::{ChatRequest, ChatResponse, FinishReason, ResponseFormat, Usage};
+
+/// The JSON body for `request`, asking `model`.
+pub(super) fn request_body(
+    request: &ChatRequest,
+    model: &str,
+    stream: bool,
+    stream_usage: bool,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&WireRequest {
+        model,
+        messages: request
+            .messages
+            .iter()
+            .map(|m| WireMessage {
+                role: m.role.as_str(),
+                content: &m.content,
+            })
+            .collect(),
+        max_tokens: request.max_tokens,
+        temperature: request.temperature,
+        stop: &request.stop,
+        response_format: request.response_format.as_ref().map(response_format),
+        stream,
+        stream_options: (stream && stream_usage).then_some(StreamOptions {
+            include_usage: true,
+        }),
+    })
+}
+
+fn response_format(format: &ResponseFormat) -> Value {
+    match format {
+        ResponseFormat::Text => json!({ "type": "text" }),
+        ResponseFormat::JsonObject => json!({ "type": "json_object" }),
+        ResponseFormat::JsonSchema {
+            name,
+            schema,
+            strict,
+        } => json!({
+            "type": "json_schema",
+            "json_schema": { "name": name, "schema": schema, "strict": strict },
+        }),
+    }
+}
+
+pub(super) fn decode_response(
+    transport: &Transport,
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<ChatResponse, ClientError> {
+    let invalid = || {
+        ClientError::from_answer(transport.provider(), status, headers, body, &|s| {
+            transport.redact(s)
+        })
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|_| invalid())?;
+    if value.get("error").is_some_and(|e| !e.is_null()) {
+        return Err(invalid());
+    }
+    let wire: WireResponse = serde_json::from_value(value).map_err(|_| invalid())?;
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err(ClientError::new(
+            FailureKind::InvalidResponse,
+            transport.provider(),
+            "the answer has no choices",
+        ));
+    };
+    let refused = choice.message.content.is_none() && choice.message.refusal.is_some();
+    let finish_reason = if refused {
+        Some(FinishReason::ContentFilter)
+    } else {
+        choice
+            .finish_reason
+            .as_deref()
+            .map(FinishReason::from_openai)
+    };
+    let mut response = ChatResponse::new(
+        transport.provider(),
+        wire.model.unwrap_or_default(),
+        choice.message.content.unwrap_or_default(),
+    );
+    response.id = wire.id;
+    response.finish_reason = finish_reason;
+    response.usage = wire.usage.map(Usage::from);
+    Ok(response)
+}
+
+/// OpenAI's stream: `data: {chunk}` events, then `data: [DONE]`.
+pub(super) struct OpenAiEvents;
+
+impl EventDecoder for OpenAiEvents {
+    fn on_event(
+        &mut self,
+        event: SseEvent,
+        state: &mut StreamState<'_>,
+        transport: &Transport,
+    ) -> Result<(), ClientError> {
+        if event.data.trim() == "[DONE]" {
+            state.done = true;
+            return Ok(());
+        }
+        let value: Value = parse_event(&event.data, transport)?;
+        if event.event.as_deref() == Some("error")
+            || value.get("error").is_some_and(|e| !e.is_null())
+        {
+            return Err(ClientError::from_stream_error(
+                transport.provider(),
+                &event.data,
+                &|s| transport.redact(s),
+            ));
+        }
+        let chunk: WireChunk = serde_json::from_value(value).map_err(|e| {
+            ClientError::new(
+                FailureKind::InvalidResponse,
+                transport.provider(),
+                format!("a chunk is not a chat.completion.chunk: {e}"),
+            )
+        })?;
+        if let Some(id) = chunk.id {
+            *state.id = Some(id);
+        }
+        if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
+            *state.model = model;
+        }
+        // This client never asks for more than one choice.
+        if let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) {
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                state.deltas.push_back(ChatDelta::Text(text));
+            }
+            if let Some(reason) = choice.finish_reason {
+                let reason = FinishReason::from_openai(&reason);
+                state.deltas.push_back(ChatDelta::Finish(reason));
+            }
+        }
+        if let Some(usage) = chunk.usage {
+            state.deltas.push_back(ChatDelta::Usage(usage.into()));
+        }
+        Ok(())
+    }
+
+    fn terminal_event(&self) -> &'static str {
+        "data: [DONE]"
+    }
+}
+
+#[derive(Serialize)]
+struct WireRequest<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<WireChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice {
+    message: WireAnswer,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireAnswer {
+    content: Option<String>,
+    refusal: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireChunk {
+    id: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<WireChunkChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChunkChoice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    delta: WireDelta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireDelta {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u32,
+    #[serde(default)]
+    completion_tokens: u32,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(usage: WireUsage) -> Self {
+        Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+        }
+    }
+}

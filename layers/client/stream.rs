@@ -1,0 +1,304 @@
+//! Streamed answers: a [`ChatStream`] of provider-neutral [`ChatDelta`]s.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::time::{Instant, Sleep};
+
+use super::error::ClientError;
+use super::sse::{SseEvent, SseParser};
+use super::transport::Transport;
+use super::types::{ChatResponse, FinishReason, Usage};
+use crate::classify::{ClassifyResponse, FailureKind, Outcome};
+
+/// One piece of a streamed answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChatDelta {
+    /// More of the answer's text.
+    Text(String),
+    /// The model stopped, for this reason.
+    Finish(FinishReason),
+    /// Tokens used so far (the last one of a stream is the total).
+    Usage(Usage),
+}
+
+/// A streamed answer: a [`Stream`] of `Result<ChatDelta, ClientError>`.
+///
+/// The stream ends (`None`) only after the provider's terminal event (`data: [DONE]`
+/// for OpenAI-compatible servers, `message_stop` for Anthropic). A body that ends
+/// before it, a connection that breaks, a line that is not a valid event, an error
+/// event from the provider, or a silence longer than the client's stream idle
+/// timeout each end the stream with one `Err`, classified like every other client
+/// error; a stream never ends silently short. After an error the stream is over.
+///
+/// Use [`next_delta`](Self::next_delta) or any `StreamExt` to read it, or
+/// [`into_response`](Self::into_response) to wait for the whole answer.
+pub struct ChatStream {
+    provider: String,
+    id: Option<String>,
+    model: String,
+    deltas: VecDeque<ChatDelta>,
+    source: Option<Source>,
+}
+
+/// Where a stream's events come from, until its terminal event.
+struct Source {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    parser: SseParser,
+    decoder: Box<dyn EventDecoder>,
+    transport: Transport,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    body_ended: bool,
+}
+
+/// What a provider's decoder sees and changes for each event.
+pub(crate) struct StreamState<'a> {
+    pub(crate) id: &'a mut Option<String>,
+    pub(crate) model: &'a mut String,
+    pub(crate) deltas: &'a mut VecDeque<ChatDelta>,
+    /// Set on the provider's terminal event.
+    pub(crate) done: bool,
+}
+
+/// Turns one provider's events into deltas.
+pub(crate) trait EventDecoder: Send + 'static {
+    fn on_event(
+        &mut self,
+        event: SseEvent,
+        state: &mut StreamState<'_>,
+        transport: &Transport,
+    ) -> Result<(), ClientError>;
+
+    /// What the terminal event is called, for the error when it never comes.
+    fn terminal_event(&self) -> &'static str;
+}
+
+impl ChatStream {
+    pub(crate) fn from_http(
+        response: reqwest::Response,
+        transport: Transport,
+        model: String,
+        decoder: Box<dyn EventDecoder>,
+    ) -> Self {
+        let idle = transport
+            .stream_idle_timeout()
+            .map(|after| (after, Box::pin(tokio::time::sleep(after))));
+        Self {
+            provider: transport.provider().to_owned(),
+            id: None,
+            model,
+            deltas: VecDeque::new(),
+            source: Some(Source {
+                body: Box::pin(response.bytes_stream()),
+                parser: SseParser::new(),
+                decoder,
+                transport,
+                idle,
+                body_ended: false,
+            }),
+        }
+    }
+
+    /// A finished stream that replays `response`: its text, finish reason and
+    /// usage. For templates and fallbacks that must answer with a stream.
+    pub fn from_response(response: ChatResponse) -> Self {
+        let mut deltas = VecDeque::new();
+        if !response.content.is_empty() {
+            deltas.push_back(ChatDelta::Text(response.content));
+        }
+        deltas.extend(response.finish_reason.map(ChatDelta::Finish));
+        deltas.extend(response.usage.map(ChatDelta::Usage));
+        Self {
+            provider: response.provider,
+            id: response.id,
+            model: response.model,
+            deltas,
+            source: None,
+        }
+    }
+
+    /// The provider that answers, as named by the client.
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The model that answers: the provider's report once one arrived, before that
+    /// the model that was asked.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The provider's id for the answer, once it arrived.
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The next delta; `None` after the terminal event or after an error.
+    pub async fn next_delta(&mut self) -> Option<Result<ChatDelta, ClientError>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+
+    /// Read the whole stream into one [`ChatResponse`], or its first error.
+    pub async fn into_response(mut self) -> Result<ChatResponse, ClientError> {
+        let mut content = String::new();
+        let (mut finish_reason, mut usage) = (None, None);
+        while let Some(delta) = self.next_delta().await {
+            match delta? {
+                ChatDelta::Text(text) => content.push_str(&text),
+                ChatDelta::Finish(reason) => finish_reason = Some(reason),
+                ChatDelta::Usage(used) => usage = Some(used),
+            }
+        }
+        let mut response = ChatResponse::new(self.provider, self.model, content);
+        response.id = self.id;
+        response.finish_reason = finish_reason;
+        response.usage = usage;
+        Ok(response)
+    }
+
+    fn fail(&mut self, error: ClientError) -> Poll<Option<Result<ChatDelta, ClientError>>> {
+        self.source = None;
+        self.deltas.clear();
+        tracing::debug!(provider = %self.provider, kind = %error.kind(), "chat stream failed");
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<ChatDelta, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(delta) = this.deltas.pop_front() {
+                return Poll::Ready(Some(Ok(delta)));
+            }
+            let Some(source) = this.source.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(event) = source.parser.next_event() {
+                let mut state = StreamState {
+                    id: &mut this.id,
+                    model: &mut this.model,
+                    deltas: &mut this.deltas,
+                    done: false,
+                };
+                let result = source
+                    .decoder
+                    .on_event(event, &mut state, &source.transport);
+                let done = state.done;
+                if let Err(error) = result {
+                    return this.fail(error);
+                }
+                if done {
+                    // Whatever follows the terminal event is not read.
+                    this.source = None;
+                }
+                continue;
+            }
+            if source.body_ended {
+                let message = format!(
+                    "the stream ended before its terminal event ({})",
+                    source.decoder.terminal_event()
+                );
+                let error = ClientError::new(FailureKind::Connect, &this.provider, message);
+                return this.fail(error);
+            }
+            match source.body.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some((after, sleep)) = source.idle.as_mut() {
+                        sleep.as_mut().reset(Instant::now() + *after);
+                    }
+                    if let Err(malformed) = source.parser.feed(&chunk) {
+                        let error = ClientError::new(
+                            FailureKind::InvalidResponse,
+                            &this.provider,
+                            malformed.to_string(),
+                        );
+                        return this.fail(error);
+                    }
+                }
+                Poll::Ready(Some(Err(broken))) => {
+                    let error = source.transport.transport_error(broken);
+                    return this.fail(error);
+                }
+                Poll::Ready(None) => {
+                    source.parser.finish();
+                    source.body_ended = true;
+                }
+                Poll::Pending => {
+                    if let Some((after, sleep)) = source.idle.as_mut() {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            let message = format!("the stream was silent for {after:?}");
+                            let error =
+                                ClientError::new(FailureKind::Timeout, &this.provider, message);
+                            return this.fail(error);
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("id", &self.id)
+            .field("pending_deltas", &self.deltas.len())
+            .field("open", &self.source.is_some())
+            .finish()
+    }
+}
+
+/// Opening a stream is a success; its failures arrive as its items.
+impl ClassifyResponse for ChatStream {
+    fn classify_response(&self) -> Outcome {
+        Outcome::Success
+    }
+}
+
+/// Parse one event's JSON, or fail the stream with [`FailureKind::InvalidResponse`].
+pub(crate) fn parse_event<T: serde::de::DeserializeOwned>(
+    data: &str,
+    transport: &Transport,
+) -> Result<T, ClientError> {
+    serde_json::from_str(data).map_err(|e| {
+        ClientError::new(
+            FailureKind::InvalidResponse,
+            transport.provider(),
+            format!("an event's data is not the expected JSON: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn from_response_replays_and_collects_the_same() {
+        let mut answer = ChatResponse::new("template", "none", "Try again later.");
+        answer.usage = Some(Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+        });
+        let mut stream = ChatStream::from_response(answer.clone());
+        assert_eq!(
+            stream.next_delta().await.unwrap().unwrap(),
+            ChatDelta::Text("Try again later.".into())
+        );
+        let rest = ChatStream::from_response(answer.clone());
+        assert_eq!(rest.into_response().await.unwrap(), answer);
+    }
+}
