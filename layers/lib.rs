@@ -4,6 +4,7 @@
 //!
 //! - [`circuit_breaker`]: stop calling an upstream that keeps failing, fail fast
 //!   while open, probe and recover.
+//! - [`escalation`]: pause a call that needs a human, notify, resume with a token.
 //!
 //! All layers decide from one shared classification of a call's result, in
 //! [`classify`]: a rate limit, an overloaded provider, a context-length error and a
@@ -13,6 +14,7 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod escalation;
 
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
