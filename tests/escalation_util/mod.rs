@@ -58,11 +58,32 @@ pub fn with_header_token(mut request: http::Request<Bytes>, token: &ResumeToken)
     request
 }
 
-pub async fn send<S>(service: &mut S, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, BoxError>
+pub fn send<S>(
+    service: &mut S,
+    request: http::Request<Bytes>,
+) -> impl std::future::Future<Output = Result<http::Response<Bytes>, BoxError>> + '_
 where
     S: Service<http::Request<Bytes>, Response = http::Response<Bytes>, Error = BoxError>,
 {
-    service.ready().await?.call(request).await
+    async move {
+        match service.ready().await {
+            Ok(ready) => ready.call(request).await,
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Calls the service and runs the response future in its own task.
+pub async fn spawn_call<S>(
+    service: &mut S,
+    request: http::Request<Bytes>,
+) -> tokio::task::JoinHandle<Result<http::Response<Bytes>, BoxError>>
+where
+    S: Service<http::Request<Bytes>, Response = http::Response<Bytes>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let future = service.ready().await.unwrap().call(request);
+    tokio::spawn(future)
 }
 
 pub fn escalation_error(error: &BoxError) -> &EscalationError {
