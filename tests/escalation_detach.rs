@@ -16,14 +16,18 @@ use tower_llm_resilience::escalation::{
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn form_gate() -> RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
-    RequestPredicate::new("ambiguous form needs a human", |req: &http::Request<Bytes>| {
-        req.uri().path() == "/forms"
-    })
+    RequestPredicate::new(
+        "ambiguous form needs a human",
+        |req: &http::Request<Bytes>| req.uri().path() == "/forms",
+    )
 }
 
 #[tokio::test(start_paused = true)]
 async fn seed_scenario_escalate_answer_resume() {
-    let layer = EscalationLayer::builder(form_gate()).detach(HOUR).build().unwrap();
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, calls) = llm("{}");
     let mut svc = layer.layer(inner);
@@ -41,17 +45,27 @@ async fn seed_scenario_escalate_answer_resume() {
         .answer(&escalated.id, "alice", json!({"name": "Ada", "age": 36}))
         .await
         .unwrap();
-    let response = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap();
+    let response = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap();
     let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
     assert_eq!(body, json!({"name": "Ada", "age": 36}));
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "the answer replaces the model");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the answer replaces the model"
+    );
 
     // A made-up token, and a real id with a made-up secret: both invalid.
     for fake in [
         "RESUME-123".to_string(),
-        format!("{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", escalated.id),
+        format!(
+            "{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            escalated.id
+        ),
     ] {
         let error = send(
             &mut svc,
@@ -59,7 +73,10 @@ async fn seed_scenario_escalate_answer_resume() {
         )
         .await
         .unwrap_err();
-        assert!(matches!(escalation_error(&error), EscalationError::InvalidToken));
+        assert!(matches!(
+            escalation_error(&error),
+            EscalationError::InvalidToken
+        ));
     }
 
     let record = handle.get(&escalated.id).await.unwrap().unwrap();
@@ -70,15 +87,21 @@ async fn seed_scenario_escalate_answer_resume() {
 
 #[tokio::test(start_paused = true)]
 async fn still_pending_then_single_use() {
-    let layer = EscalationLayer::builder(form_gate()).detach(HOUR).build().unwrap();
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, calls) = llm("{\"ok\":true}");
     let mut svc = layer.layer(inner);
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
 
-    let error = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap_err();
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
     match escalation_error(&error) {
         EscalationError::StillPending { id, expires_at } => {
             assert_eq!(id, &escalated.id);
@@ -95,13 +118,22 @@ async fn still_pending_then_single_use() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(std::str::from_utf8(response.body()).unwrap().contains("ok"));
 
-    let error = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap_err();
-    assert!(matches!(escalation_error(&error), EscalationError::AlreadyUsed { .. }));
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        escalation_error(&error),
+        EscalationError::AlreadyUsed { .. }
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     let audit = handle.audit(Some(&escalated.id)).await.unwrap();
-    let resumed = audit.iter().filter(|e| e.action == AuditAction::Resumed).count();
+    let resumed = audit
+        .iter()
+        .filter(|e| e.action == AuditAction::Resumed)
+        .count();
     assert_eq!(resumed, 1);
 }
 
@@ -121,10 +153,16 @@ async fn token_expires_with_paused_time() {
     assert_eq!(handle.list_pending().await.unwrap().len(), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
 
-    let error = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap_err();
-    assert!(matches!(escalation_error(&error), EscalationError::Expired { .. }));
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        escalation_error(&error),
+        EscalationError::Expired { .. }
+    ));
     assert!(handle.list_pending().await.unwrap().is_empty());
     assert!(matches!(
         handle.approve(&approved_late.id, "late").await,
@@ -133,7 +171,13 @@ async fn token_expires_with_paused_time() {
     let record = handle.get(&escalated.id).await.unwrap().unwrap();
     assert_eq!(record.status, Status::Expired);
     let audit = handle.audit(Some(&escalated.id)).await.unwrap();
-    assert_eq!(audit.iter().filter(|e| e.action == AuditAction::Expired).count(), 1);
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == AuditAction::Expired)
+            .count(),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -148,16 +192,25 @@ async fn approved_token_expires_too() {
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
     handle.approve(&escalated.id, "carol").await.unwrap();
     tokio::time::advance(Duration::from_secs(61)).await;
-    let error = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap_err();
-    assert!(matches!(escalation_error(&error), EscalationError::Expired { .. }));
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        escalation_error(&error),
+        EscalationError::Expired { .. }
+    ));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn rejection_is_a_typed_error() {
-    let layer = EscalationLayer::builder(form_gate()).detach(HOUR).build().unwrap();
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, calls) = llm("{}");
     let mut svc = layer.layer(inner);
@@ -166,9 +219,12 @@ async fn rejection_is_a_typed_error() {
         .reject(&escalated.id, "dave", "the form is a scam")
         .await
         .unwrap();
-    let error = send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
-        .await
-        .unwrap_err();
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
     match escalation_error(&error) {
         EscalationError::Rejected {
             reason,
@@ -203,13 +259,20 @@ async fn reviewed_response_is_returned_on_approval() {
     assert_eq!(record.request["body"]["model"], "gpt-test");
 
     handle.approve(&escalated.id, "erin").await.unwrap();
-    let response = send(&mut svc, with_header_token(chat_request("/v1/chat"), &escalated.token))
-        .await
-        .unwrap();
+    let response = send(
+        &mut svc,
+        with_header_token(chat_request("/v1/chat"), &escalated.token),
+    )
+    .await
+    .unwrap();
     assert!(std::str::from_utf8(response.body())
         .unwrap()
         .contains("cannot produce JSON"));
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the reviewed response, not a new call");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the reviewed response, not a new call"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,16 +312,21 @@ async fn first_resolution_wins_and_races_have_one_winner() {
     // Two concurrent resumes with one token: exactly one gets through.
     let (mut svc1, mut svc2) = (svc.clone(), svc.clone());
     let (r1, r2) = tokio::join!(
-        send(&mut svc1, with_header_token(chat_request("/forms"), &second.token)),
-        send(&mut svc2, with_header_token(chat_request("/forms"), &second.token))
+        send(
+            &mut svc1,
+            with_header_token(chat_request("/forms"), &second.token)
+        ),
+        send(
+            &mut svc2,
+            with_header_token(chat_request("/forms"), &second.token)
+        )
     );
     let outcomes = [r1, r2];
     let used = outcomes
         .iter()
         .filter(|r| {
-            r.as_ref().is_err_and(|e| {
-                matches!(escalation_error(e), EscalationError::AlreadyUsed { .. })
-            })
+            r.as_ref()
+                .is_err_and(|e| matches!(escalation_error(e), EscalationError::AlreadyUsed { .. }))
         })
         .count();
     assert_eq!(used, 1, "{outcomes:?}");
@@ -269,15 +337,24 @@ async fn no_secret_or_prompt_in_snapshots_or_logs() {
     let logs = CapturedLogs::default();
     let _guard = tracing::subscriber::set_default(logs.clone());
 
-    let layer = EscalationLayer::builder(form_gate()).detach(HOUR).build().unwrap();
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, _) = llm("{}");
     let mut svc = layer.layer(inner);
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
-    handle.answer(&escalated.id, "frank", json!("done")).await.unwrap();
-    send(&mut svc, with_header_token(chat_request("/forms"), &escalated.token))
+    handle
+        .answer(&escalated.id, "frank", json!("done"))
         .await
         .unwrap();
+    send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap();
 
     let record = handle.get(&escalated.id).await.unwrap().unwrap();
     let stored = serde_json::to_string(&record).unwrap();
@@ -285,7 +362,10 @@ async fn no_secret_or_prompt_in_snapshots_or_logs() {
     assert!(!stored.contains(escalated.token.expose()));
     assert!(record.request["headers"].get("authorization").is_none());
     assert!(record.request["headers"].get("x-api-key").is_none());
-    assert_eq!(record.request["headers"]["content-type"], "application/json");
+    assert_eq!(
+        record.request["headers"]["content-type"],
+        "application/json"
+    );
     assert_eq!(record.request["body"]["messages"][0]["content"], PROMPT);
     let audit = serde_json::to_string(&handle.audit(None).await.unwrap()).unwrap();
     assert!(!audit.contains(API_KEY) && !audit.contains(escalated.token.expose()));
@@ -301,7 +381,10 @@ async fn no_secret_or_prompt_in_snapshots_or_logs() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_that_need_no_human_pass_through() {
-    let layer = EscalationLayer::builder(form_gate()).detach(HOUR).build().unwrap();
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
     let handle = layer.handle();
     let (inner, calls) = llm("{}");
     let mut svc = layer.layer(inner);

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tower_llm_resilience::escalation::{
-    to_unix_ms, AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord,
-    EscalationStore, Handle, MemoryStore, ResolveError, Resolution, Status, StoreError, Update,
+    to_unix_ms, AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, EscalationStore,
+    Handle, MemoryStore, Resolution, ResolveError, Status, StoreError, Update,
 };
 
 fn record(id: &str, created_ms: u64) -> EscalationRecord {
@@ -34,11 +34,17 @@ fn created(record: &EscalationRecord) -> AuditEntry {
         record.id.clone(),
         record.created_at,
         "system",
-        AuditAction::Created { reason: record.reason.clone() },
+        AuditAction::Created {
+            reason: record.reason.clone(),
+        },
     )
 }
 
-fn resolved(record: &EscalationRecord, by: &str, decision: Decision) -> (EscalationRecord, AuditEntry) {
+fn resolved(
+    record: &EscalationRecord,
+    by: &str,
+    decision: Decision,
+) -> (EscalationRecord, AuditEntry) {
     let resolution = Resolution {
         decision: decision.clone(),
         resolved_by: by.into(),
@@ -48,7 +54,12 @@ fn resolved(record: &EscalationRecord, by: &str, decision: Decision) -> (Escalat
     next.version += 1;
     next.status = decision.status();
     next.resolution = Some(resolution.clone());
-    let audit = AuditEntry::new(record.id.clone(), resolution.resolved_at, by, AuditAction::Resolved { resolution });
+    let audit = AuditEntry::new(
+        record.id.clone(),
+        resolution.resolved_at,
+        by,
+        AuditAction::Resolved { resolution },
+    );
     (next, audit)
 }
 
@@ -66,34 +77,76 @@ async fn store_contract(store: &dyn EscalationStore) {
         Err(StoreError::Duplicate(id)) if id == a.id
     ));
     assert_eq!(store.get(&a.id).await.unwrap(), Some(a.clone()));
-    assert_eq!(store.get(&EscalationId::new("esc_none")).await.unwrap(), None);
+    assert_eq!(
+        store.get(&EscalationId::new("esc_none")).await.unwrap(),
+        None
+    );
     assert_eq!(ids(&store.list(None).await.unwrap()), ["esc_b", "esc_a"]);
-    assert_eq!(ids(&store.list(Some(Status::Pending)).await.unwrap()), ["esc_b", "esc_a"]);
+    assert_eq!(
+        ids(&store.list(Some(Status::Pending)).await.unwrap()),
+        ["esc_b", "esc_a"]
+    );
     assert!(store.list(Some(Status::Approved)).await.unwrap().is_empty());
 
     // Compare-and-swap on the version.
     let (approved, approved_audit) = resolved(&a, "alice", Decision::Approve);
-    assert_eq!(store.update(0, approved.clone(), approved_audit.clone()).await.unwrap(), Update::Applied);
+    assert_eq!(
+        store
+            .update(0, approved.clone(), approved_audit.clone())
+            .await
+            .unwrap(),
+        Update::Applied
+    );
     assert_eq!(store.get(&a.id).await.unwrap(), Some(approved.clone()));
-    let (rejected, rejected_audit) = resolved(&a, "bob", Decision::Reject { reason: "no".into() });
+    let (rejected, rejected_audit) = resolved(
+        &a,
+        "bob",
+        Decision::Reject {
+            reason: "no".into(),
+        },
+    );
     assert_eq!(
         store.update(0, rejected, rejected_audit).await.unwrap(),
         Update::Conflict(Some(Box::new(approved.clone())))
     );
     let ghost = record("esc_ghost", 1_700_000_000_000);
-    assert_eq!(store.update(0, ghost.clone(), created(&ghost)).await.unwrap(), Update::Conflict(None));
-    assert_eq!(ids(&store.list(Some(Status::Approved)).await.unwrap()), ["esc_a"]);
-    assert_eq!(ids(&store.list(Some(Status::Pending)).await.unwrap()), ["esc_b"]);
+    assert_eq!(
+        store
+            .update(0, ghost.clone(), created(&ghost))
+            .await
+            .unwrap(),
+        Update::Conflict(None)
+    );
+    assert_eq!(
+        ids(&store.list(Some(Status::Approved)).await.unwrap()),
+        ["esc_a"]
+    );
+    assert_eq!(
+        ids(&store.list(Some(Status::Pending)).await.unwrap()),
+        ["esc_b"]
+    );
 
     // The audit trail: in order, per escalation, nothing from refused updates.
-    assert_eq!(store.audit(Some(&a.id)).await.unwrap(), vec![created(&a), approved_audit]);
+    assert_eq!(
+        store.audit(Some(&a.id)).await.unwrap(),
+        vec![created(&a), approved_audit]
+    );
     assert_eq!(store.audit(None).await.unwrap().len(), 3);
 
     // Two updates from the same version: exactly one is applied.
     let (x, x_audit) = resolved(&b, "x", Decision::Approve);
-    let (y, y_audit) = resolved(&b, "y", Decision::Answer { payload: json!({"v": 1}) });
+    let (y, y_audit) = resolved(
+        &b,
+        "y",
+        Decision::Answer {
+            payload: json!({"v": 1}),
+        },
+    );
     let (rx, ry) = tokio::join!(store.update(0, x, x_audit), store.update(0, y, y_audit));
-    let applied = [rx.unwrap(), ry.unwrap()].iter().filter(|u| **u == Update::Applied).count();
+    let applied = [rx.unwrap(), ry.unwrap()]
+        .iter()
+        .filter(|u| **u == Update::Applied)
+        .count();
     assert_eq!(applied, 1);
     assert_eq!(store.audit(Some(&b.id)).await.unwrap().len(), 2);
     assert_eq!(store.get(&b.id).await.unwrap().unwrap().version, 1);
@@ -103,19 +156,29 @@ async fn store_contract(store: &dyn EscalationStore) {
 async fn resolution_race(store: impl EscalationStore) {
     let handle = Handle::new(store);
     let pending = record("esc_race", to_unix_ms(SystemTime::now()));
-    handle.store().insert(pending.clone(), created(&pending)).await.unwrap();
+    handle
+        .store()
+        .insert(pending.clone(), created(&pending))
+        .await
+        .unwrap();
     let (a, b, c) = tokio::join!(
         handle.approve(&pending.id, "a"),
         handle.reject(&pending.id, "b", "no"),
         handle.answer(&pending.id, "c", json!(3)),
     );
-    let wins = [a.is_ok(), b.is_ok(), c.is_ok()].iter().filter(|ok| **ok).count();
+    let wins = [a.is_ok(), b.is_ok(), c.is_ok()]
+        .iter()
+        .filter(|ok| **ok)
+        .count();
     assert_eq!(wins, 1, "{a:?} {b:?} {c:?}");
     for loser in [a, b, c].into_iter().filter(Result::is_err) {
         assert!(matches!(loser, Err(ResolveError::AlreadyResolved(_))));
     }
     let audit = handle.audit(Some(&pending.id)).await.unwrap();
-    let resolutions = audit.iter().filter(|e| matches!(e.action, AuditAction::Resolved { .. })).count();
+    let resolutions = audit
+        .iter()
+        .filter(|e| matches!(e.action, AuditAction::Resolved { .. }))
+        .count();
     assert_eq!(resolutions, 1);
 }
 
@@ -146,7 +209,9 @@ mod sqlite {
     }
 
     fn gate() -> RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
-        RequestPredicate::new("needs approval", |req: &http::Request<Bytes>| req.uri().path() == "/act")
+        RequestPredicate::new("needs approval", |req: &http::Request<Bytes>| {
+            req.uri().path() == "/act"
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -188,12 +253,30 @@ mod sqlite {
         assert_eq!(pending[0].request["body"]["model"], "gpt-test");
 
         handle.approve(&first.id, "alice").await.unwrap();
-        let response = send(&mut svc, with_header_token(chat_request("/act"), &first.token)).await.unwrap();
-        assert!(std::str::from_utf8(response.body()).unwrap().contains("acted"));
+        let response = send(
+            &mut svc,
+            with_header_token(chat_request("/act"), &first.token),
+        )
+        .await
+        .unwrap();
+        assert!(std::str::from_utf8(response.body())
+            .unwrap()
+            .contains("acted"));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        handle.reject(&second.id, "alice", "not today").await.unwrap();
-        let error = send(&mut svc, with_header_token(chat_request("/act"), &second.token)).await.unwrap_err();
-        assert!(matches!(escalation_error(&error), tower_llm_resilience::escalation::EscalationError::Rejected { .. }));
+        handle
+            .reject(&second.id, "alice", "not today")
+            .await
+            .unwrap();
+        let error = send(
+            &mut svc,
+            with_header_token(chat_request("/act"), &second.token),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            escalation_error(&error),
+            tower_llm_resilience::escalation::EscalationError::Rejected { .. }
+        ));
         drop((svc, layer, handle));
 
         // Process three: the outcome and the audit trail are on disk.

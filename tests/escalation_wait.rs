@@ -54,7 +54,10 @@ async fn human_answers_while_the_call_waits() {
     let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
     assert_eq!(body, json!({"transfer": "denied, use the form"}));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    assert!(start.elapsed() < Duration::from_secs(1), "woken at once, not at a poll");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "woken at once, not at a poll"
+    );
     assert_eq!(
         handle.get(&id).await.unwrap().unwrap().status,
         Status::Answered
@@ -76,7 +79,9 @@ async fn approval_calls_the_model_and_rejection_fails() {
     let id = pending_id(&handle).await;
     handle.approve(&id, "bob").await.unwrap();
     let response = call.await.unwrap().unwrap();
-    assert!(std::str::from_utf8(response.body()).unwrap().contains("done"));
+    assert!(std::str::from_utf8(response.body())
+        .unwrap()
+        .contains("done"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
     let mut rejected = svc.clone();
@@ -85,7 +90,11 @@ async fn approval_calls_the_model_and_rejection_fails() {
     handle.reject(&id, "bob", "too much money").await.unwrap();
     let error = call.await.unwrap().unwrap_err();
     match escalation_error(&error) {
-        EscalationError::Rejected { reason, resolved_by, .. } => {
+        EscalationError::Rejected {
+            reason,
+            resolved_by,
+            ..
+        } => {
             assert_eq!(reason, "too much money");
             assert_eq!(resolved_by, "bob");
         }
@@ -94,7 +103,9 @@ async fn approval_calls_the_model_and_rejection_fails() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-async fn timeout_with(default: TimeoutDefault) -> (Result<http::Response<Bytes>, BoxError>, usize, Handle) {
+async fn timeout_with(
+    default: TimeoutDefault,
+) -> (Result<http::Response<Bytes>, BoxError>, usize, Handle) {
     let layer = EscalationLayer::builder(gate())
         .wait(FIVE_MINUTES, default)
         .build()
@@ -141,11 +152,14 @@ async fn timeout_default_reject_is_applied_and_recorded() {
 #[tokio::test(start_paused = true)]
 async fn timeout_default_approve_and_answer() {
     let (result, calls, handle) = timeout_with(TimeoutDefault::Approve).await;
-    assert!(std::str::from_utf8(result.unwrap().body()).unwrap().contains("model"));
+    assert!(std::str::from_utf8(result.unwrap().body())
+        .unwrap()
+        .contains("model"));
     assert_eq!(calls, 1);
     assert_timeout_recorded(&handle, Status::Approved).await;
 
-    let (result, calls, handle) = timeout_with(TimeoutDefault::Answer(json!({"fallback": true}))).await;
+    let (result, calls, handle) =
+        timeout_with(TimeoutDefault::Answer(json!({"fallback": true}))).await;
     assert_eq!(result.unwrap().body().as_ref(), br#"{"fallback":true}"#);
     assert_eq!(calls, 0);
     assert_timeout_recorded(&handle, Status::Answered).await;
@@ -154,7 +168,8 @@ async fn timeout_default_approve_and_answer() {
 #[tokio::test(start_paused = true)]
 async fn content_filtered_answer_is_reviewed() {
     let filtered = tower::service_fn(|_req: http::Request<Bytes>| async {
-        let body = json!({"choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}]});
+        let body =
+            json!({"choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}]});
         Ok::<_, BoxError>(http::Response::new(Bytes::from(body.to_string())))
     });
     let layer = EscalationLayer::builder(ContentFiltered)
@@ -167,10 +182,15 @@ async fn content_filtered_answer_is_reviewed() {
     let id = pending_id(&handle).await;
     let record = handle.get(&id).await.unwrap().unwrap();
     assert_eq!(record.stage, Stage::Response);
-    assert_eq!(record.result.as_ref().unwrap()["body"]["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(
+        record.result.as_ref().unwrap()["body"]["choices"][0]["finish_reason"],
+        "content_filter"
+    );
     handle.approve(&id, "moderator").await.unwrap();
     let response = call.await.unwrap().unwrap();
-    assert!(std::str::from_utf8(response.body()).unwrap().contains("content_filter"));
+    assert!(std::str::from_utf8(response.body())
+        .unwrap()
+        .contains("content_filter"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -195,5 +215,8 @@ async fn resolution_from_another_process_is_seen_at_the_next_poll() {
     assert_eq!(response.body().as_ref(), b"1");
     // Seen at the first poll after the answer (2 s), not at once and not at timeout.
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(3), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
 }

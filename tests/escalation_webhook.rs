@@ -19,14 +19,17 @@ use tower_llm_resilience::escalation::{
 const SECRET: &[u8] = b"webhook-shared-secret";
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn gate() -> RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
+type Gate = RequestPredicate<fn(&http::Request<Bytes>) -> bool>;
+
+fn gate() -> Gate {
     RequestPredicate::new("refund needs approval", |req: &http::Request<Bytes>| {
         req.uri().path() == "/refund"
     })
 }
 
-fn layer_for(receiver: &Upstream, retry: NotifyRetry) -> EscalationLayer<RequestPredicate<fn(&http::Request<Bytes>) -> bool>> {
-    let notifier = WebhookNotifier::new(&format!("{}/hooks/escalations", receiver.url()), SECRET).unwrap();
+fn layer_for(receiver: &Upstream, retry: NotifyRetry) -> EscalationLayer<Gate> {
+    let notifier =
+        WebhookNotifier::new(&format!("{}/hooks/escalations", receiver.url()), SECRET).unwrap();
     EscalationLayer::builder(gate())
         .notifier(notifier)
         .notify_retry(retry)
@@ -64,7 +67,14 @@ async fn webhook_receives_a_signed_payload() {
     let escalated = escalated(send(&mut svc, chat_request("/refund")).await.unwrap_err());
 
     let state = notification_settled(&handle, &escalated.id).await;
-    assert_eq!(state, NotificationState { attempts: 1, delivered: Some(true), last_error: None });
+    assert_eq!(
+        state,
+        NotificationState {
+            attempts: 1,
+            delivered: Some(true),
+            last_error: None
+        }
+    );
     assert_eq!(receiver.hits(), 1);
 
     let request = &receiver.requests()[0];
@@ -86,7 +96,10 @@ async fn webhook_receives_a_signed_payload() {
     assert_eq!(payload["expires_at"], to_rfc3339(escalated.expires_at));
     assert_eq!(payload["review_url"], review_url.as_str());
     let text = payload["text"].as_str().unwrap();
-    assert!(text.contains("refund needs approval") && text.contains(&review_url), "{text}");
+    assert!(
+        text.contains("refund needs approval") && text.contains(&review_url),
+        "{text}"
+    );
 
     let raw = String::from_utf8_lossy(&request.body);
     assert!(!raw.contains(API_KEY));
@@ -108,7 +121,13 @@ async fn failing_receiver_is_retried_with_backoff() {
         Reply::ok_json("{}"),
     ])
     .await;
-    let retry = NotifyRetry::new(5, Duration::from_secs(1), Duration::from_secs(30), Duration::from_secs(30)).unwrap();
+    let retry = NotifyRetry::new(
+        5,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     let layer = layer_for(&receiver, retry);
     let handle = layer.handle();
     let (inner, _) = llm("{}");
@@ -120,7 +139,10 @@ async fn failing_receiver_is_retried_with_backoff() {
     assert_eq!(state.delivered, Some(true));
     assert_eq!(receiver.hits(), 3);
     for request in receiver.requests() {
-        assert_eq!(request.headers[SIGNATURE_HEADER].to_str().unwrap(), expected_signature(&request.body));
+        assert_eq!(
+            request.headers[SIGNATURE_HEADER].to_str().unwrap(),
+            expected_signature(&request.body)
+        );
     }
 
     // Backoff: 1 s after the first failure, 2 s after the second.
@@ -131,13 +153,22 @@ async fn failing_receiver_is_retried_with_backoff() {
         .find(|e| e.action == AuditAction::NotificationDelivered { attempts: 3 })
         .expect("delivery recorded");
     let took = delivered.at.duration_since(record.created_at).unwrap();
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(4), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_notification_never_loses_the_escalation() {
     let receiver = Upstream::always(Reply::status(503, "{\"error\":\"down\"}")).await;
-    let retry = NotifyRetry::new(3, Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(5)).unwrap();
+    let retry = NotifyRetry::new(
+        3,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     let layer = layer_for(&receiver, retry);
     let handle = layer.handle();
     let (inner, calls) = llm("{\"refunded\":true}");
@@ -147,7 +178,10 @@ async fn a_failed_notification_never_loses_the_escalation() {
     let state = notification_settled(&handle, &escalated.id).await;
     assert_eq!(state.attempts, 3);
     assert_eq!(state.delivered, Some(false));
-    assert!(state.last_error.as_deref().unwrap().contains("503"), "{state:?}");
+    assert!(
+        state.last_error.as_deref().unwrap().contains("503"),
+        "{state:?}"
+    );
     assert_eq!(receiver.hits(), 3);
 
     // Still pending, listed, with the failure visible in the audit trail.
@@ -163,10 +197,15 @@ async fn a_failed_notification_never_loses_the_escalation() {
 
     // And it can still be resolved and resumed.
     handle.approve(&escalated.id, "ops").await.unwrap();
-    let response = send(&mut svc, with_header_token(chat_request("/refund"), &escalated.token))
-        .await
-        .unwrap();
-    assert!(std::str::from_utf8(response.body()).unwrap().contains("refunded"));
+    let response = send(
+        &mut svc,
+        with_header_token(chat_request("/refund"), &escalated.token),
+    )
+    .await
+    .unwrap();
+    assert!(std::str::from_utf8(response.body())
+        .unwrap()
+        .contains("refunded"));
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -175,8 +214,18 @@ fn webhook_settings_are_validated() {
     assert!(WebhookNotifier::new("ftp://example.com/hook", SECRET).is_err());
     assert!(WebhookNotifier::new("not a url", SECRET).is_err());
     assert!(WebhookNotifier::new("https://example.com/hook", Vec::new()).is_err());
-    assert!(NotifyRetry::new(0, Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(1)).is_err());
-    let notifier = WebhookNotifier::new("https://hooks.example.com/T000/B000/XXXX", SECRET).unwrap();
+    assert!(NotifyRetry::new(
+        0,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(1)
+    )
+    .is_err());
+    let notifier =
+        WebhookNotifier::new("https://hooks.example.com/T000/B000/XXXX", SECRET).unwrap();
     let debug = format!("{notifier:?}");
-    assert!(!debug.contains("webhook-shared-secret") && !debug.contains("XXXX"), "{debug}");
+    assert!(
+        !debug.contains("webhook-shared-secret") && !debug.contains("XXXX"),
+        "{debug}"
+    );
 }

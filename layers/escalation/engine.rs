@@ -8,49 +8,24 @@ use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
 
+use super::clock::Clock;
 use super::error::{EscalationError, ResolveError, StoreError};
-use super::notify::{Notification, Notifier, NotifyError, NotifyRetry};
+use super::notify::{Notifier, NotifyRetry};
 use super::record::{
-    AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, ModeKind, NotificationState,
-    Resolution, Stage, Status,
+    AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, ModeKind, Resolution, Stage,
+    Status,
 };
 use super::store::{EscalationStore, Update};
 use super::token::{self, ResumeToken, TokenHash};
 
 /// Actor name of changes the library makes itself.
-const SYSTEM: &str = "system";
+pub(crate) const SYSTEM: &str = "system";
 /// Give up on a compare-and-swap after this many conflicts in a row.
-const MAX_CONFLICTS: usize = 64;
-
-/// Wall-clock time that advances with tokio's clock, so expiry follows paused time in
-/// tests. Millisecond precision, as stores keep it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    wall: SystemTime,
-    mono: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Self {
-            wall: SystemTime::now(),
-            mono: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> SystemTime {
-        let now = self.wall + self.mono.elapsed();
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-    }
-}
+pub(crate) const MAX_CONFLICTS: usize = 64;
 
 /// What to create.
 pub(crate) struct NewEscalation {
@@ -140,99 +115,6 @@ impl Shared {
         tracing::info!(escalation_id = %id, stage = stage_label(new.stage), mode = mode_label(new.mode), reason = %record.reason, "escalated to a human");
         self.spawn_notification(&record);
         Ok((record, token))
-    }
-
-    fn spawn_notification(self: &Arc<Self>, record: &EscalationRecord) {
-        let Some(notifier) = self.notifier.clone() else {
-            return;
-        };
-        let notification = Notification::for_record(record, self.review_base.as_deref());
-        let shared = self.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move { shared.deliver(&*notifier, notification).await });
-            }
-            Err(_) => {
-                tracing::warn!(escalation_id = %record.id, "no tokio runtime: notification not sent")
-            }
-        }
-    }
-
-    async fn deliver(&self, notifier: &dyn Notifier, notification: Notification) {
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            let result =
-                tokio::time::timeout(self.retry.attempt_timeout(), notifier.notify(&notification))
-                    .await
-                    .unwrap_or(Err(NotifyError::TimedOut));
-            match result {
-                Ok(()) => break Ok(()),
-                Err(e) if attempt >= self.retry.attempts() => break Err(e),
-                Err(e) => {
-                    tracing::debug!(escalation_id = %notification.id, attempt, error = %e, "notification attempt failed");
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
-                }
-            }
-        };
-        let (state, action) = match outcome {
-            Ok(()) => {
-                metrics::counter!("escalation_notifications_total", "outcome" => "delivered")
-                    .increment(1);
-                tracing::info!(escalation_id = %notification.id, attempts = attempt, "notification delivered");
-                let state = NotificationState {
-                    attempts: attempt,
-                    delivered: Some(true),
-                    last_error: None,
-                };
-                (
-                    state,
-                    AuditAction::NotificationDelivered { attempts: attempt },
-                )
-            }
-            Err(e) => {
-                metrics::counter!("escalation_notifications_total", "outcome" => "failed")
-                    .increment(1);
-                tracing::warn!(escalation_id = %notification.id, attempts = attempt, error = %e, "notification failed; escalation stays pending");
-                let error = e.to_string();
-                let state = NotificationState {
-                    attempts: attempt,
-                    delivered: Some(false),
-                    last_error: Some(error.clone()),
-                };
-                (
-                    state,
-                    AuditAction::NotificationFailed {
-                        attempts: attempt,
-                        error,
-                    },
-                )
-            }
-        };
-        if let Err(e) = self.set_notification(&notification.id, state, action).await {
-            tracing::error!(escalation_id = %notification.id, error = %e, "could not record the notification outcome");
-        }
-    }
-
-    async fn set_notification(
-        &self,
-        id: &EscalationId,
-        state: NotificationState,
-        action: AuditAction,
-    ) -> Result<(), StoreError> {
-        for _ in 0..MAX_CONFLICTS {
-            let Some(current) = self.store.get(id).await? else {
-                return Err(StoreError::NotFound(id.clone()));
-            };
-            let mut next = current.clone();
-            next.notification = state.clone();
-            next.version += 1;
-            let audit = AuditEntry::new(id.clone(), self.clock.now(), SYSTEM, action.clone());
-            if self.store.update(current.version, next, audit).await? == Update::Applied {
-                return Ok(());
-            }
-        }
-        Err(contention())
     }
 
     /// First resolution wins. With `by_timeout`, the configured default is being
@@ -457,7 +339,7 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-fn contention() -> StoreError {
+pub(crate) fn contention() -> StoreError {
     StoreError::Backend("escalation store: too many concurrent changes to one record".into())
 }
 

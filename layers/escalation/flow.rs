@@ -130,7 +130,7 @@ where
 
 enum Created {
     Detached(Escalated),
-    Waited(EscalationRecord),
+    Waited(Box<EscalationRecord>),
 }
 
 async fn create<P, A>(
@@ -176,7 +176,7 @@ async fn create<P, A>(
                     config.poll_interval,
                 )
                 .await?;
-            Ok(Created::Waited(resolved))
+            Ok(Created::Waited(Box::new(resolved)))
         }
         (Mode::Detach { .. }, None) => Err(EscalationError::InvalidToken),
     }

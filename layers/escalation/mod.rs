@@ -111,6 +111,7 @@
 //! `escalation_expired_total`, `escalation_resume_total{outcome}`,
 //! `escalation_notifications_total{outcome}`.
 
+mod clock;
 mod engine;
 mod error;
 mod flow;

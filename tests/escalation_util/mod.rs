@@ -51,26 +51,24 @@ pub fn chat_request(path: &str) -> http::Request<Bytes> {
         .unwrap()
 }
 
-pub fn with_header_token(mut request: http::Request<Bytes>, token: &ResumeToken) -> http::Request<Bytes> {
+pub fn with_header_token(
+    mut request: http::Request<Bytes>,
+    token: &ResumeToken,
+) -> http::Request<Bytes> {
     request
         .headers_mut()
         .insert(RESUME_TOKEN_HEADER, token.expose().parse().unwrap());
     request
 }
 
-pub fn send<S>(
+pub async fn send<S>(
     service: &mut S,
     request: http::Request<Bytes>,
-) -> impl std::future::Future<Output = Result<http::Response<Bytes>, BoxError>> + '_
+) -> Result<http::Response<Bytes>, BoxError>
 where
     S: Service<http::Request<Bytes>, Response = http::Response<Bytes>, Error = BoxError>,
 {
-    async move {
-        match service.ready().await {
-            Ok(ready) => ready.call(request).await,
-            Err(e) => Err(e),
-        }
-    }
+    service.ready().await?.call(request).await
 }
 
 /// Calls the service and runs the response future in its own task.
@@ -184,7 +182,12 @@ impl EscalationStore for RacyStore {
         })
     }
 
-    fn update(&self, expected: u64, record: EscalationRecord, audit: AuditEntry) -> StoreFuture<'_, Update> {
+    fn update(
+        &self,
+        expected: u64,
+        record: EscalationRecord,
+        audit: AuditEntry,
+    ) -> StoreFuture<'_, Update> {
         self.0.update(expected, record, audit)
     }
 

@@ -9,6 +9,7 @@ use super::error::BuildError;
 use super::record::{EscalationId, EscalationRecord, Stage};
 use crate::BoxError;
 
+mod dispatch;
 mod webhook;
 
 #[cfg(feature = "reqwest")]
