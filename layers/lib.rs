@@ -4,6 +4,7 @@
 //!
 //! - [`circuit_breaker`]: stop calling an upstream that keeps failing, fail fast
 //!   while open, probe and recover.
+//! - [`escalation`]: pause a call that needs a human, notify, resume with a token.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -18,6 +19,7 @@ pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]
 pub mod client;
+pub mod escalation;
 
 #[cfg(feature = "reqwest")]
 pub use client::{

@@ -1,0 +1,216 @@
+//! The slow paths: escalating, waiting, resuming. Each runs as one boxed future.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tower_service::Service;
+
+use super::engine::NewEscalation;
+use super::error::{Escalated, EscalationError};
+use super::layer::{Config, Mode};
+use super::policy::{EscalationPolicy, Verdict};
+use super::record::{Decision, EscalationRecord, ModeKind, Stage};
+use super::snapshot::Adapter;
+use super::token::ResumeToken;
+use crate::BoxError;
+
+/// An approval gate fired: record, then return a token or wait for the human.
+pub(crate) async fn escalate_request<S, P, A, Req>(
+    config: Arc<Config<P, A>>,
+    service: S,
+    request: Req,
+    reason: String,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    S::Response: Send + 'static,
+    P: EscalationPolicy<Req, S::Response>,
+    A: Adapter<Req, S::Response>,
+{
+    let snapshot = config.adapter.snapshot_request(&request);
+    let record = match create(&config, Stage::Request, reason, snapshot.clone(), None).await? {
+        Created::Detached(escalated) => return Err(EscalationError::Escalated(escalated).into()),
+        Created::Waited(record) => record,
+    };
+    match decision(&record)? {
+        Decision::Approve => call_and_review(config, service, request, snapshot).await,
+        Decision::Answer { payload } => answer(&config, payload),
+        Decision::Reject { reason } => Err(rejected(&record, reason)),
+    }
+}
+
+/// A review fired on `response`: record, then return a token or wait for the human.
+pub(crate) async fn escalate_response<P, A, Req, Res>(
+    config: Arc<Config<P, A>>,
+    request: Value,
+    response: Res,
+    reason: String,
+) -> Result<Res, BoxError>
+where
+    Res: Send + 'static,
+    A: Adapter<Req, Res>,
+{
+    let result = config.adapter.snapshot_response(&response);
+    let record = match create(&config, Stage::Response, reason, request, Some(result)).await? {
+        Created::Detached(escalated) => {
+            let parked = Box::new(response);
+            config
+                .shared
+                .park(escalated.id.clone(), escalated.expires_at, parked);
+            return Err(EscalationError::Escalated(escalated).into());
+        }
+        Created::Waited(record) => record,
+    };
+    match decision(&record)? {
+        Decision::Approve => Ok(response),
+        Decision::Answer { payload } => answer(&config, payload),
+        Decision::Reject { reason } => Err(rejected(&record, reason)),
+    }
+}
+
+/// A caller came back with a token.
+pub(crate) async fn resume<S, P, A, Req>(
+    config: Arc<Config<P, A>>,
+    service: S,
+    request: Req,
+    token: ResumeToken,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    S::Response: Send + 'static,
+    P: EscalationPolicy<Req, S::Response>,
+    A: Adapter<Req, S::Response>,
+{
+    let record = config.shared.redeem(&token).await?;
+    let parked = config.shared.unpark(&record.id);
+    match decision(&record)? {
+        Decision::Reject { reason } => Err(rejected(&record, reason)),
+        Decision::Answer { payload } => answer(&config, payload),
+        Decision::Approve => {
+            if record.stage == Stage::Response {
+                if let Some(Ok(response)) = parked.map(|p| p.downcast::<S::Response>()) {
+                    return Ok(*response);
+                }
+                // The reviewed response is gone (the process restarted): call again,
+                // and review the new response like any other.
+            }
+            let snapshot = config.adapter.snapshot_request(&request);
+            call_and_review(config, service, request, snapshot).await
+        }
+    }
+}
+
+async fn call_and_review<S, P, A, Req>(
+    config: Arc<Config<P, A>>,
+    mut service: S,
+    request: Req,
+    snapshot: Value,
+) -> Result<S::Response, BoxError>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    S::Response: Send + 'static,
+    P: EscalationPolicy<Req, S::Response>,
+    A: Adapter<Req, S::Response>,
+{
+    poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let response = service.call(request).await.map_err(Into::into)?;
+    match config.policy.check_response(&response) {
+        Verdict::Proceed => Ok(response),
+        Verdict::Escalate { reason } => {
+            Box::pin(escalate_response(config, snapshot, response, reason)).await
+        }
+    }
+}
+
+enum Created {
+    Detached(Escalated),
+    Waited(Box<EscalationRecord>),
+}
+
+async fn create<P, A>(
+    config: &Config<P, A>,
+    stage: Stage,
+    reason: String,
+    request: Value,
+    result: Option<Value>,
+) -> Result<Created, EscalationError> {
+    let (mode, ttl) = match &config.mode {
+        Mode::Detach { ttl } => (ModeKind::Detach, *ttl),
+        Mode::Wait { timeout, .. } => (ModeKind::Wait, *timeout),
+    };
+    let new = NewEscalation {
+        stage,
+        mode,
+        reason,
+        request,
+        result,
+        ttl,
+    };
+    let (record, token) = config.shared.create(new).await?;
+    match (&config.mode, token) {
+        (Mode::Detach { .. }, Some(token)) => Ok(Created::Detached(Escalated {
+            id: record.id,
+            token,
+            expires_at: record.expires_at,
+            reason: record.reason,
+        })),
+        (
+            Mode::Wait {
+                timeout,
+                on_timeout,
+            },
+            _,
+        ) => {
+            let resolved = config
+                .shared
+                .wait(
+                    &record.id,
+                    *timeout,
+                    &on_timeout.decision(),
+                    config.poll_interval,
+                )
+                .await?;
+            Ok(Created::Waited(Box::new(resolved)))
+        }
+        (Mode::Detach { .. }, None) => Err(EscalationError::InvalidToken),
+    }
+}
+
+fn decision(record: &EscalationRecord) -> Result<Decision, EscalationError> {
+    match &record.resolution {
+        Some(resolution) => Ok(resolution.decision.clone()),
+        None => Err(EscalationError::Expired {
+            id: record.id.clone(),
+        }),
+    }
+}
+
+fn rejected(record: &EscalationRecord, reason: String) -> BoxError {
+    let resolved_by = record
+        .resolution
+        .as_ref()
+        .map(|r| r.resolved_by.clone())
+        .unwrap_or_default();
+    EscalationError::Rejected {
+        id: record.id.clone(),
+        reason,
+        resolved_by,
+    }
+    .into()
+}
+
+fn answer<P, A, Req, Res>(config: &Config<P, A>, payload: Value) -> Result<Res, BoxError>
+where
+    A: Adapter<Req, Res>,
+{
+    config
+        .adapter
+        .answer(payload)
+        .map_err(|e| EscalationError::Answer(e).into())
+}

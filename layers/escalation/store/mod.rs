@@ -1,0 +1,106 @@
+//! Where escalations live: a small trait, an in-memory store, and SQLite.
+//!
+//! The trait is a versioned compare-and-swap over whole records plus an append-only
+//! audit trail. All the rules (first resolution wins, single use, expiry) are built on
+//! top of [`EscalationStore::update`] by the layer and the [`Handle`](super::Handle),
+//! so a store only has to make one thing atomic: "replace this record if its version
+//! is still `expected_version`, and append this audit entry with it".
+//!
+//! That maps onto SQLite (`UPDATE .. WHERE version = ?` in a transaction), Redis (a
+//! `WATCH`/`MULTI` or a Lua script that compares the version field, then `RPUSH`es
+//! the audit entry), or any SQL database.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::error::StoreError;
+use super::record::{AuditEntry, EscalationId, EscalationRecord, Status};
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use self::memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteStore;
+
+/// The boxed future every store method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The result of [`EscalationStore::update`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// The record was replaced and the audit entry appended.
+    Applied,
+    /// Nothing changed: the stored version was not the expected one. Carries the
+    /// record as it is now (`None` if it does not exist).
+    Conflict(Option<Box<EscalationRecord>>),
+}
+
+/// Storage for escalation records and their audit trail.
+///
+/// Contract (the store-contract tests in `tests/escalation_store.rs` check it for
+/// every store):
+///
+/// - [`insert`](Self::insert) adds a new record and its audit entry, or fails with
+///   [`StoreError::Duplicate`] if the id exists.
+/// - [`update`](Self::update) replaces the record with id `record.id` **only if** its
+///   stored `version` equals `expected_version`, appending `audit` in the same atomic
+///   step; otherwise it changes nothing and returns [`Update::Conflict`]. Two racing
+///   updates from the same version: exactly one is applied.
+/// - [`get`](Self::get) and [`list`](Self::list) return records exactly as written
+///   (times have millisecond precision); `list` orders by creation time, then id.
+/// - [`audit`](Self::audit) returns entries in the order they were appended.
+/// - Stores never interpret expiry: a pending record past `expires_at` is still
+///   pending until the layer writes `Expired` (a backend may additionally drop
+///   records long after expiry, for retention).
+pub trait EscalationStore: Send + Sync + fmt::Debug + 'static {
+    /// Adds a new record (version 0) with its creation audit entry.
+    fn insert(&self, record: EscalationRecord, audit: AuditEntry) -> StoreFuture<'_, ()>;
+
+    /// The record with this id.
+    fn get<'a>(&'a self, id: &'a EscalationId) -> StoreFuture<'a, Option<EscalationRecord>>;
+
+    /// Compare-and-swap on the version, plus an audit entry, atomically.
+    fn update(
+        &self,
+        expected_version: u64,
+        record: EscalationRecord,
+        audit: AuditEntry,
+    ) -> StoreFuture<'_, Update>;
+
+    /// Records with this status (all when `None`), oldest first.
+    fn list(&self, status: Option<Status>) -> StoreFuture<'_, Vec<EscalationRecord>>;
+
+    /// The audit trail of one escalation, or of all when `None`, in append order.
+    fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>>;
+}
+
+impl<T: EscalationStore + ?Sized> EscalationStore for Arc<T> {
+    fn insert(&self, record: EscalationRecord, audit: AuditEntry) -> StoreFuture<'_, ()> {
+        (**self).insert(record, audit)
+    }
+
+    fn get<'a>(&'a self, id: &'a EscalationId) -> StoreFuture<'a, Option<EscalationRecord>> {
+        (**self).get(id)
+    }
+
+    fn update(
+        &self,
+        expected_version: u64,
+        record: EscalationRecord,
+        audit: AuditEntry,
+    ) -> StoreFuture<'_, Update> {
+        (**self).update(expected_version, record, audit)
+    }
+
+    fn list(&self, status: Option<Status>) -> StoreFuture<'_, Vec<EscalationRecord>> {
+        (**self).list(status)
+    }
+
+    fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>> {
+        (**self).audit(id)
+    }
+}
