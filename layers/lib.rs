@@ -13,6 +13,9 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod partial_batch;
+
+pub use partial_batch::{PartialBatch, PartialBatchLayer};
 
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
