@@ -119,7 +119,7 @@ impl<Res> ItemReport<Res> {
 
 /// The outcome of one item.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ItemOutcome<Res> {
     /// The inner service's response (or the stored one).
