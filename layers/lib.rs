@@ -20,6 +20,9 @@ pub mod classify;
 #[cfg(feature = "reqwest")]
 pub mod client;
 pub mod escalation;
+pub mod partial_batch;
+
+pub use partial_batch::{PartialBatch, PartialBatchLayer};
 
 #[cfg(feature = "reqwest")]
 pub use client::{
