@@ -4,6 +4,8 @@
 //!
 //! - [`circuit_breaker`]: stop calling an upstream that keeps failing, fail fast
 //!   while open, probe and recover.
+//! - [`fallback`]: try ordered tiers (primary model, alternates, a template) and
+//!   mark the answer as degraded.
 //!
 //! All layers decide from one shared classification of a call's result, in
 //! [`classify`]: a rate limit, an overloaded provider, a context-length error and a
@@ -13,6 +15,9 @@
 
 pub mod circuit_breaker;
 pub mod classify;
+pub mod fallback;
+
+pub use fallback::{Degraded, FallbackLayer};
 
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
