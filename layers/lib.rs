@@ -19,5 +19,7 @@ pub mod fallback;
 
 pub use fallback::{Degraded, FallbackLayer};
 
+pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,122 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::circuit::{Admission, Circuit, Verdict};
+use super::CircuitOpen;
+use crate::classify::{Classify, Outcome};
+use crate::BoxError;
+
+/// An admitted call's claim on its circuit. Dropping a probe's guard before the
+/// call finished gives the probe slot back.
+pub(crate) struct Guard<K> {
+    circuit: Arc<Circuit<K>>,
+    admission: Admission,
+    started: Option<Instant>,
+    finished: bool,
+}
+
+impl<K: Clone + fmt::Debug + Send + Sync + 'static> Guard<K> {
+    pub(crate) fn new(
+        circuit: Arc<Circuit<K>>,
+        admission: Admission,
+        started: Option<Instant>,
+    ) -> Self {
+        Self {
+            circuit,
+            admission,
+            started,
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: &Outcome) {
+        self.finished = true;
+        let verdict = Verdict::of(outcome, self.circuit.config());
+        let elapsed: Option<Duration> = self.started.map(|s| s.elapsed());
+        self.circuit.record(&self.admission, verdict, elapsed);
+    }
+}
+
+impl<K> Drop for Guard<K> {
+    fn drop(&mut self) {
+        if let (false, Admission::Probe(generation)) = (self.finished, &self.admission) {
+            self.circuit.release_probe(*generation);
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker).
+    pub struct ResponseFuture<F, C, K> {
+        #[pin]
+        kind: Kind<F>,
+        guard: Option<Guard<K>>,
+        classifier: C,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Rejected { error: Option<CircuitOpen> },
+    }
+}
+
+impl<F, C, K: Clone + fmt::Debug + Send + Sync + 'static> ResponseFuture<F, C, K> {
+    pub(crate) fn called(future: F, guard: Guard<K>, classifier: C) -> Self {
+        Self {
+            kind: Kind::Called { future },
+            guard: Some(guard),
+            classifier,
+        }
+    }
+
+    pub(crate) fn rejected(error: CircuitOpen, classifier: C) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+            guard: None,
+            classifier,
+        }
+    }
+}
+
+impl<F, C, K> fmt::Debug for ResponseFuture<F, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, C, K, Res, Err> Future for ResponseFuture<F, C, K>
+where
+    F: Future<Output = Result<Res, Err>>,
+    Err: Into<BoxError>,
+    C: Classify<Res, Err>,
+    K: Clone + fmt::Debug + Send + Sync + 'static,
+{
+    type Output = Result<Res, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { future } => {
+                let result = ready!(future.poll(cx));
+                if let Some(mut guard) = this.guard.take() {
+                    guard.finish(&this.classifier.classify(&result));
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Rejected { error } => {
+                let error = error.take().unwrap_or(CircuitOpen::new(Duration::ZERO));
+                Poll::Ready(Err(Box::new(error)))
+            }
+        }
+    }
+}

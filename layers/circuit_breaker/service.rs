@@ -1,0 +1,121 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::future::{Guard, ResponseFuture};
+use super::handle::Handle;
+use super::key::{KeySelector, NoKey, SelectKey};
+use super::registry::Registry;
+use super::CircuitBreakerLayer;
+use crate::classify::{Classify, DefaultClassifier};
+use crate::BoxError;
+
+/// A circuit breaker around an inner service; made by [`CircuitBreakerLayer`].
+///
+/// # Readiness
+///
+/// `poll_ready` is the inner service's `poll_ready`: the circuit never makes it
+/// return an error, and never makes a caller wait. An open circuit rejects in
+/// `call`, at once, with [`CircuitOpen`](super::CircuitOpen) (boxed in the
+/// [`BoxError`]), without calling the inner service.
+pub struct CircuitBreaker<S, C = DefaultClassifier, K: KeySelector = NoKey> {
+    pub(crate) inner: S,
+    pub(crate) classifier: C,
+    pub(crate) keys: K,
+    pub(crate) registry: Arc<Registry<K::Key>>,
+}
+
+impl<S> CircuitBreaker<S> {
+    /// Wrap `inner` in a circuit breaker with the default settings and its own
+    /// circuit. To share circuits between services, build a
+    /// [`CircuitBreakerLayer`] once and layer each with it.
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&CircuitBreakerLayer::new(), inner)
+    }
+
+    /// A layer with the default settings; see [`CircuitBreakerLayer::builder`].
+    pub fn layer() -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new()
+    }
+}
+
+impl<S, C, K: KeySelector> CircuitBreaker<S, C, K> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The circuits this service shares with its layer.
+    pub fn handle(&self) -> Handle<K::Key> {
+        Handle {
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, K: KeySelector + Clone> Clone for CircuitBreaker<S, C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            classifier: self.classifier.clone(),
+            keys: self.keys.clone(),
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C, K: KeySelector> fmt::Debug for CircuitBreaker<S, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("name", &self.registry.shared.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, K, Req> Service<Req> for CircuitBreaker<S, C, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+    K: SelectKey<Req>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C, K::Key>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let circuit = self.registry.circuit(self.keys.select(&request));
+        match circuit.admit() {
+            Ok(admission) => {
+                let started = circuit.needs_clock().then(Instant::now);
+                let future = self.inner.call(request);
+                ResponseFuture::called(
+                    future,
+                    Guard::new(circuit, admission, started),
+                    self.classifier.clone(),
+                )
+            }
+            Err(open) => ResponseFuture::rejected(open, self.classifier.clone()),
+        }
+    }
+}
