@@ -17,9 +17,8 @@ pub mod circuit_breaker;
 pub mod classify;
 pub mod fallback;
 
-pub use fallback::{Degraded, FallbackLayer};
-
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+pub use fallback::{Degraded, Fallback, FallbackLayer};
 
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
