@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //! use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitOpen};
 //! use tower_llm_resilience::classify::ErrorOnlyClassifier;
 //! use tower_llm_resilience::BoxError;
