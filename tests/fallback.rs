@@ -417,3 +417,19 @@ fn bad_configurations_are_errors() {
         .build()
         .is_ok());
 }
+
+#[test]
+fn services_and_futures_are_send() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: &T) {}
+    let layer = FallbackLayer::builder()
+        .alternate("claude", http_tier(dead_url()))
+        .first_event_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    send_sync(&layer);
+    let mut service = layer.layer(http_tier(dead_url()));
+    send_sync(&service);
+    let future = service.call(chat("gpt-4o"));
+    send(&future);
+}

@@ -147,7 +147,8 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
 
     /// The last resort, which cannot fail: a closure from the request to an answer
     /// (a template, a cached answer, an apology). It answers when every tier
-    /// failed with a failure the policy falls back from.
+    /// failed with a failure the policy falls back from. It gets the request as
+    /// the caller sent it (no tier's mapping).
     #[must_use]
     pub fn final_responder(
         mut self,

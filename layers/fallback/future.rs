@@ -181,6 +181,7 @@ impl<F, SF> Primary<F, SF> {
     }
 }
 
+#[inline]
 fn poll_primary<F, Req, Res, Err, C, P>(
     mut primary: Pin<&mut Primary<F, P::Future>>,
     config: &Config<Req, Res, Err, C, P>,
@@ -214,6 +215,7 @@ enum AfterCall<SF, Out> {
     Done(Attempted<Out>),
 }
 
+#[inline]
 fn after_call<Req, Res, Err, C, P>(
     config: &Config<Req, Res, Err, C, P>,
     result: Result<Res, Err>,
@@ -237,6 +239,7 @@ where
     }
 }
 
+#[inline]
 fn after_settle<Out>(settled: Result<Out, BoxError>) -> Attempted<Out> {
     match settled {
         Ok(out) => Attempted::Answer(out),
@@ -378,8 +381,12 @@ where
     }
 
     /// The call is over: drop (cancel) every call still running.
+    #[inline]
     fn finish(&mut self, winner: usize) {
-        if self.hedged && !self.in_flight.is_empty() {
+        if self.in_flight.is_empty() {
+            return;
+        }
+        if self.hedged {
             tracing::debug!(
                 winner,
                 dropped = self.in_flight.len(),
@@ -387,7 +394,6 @@ where
             );
         }
         self.in_flight.clear();
-        self.hedge_timer = None;
     }
 }
 

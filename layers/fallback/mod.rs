@@ -99,7 +99,8 @@
 //! With [`hedge_after`](FallbackBuilder::hedge_after), a tier that has not answered
 //! after the delay gets company: the next alternate starts too. The first answer
 //! wins, the other call is dropped at once (which cancels it), and a degraded answer
-//! is marked [`hedged`](Degraded::hedged). At most two calls run at a time.
+//! is marked [`hedged`](Degraded::hedged); when the primary wins, its answer
+//! carries no marker (it is not degraded). At most two calls run at a time.
 //!
 //! # Streaming
 //!
