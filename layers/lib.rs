@@ -4,7 +4,11 @@
 //!
 //! - [`circuit_breaker`]: stop calling an upstream that keeps failing, fail fast
 //!   while open, probe and recover.
+//! - [`fallback`]: try ordered tiers (primary model, alternates, a template) and
+//!   mark the answer as degraded.
 //! - [`escalation`]: pause a call that needs a human, notify, resume with a token.
+//! - [`partial_batch`]: run a batch item by item, retry only what can succeed,
+//!   report every item, and skip what already succeeded on a re-run.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -20,6 +24,7 @@ pub mod classify;
 #[cfg(feature = "reqwest")]
 pub mod client;
 pub mod escalation;
+pub mod fallback;
 pub mod partial_batch;
 
 pub use partial_batch::{PartialBatch, PartialBatchLayer};
@@ -30,6 +35,7 @@ pub use client::{
 };
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
+pub use fallback::{Degraded, Fallback, FallbackLayer};
 
 /// The boxed error type used across tower: `Box<dyn Error + Send + Sync>`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

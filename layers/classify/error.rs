@@ -87,6 +87,9 @@ fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
     if let Some(e) = err.downcast_ref::<CircuitOpen>() {
         return Some(e.classify_error());
     }
+    if let Some(kind) = crate::fallback::known_kind(err) {
+        return Some(kind);
+    }
     if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
         return Some(FailureKind::Timeout);
     }

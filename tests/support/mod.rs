@@ -15,6 +15,8 @@
 //! or call `tokio::time::pause()` after the I/O part, once every task waits.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -89,6 +91,8 @@ pub enum Reply {
     Stall,
     /// Drop the connection without an answer.
     Close,
+    /// Wait (paused-time friendly), then answer with the inner reply.
+    After(Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -113,6 +117,11 @@ impl Reply {
             headers.push((name.into(), value.into()));
         }
         self
+    }
+
+    /// This reply, after a wait before the response head.
+    pub fn after(wait: Duration, reply: Reply) -> Reply {
+        Reply::After(wait, Box::new(reply))
     }
 
     pub fn sse(steps: Vec<Step>) -> Reply {
@@ -241,8 +250,12 @@ async fn respond(
         body,
     };
     let index = hits.fetch_add(1, Ordering::SeqCst);
-    let reply = handler(&recorded, index);
+    let mut reply = handler(&recorded, index);
     requests.lock().unwrap().push(recorded);
+    while let Reply::After(wait, inner) = reply {
+        tokio::time::sleep(wait).await;
+        reply = *inner;
+    }
     let (status, headers, steps) = match reply {
         Reply::Full {
             status,
@@ -256,6 +269,7 @@ async fn respond(
         } => (status, headers, steps),
         Reply::Stall => std::future::pending().await,
         Reply::Close => return Err(std::io::Error::other("closing the connection on purpose")),
+        Reply::After(..) => unreachable!("unwrapped above"),
     };
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {

@@ -1,0 +1,277 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::util::BoxCloneSyncService;
+use tower_service::Service;
+
+use super::layer::{Categories, Config, FinalResponder};
+use super::{FallbackConfigError, FallbackLayer, FirstEvent, Immediate};
+use crate::classify::{DefaultClassifier, FailureCategory, FailurePolicy};
+
+/// One alternate tier: a named service with the primary's request, response and
+/// error types, an optional request mapping, and the extra failure kinds it takes
+/// over from.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower::service_fn;
+/// use tower_llm_resilience::classify::FailureCategory;
+/// use tower_llm_resilience::fallback::{rewrite_model, Tier};
+/// use tower_llm_resilience::BoxError;
+///
+/// let long_context = service_fn(|req: http::Request<Bytes>| async move {
+///     Ok::<_, BoxError>(http::Response::new(req.into_body()))
+/// });
+/// let tier = Tier::new("gpt-4.1", long_context)
+///     .map_request(rewrite_model("gpt-4.1"))
+///     .accepts(FailureCategory::ContextLengthExceeded);
+/// ```
+pub struct Tier<Req, Res, Err> {
+    pub(crate) name: Arc<str>,
+    pub(crate) service: BoxCloneSyncService<Req, Res, Err>,
+    pub(crate) map_request: Option<Arc<dyn Fn(Req) -> Req + Send + Sync>>,
+    pub(crate) accepts: Categories,
+}
+
+impl<Req, Res, Err> Tier<Req, Res, Err> {
+    /// A tier named `name` that calls `service`. The service is cloned for each
+    /// call that reaches this tier and driven to readiness inside the response
+    /// future.
+    pub fn new<S>(name: impl Into<Arc<str>>, service: S) -> Self
+    where
+        S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        Req: 'static,
+    {
+        Self {
+            name: name.into(),
+            service: BoxCloneSyncService::new(service),
+            map_request: None,
+            accepts: Categories::default(),
+        }
+    }
+
+    /// Rewrite the request before this tier gets it (another model name, another
+    /// URL, ...). See [`rewrite_model`](super::rewrite_model) for JSON bodies.
+    #[must_use]
+    pub fn map_request(mut self, map: impl Fn(Req) -> Req + Send + Sync + 'static) -> Self {
+        self.map_request = Some(Arc::new(map));
+        self
+    }
+
+    /// Also take over after failures of this category, which the policy does not
+    /// fall back from by default: for example `ContextLengthExceeded` for a tier
+    /// with a larger context window, or `ContentFiltered` for a provider with
+    /// other content rules. Such a failure skips straight to the first tier that
+    /// accepts it.
+    #[must_use]
+    pub fn accepts(mut self, category: FailureCategory) -> Self {
+        self.accepts.insert(category);
+        self
+    }
+
+    /// The tier's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn accepts_category(&self, category: FailureCategory) -> bool {
+        self.accepts.contains(category)
+    }
+}
+
+impl<Req, Res, Err> fmt::Debug for Tier<Req, Res, Err> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tier")
+            .field("name", &self.name)
+            .field("map_request", &self.map_request.is_some())
+            .field("accepts", &self.accepts)
+            .finish()
+    }
+}
+
+/// Configures a [`FallbackLayer`]; [`build`](Self::build) checks the configuration.
+pub struct FallbackBuilder<Req, Res, Err, C = DefaultClassifier, P = Immediate> {
+    primary: Arc<str>,
+    alternates: Vec<Tier<Req, Res, Err>>,
+    final_responder: Option<FinalResponder<Req, Res>>,
+    classifier: C,
+    policy: FailurePolicy,
+    hedge_after: Option<Duration>,
+    settle: P,
+    error: Option<FallbackConfigError>,
+}
+
+impl<Req, Res, Err> FallbackBuilder<Req, Res, Err> {
+    pub(crate) fn new() -> Self {
+        Self {
+            primary: Arc::from("primary"),
+            alternates: Vec::new(),
+            final_responder: None,
+            classifier: DefaultClassifier,
+            policy: FailurePolicy::DEFAULT,
+            hedge_after: None,
+            settle: Immediate,
+            error: None,
+        }
+    }
+}
+
+impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
+    /// Name the primary (the wrapped service) in markers, errors and metrics.
+    /// Defaults to `"primary"`.
+    #[must_use]
+    pub fn primary_name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.primary = name.into();
+        self
+    }
+
+    /// Add an alternate, tried after the primary and the alternates added before.
+    #[must_use]
+    pub fn alternate<S>(self, name: impl Into<Arc<str>>, service: S) -> Self
+    where
+        S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        Req: 'static,
+    {
+        self.tier(Tier::new(name, service))
+    }
+
+    /// Add a configured alternate.
+    #[must_use]
+    pub fn tier(mut self, tier: Tier<Req, Res, Err>) -> Self {
+        self.alternates.push(tier);
+        self
+    }
+
+    /// The last resort, which cannot fail: a closure from the request to an answer
+    /// (a template, a cached answer, an apology). It answers when every tier
+    /// failed with a failure the policy falls back from. It gets the request as
+    /// the caller sent it (no tier's mapping).
+    #[must_use]
+    pub fn final_responder(
+        mut self,
+        name: impl Into<Arc<str>>,
+        respond: impl Fn(Req) -> Res + Send + Sync + 'static,
+    ) -> Self {
+        self.final_responder = Some(FinalResponder {
+            name: name.into(),
+            respond: Arc::new(respond),
+        });
+        self
+    }
+
+    /// Decide which failures fall back from this policy instead of the defaults
+    /// of [`FailurePolicy`] (its `worth_fallback` column).
+    #[must_use]
+    pub fn policy(mut self, policy: FailurePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Classify results with `classifier` instead of [`DefaultClassifier`].
+    pub fn classifier<C2>(self, classifier: C2) -> FallbackBuilder<Req, Res, Err, C2, P> {
+        FallbackBuilder {
+            primary: self.primary,
+            alternates: self.alternates,
+            final_responder: self.final_responder,
+            classifier,
+            policy: self.policy,
+            hedge_after: self.hedge_after,
+            settle: self.settle,
+            error: self.error,
+        }
+    }
+
+    /// Hedge: when a tier has not answered after `delay`, also start the next
+    /// alternate. The first answer wins, the other call is dropped (cancelled),
+    /// and a degraded answer is marked [`hedged`](super::Degraded::hedged).
+    #[must_use]
+    pub fn hedge_after(mut self, delay: Duration) -> Self {
+        if delay.is_zero() {
+            self.error
+                .get_or_insert(FallbackConfigError::ZeroDuration("hedge_after"));
+        }
+        self.hedge_after = Some(delay);
+        self
+    }
+
+    /// For `http::Response` event streams: a tier answers only once its first
+    /// `data:` event arrived, at most `timeout` after the response head. See
+    /// [`FirstEvent`].
+    pub fn first_event_timeout(
+        self,
+        timeout: Duration,
+    ) -> FallbackBuilder<Req, Res, Err, C, FirstEvent> {
+        let mut next = self.settle_with(FirstEvent::new(timeout));
+        if timeout.is_zero() {
+            next.error
+                .get_or_insert(FallbackConfigError::ZeroDuration("first_event_timeout"));
+        }
+        next
+    }
+
+    /// Decide when a successful response counts as an answer with `settle`, a
+    /// [`SettleResponse`](super::SettleResponse) for the response type.
+    pub fn settle_with<P2>(self, settle: P2) -> FallbackBuilder<Req, Res, Err, C, P2> {
+        FallbackBuilder {
+            primary: self.primary,
+            alternates: self.alternates,
+            final_responder: self.final_responder,
+            classifier: self.classifier,
+            policy: self.policy,
+            hedge_after: self.hedge_after,
+            settle,
+            error: self.error,
+        }
+    }
+
+    /// Check the configuration and build the layer.
+    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.alternates.is_empty() && self.final_responder.is_none() {
+            return Err(FallbackConfigError::NoTiers);
+        }
+        if self.hedge_after.is_some() && self.alternates.is_empty() {
+            return Err(FallbackConfigError::HedgeWithoutAlternate);
+        }
+        let names = std::iter::once(&self.primary)
+            .chain(self.alternates.iter().map(|tier| &tier.name))
+            .chain(self.final_responder.iter().map(|last| &last.name));
+        let mut seen: Vec<&str> = Vec::new();
+        for name in names {
+            if name.is_empty() {
+                return Err(FallbackConfigError::EmptyName);
+            }
+            if seen.contains(&&**name) {
+                return Err(FallbackConfigError::DuplicateName(name.to_string()));
+            }
+            seen.push(name);
+        }
+        Ok(FallbackLayer {
+            config: Arc::new(Config {
+                primary: self.primary,
+                alternates: self.alternates,
+                final_responder: self.final_responder,
+                classifier: self.classifier,
+                policy: self.policy,
+                hedge_after: self.hedge_after,
+                settle: self.settle,
+            }),
+        })
+    }
+}
+
+impl<Req, Res, Err, C, P> fmt::Debug for FallbackBuilder<Req, Res, Err, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackBuilder")
+            .field("primary", &self.primary)
+            .field("alternates", &self.alternates)
+            .field("hedge_after", &self.hedge_after)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,93 @@
+use std::fmt;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::{FallbackLayer, Immediate, MarkDegraded, SettleResponse};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::BoxError;
+
+/// Tries ordered tiers until one answers; see the [module docs](super).
+///
+/// `Req: Clone` because the request is cloned once per call, before the primary
+/// gets it, so it can be replayed to the alternates. Make it cheap to clone
+/// (`http::Request<Bytes>`, an `Arc`).
+///
+/// # Readiness
+///
+/// `poll_ready` is the primary's `poll_ready`, and nothing else: an alternate is
+/// cloned from the layer and driven to readiness inside the response future, only
+/// when the call falls back to it. So a slow or saturated alternate never blocks a
+/// call the primary answers. An error from the primary's `poll_ready` is returned
+/// as is (in tower it means the service is broken).
+pub struct Fallback<S, Req, Res, Err, C = DefaultClassifier, P = Immediate> {
+    inner: S,
+    layer: FallbackLayer<Req, Res, Err, C, P>,
+}
+
+impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
+    /// Wrap `inner` (the primary) with the tiers of `layer`.
+    pub fn new(inner: S, layer: FallbackLayer<Req, Res, Err, C, P>) -> Self {
+        Self { inner, layer }
+    }
+
+    /// The primary.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The primary, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The primary, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, Req, Res, Err, C, P> Clone for Fallback<S, Req, Res, Err, C, P> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, Req, Res, Err, C, P> fmt::Debug for Fallback<S, Req, Res, Err, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+impl<S, Req, Res, Err, C, P> Service<Req> for Fallback<S, Req, Res, Err, C, P>
+where
+    S: Service<Req, Response = Res, Error = Err>,
+    Req: Clone + Send + 'static,
+    Res: Send + 'static,
+    Err: Into<BoxError> + Send + 'static,
+    C: Classify<Res, Err> + Send + Sync + 'static,
+    P: SettleResponse<Res> + Send + Sync + 'static,
+    P::Future: Send + 'static,
+    P::Output: MarkDegraded + Send + 'static,
+{
+    type Response = P::Output;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, Req, Res, Err, C, P>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let replay = request.clone();
+        let primary = self.inner.call(request);
+        ResponseFuture::new(primary, replay, self.layer.config.clone())
+    }
+}

@@ -1,0 +1,44 @@
+//! When a tier's response counts as an answer.
+
+use std::future::{ready, Future, Ready};
+
+use crate::BoxError;
+
+/// Decides when a response that classified as a success counts as the tier's
+/// answer, and turns it into the type the [`Fallback`](super::Fallback) returns.
+///
+/// [`Immediate`] (the default) takes every successful response as it is.
+/// [`FirstEvent`](super::FirstEvent) waits for the first `data:` event of an
+/// event stream, so a stream that fails before it starts falls back instead of
+/// reaching the client.
+pub trait SettleResponse<Res> {
+    /// The response type the fallback service returns.
+    type Output;
+    /// Resolves once the response counts as an answer, or fails (the tier is then
+    /// treated as failed, classified through the error's kind).
+    type Future: Future<Output = Result<Self::Output, BoxError>>;
+
+    /// Wait until a successful response counts as an answer.
+    fn settle(&self, response: Res) -> Self::Future;
+
+    /// Convert a response returned as is without settling it: a failure that is
+    /// not worth a fallback, or the final responder's answer.
+    fn pass(&self, response: Res) -> Self::Output;
+}
+
+/// Every successful response is an answer at once; the response type is unchanged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Immediate;
+
+impl<Res> SettleResponse<Res> for Immediate {
+    type Output = Res;
+    type Future = Ready<Result<Res, BoxError>>;
+
+    fn settle(&self, response: Res) -> Self::Future {
+        ready(Ok(response))
+    }
+
+    fn pass(&self, response: Res) -> Res {
+        response
+    }
+}
