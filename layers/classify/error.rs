@@ -87,6 +87,9 @@ fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
     if let Some(e) = err.downcast_ref::<CircuitOpen>() {
         return Some(e.classify_error());
     }
+    if let Some(e) = err.downcast_ref::<crate::escalation::EscalationError>() {
+        return Some(e.classify_error());
+    }
     if let Some(kind) = crate::fallback::known_kind(err) {
         return Some(kind);
     }
@@ -238,6 +241,15 @@ mod tests {
         assert_eq!(outer.classify_error(), FailureKind::Timeout);
         let io_wrapping = io::Error::other(ClassifiedError::new(FailureKind::Auth, "no key"));
         assert_eq!(io_wrapping.classify_error(), FailureKind::Auth);
+    }
+
+    #[test]
+    fn escalation_outcomes_are_not_upstream_failures() {
+        let pending: BoxError = Box::new(crate::escalation::EscalationError::InvalidToken);
+        let kind = pending.classify_error();
+        assert_eq!(kind, FailureKind::BadRequest);
+        let policy = super::super::FailurePolicy::DEFAULT;
+        assert!(!policy.is_worth_fallback(&kind) && !policy.is_retryable(&kind));
     }
 
     #[test]

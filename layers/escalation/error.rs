@@ -206,3 +206,24 @@ impl fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+impl crate::classify::ClassifyError for EscalationError {
+    /// A pending, rejected or wrongly resumed escalation needs a human or the caller
+    /// to act: it classifies as [`BadRequest`](crate::classify::FailureKind::BadRequest),
+    /// so by default it is never retried, never counted against a circuit, and never
+    /// hidden by a fallback. Store and internal failures are `Other`.
+    fn classify_error(&self) -> crate::classify::FailureKind {
+        use crate::classify::FailureKind;
+        match self {
+            EscalationError::Escalated(_)
+            | EscalationError::Rejected { .. }
+            | EscalationError::StillPending { .. }
+            | EscalationError::Expired { .. }
+            | EscalationError::AlreadyUsed { .. }
+            | EscalationError::InvalidToken => FailureKind::BadRequest,
+            EscalationError::Store(_) | EscalationError::Answer(_) | EscalationError::Random(_) => {
+                FailureKind::Other
+            }
+        }
+    }
+}
