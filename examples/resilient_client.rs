@@ -2,7 +2,9 @@
 //! OpenAI-compatible server to Anthropic to a canned template.
 //!
 //! Against local demo servers (started in this process; the OpenAI-compatible one
-//! is down, Anthropic answers twice and is then rate limited):
+//! is down, Anthropic answers twice and is then rate limited): the first answers
+//! come from Anthropic, OpenAI's circuit opens, and the last answer is the template;
+//! each degraded answer prints its marker (who answered, after which failures).
 //!
 //! ```sh
 //! cargo run --example resilient_client --features reqwest
@@ -33,11 +35,17 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Handle};
-use tower_llm_resilience::classify::{classify_dyn_error, FailurePolicy};
+use tower_llm_resilience::classify::{
+    classify_dyn_error, ClassifyError, ClassifyResponse, Outcome,
+};
 use tower_llm_resilience::client::{
     AnthropicClient, ChatRequest, ChatResponse, Message, OpenAiClient,
 };
+use tower_llm_resilience::fallback::{FallbackLayer, MarkDegraded, Marked};
 use tower_llm_resilience::BoxError;
+
+/// The last resort's answer, when no provider can answer.
+const TEMPLATE: &str = "Our assistants are busy right now; please try again in a minute.";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
@@ -45,33 +53,58 @@ async fn main() -> Result<(), BoxError> {
 
     let (openai_breaker, openai_circuit) = breaker("openai")?;
     let (anthropic_breaker, anthropic_circuit) = breaker("anthropic")?;
-    let mut primary = ServiceBuilder::new().layer(openai_breaker).service(openai);
-    let mut secondary = ServiceBuilder::new()
+
+    // `ChatResponse` has no room for the degraded marker, so every tier's answer is
+    // wrapped in `Marked`, outside its breaker (the breaker still sees the plain
+    // `ChatResponse` and `ClientError`).
+    let anthropic_tier = ServiceBuilder::new()
+        .map_response(Marked::new)
         .layer(anthropic_breaker)
         .service(anthropic);
+    let fallback = FallbackLayer::builder()
+        .primary_name("openai")
+        .alternate("anthropic", anthropic_tier)
+        .final_responder("template", |_request: ChatRequest| {
+            Marked::new(ChatResponse::new("template", "none", TEMPLATE))
+        })
+        .classifier(classify_answer)
+        .build()?;
+    let mut client = ServiceBuilder::new()
+        .layer(fallback)
+        .map_response(Marked::new)
+        .layer(openai_breaker)
+        .service(openai);
 
     for question in [
         "What is a circuit breaker?",
         "Why fall back to another provider?",
         "What if every provider is down?",
     ] {
+        // No model in the request: each tier asks its client's default model.
         let request = ChatRequest::new(vec![
             Message::system("Answer in one sentence."),
             Message::user(question),
         ])
         .max_tokens(100);
-        // TODO(fallback): replace `with_fallback` with the crate's FallbackLayer
-        // (OpenAI-compatible → Anthropic → template, answers marked degraded) once
-        // it has landed; this hand-written chain only stands in for it.
-        let (answer, degraded) = with_fallback(&mut primary, &mut secondary, request).await?;
         println!("Q: {question}");
-        println!(
-            "A ({}/{}{}): {}",
-            answer.provider,
-            answer.model,
-            if degraded { ", degraded" } else { "" },
-            answer.content.trim()
-        );
+        match client.ready().await?.call(request).await {
+            Ok(answer) => {
+                let degraded = answer.degraded().cloned();
+                let answer = answer.into_inner();
+                let tag = if degraded.is_some() { ", degraded" } else { "" };
+                println!(
+                    "A ({}/{}{tag}): {}",
+                    answer.provider,
+                    answer.model,
+                    answer.content.trim()
+                );
+                if let Some(degraded) = degraded {
+                    println!("   degraded: {degraded}");
+                }
+            }
+            // Caller bugs (a bad key, a bad request) are not hidden by a fallback.
+            Err(err) => println!("error ({}): {err}", classify_dyn_error(&*err)),
+        }
         println!(
             "   circuits: openai {:?}, anthropic {:?}\n",
             openai_circuit.circuit().state(),
@@ -93,35 +126,14 @@ fn breaker(name: &str) -> Result<(CircuitBreakerLayer, Handle<()>), BoxError> {
     Ok((layer, handle))
 }
 
-/// Try each tier in order; a failure worth a fallback (by the shared policy: rate
-/// limits, overload, outages, open circuits) moves on, a caller bug does not.
-async fn with_fallback<P, S>(
-    primary: &mut P,
-    secondary: &mut S,
-    request: ChatRequest,
-) -> Result<(ChatResponse, bool), BoxError>
-where
-    P: Service<ChatRequest, Response = ChatResponse, Error = BoxError>,
-    S: Service<ChatRequest, Response = ChatResponse, Error = BoxError>,
-{
-    let policy = FailurePolicy::default();
-    let worth_fallback = |err: &BoxError| {
-        let kind = classify_dyn_error(&**err);
-        eprintln!("   (tier failed: {err})");
-        policy.is_worth_fallback(&kind)
-    };
-    match primary.ready().await?.call(request.clone()).await {
-        Ok(answer) => return Ok((answer, false)),
-        Err(err) if worth_fallback(&err) => {}
-        Err(err) => return Err(err),
+/// The default classification, looking through `Marked`: errors by their kind
+/// (rate limit, overload, open circuit...), and an answer cut by a content filter
+/// is a failure another provider may not share.
+fn classify_answer(result: &Result<Marked<ChatResponse>, BoxError>) -> Outcome {
+    match result {
+        Ok(answer) => answer.value.classify_response(),
+        Err(err) => Outcome::Failure(err.classify_error()),
     }
-    match secondary.ready().await?.call(request).await {
-        Ok(answer) => return Ok((answer, true)),
-        Err(err) if worth_fallback(&err) => {}
-        Err(err) => return Err(err),
-    }
-    let template = "Our assistants are busy right now; please try again in a minute.";
-    Ok((ChatResponse::new("template", "none", template), true))
 }
 
 /// The two clients, for real endpoints from the environment or for demo servers.
