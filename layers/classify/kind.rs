@@ -129,7 +129,11 @@ impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())?;
         if let Some(wait) = self.retry_after() {
-            write!(f, " (retry after {wait:?})")?;
+            if wait.subsec_nanos() == 0 {
+                write!(f, " (retry after {}s)", wait.as_secs())?;
+            } else {
+                write!(f, " (retry after {:.3}s)", wait.as_secs_f64())?;
+            }
         }
         Ok(())
     }
@@ -244,5 +248,33 @@ mod opt_millis {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         Option::<u64>::deserialize(d).map(|ms| ms.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_rounds_waits_to_milliseconds() {
+        let kind = FailureKind::CircuitOpen {
+            retry_after: Duration::from_nanos(30_925_965_782),
+        };
+        assert_eq!(kind.to_string(), "circuit_open (retry after 30.926s)");
+        let whole = FailureKind::RateLimited {
+            retry_after: Some(Duration::from_secs(20)),
+        };
+        assert_eq!(whole.to_string(), "rate_limited (retry after 20s)");
+        assert_eq!(FailureKind::Auth.to_string(), "auth");
+    }
+
+    #[test]
+    fn serde_round_trip_keeps_waits() {
+        let kind = FailureKind::Overloaded {
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, r#"{"kind":"overloaded","retry_after":1500}"#);
+        assert_eq!(serde_json::from_str::<FailureKind>(&json).unwrap(), kind);
     }
 }

@@ -79,6 +79,13 @@ pub trait ClassifyResponse {
     fn classify_response(&self) -> Outcome;
 }
 
+/// An answer marked by a fallback layer classifies as the answer it wraps.
+impl<T: ClassifyResponse> ClassifyResponse for crate::fallback::Marked<T> {
+    fn classify_response(&self) -> Outcome {
+        self.value.classify_response()
+    }
+}
+
 /// Responses through [`ClassifyResponse`] (status and headers), errors through
 /// [`ClassifyError`]. The default classifier of every layer.
 #[derive(Clone, Copy, Debug, Default)]
