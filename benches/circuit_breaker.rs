@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use failsafe::futures::CircuitBreaker as _;
-use tower::{service_fn, Layer, Service};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 type Inner = tower::util::ServiceFn<fn(u64) -> std::future::Ready<Result<u64, std::io::Error>>>;
 
@@ -91,7 +91,9 @@ fn single_thread(c: &mut Criterion) {
     group.finish();
 }
 
-/// Two threads share one breaker; reports time per call per thread.
+/// Two threads share one breaker; reports time per call per thread. Under
+/// contention a breaker may have to wait (tower-resilience takes an async lock),
+/// so here every call runs on a tokio runtime, for every contender alike.
 fn two_threads<S>(make: impl Fn() -> S, iters: u64) -> Duration
 where
     S: Service<u64> + Clone + Send + 'static,
@@ -107,12 +109,14 @@ where
                     .enable_all()
                     .build()
                     .unwrap();
-                let _guard = rt.enter();
                 barrier.wait();
                 let start = Instant::now();
-                for i in 0..iters {
-                    let _ = black_box(call(&mut svc, i));
-                }
+                rt.block_on(async {
+                    for i in 0..iters {
+                        let ready = svc.ready().await.ok().expect("always ready");
+                        let _ = black_box(ready.call(i).await);
+                    }
+                });
                 start.elapsed()
             })
         })
@@ -141,14 +145,19 @@ fn contended(c: &mut Criterion) {
                 .map(|_| {
                     let (breaker, barrier) = (breaker.clone(), barrier.clone());
                     std::thread::spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap();
                         let mut svc = inner();
                         barrier.wait();
                         let start = Instant::now();
-                        for i in 0..n {
-                            let mut cx = Context::from_waker(Waker::noop());
-                            let _ = svc.poll_ready(&mut cx);
-                            let _ = black_box(now(breaker.call(svc.call(i))));
-                        }
+                        rt.block_on(async {
+                            for i in 0..n {
+                                let svc = svc.ready().await.unwrap();
+                                let _ = black_box(breaker.call(svc.call(i)).await);
+                            }
+                        });
                         start.elapsed()
                     })
                 })
