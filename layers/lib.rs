@@ -21,6 +21,8 @@ pub mod classify;
 pub mod client;
 pub mod escalation;
 pub mod partial_batch;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use partial_batch::{PartialBatch, PartialBatchLayer};
 
