@@ -1,10 +1,8 @@
 //! The store contract, run against every store; SQLite durability across reopen.
 mod escalation_util;
 
-use std::time::Duration;
-
 use escalation_util::contract::{resolution_race, store_contract};
-use tower_llm_resilience::escalation::{AuditAction, Handle, MemoryStore, Status};
+use tower_llm_resilience::escalation::MemoryStore;
 
 #[tokio::test(start_paused = true)]
 async fn memory_store_contract() {
@@ -16,10 +14,13 @@ async fn memory_store_contract() {
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use tower::Layer;
-    use tower_llm_resilience::escalation::{EscalationLayer, RequestPredicate, SqliteStore};
+    use tower_llm_resilience::escalation::{
+        AuditAction, EscalationLayer, Handle, RequestPredicate, SqliteStore, Status,
+    };
 
     use super::escalation_util::*;
     use super::*;
