@@ -3,7 +3,9 @@
 //! failsafe crate's breaker; once on one thread and once with two threads
 //! hammering one shared breaker.
 //!
-//! Run: `cargo bench --bench circuit_breaker`
+//! Run: `cargo bench --bench circuit_breaker` (add `--features redis` for the
+//! `closed_call_redis` groups: the same breaker with a `RedisCircuitSync` attached,
+//! against a redis-server the bench starts itself).
 //!
 //! The inner service answers with a ready future, and each call is polled once
 //! with a no-op waker, so what is measured is the breakers' own work.
@@ -172,11 +174,71 @@ fn contended(c: &mut Criterion) {
     group.finish();
 }
 
+#[cfg(feature = "redis")]
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
+
+/// The closed path with a Redis backend attached, next to the in-process breaker:
+/// the backend publishes transitions and flushes outcome counts in the background,
+/// so a call makes no round trip; what it adds is counting calls for the shared
+/// failure rate.
+#[cfg(feature = "redis")]
+fn with_redis(c: &mut Criterion) {
+    use tower_llm_resilience::redis::RedisCircuitSync;
+
+    if redis_server::binary().is_none() {
+        println!("closed_call_redis: skipped, redis-server is not installed");
+        return;
+    }
+    let redis = redis_server::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let layer = tower_llm_resilience::CircuitBreakerLayer::builder()
+        .consecutive_failures(5)
+        .classifier(tower_llm_resilience::classify::ErrorOnlyClassifier)
+        .build()
+        .unwrap();
+    let sync = RedisCircuitSync::attach(redis.client(), &layer.handle()).unwrap();
+    let started = Instant::now();
+    while !sync.is_connected() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis unreachable"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let redis_backed = move || layer.layer(inner());
+
+    let mut group = c.benchmark_group("closed_call_redis");
+    let mut svc = ours();
+    group.bench_function("in-process", |b| b.iter(|| call(&mut svc, black_box(1))));
+    let mut svc = redis_backed();
+    group.bench_function("redis-backed", |b| b.iter(|| call(&mut svc, black_box(1))));
+    group.finish();
+
+    let mut group = c.benchmark_group("closed_call_redis_two_threads");
+    group.bench_function("in-process", |b| b.iter_custom(|n| two_threads(ours, n)));
+    group.bench_function("redis-backed", |b| {
+        b.iter_custom(|n| two_threads(&redis_backed, n))
+    });
+    group.finish();
+    drop(sync);
+}
+
+#[cfg(not(feature = "redis"))]
+fn with_redis(_: &mut Criterion) {
+    println!("closed_call_redis: skipped, run with --features redis");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = single_thread, contended
+    targets = single_thread, contended, with_redis
 }
 criterion_main!(benches);

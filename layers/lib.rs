@@ -26,6 +26,8 @@ pub mod client;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use partial_batch::{PartialBatch, PartialBatchLayer};
 

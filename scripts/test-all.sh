@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-# Add Debian packages here as tests come to need them (redis-server, chromium, ...).
+# Debian packages the tests need (redis-server: tests/redis_*.rs and the benches).
+need=(redis-server)
 for pkg in "${EXTRA_PACKAGES[@]:-}"; do [ -n "$pkg" ] && need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
   missing=()

@@ -32,11 +32,16 @@ pub(crate) struct Shared<K> {
     pub(crate) config: Config,
     pub(crate) events: broadcast::Sender<CircuitEvent<K>>,
     pub(crate) metrics_only: AtomicBool,
+    /// Count every call's outcome in `Counters::calls` (off unless a shared-state
+    /// backend asks: it costs an atomic add per call).
+    pub(crate) count_calls: AtomicBool,
 }
 
 /// Counters kept off the success path: a success costs no atomic read-modify-write.
 #[derive(Debug)]
 struct Counters {
+    /// Calls whose outcome counted (success or failure), while `count_calls` is on.
+    calls: AtomicU64,
     failures: AtomicU64,
     rejected: AtomicU64,
 }
@@ -141,6 +146,7 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             window,
             needs_clock,
             counters: Counters {
+                calls: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
             },
@@ -233,6 +239,9 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
         };
         if let Verdict::Failure { .. } = verdict {
             self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if verdict != Verdict::Neutral && self.shared.count_calls.load(Ordering::Relaxed) {
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
         }
         match admission {
             Admission::Closed => self.record_closed(verdict, slow),
@@ -416,6 +425,7 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             window_failures: totals.failures,
             window_slow_calls: totals.slow,
             trips: t.trips,
+            calls: self.counters.calls.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
             rejected: self.counters.rejected.load(Ordering::Relaxed),
         }

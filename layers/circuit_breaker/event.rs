@@ -101,6 +101,10 @@ pub struct CircuitSnapshot {
     pub window_slow_calls: u32,
     /// Re-trips since the circuit last closed (drives the growing cooldown).
     pub trips: u32,
+    /// Calls whose outcome counted for the circuit (successes and failures), counted
+    /// only while [`Handle::count_calls`](super::Handle::count_calls) is on (a
+    /// shared-state backend turns it on to compute failure rates); 0 otherwise.
+    pub calls: u64,
     /// Calls that failed in a way that counts against the circuit.
     pub failures: u64,
     /// Calls rejected while open (in metrics-only mode: calls that would have been).

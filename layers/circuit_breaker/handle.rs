@@ -94,6 +94,32 @@ where
     pub fn name(&self) -> &str {
         &self.registry.shared.config.name
     }
+
+    /// How long a circuit stays open after its first trip (the layer's
+    /// [`cooldown`](super::Builder::cooldown)).
+    pub fn cooldown(&self) -> Duration {
+        self.registry.shared.config.cooldown
+    }
+
+    /// The circuit of `key`, created (closed) if no request with that key was seen
+    /// yet, within the layer's `max_keys` like one made by a request. For
+    /// shared-state backends that apply another instance's state to a key this
+    /// instance has not served yet.
+    pub fn get_or_create(&self, key: K) -> CircuitRef<K> {
+        CircuitRef {
+            circuit: self.registry.circuit(Some(key)),
+        }
+    }
+
+    /// Count every call's outcome in [`CircuitSnapshot::calls`] (off by default:
+    /// it costs an atomic add per call). Shared-state backends turn it on to
+    /// compute failure rates across instances.
+    pub fn count_calls(&self, enabled: bool) {
+        self.registry
+            .shared
+            .count_calls
+            .store(enabled, Ordering::Relaxed);
+    }
 }
 
 /// One circuit, for inspection and manual control.

@@ -32,6 +32,7 @@ where
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let shared = Arc::new(Shared {
             metrics_only: AtomicBool::new(config.metrics_only),
+            count_calls: AtomicBool::new(false),
             config,
             events,
         });

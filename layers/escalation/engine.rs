@@ -256,7 +256,9 @@ impl Shared {
 
     /// Waits for a human, up to `timeout`; then applies `default`. Resolutions made
     /// through a `Handle` of this process wake the waiter at once; others (another
-    /// process sharing the store) are seen at the next `poll_interval`.
+    /// process sharing the store) wake it through the store's
+    /// [`watch`](EscalationStore::watch) if it has one, and are seen at the next
+    /// `poll_interval` in any case.
     pub(crate) async fn wait(
         &self,
         id: &EscalationId,
@@ -270,6 +272,8 @@ impl Shared {
         loop {
             let mut notified = pin!(notify.notified());
             notified.as_mut().enable();
+            // Started before the read, so a change right after it is not missed.
+            let mut changed = self.store.watch(id);
             let current = self
                 .store
                 .get(id)
@@ -284,7 +288,13 @@ impl Shared {
             }
             let mut tick = pin!(tokio::time::sleep_until(deadline.min(now + poll_interval)));
             poll_fn(|cx| {
-                if notified.as_mut().poll(cx).is_ready() || tick.as_mut().poll(cx).is_ready() {
+                let remote = changed
+                    .as_mut()
+                    .is_some_and(|changed| changed.as_mut().poll(cx).is_ready());
+                if remote
+                    || notified.as_mut().poll(cx).is_ready()
+                    || tick.as_mut().poll(cx).is_ready()
+                {
                     Poll::Ready(())
                 } else {
                     Poll::Pending

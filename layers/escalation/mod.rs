@@ -151,5 +151,5 @@ pub use self::snapshot::{
 };
 #[cfg(feature = "sqlite")]
 pub use self::store::SqliteStore;
-pub use self::store::{EscalationStore, MemoryStore, StoreFuture, Update};
+pub use self::store::{ChangeFuture, EscalationStore, MemoryStore, StoreFuture, Update};
 pub use self::token::{RandomUnavailable, ResumeToken, TokenHash};

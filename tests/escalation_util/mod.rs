@@ -1,6 +1,8 @@
 //! Helpers shared by the escalation tests.
 #![allow(dead_code)]
 
+pub mod contract;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

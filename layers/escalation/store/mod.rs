@@ -29,6 +29,10 @@ pub use self::sqlite::SqliteStore;
 /// The boxed future every store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
+/// The future [`EscalationStore::watch`] returns: completes when a record may have
+/// changed.
+pub type ChangeFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// The result of [`EscalationStore::update`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
@@ -76,6 +80,20 @@ pub trait EscalationStore: Send + Sync + fmt::Debug + 'static {
 
     /// The audit trail of one escalation, or of all when `None`, in append order.
     fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>>;
+
+    /// A wake-up for waiters: a future that completes when the record `id` may
+    /// have changed, including through another process sharing the store (e.g.
+    /// Redis pub/sub). The watch starts when this method returns, so a change made
+    /// before the future is first polled still completes it. Completing without a
+    /// change is allowed (the waiter reads the record again); never completing is
+    /// allowed too, since waiters also poll.
+    ///
+    /// The default returns `None`: the store cannot tell, and a wait-mode call sees
+    /// resolutions made by other processes at its next poll.
+    fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
+        let _ = id;
+        None
+    }
 }
 
 impl<T: EscalationStore + ?Sized> EscalationStore for Arc<T> {
@@ -102,5 +120,9 @@ impl<T: EscalationStore + ?Sized> EscalationStore for Arc<T> {
 
     fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>> {
         (**self).audit(id)
+    }
+
+    fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
+        (**self).watch(id)
     }
 }
