@@ -308,6 +308,11 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
         }
         for (i, event) in events.into_iter().enumerate() {
             if cut_at == Some(i) {
+                if i > 0 {
+                    // Let the server flush the events sent so far: hyper drops
+                    // its write buffer when a body fails.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 let _ = tx.send(Err("stream cut (mock)".into())).await;
                 return;
             }
