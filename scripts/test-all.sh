@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-# Add Debian packages here as tests come to need them (redis-server, chromium, ...).
+need=(chromium chromium-driver)
+# Add Debian packages here as tests come to need them (redis-server, ...).
+# chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/review_page.rs).
 for pkg in "${EXTRA_PACKAGES[@]:-}"; do [ -n "$pkg" ] && need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
   missing=()
