@@ -46,6 +46,12 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), BoxError> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    use axum::serve::ListenerExt as _;
+    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm and
+    // delayed ACKs add tens of milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });

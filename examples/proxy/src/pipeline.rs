@@ -192,6 +192,16 @@ impl EscalationPolicy<Req, Res> for ProxyPolicy {
     fn reviews_responses(&self) -> bool {
         self.enabled && self.invalid_json_answer
     }
+
+    fn reviews_response_to(&self, request: &Req) -> bool {
+        // Only answers to requests that asked for JSON are reviewed: the others
+        // are not snapshotted up front.
+        self.reviews_responses()
+            && request
+                .extensions()
+                .get::<RequestMeta>()
+                .is_some_and(|meta| meta.wants_json)
+    }
 }
 
 /// Snapshots like [`HttpAdapter`]; a human's answer becomes a `chat.completion`

@@ -34,7 +34,7 @@ pub struct Upstream {
 
 struct Inner {
     name: Arc<str>,
-    endpoint: String,
+    endpoint: reqwest::Url,
     key: Option<HeaderValue>,
     http: reqwest::Client,
     timeout: Duration,
@@ -46,7 +46,7 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.inner.name)
-            .field("endpoint", &self.inner.endpoint)
+            .field("endpoint", &self.inner.endpoint.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +66,8 @@ impl Upstream {
             None => None,
         };
         let base = config.base_url.trim_end_matches('/');
+        let endpoint = reqwest::Url::parse(&format!("{base}/chat/completions"))
+            .map_err(|e| ConfigError(format!("upstream {:?}: base_url: {e}", config.name)))?;
         let anthropic = match config.kind {
             UpstreamKind::Openai => None,
             UpstreamKind::Anthropic => {
@@ -98,7 +100,7 @@ impl Upstream {
         Ok(Self {
             inner: Arc::new(Inner {
                 name: config.name.as_str().into(),
-                endpoint: format!("{base}/chat/completions"),
+                endpoint,
                 key,
                 http,
                 timeout,
@@ -154,7 +156,7 @@ async fn call_openai(
 ) -> Result<http::Response<ProxyBody>, BoxError> {
     let mut request = inner
         .http
-        .post(&inner.endpoint)
+        .post(inner.endpoint.clone())
         .header(CONTENT_TYPE, "application/json")
         .body(body);
     if let Some(key) = &inner.key {
