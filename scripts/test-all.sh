@@ -4,15 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need (redis-server: tests/redis_*.rs and the benches).
-need=(redis-server)
-for pkg in "${EXTRA_PACKAGES[@]:-}"; do [ -n "$pkg" ] && need+=("$pkg"); done
-if [ ${#need[@]} -gt 0 ]; then
-  missing=()
+# Debian packages the tests need:
+# - redis-server: tests/redis_*.rs (and the Redis group of the circuit breaker bench);
+# - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/review_page.rs).
+need=(redis-server chromium chromium-driver)
+missing=()
   for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  fi
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
 cargo test --workspace --all-features --all-targets

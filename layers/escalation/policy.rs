@@ -46,6 +46,14 @@ pub trait EscalationPolicy<Req, Res> {
     fn reviews_responses(&self) -> bool {
         true
     }
+
+    /// Whether the response to this request can be reviewed (defaults to
+    /// [`reviews_responses`](Self::reviews_responses)). A policy that reviews the
+    /// answers to some requests only (for example those that asked for JSON) says
+    /// so here, and the layer skips snapshotting the others.
+    fn reviews_response_to(&self, _request: &Req) -> bool {
+        self.reviews_responses()
+    }
 }
 
 impl<Req, Res, A, B> EscalationPolicy<Req, Res> for (A, B)
@@ -69,6 +77,10 @@ where
 
     fn reviews_responses(&self) -> bool {
         self.0.reviews_responses() || self.1.reviews_responses()
+    }
+
+    fn reviews_response_to(&self, request: &Req) -> bool {
+        self.0.reviews_response_to(request) || self.1.reviews_response_to(request)
     }
 }
 
@@ -338,5 +350,9 @@ mod tests {
         assert_eq!(both.check_response(&0), Verdict::escalate("review"));
         assert!(EscalationPolicy::<u32, u32>::reviews_responses(&both));
         assert!(!EscalationPolicy::<u32, u32>::reviews_responses(&both.0));
+        assert!(EscalationPolicy::<u32, u32>::reviews_response_to(&both, &1));
+        assert!(!EscalationPolicy::<u32, u32>::reviews_response_to(
+            &both.0, &1
+        ));
     }
 }

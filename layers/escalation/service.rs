@@ -96,7 +96,7 @@ where
             let gate = flow::escalate_request(config.clone(), self.inner.clone(), request, reason);
             return ResponseFuture::escalating(Box::pin(gate));
         }
-        let review = config.policy.reviews_responses().then(|| Review {
+        let review = config.policy.reviews_response_to(&request).then(|| Review {
             config: config.clone(),
             request: config.adapter.snapshot_request(&request),
         });

@@ -1,0 +1,383 @@
+//! The HTTP server: routes, request checks, and turning answers into responses.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::Value;
+use tower::ServiceExt;
+use tower_llm_resilience::circuit_breaker::CircuitState;
+use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
+
+use crate::auth::Keys;
+use crate::batch::BatchRunner;
+use crate::body::{completion_to_sse, ClientStream, ProxyBody};
+use crate::config::{Config, ConfigError};
+use crate::errors;
+use crate::pipeline::{self, answered_by, ModelService, Pipeline, RequestMeta, Res};
+
+/// The header naming the tier that answered.
+pub const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
+/// The header saying whether the answer is degraded (not from the first tier).
+pub const DEGRADED_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-degraded");
+/// The client's model name, on requests inside the proxy (and in escalation snapshots).
+pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-model");
+
+/// One model, as the routes see it.
+pub struct Model {
+    /// Its service.
+    pub service: ModelService,
+    /// The upstream of its first tier.
+    pub primary: Arc<str>,
+    /// The model name sent to the first tier.
+    pub primary_model: String,
+    /// `upstream/model` of each tier, and `template` if it has one.
+    pub tiers: Vec<String>,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// Models by the name clients use.
+    pub models: HashMap<Arc<str>, Model>,
+    /// The layers' handles.
+    pub pipeline: Pipeline,
+    /// Client keys (empty: open).
+    pub client_keys: Keys,
+    /// Admin keys (empty: the admin endpoints are closed).
+    pub admin_keys: Keys,
+    /// The body size limit.
+    pub max_body: usize,
+    /// Rules: the approval header, forwarded into the pipeline.
+    pub approval_header: Option<HeaderName>,
+    /// The batch endpoint.
+    pub batch: BatchRunner,
+    /// Prometheus rendering.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shared state.
+pub type Shared = Arc<AppState>;
+
+/// Build the state and the router from a config.
+pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
+    config.validate()?;
+    let pipeline = pipeline::build(config)?;
+    let mut models = HashMap::new();
+    for model in &config.models {
+        let name: Arc<str> = model.name.as_str().into();
+        let mut tiers: Vec<String> = model
+            .tiers
+            .iter()
+            .map(|t| format!("{}/{}", t.upstream, t.model))
+            .collect();
+        if model.template.is_some() {
+            tiers.push(pipeline::TEMPLATE_TIER.into());
+        }
+        let service = pipeline.models[&name].clone();
+        models.insert(
+            name,
+            Model {
+                service,
+                primary: model.tiers[0].upstream.as_str().into(),
+                primary_model: model.tiers[0].model.clone(),
+                tiers,
+            },
+        );
+    }
+    let approval_header = match config.escalation.approval_header.as_str() {
+        "" => None,
+        name => HeaderName::try_from(name).ok(),
+    };
+    let batch = BatchRunner::new(&config.batch, pipeline.cores.clone())?;
+    let state = Arc::new(AppState {
+        models,
+        client_keys: Keys::new(&config.client_keys()),
+        admin_keys: Keys::new(&config.admin_keys()),
+        max_body: config.limits.max_body_bytes,
+        approval_header,
+        batch,
+        metrics: crate::metrics::handle(),
+        pipeline,
+    });
+    let router = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(list_models))
+        .route("/v1/batch", post(crate::batch::handler))
+        .route("/v1/circuits", get(circuits))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::render))
+        .merge(crate::review::routes())
+        .fallback(not_found)
+        .with_state(state.clone());
+    Ok((router, state))
+}
+
+async fn not_found() -> Response {
+    errors::error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "no such endpoint",
+    )
+}
+
+async fn healthz() -> Response {
+    errors::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// Checks the client key; `Err` is the 401 to send.
+pub fn check_client(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    if state.client_keys.is_empty() || state.client_keys.bearer_ok(headers) {
+        Ok(())
+    } else if headers.contains_key(http::header::AUTHORIZATION) {
+        Err(errors::unauthorized("Incorrect API key provided"))
+    } else {
+        Err(errors::unauthorized(
+            "You didn't provide an API key: send it as `Authorization: Bearer KEY`",
+        ))
+    }
+}
+
+/// Reads a body up to the limit; `Err` is the 413 or 400 to send.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Response> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(errors::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(errors::too_large(limit)),
+        Err(e) => Err(errors::bad_request(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+/// A chat request the proxy understood.
+pub struct Prepared {
+    /// The request for the model's service.
+    pub request: http::Request<Bytes>,
+    /// The client asked for a stream.
+    pub stream: bool,
+}
+
+/// Parse and check a chat completion body, and build the request for `model`.
+/// `Err` is the 400 or 404 to send.
+pub fn prepare(
+    models: &HashMap<Arc<str>, Model>,
+    mut value: Value,
+    force_no_stream: bool,
+) -> Result<(&Model, Prepared), Response> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(errors::bad_request(
+            "the request body must be a JSON object",
+        ));
+    };
+    let name = match object.get("model") {
+        Some(Value::String(name)) => name.clone(),
+        Some(_) => return Err(errors::bad_request("`model` must be a string")),
+        None => return Err(errors::bad_request("you must provide a `model` parameter")),
+    };
+    if !object.get("messages").is_some_and(Value::is_array) {
+        return Err(errors::bad_request("`messages` must be an array"));
+    }
+    let Some((key, model)) = models.get_key_value(name.as_str()) else {
+        return Err(errors::unknown_model(&name));
+    };
+    if force_no_stream {
+        object.remove("stream");
+        object.remove("stream_options");
+    }
+    let stream = object
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let wants_json = object
+        .get("response_format")
+        .and_then(|f| f.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "json_object" || t == "json_schema");
+    object.insert("model".into(), Value::String(model.primary_model.clone()));
+    let body = serde_json::to_vec(&value).map_err(|e| errors::bad_request(e.to_string()))?;
+    let mut request = http::Request::post("/v1/chat/completions")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body))
+        .map_err(|e| errors::bad_request(e.to_string()))?;
+    if let Ok(value) = HeaderValue::from_str(&name) {
+        request.headers_mut().insert(MODEL_HEADER, value);
+    }
+    request.extensions_mut().insert(RequestMeta {
+        stream,
+        wants_json,
+        model: key.clone(),
+    });
+    Ok((model, Prepared { request, stream }))
+}
+
+async fn chat(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let response = chat_inner(&state, &headers, body).await;
+    crate::metrics::record_request(response.status(), started.elapsed());
+    response
+}
+
+async fn chat_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
+    if let Err(response) = check_client(state, headers) {
+        return response;
+    }
+    let bytes = match read_body(headers, body, state.max_body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(e) => {
+            return errors::bad_request(format!(
+                "We could not parse the JSON body of your request: {e}"
+            ))
+        }
+    };
+    let (model, mut prepared) = match prepare(&state.models, value, false) {
+        Ok(ok) => ok,
+        Err(response) => return response,
+    };
+    // The headers the escalation rules read.
+    for name in state.approval_header.iter().chain([&RESUME_TOKEN_HEADER]) {
+        if let Some(value) = headers.get(name) {
+            prepared.request.headers_mut().insert(name, value.clone());
+        }
+    }
+    match model.service.clone().oneshot(prepared.request).await {
+        Ok(answer) => respond(answer, &model.primary, prepared.stream),
+        Err(e) => errors::from_service_error(&e),
+    }
+}
+
+/// The client's response for a model's answer.
+pub fn respond(answer: Res, primary: &str, stream: bool) -> Response {
+    let tier = answered_by(&answer, primary);
+    let degraded = tier != primary && tier != "human";
+    crate::metrics::record_answer(&tier, degraded);
+    let (mut parts, body) = answer.into_parts();
+    parts.extensions.clear();
+    let body = match body {
+        ProxyBody::Full(bytes) => {
+            let sse = (stream && parts.status.is_success())
+                .then(|| completion_to_sse(&bytes))
+                .flatten();
+            match sse {
+                Some(events) => {
+                    parts
+                        .headers
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    parts.headers.remove(CONTENT_LENGTH);
+                    Body::from(events)
+                }
+                None => Body::from(bytes),
+            }
+        }
+        ProxyBody::Stream(stream_body) => {
+            parts
+                .headers
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            parts.headers.remove(CONTENT_LENGTH);
+            Body::new(ClientStream::new(stream_body))
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&tier) {
+        parts.headers.insert(TIER_HEADER, value);
+    }
+    parts.headers.insert(
+        DEGRADED_HEADER,
+        HeaderValue::from_static(if degraded { "true" } else { "false" }),
+    );
+    Response::from_parts(parts, body)
+}
+
+async fn list_models(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(response) = check_client(&state, &headers) {
+        return response;
+    }
+    let mut names: Vec<&Arc<str>> = state.models.keys().collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            serde_json::json!({
+                "id": &**name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llm-proxy",
+                "tiers": state.models[name].tiers,
+            })
+        })
+        .collect();
+    errors::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data}),
+    )
+}
+
+/// The state name of a circuit.
+pub fn state_name(state: CircuitState) -> &'static str {
+    state.name()
+}
+
+async fn circuits(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(response) = check_client(&state, &headers) {
+        return response;
+    }
+    let data: Vec<Value> = state
+        .pipeline
+        .circuits
+        .iter()
+        .map(|(name, handle)| {
+            let snapshot = handle.circuit().snapshot();
+            serde_json::json!({
+                "upstream": &**name,
+                "state": state_name(snapshot.state),
+                "forced": snapshot.forced,
+                "retry_after_ms": snapshot.retry_after.map(|d| d.as_millis() as u64),
+                "consecutive_failures": snapshot.consecutive_failures,
+                "failures": snapshot.failures,
+                "rejected": snapshot.rejected,
+                "trips": snapshot.trips,
+            })
+        })
+        .collect();
+    errors::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"object": "list", "data": data}),
+    )
+}
+
+impl IntoResponse for crate::config::ConfigError {
+    fn into_response(self) -> Response {
+        errors::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "config",
+            self.to_string(),
+        )
+    }
+}

@@ -1,0 +1,301 @@
+//! Response bodies inside the proxy: buffered answers and event streams.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::time::{sleep, Sleep};
+use tower_llm_resilience::BoxError;
+
+/// A streamed body.
+pub type StreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The body of every response inside the proxy: a buffered answer (non-streamed
+/// requests, errors, templates) or an event stream.
+///
+/// Buffered bodies let the classifier read provider error bodies and the
+/// escalation policy read the answer.
+pub enum ProxyBody {
+    /// A whole answer; empty once sent.
+    Full(Bytes),
+    /// An event stream (or any body not read yet).
+    Stream(StreamBody),
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProxyBody::Full(bytes) => write!(f, "Full({} bytes)", bytes.len()),
+            ProxyBody::Stream(_) => f.write_str("Stream"),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// The buffered bytes; empty for a stream.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            ProxyBody::Full(bytes) => bytes,
+            ProxyBody::Stream(_) => &[],
+        }
+    }
+
+    /// Whether this is a buffered body.
+    pub fn is_full(&self) -> bool {
+        matches!(self, ProxyBody::Full(_))
+    }
+}
+
+impl AsRef<[u8]> for ProxyBody {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl From<Vec<u8>> for ProxyBody {
+    fn from(bytes: Vec<u8>) -> Self {
+        ProxyBody::Full(Bytes::from(bytes))
+    }
+}
+
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> Self {
+        ProxyBody::Full(bytes)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) if bytes.is_empty() => Poll::Ready(None),
+            ProxyBody::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(bytes))))),
+            ProxyBody::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_empty(),
+            ProxyBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.len() as u64),
+            ProxyBody::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A client-facing event stream: a break in the stream becomes a final
+/// `event: error` in the OpenAI error format, so a client sees why its stream
+/// ended instead of a truncated answer.
+pub struct ClientStream<B> {
+    inner: B,
+    done: bool,
+}
+
+impl<B> ClientStream<B> {
+    /// Wrap an event stream.
+    pub fn new(inner: B) -> Self {
+        Self { inner, done: false }
+    }
+}
+
+/// The event sent when an upstream stream breaks after it started.
+pub fn error_event(message: &str) -> Bytes {
+    let payload = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "code": "stream_interrupted",
+        }
+    });
+    Bytes::from(format!("event: error\ndata: {payload}\n\n"))
+}
+
+impl<B> Body for ClientStream<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                tracing::warn!(error = %e, "upstream stream broke after it started");
+                metrics::counter!("llm_proxy_streams_interrupted_total").increment(1);
+                let message = format!("the upstream stream was interrupted: {e}");
+                Poll::Ready(Some(Ok(Frame::data(error_event(&message)))))
+            }
+            other => other.map_err(|e| -> BoxError { e.to_string().into() }),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+}
+
+/// An upstream stream with an idle limit: a silence longer than `idle` is a body
+/// error (reported to the client as an error event).
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    /// Limit the silence between two frames of `inner` to `idle`.
+    pub fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(sleep(idle)),
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "no data from the upstream for {:?}",
+                    this.idle
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
+
+/// An OpenAI `chat.completion` object with one assistant message.
+pub fn completion_json(id: &str, model: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    })
+}
+
+/// A complete OpenAI event stream for one assistant message.
+pub fn completion_sse(id: &str, model: &str, content: &str) -> Bytes {
+    let created = unix_now();
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut out = String::new();
+    for event in [
+        chunk(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        ),
+        chunk(serde_json::json!({"content": content}), None),
+        chunk(serde_json::json!({}), Some("stop")),
+    ] {
+        out.push_str("data: ");
+        out.push_str(&event.to_string());
+        out.push_str("\n\n");
+    }
+    out.push_str("data: [DONE]\n\n");
+    Bytes::from(out)
+}
+
+/// Turn a buffered `chat.completion` into an event stream, for a client that
+/// asked to stream an answer that arrived whole (a human's, a template's).
+pub fn completion_to_sse(body: &[u8]) -> Option<Bytes> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let content = value.pointer("/choices/0/message/content")?.as_str()?;
+    let id = value
+        .get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or("chatcmpl-proxy");
+    let model = value.get("model").and_then(|v| v.as_str()).unwrap_or("");
+    Some(completion_sse(id, model, content))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn full_bodies_send_once() {
+        let body = ProxyBody::from(Bytes::from_static(b"hello"));
+        assert_eq!(body.bytes(), b"hello");
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected.as_ref(), b"hello");
+    }
+
+    #[test]
+    fn buffered_completions_become_streams() {
+        let json = completion_json("x", "m", "hi there").to_string();
+        let sse = completion_to_sse(json.as_bytes()).unwrap();
+        let text = std::str::from_utf8(&sse).unwrap();
+        assert!(text.contains("\"content\":\"hi there\""));
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(completion_to_sse(b"nope").is_none());
+    }
+}

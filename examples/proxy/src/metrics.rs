@@ -1,0 +1,109 @@
+//! `GET /metrics`: Prometheus text.
+//!
+//! The layers report through the `metrics` facade (`llm_fallback_*`,
+//! `llm_circuit_*`, `escalation_*`, `partial_batch_*`); the proxy adds
+//! `llm_proxy_requests_total{status}`, `llm_proxy_request_duration_seconds`,
+//! `llm_proxy_answers_total{tier,degraded}`, `llm_proxy_batch_items_total{result}`,
+//! and, at each scrape, `llm_proxy_circuit_state{upstream}` (0 closed,
+//! 1 half-open, 2 open) and `llm_proxy_escalations_pending`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::Response;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tower_llm_resilience::circuit_breaker::CircuitState;
+
+use crate::app::Shared;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The process-wide recorder (installed on first use; one per process, shared
+/// by every proxy it runs).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may be installed already (an embedding program):
+            // then this one only renders what the proxy sets at scrape time.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// One chat completion request, by status.
+pub fn record_request(status: StatusCode, took: Duration) {
+    metrics::counter!("llm_proxy_requests_total", "status" => status_label(status)).increment(1);
+    metrics::histogram!("llm_proxy_request_duration_seconds").record(took.as_secs_f64());
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        100..=299 => "2xx",
+        300..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Which tier answered.
+pub fn record_answer(tier: &str, degraded: bool) {
+    metrics::counter!(
+        "llm_proxy_answers_total",
+        "tier" => tier.to_owned(),
+        "degraded" => if degraded { "true" } else { "false" }
+    )
+    .increment(1);
+}
+
+/// The items of one batch.
+pub fn record_batch(ok: usize, failed: usize, cached: usize) {
+    let fresh = ok.saturating_sub(cached);
+    metrics::counter!("llm_proxy_batch_items_total", "result" => "ok").increment(fresh as u64);
+    metrics::counter!("llm_proxy_batch_items_total", "result" => "cached").increment(cached as u64);
+    metrics::counter!("llm_proxy_batch_items_total", "result" => "failed").increment(failed as u64);
+}
+
+/// `GET /metrics`.
+pub async fn render(State(state): State<Shared>) -> Response {
+    for (name, handle) in &state.pipeline.circuits {
+        let value = match handle.circuit().state() {
+            CircuitState::Closed => 0.0,
+            CircuitState::HalfOpen => 1.0,
+            CircuitState::Open => 2.0,
+        };
+        metrics::gauge!("llm_proxy_circuit_state", "upstream" => name.to_string()).set(value);
+    }
+    if let Ok(pending) = state.pipeline.escalations.list_pending().await {
+        metrics::gauge!("llm_proxy_escalations_pending").set(pending.len() as f64);
+    }
+    state.metrics.run_upkeep();
+    let mut response = Response::new(state.metrics.render().into());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}

@@ -1,0 +1,357 @@
+//! `llm-proxy mock-upstream`: an OpenAI-compatible upstream that fails on demand.
+//!
+//! Each request draws one number from a seeded generator and, in this order,
+//! answers 429 with `Retry-After` (`rate_limit_rate`), 500 (`fail_rate`), never
+//! answers (`stall_rate`), or (streams only) cuts the stream after `cut_after`
+//! events (`cut_rate`); otherwise it answers, after `latency_ms`. The same seed and
+//! the same order of requests give the same answers. In-process users (tests, the
+//! demo) change the behaviour at run time through [`MockUpstream::set`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{Method, StatusCode};
+use http_body::Frame;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tower_llm_resilience::BoxError;
+
+/// How the mock behaves.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MockOptions {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+    /// Its name, in answers ("Hello from NAME.").
+    #[arg(long, default_value = "mock")]
+    pub name: String,
+    /// Seed of the failure draws.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of requests answered 500.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests answered 429 with Retry-After.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate_limit_rate: f64,
+    /// The Retry-After of 429s, in seconds.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Delay before each answer (and between stream events), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Share of requests that never get an answer (or, streams, no event).
+    #[arg(long, default_value_t = 0.0)]
+    pub stall_rate: f64,
+    /// Share of streams cut (connection broken) after `cut_after` events.
+    #[arg(long, default_value_t = 0.0)]
+    pub cut_rate: f64,
+    /// Events sent before a cut (0: cut before the first event).
+    #[arg(long, default_value_t = 2)]
+    pub cut_after: usize,
+    /// The answer text (default "Hello from NAME.").
+    #[arg(long)]
+    pub reply: Option<String>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: "mock".into(),
+            seed: 1,
+            fail_rate: 0.0,
+            rate_limit_rate: 0.0,
+            retry_after_secs: 1,
+            latency_ms: 0,
+            stall_rate: 0.0,
+            cut_rate: 0.0,
+            cut_after: 2,
+            reply: None,
+        }
+    }
+}
+
+struct State {
+    options: Mutex<MockOptions>,
+    rng: Mutex<fastrand::Rng>,
+    requests: AtomicU64,
+}
+
+/// A running mock upstream.
+#[derive(Clone)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for MockUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockUpstream")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MockUpstream {
+    /// Bind `options.listen` and serve on the current runtime.
+    pub async fn start(options: MockOptions) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(options.listen).await?;
+        Ok(Self::serve(listener, options))
+    }
+
+    /// Serve on `listener`, on the current runtime.
+    pub fn serve(listener: TcpListener, options: MockOptions) -> Self {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let state = Arc::new(State {
+            rng: Mutex::new(fastrand::Rng::with_seed(options.seed)),
+            options: Mutex::new(options),
+            requests: AtomicU64::new(0),
+        });
+        let accepting = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let state = accepting.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(handle(state, request).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its OpenAI base URL (`http://ADDR/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Change the behaviour from now on.
+    pub fn set(&self, change: impl FnOnce(&mut MockOptions)) {
+        change(&mut self.state.options.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Chat completion requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+type MockBody = UnsyncBoxBody<Bytes, BoxError>;
+
+fn full(status: StatusCode, content_type: &'static str, body: String) -> http::Response<MockBody> {
+    let mut response = http::Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    response
+}
+
+#[derive(Deserialize)]
+struct ChatBody {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+enum Draw {
+    RateLimited,
+    Fail,
+    Stall,
+    Cut,
+    Answer,
+}
+
+async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Response<MockBody> {
+    let path = request.uri().path().to_owned();
+    if request.method() == Method::GET && path.ends_with("/models") {
+        let body =
+            serde_json::json!({"object": "list", "data": [{"id": "mock", "object": "model"}]});
+        return full(StatusCode::OK, "application/json", body.to_string());
+    }
+    if request.method() != Method::POST || !path.ends_with("/chat/completions") {
+        return full(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"message":"not found","type":"invalid_request_error"}}"#.into(),
+        );
+    }
+    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let Ok(body) = request.into_body().collect().await else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            r#"{"error":{"message":"unreadable body","type":"invalid_request_error"}}"#.into(),
+        );
+    };
+    let Ok(chat) = serde_json::from_slice::<ChatBody>(&body.to_bytes()) else {
+        return full(
+            StatusCode::BAD_REQUEST,
+            "application/json",
+            r#"{"error":{"message":"malformed JSON","type":"invalid_request_error"}}"#.into(),
+        );
+    };
+    let options = state
+        .options
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let draw = {
+        let roll = state.rng.lock().unwrap_or_else(|p| p.into_inner()).f64();
+        let mut edge = options.rate_limit_rate;
+        if roll < edge {
+            Draw::RateLimited
+        } else if roll < {
+            edge += options.fail_rate;
+            edge
+        } {
+            Draw::Fail
+        } else if roll < {
+            edge += options.stall_rate;
+            edge
+        } {
+            Draw::Stall
+        } else if chat.stream && roll < edge + options.cut_rate {
+            Draw::Cut
+        } else {
+            Draw::Answer
+        }
+    };
+    let latency = Duration::from_millis(options.latency_ms);
+    match draw {
+        Draw::RateLimited => {
+            let mut response = full(
+                StatusCode::TOO_MANY_REQUESTS,
+                "application/json",
+                r#"{"error":{"message":"Rate limit reached (mock)","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#.into(),
+            );
+            response.headers_mut().insert(
+                RETRY_AFTER,
+                http::HeaderValue::from(options.retry_after_secs),
+            );
+            return response;
+        }
+        Draw::Fail => {
+            return full(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "application/json",
+                r#"{"error":{"message":"The server had an error (mock)","type":"server_error"}}"#
+                    .into(),
+            )
+        }
+        Draw::Stall if !chat.stream => std::future::pending().await,
+        _ => {}
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let model = chat.model.unwrap_or_else(|| "mock".into());
+    let reply = options
+        .reply
+        .clone()
+        .unwrap_or_else(|| format!("Hello from {}.", options.name));
+    let id = format!("chatcmpl-{}-{n}", options.name);
+    if !chat.stream {
+        let body = serde_json::json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": crate::body::unix_now(),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+        });
+        return full(StatusCode::OK, "application/json", body.to_string());
+    }
+    let events = stream_events(&id, &model, &reply);
+    let (cut_at, stall) = match draw {
+        Draw::Cut => (Some(options.cut_after), false),
+        Draw::Stall => (None, true),
+        _ => (None, false),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+    tokio::spawn(async move {
+        if stall {
+            // Hold the stream open without a single event until the client leaves.
+            tx.closed().await;
+            return;
+        }
+        for (i, event) in events.into_iter().enumerate() {
+            if cut_at == Some(i) {
+                if i > 0 {
+                    // Let the server flush the events sent so far: hyper drops
+                    // its write buffer when a body fails.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = tx.send(Err("stream cut (mock)".into())).await;
+                return;
+            }
+            if i > 0 && !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            if tx.send(Ok(Frame::data(event))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (frame, rx))
+    });
+    let mut response = http::Response::new(StreamBody::new(frames).boxed_unsync());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+fn stream_events(id: &str, model: &str, reply: &str) -> Vec<Bytes> {
+    let created = crate::body::unix_now();
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        let event = serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        Bytes::from(format!("data: {event}\n\n"))
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        None,
+    )];
+    for word in reply.split_inclusive(' ') {
+        events.push(chunk(serde_json::json!({"content": word}), None));
+    }
+    events.push(chunk(serde_json::json!({}), Some("stop")));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    events
+}

@@ -1,0 +1,455 @@
+//! The layers, stacked: for each model,
+//!
+//! ```text
+//! Escalation (rules from [escalation])
+//!   └ Core: FallbackLayer (first-event settling for streams, template last)
+//!       ├ CircuitBreaker(upstream of tier 1)
+//!       ├ CircuitBreaker(upstream of tier 2)   (model rewritten per tier)
+//!       └ template
+//! ```
+//!
+//! Each upstream has one `CircuitBreakerLayer`, shared by every model that uses
+//! it. Batches go through the same `Core` (no escalation) under a
+//! `PartialBatchLayer`, see [`crate::batch`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::CONTENT_TYPE;
+use http_body_util::BodyExt;
+use tower::{Layer, Service};
+use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Handle};
+use tower_llm_resilience::classify::{
+    classify_buffered, classify_status, Classify, ClassifyError, Outcome,
+};
+use tower_llm_resilience::escalation::{
+    answer_is_json, Adapter, Escalation, EscalationLayer, EscalationPolicy, HttpAdapter,
+    ResumeToken, TimeoutDefault, Verdict,
+};
+use tower_llm_resilience::fallback::{
+    rewrite_model, Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier,
+};
+use tower_llm_resilience::BoxError;
+
+use crate::body::{completion_json, completion_sse, ProxyBody};
+use crate::config::{
+    secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
+};
+use crate::upstream::Upstream;
+
+/// A request inside the proxy: an OpenAI chat completion body.
+pub type Req = http::Request<Bytes>;
+/// A response inside the proxy.
+pub type Res = http::Response<ProxyBody>;
+
+/// What the proxy learned from a client request, carried in its extensions.
+#[derive(Clone, Debug)]
+pub struct RequestMeta {
+    /// The client asked for an event stream.
+    pub stream: bool,
+    /// The client asked for JSON output (`response_format`).
+    pub wants_json: bool,
+    /// The model name the client asked for.
+    pub model: Arc<str>,
+}
+
+/// On a response whose request asked for JSON (read by the escalation rule).
+#[derive(Clone, Copy, Debug)]
+pub struct WantsJson;
+
+/// On a response that did not come from a model tier.
+#[derive(Clone, Debug)]
+pub struct AnsweredBy(pub &'static str);
+
+/// The name of the template tier, in markers and `x-llm-proxy-tier`.
+pub const TEMPLATE_TIER: &str = "template";
+
+/// Classifies upstream results: buffered bodies by status, headers and provider
+/// error body; streams by status and headers; errors by their kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyClassifier;
+
+impl Classify<Res, BoxError> for ProxyClassifier {
+    fn classify(&self, result: &Result<Res, BoxError>) -> Outcome {
+        match result {
+            Ok(response) => match response.body() {
+                ProxyBody::Full(bytes) => {
+                    classify_buffered(response.status(), response.headers(), bytes)
+                }
+                ProxyBody::Stream(_) => classify_status(response.status(), response.headers()),
+            },
+            Err(e) => Outcome::Failure(e.classify_error()),
+        }
+    }
+}
+
+/// One upstream behind its circuit breaker.
+pub type Guarded = CircuitBreaker<Upstream, ProxyClassifier>;
+
+type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
+
+/// A model's tiers: the fallback chain, with buffered answers collected again so
+/// the escalation rules can read them.
+#[derive(Clone)]
+pub struct Core {
+    fallback: ModelFallback,
+    primary: Arc<str>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("primary", &self.primary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    /// The first tier's upstream name.
+    pub fn primary(&self) -> &Arc<str> {
+        &self.primary
+    }
+}
+
+impl Service<Req> for Core {
+    type Response = Res;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Res, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.fallback.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let wants_json = request
+            .extensions()
+            .get::<RequestMeta>()
+            .is_some_and(|meta| meta.wants_json);
+        let answer = self.fallback.call(request);
+        Box::pin(async move {
+            let (mut parts, body) = answer.await?.into_parts();
+            let event_stream = parts
+                .headers
+                .get(CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let body = if event_stream {
+                ProxyBody::Stream(body.boxed_unsync())
+            } else {
+                ProxyBody::Full(body.collect().await?.to_bytes())
+            };
+            let from_template = parts.extensions.get::<AnsweredBy>().is_some();
+            if wants_json && !from_template {
+                parts.extensions.insert(WantsJson);
+            }
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// The escalation rules of the config.
+#[derive(Clone, Debug)]
+pub struct ProxyPolicy {
+    enabled: bool,
+    approval_header: Option<http::HeaderName>,
+    invalid_json_answer: bool,
+}
+
+impl EscalationPolicy<Req, Res> for ProxyPolicy {
+    fn check_request(&self, request: &Req) -> Verdict {
+        let asked = self.enabled
+            && self.approval_header.as_ref().is_some_and(|name| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+            });
+        if asked {
+            Verdict::escalate("the client asked for human approval")
+        } else {
+            Verdict::Proceed
+        }
+    }
+
+    fn check_response(&self, response: &Res) -> Verdict {
+        let review = self.enabled
+            && self.invalid_json_answer
+            && response.status().is_success()
+            && response.extensions().get::<WantsJson>().is_some()
+            && response.body().is_full()
+            && !answer_is_json(response.body().bytes());
+        if review {
+            Verdict::escalate("JSON was asked for, but the model's answer is not valid JSON")
+        } else {
+            Verdict::Proceed
+        }
+    }
+
+    fn reviews_responses(&self) -> bool {
+        self.enabled && self.invalid_json_answer
+    }
+
+    fn reviews_response_to(&self, request: &Req) -> bool {
+        // Only answers to requests that asked for JSON are reviewed: the others
+        // are not snapshotted up front.
+        self.reviews_responses()
+            && request
+                .extensions()
+                .get::<RequestMeta>()
+                .is_some_and(|meta| meta.wants_json)
+    }
+}
+
+/// Snapshots like [`HttpAdapter`]; a human's answer becomes a `chat.completion`
+/// (a JSON string is the assistant's message; an object with `choices` is sent
+/// as it is).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProxyAdapter;
+
+impl Adapter<Req, Res> for ProxyAdapter {
+    fn snapshot_request(&self, request: &Req) -> serde_json::Value {
+        Adapter::<Req, Res>::snapshot_request(&HttpAdapter::new(), request)
+    }
+
+    fn snapshot_response(&self, response: &Res) -> serde_json::Value {
+        Adapter::<Req, Res>::snapshot_response(&HttpAdapter::new(), response)
+    }
+
+    fn take_resume_token(&self, request: &mut Req) -> Option<ResumeToken> {
+        Adapter::<Req, Res>::take_resume_token(&HttpAdapter::new(), request)
+    }
+
+    fn answer(&self, payload: serde_json::Value) -> Result<Res, BoxError> {
+        let body = match payload {
+            serde_json::Value::Object(ref object) if object.contains_key("choices") => payload,
+            serde_json::Value::String(text) => completion_json("chatcmpl-human", "human", &text),
+            other => completion_json("chatcmpl-human", "human", &other.to_string()),
+        };
+        let mut response = http::Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(ProxyBody::from(serde_json::to_vec(&body)?))?;
+        response.extensions_mut().insert(AnsweredBy("human"));
+        Ok(response)
+    }
+}
+
+/// A model, as clients call it.
+pub type ModelService = Escalation<Core, ProxyPolicy, ProxyAdapter>;
+
+/// Everything built from the config.
+pub struct Pipeline {
+    /// Each model's service, by name.
+    pub models: HashMap<Arc<str>, ModelService>,
+    /// Each model's tiers without escalation (for batches), by name.
+    pub cores: HashMap<Arc<str>, Core>,
+    /// Each upstream's circuits, in config order.
+    pub circuits: Vec<(Arc<str>, Handle<()>)>,
+    /// The escalations.
+    pub escalations: tower_llm_resilience::escalation::Handle,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("models", &self.models.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn circuit_layer(
+    name: &str,
+    config: &CircuitConfig,
+) -> Result<CircuitBreakerLayer<ProxyClassifier>, ConfigError> {
+    let mut builder = CircuitBreakerLayer::builder()
+        .name(name)
+        .consecutive_failures(config.consecutive_failures)
+        .cooldown(secs("circuit.cooldown_secs", config.cooldown_secs)?)
+        .max_cooldown(secs("circuit.max_cooldown_secs", config.max_cooldown_secs)?)
+        .classifier(ProxyClassifier);
+    if let Some(rate) = config.failure_rate {
+        builder = builder.failure_rate(rate);
+    }
+    builder
+        .build()
+        .map_err(|e| ConfigError(format!("circuit of upstream {name:?}: {e}")))
+}
+
+fn template_answer(text: Arc<str>) -> impl Fn(Req) -> Res + Send + Sync + 'static {
+    move |request: Req| {
+        let meta = request.extensions().get::<RequestMeta>();
+        let stream = meta.is_some_and(|m| m.stream);
+        let model = meta.map_or("template", |m| &m.model);
+        let (content_type, body) = if stream {
+            (
+                "text/event-stream",
+                completion_sse("chatcmpl-template", model, &text),
+            )
+        } else {
+            let json = completion_json("chatcmpl-template", model, &text);
+            ("application/json", Bytes::from(json.to_string()))
+        };
+        let mut response = http::Response::new(ProxyBody::Full(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        response.extensions_mut().insert(AnsweredBy(TEMPLATE_TIER));
+        response
+    }
+}
+
+fn build_core(
+    model: &ModelConfig,
+    guarded: &HashMap<&str, Guarded>,
+    first_event: Duration,
+) -> Result<Core, ConfigError> {
+    let service = |name: &str| {
+        guarded
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ConfigError(format!("unknown upstream {name:?}")))
+    };
+    let first = &model.tiers[0];
+    let mut builder = FallbackLayer::<Req, Res, BoxError>::builder()
+        .primary_name(first.upstream.as_str())
+        .classifier(ProxyClassifier);
+    for tier in &model.tiers[1..] {
+        builder = builder.tier(
+            Tier::new(tier.upstream.as_str(), service(&tier.upstream)?)
+                .map_request(rewrite_model(tier.model.as_str())),
+        );
+    }
+    if let Some(text) = &model.template {
+        builder = builder.final_responder(TEMPLATE_TIER, template_answer(text.as_str().into()));
+    } else if model.tiers.len() == 1 {
+        // A fallback layer needs somewhere to fall back to: a single tier without
+        // a template gets a placeholder that fails at once, so the client sees
+        // the real tier's failure (see `errors`).
+        builder = builder.tier(Tier::new(NO_TIER, tower::service_fn(no_tier)));
+    }
+    let layer = builder
+        .first_event_timeout(first_event)
+        .build()
+        .map_err(|e| ConfigError(format!("model {:?}: {e}", model.name)))?;
+    Ok(Core {
+        fallback: layer.layer(service(&first.upstream)?),
+        primary: first.upstream.as_str().into(),
+    })
+}
+
+/// The name of the placeholder tier of single-tier models without a template.
+pub const NO_TIER: &str = "(none)";
+
+async fn no_tier(_: Req) -> Result<Res, BoxError> {
+    Err("no further tier".into())
+}
+
+/// Build every layer from the config.
+pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
+    let mut guarded = HashMap::new();
+    let mut circuits = Vec::new();
+    for upstream in &config.upstreams {
+        let circuit = upstream.circuit.as_ref().unwrap_or(&config.circuit);
+        let layer = circuit_layer(&upstream.name, circuit)?;
+        circuits.push((Arc::from(upstream.name.as_str()), layer.handle()));
+        let service = layer.layer(Upstream::new(upstream, http.clone())?);
+        guarded.insert(upstream.name.as_str(), service);
+    }
+    let first_event = secs(
+        "limits.first_event_timeout_secs",
+        config.limits.first_event_timeout_secs,
+    )?;
+    let escalation = escalation_layer(config)?;
+    let mut models = HashMap::new();
+    let mut cores = HashMap::new();
+    for model in &config.models {
+        let core = build_core(model, &guarded, first_event)?;
+        let name: Arc<str> = model.name.as_str().into();
+        models.insert(name.clone(), escalation.layer(core.clone()));
+        cores.insert(name, core);
+    }
+    Ok(Pipeline {
+        models,
+        cores,
+        circuits,
+        escalations: escalation.handle(),
+    })
+}
+
+fn escalation_layer(
+    config: &Config,
+) -> Result<EscalationLayer<ProxyPolicy, ProxyAdapter>, ConfigError> {
+    let settings = &config.escalation;
+    let approval_header = if settings.approval_header.is_empty() {
+        None
+    } else {
+        Some(
+            http::HeaderName::try_from(settings.approval_header.as_str()).map_err(|_| {
+                ConfigError("escalation.approval_header is not a header name".into())
+            })?,
+        )
+    };
+    let policy = ProxyPolicy {
+        enabled: settings.enabled,
+        approval_header,
+        invalid_json_answer: settings.invalid_json_answer,
+    };
+    let timeout = secs("escalation.timeout_secs", settings.timeout_secs)?;
+    let mut builder = EscalationLayer::builder(policy)
+        .adapter(ProxyAdapter)
+        .poll_interval(secs(
+            "escalation.poll_interval_secs",
+            settings.poll_interval_secs,
+        )?);
+    builder = match settings.mode {
+        EscalationMode::Wait => builder.wait(
+            timeout,
+            match settings.on_timeout {
+                OnTimeout::Reject => TimeoutDefault::Reject,
+                OnTimeout::Approve => TimeoutDefault::Approve,
+            },
+        ),
+        EscalationMode::Detach => builder.detach(timeout),
+    };
+    builder = match settings.store {
+        crate::config::StoreKind::Memory => builder,
+        crate::config::StoreKind::Sqlite => {
+            if let Some(dir) = settings.sqlite_path.parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        ConfigError(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+            let store = tower_llm_resilience::escalation::SqliteStore::open(&settings.sqlite_path)
+                .map_err(|e| {
+                    ConfigError(format!(
+                        "cannot open escalation store {}: {e}",
+                        settings.sqlite_path.display()
+                    ))
+                })?;
+            builder.store(store)
+        }
+    };
+    builder.build().map_err(|e| ConfigError(e.to_string()))
+}
+
+/// The name of the tier that answered.
+pub fn answered_by(response: &Res, primary: &str) -> String {
+    if let Some(by) = response.extensions().get::<AnsweredBy>() {
+        return by.0.to_owned();
+    }
+    match response.degraded() {
+        Some(marker) => marker.name().to_owned(),
+        None => primary.to_owned(),
+    }
+}

@@ -1,0 +1,309 @@
+//! Escalations for humans: the admin API and the review page.
+//!
+//! - `GET /v1/escalations` (`?status=pending|approved|rejected|answered|expired|all`,
+//!   default pending), `GET /v1/escalations/{id}`,
+//!   `POST /v1/escalations/{id}/resolve` with
+//!   `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` or
+//!   `{"decision": "answer", "answer": "text or JSON"}` (optional `"by"`).
+//! - `GET /escalations`: the review page. Without the admin key it shows a login
+//!   form, which sets a cookie holding the key's hash (HttpOnly, SameSite=Strict).
+//!
+//! Every route needs an admin key (bearer or the page's cookie).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use http::header::{LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use tower_llm_resilience::escalation::{
+    to_rfc3339, Decision, EscalationId, EscalationRecord, ResolveError, Status,
+};
+
+use crate::app::{self, Shared};
+use crate::auth::{self, ADMIN_COOKIE};
+use crate::errors;
+
+const PAGE: &str = include_str!("review.html");
+
+/// The routes of this module.
+pub fn routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/escalations", get(list))
+        .route("/v1/escalations/{id}", get(one))
+        .route("/v1/escalations/{id}/resolve", post(resolve))
+        .route("/escalations", get(page))
+        .route("/escalations/login", post(login))
+}
+
+fn check_admin(state: &app::AppState, headers: &HeaderMap) -> Result<(), Response> {
+    if state.admin_keys.admin_ok(headers) {
+        Ok(())
+    } else if state.admin_keys.is_empty() {
+        Err(errors::error(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "admin_disabled",
+            "no admin key is configured ([auth] admin_keys)",
+        ))
+    } else {
+        Err(errors::unauthorized("an admin key is needed"))
+    }
+}
+
+/// An escalation as the API shows it: the record without its token hash, with
+/// readable times, the client's model and the draft answer pulled out.
+pub fn view(record: &EscalationRecord) -> Value {
+    let mut out = serde_json::to_value(record).unwrap_or_default();
+    if let Some(object) = out.as_object_mut() {
+        object.remove("token_hash");
+        object.insert("created_at".into(), to_rfc3339(record.created_at).into());
+        object.insert("expires_at".into(), to_rfc3339(record.expires_at).into());
+        let model = record
+            .request
+            .pointer("/headers/x-llm-proxy-model")
+            .or_else(|| record.request.pointer("/body/model"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        object.insert("model".into(), model);
+        let draft = record
+            .result
+            .as_ref()
+            .and_then(|r| r.pointer("/body/choices/0/message/content"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        object.insert("draft_answer".into(), draft);
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn list(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Response {
+    if let Err(response) = check_admin(&state, &headers) {
+        return response;
+    }
+    let handle = &state.pipeline.escalations;
+    let records = match query.status.as_deref() {
+        None | Some("pending") => handle.list_pending().await,
+        Some("all") => handle.list(None).await,
+        Some(name) => match Status::parse(name) {
+            Some(status) => handle.list(Some(status)).await,
+            None => return errors::bad_request(format!("unknown status {name:?}")),
+        },
+    };
+    match records {
+        Ok(records) => {
+            let data: Vec<Value> = records.iter().map(view).collect();
+            errors::json_response(
+                StatusCode::OK,
+                &serde_json::json!({"object": "list", "data": data}),
+            )
+        }
+        Err(e) => store_failed(&e),
+    }
+}
+
+fn store_failed(e: &dyn std::fmt::Display) -> Response {
+    errors::error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "store_failed",
+        format!("escalation store: {e}"),
+    )
+}
+
+fn not_found(id: &str) -> Response {
+    errors::error(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "escalation_not_found",
+        format!("no escalation {id}"),
+    )
+}
+
+async fn one(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(response) = check_admin(&state, &headers) {
+        return response;
+    }
+    match state
+        .pipeline
+        .escalations
+        .get(&EscalationId::new(&id))
+        .await
+    {
+        Ok(Some(record)) => errors::json_response(StatusCode::OK, &view(&record)),
+        Ok(None) => not_found(&id),
+        Err(e) => store_failed(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case", tag = "decision")]
+enum ResolveBody {
+    Approve {
+        #[serde(default)]
+        by: Option<String>,
+    },
+    Reject {
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    },
+    Answer {
+        answer: Value,
+        #[serde(default)]
+        by: Option<String>,
+    },
+}
+
+fn reviewer(by: Option<String>) -> String {
+    let name: String = by
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    if name.trim().is_empty() {
+        "admin".into()
+    } else {
+        name
+    }
+}
+
+async fn resolve(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
+    if let Err(response) = check_admin(&state, &headers) {
+        return response;
+    }
+    let bytes = match app::read_body(&headers, body, state.max_body).await {
+        Ok(bytes) => bytes,
+        Err(response) => return response,
+    };
+    let parsed: ResolveBody = match serde_json::from_slice(&bytes) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return errors::bad_request(format!(
+                "expected {{\"decision\": \"approve\" | \"reject\" | \"answer\", ...}}: {e}"
+            ))
+        }
+    };
+    let (decision, by) = match parsed {
+        ResolveBody::Approve { by } => (Decision::Approve, by),
+        ResolveBody::Reject { reason, by } => (
+            Decision::Reject {
+                reason: reason
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or_else(|| "rejected by a reviewer".into()),
+            },
+            by,
+        ),
+        ResolveBody::Answer { answer, by } => (Decision::Answer { payload: answer }, by),
+    };
+    let id = EscalationId::new(id);
+    match state
+        .pipeline
+        .escalations
+        .resolve(&id, &reviewer(by), decision)
+        .await
+    {
+        Ok(record) => {
+            metrics::counter!("llm_proxy_escalations_resolved_total", "status" => record.status.as_str())
+                .increment(1);
+            errors::json_response(StatusCode::OK, &view(&record))
+        }
+        Err(ResolveError::NotFound(id)) => not_found(id.as_str()),
+        Err(ResolveError::AlreadyResolved(record)) => errors::error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "already_resolved",
+            format!(
+                "escalation {} was already resolved ({})",
+                record.id, record.status
+            ),
+        ),
+        Err(ResolveError::Expired(id)) => errors::error(
+            StatusCode::GONE,
+            "invalid_request_error",
+            "escalation_expired",
+            format!("escalation {id} expired"),
+        ),
+        Err(e) => store_failed(&e),
+    }
+}
+
+const LOGIN: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>llm-proxy · sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem}
+input,button{font:inherit;padding:.4rem .6rem}p.error{color:#b00020}</style></head>
+<body><h1>Escalation review</h1>{{error}}
+<form method="post" action="/escalations/login">
+<label>Admin key <input id="admin-key" name="key" type="password" autocomplete="current-password" required autofocus></label>
+<button id="sign-in" type="submit">Sign in</button></form></body></html>"#;
+
+fn login_page(status: StatusCode, error: &str) -> Response {
+    let error = if error.is_empty() {
+        String::new()
+    } else {
+        format!("<p class=\"error\">{error}</p>")
+    };
+    (status, Html(LOGIN.replace("{{error}}", &error))).into_response()
+}
+
+async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    if state.admin_keys.is_empty() {
+        return login_page(
+            StatusCode::FORBIDDEN,
+            "No admin key is configured ([auth] admin_keys): the review page is off.",
+        );
+    }
+    if !state.admin_keys.admin_ok(&headers) {
+        return login_page(StatusCode::UNAUTHORIZED, "");
+    }
+    let mut response = Html(PAGE).into_response();
+    response.headers_mut().insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+        ),
+    );
+    response
+}
+
+async fn login(State(state): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let key = form.get("key").map(String::as_str).unwrap_or_default();
+    if state.admin_keys.is_empty() || !state.admin_keys.accepts(key) {
+        return login_page(StatusCode::UNAUTHORIZED, "That key is not an admin key.");
+    }
+    let cookie = format!(
+        "{ADMIN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        auth::hex(&auth::hash(key))
+    );
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    response
+        .headers_mut()
+        .insert(LOCATION, HeaderValue::from_static("/escalations"));
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(SET_COOKIE, value);
+    }
+    response
+}

@@ -1,0 +1,322 @@
+//! One provider as a tower service: `http::Request<Bytes>` (an OpenAI chat
+//! completion request) in, `http::Response<ProxyBody>` (in the OpenAI format) out.
+//!
+//! OpenAI-compatible upstreams get the request as it is (the model already set by
+//! the tier); Anthropic upstreams go through the library's [`AnthropicClient`],
+//! and their answers and streams are translated back to the OpenAI format.
+//! Failure responses (429, 5xx...) are returned as responses, with their status
+//! and rate-limit headers, for the layers' classifier to judge.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tower::{Service, ServiceExt};
+use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
+use tower_llm_resilience::client::{AnthropicClient, ChatDelta, ChatRequest, ChatResponse};
+use tower_llm_resilience::BoxError;
+
+use crate::body::{unix_now, IdleTimeout, ProxyBody};
+use crate::config::{secs, ConfigError, UpstreamConfig, UpstreamKind};
+use crate::pipeline::RequestMeta;
+
+/// A provider, cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: Arc<str>,
+    endpoint: reqwest::Url,
+    key: Option<HeaderValue>,
+    http: reqwest::Client,
+    timeout: Duration,
+    idle: Duration,
+    anthropic: Option<AnthropicClient>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.inner.name)
+            .field("endpoint", &self.inner.endpoint.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Build the service of one `[[upstreams]]` entry, sharing `http`'s pool.
+    pub fn new(config: &UpstreamConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
+        let timeout = secs("timeout_secs", config.timeout_secs)?;
+        let idle = secs("stream_idle_timeout_secs", config.stream_idle_timeout_secs)?;
+        let key = match &config.api_key_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| {
+                ConfigError(format!(
+                    "upstream {:?}: environment variable {var} is not set",
+                    config.name
+                ))
+            })?),
+            None => None,
+        };
+        let base = config.base_url.trim_end_matches('/');
+        let endpoint = reqwest::Url::parse(&format!("{base}/chat/completions"))
+            .map_err(|e| ConfigError(format!("upstream {:?}: base_url: {e}", config.name)))?;
+        let anthropic = match config.kind {
+            UpstreamKind::Openai => None,
+            UpstreamKind::Anthropic => {
+                let mut builder = AnthropicClient::builder()
+                    .base_url(base)
+                    .provider_name(config.name.clone())
+                    .timeout(timeout)
+                    .stream_idle_timeout(idle)
+                    .http_client(http.clone());
+                if let Some(key) = &key {
+                    builder = builder.api_key(key.clone());
+                }
+                Some(
+                    builder
+                        .build()
+                        .map_err(|e| ConfigError(format!("upstream {:?}: {e}", config.name)))?,
+                )
+            }
+        };
+        let key = match (&key, config.kind) {
+            (Some(key), UpstreamKind::Openai) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+                    ConfigError(format!("upstream {:?}: invalid API key", config.name))
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                name: config.name.as_str().into(),
+                endpoint,
+                key,
+                http,
+                timeout,
+                idle,
+                anthropic,
+            }),
+        })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.inner.name
+    }
+}
+
+impl Service<http::Request<Bytes>> for Upstream {
+    type Response = http::Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<http::Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Bytes>) -> Self::Future {
+        let inner = self.inner.clone();
+        let stream = request
+            .extensions()
+            .get::<RequestMeta>()
+            .is_some_and(|meta| meta.stream);
+        match inner.anthropic.clone() {
+            None => Box::pin(call_openai(inner, request.into_body(), stream)),
+            Some(client) => Box::pin(call_anthropic(inner, client, request.into_body(), stream)),
+        }
+    }
+}
+
+/// Headers of an upstream answer the client and the classifier may need.
+fn keep_header(name: &http::HeaderName) -> bool {
+    let name = name.as_str();
+    name == "content-type"
+        || name == "retry-after"
+        || name == "retry-after-ms"
+        || name == "x-request-id"
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
+}
+
+async fn call_openai(
+    inner: Arc<Inner>,
+    body: Bytes,
+    stream: bool,
+) -> Result<http::Response<ProxyBody>, BoxError> {
+    let mut request = inner
+        .http
+        .post(inner.endpoint.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(key) = &inner.key {
+        request = request.header(AUTHORIZATION, key.clone());
+    }
+    if stream {
+        request = request.header(ACCEPT, "text/event-stream");
+    }
+    let timed_out = || -> BoxError {
+        ClassifiedError::new(
+            FailureKind::Timeout,
+            format!(
+                "upstream {} did not answer in {:?}",
+                inner.name, inner.timeout
+            ),
+        )
+        .into()
+    };
+    let deadline = tokio::time::Instant::now() + inner.timeout;
+    let response = tokio::time::timeout_at(deadline, request.send())
+        .await
+        .map_err(|_| timed_out())??;
+    let mut out = http::Response::builder().status(response.status());
+    for (name, value) in response.headers() {
+        if keep_header(name) {
+            out = out.header(name, value);
+        }
+    }
+    let is_sse = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if stream && is_sse && response.status().is_success() {
+        let body = http::Response::from(response)
+            .into_body()
+            .map_err(BoxError::from)
+            .boxed_unsync();
+        ProxyBody::Stream(IdleTimeout::new(body, inner.idle).boxed_unsync())
+    } else {
+        let bytes = tokio::time::timeout_at(deadline, response.bytes())
+            .await
+            .map_err(|_| timed_out())??;
+        ProxyBody::Full(bytes)
+    };
+    Ok(out.body(body)?)
+}
+
+async fn call_anthropic(
+    inner: Arc<Inner>,
+    client: AnthropicClient,
+    body: Bytes,
+    stream: bool,
+) -> Result<http::Response<ProxyBody>, BoxError> {
+    let request: ChatRequest = serde_json::from_slice(&body).map_err(|e| {
+        ClassifiedError::new(
+            FailureKind::BadRequest,
+            format!(
+                "the request cannot be translated for Anthropic upstream {}: {e}",
+                inner.name
+            ),
+        )
+    })?;
+    if !stream {
+        let answer = client.oneshot(request.stream(false)).await?;
+        let body = serde_json::to_vec(&openai_completion(&answer))?;
+        return Ok(http::Response::builder()
+            .header(CONTENT_TYPE, "application/json")
+            .body(ProxyBody::from(body))?);
+    }
+    let deltas = client.streaming().oneshot(request.stream(true)).await?;
+    let id = deltas
+        .id()
+        .map_or_else(|| "chatcmpl-anthropic".to_owned(), str::to_owned);
+    let model = deltas.model().to_owned();
+    let created = unix_now();
+    let chunk = move |delta: serde_json::Value, finish: Option<&str>| -> Bytes {
+        let event = serde_json::json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        Bytes::from(format!("data: {event}\n\n"))
+    };
+    let first = chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        None,
+    );
+    let frames = deltas.filter_map(move |delta| {
+        let frame = match delta {
+            Ok(ChatDelta::Text(text)) => {
+                Some(Ok(chunk(serde_json::json!({"content": text}), None)))
+            }
+            Ok(ChatDelta::Finish(reason)) => {
+                let reason = serde_json::to_value(reason).unwrap_or_default();
+                let reason = match reason.as_str() {
+                    Some("tool_calls") => "tool_calls",
+                    Some("length") => "length",
+                    Some("content_filter") => "content_filter",
+                    _ => "stop",
+                };
+                Some(Ok(chunk(serde_json::json!({}), Some(reason))))
+            }
+            Ok(_) => None,
+            Err(e) => Some(Err(BoxError::from(e))),
+        };
+        std::future::ready(frame)
+    });
+    let events = futures_util::stream::once(std::future::ready(Ok(first)))
+        .chain(frames)
+        .chain(futures_util::stream::once(std::future::ready(Ok(
+            Bytes::from_static(b"data: [DONE]\n\n"),
+        ))))
+        .map(|item| item.map(Frame::data));
+    let body = http_body_util::StreamBody::new(events).boxed_unsync();
+    Ok(http::Response::builder()
+        .header(CONTENT_TYPE, "text/event-stream")
+        .body(ProxyBody::Stream(body))?)
+}
+
+/// A provider-neutral answer as an OpenAI `chat.completion`.
+pub fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
+    let finish = answer
+        .finish_reason
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .map(|r| if r == "other" { "stop".to_owned() } else { r });
+    let usage = answer.usage.map(|u| {
+        serde_json::json!({
+            "prompt_tokens": u.input_tokens,
+            "completion_tokens": u.output_tokens,
+            "total_tokens": u.total_tokens(),
+        })
+    });
+    serde_json::json!({
+        "id": answer.id.clone().unwrap_or_else(|| "chatcmpl-anthropic".into()),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": answer.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": answer.content},
+            "finish_reason": finish.unwrap_or_else(|| "stop".into()),
+        }],
+        "usage": usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_answers_read_as_openai() {
+        let answer = ChatResponse::new("anthropic", "claude-sonnet", "Bonjour");
+        let json = openai_completion(&answer);
+        assert_eq!(json["choices"][0]["message"]["content"], "Bonjour");
+        assert_eq!(json["choices"][0]["finish_reason"], "stop");
+        assert_eq!(json["model"], "claude-sonnet");
+    }
+}
