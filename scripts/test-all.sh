@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/review_page.rs).
 need=(redis-server chromium chromium-driver)
 missing=()
-  for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
