@@ -137,9 +137,9 @@
 //!
 //! When the primary answers, the layer adds the request's clone, an `Arc`
 //! increment and decrement, and the classification of the result; it allocates
-//! nothing of its own: the fallback's state (failed tiers, alternate calls, the hedge
-//! timer) is boxed and created only once the call falls back or waits on a
-//! hedge. Metrics and `tracing` events are only emitted on that path too.
+//! nothing of its own: the fallback's state (failed tiers, alternate calls, the
+//! hedge timer) is boxed and created only once the call falls back or waits on
+//! a hedge. Metrics and `tracing` events are only emitted on that path too.
 //! `benches/fallback.rs` measures this against the bare service, and one hop.
 
 mod builder;
