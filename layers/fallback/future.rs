@@ -1,8 +1,18 @@
 //! The response future: the primary's call, then alternates, hedges and the final
 //! responder, as an explicit state machine.
+//!
+//! The primary-answers path is the hot one and is kept lean: the future is the
+//! primary's future, the replay copy of the request, the shared configuration and
+//! one (empty) pointer. Everything the fallback needs (failed tiers, alternate
+//! calls in flight, errors, the hedge timer) lives in a `Chain` that is boxed and
+//! only created once the call falls back (or waits on a hedge). An answer from
+//! the primary is returned straight from the first poll that sees it, in a `poll`
+//! small enough to inline, without touching the chain, metrics or tracing; every
+//! other case goes through out-of-line functions.
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -12,7 +22,7 @@ use tokio::time::{sleep, Sleep};
 use tower::ServiceExt;
 
 use super::layer::Config;
-use super::{AllTiersFailed, Degraded, FailedTier, MarkDegraded, SettleResponse};
+use super::{AllTiersFailed, Degraded, FailedTier, MarkDegraded, SettleResponse, Settlement};
 use crate::classify::{classify_dyn_error, Classify, FailureKind, Outcome};
 use crate::BoxError;
 
@@ -33,18 +43,49 @@ pub(crate) enum Attempted<Out> {
 type BoxAttempt<Out> = Pin<Box<dyn Future<Output = Attempted<Out>> + Send>>;
 
 pin_project! {
+    #[project = ResponseFutureProj]
     /// The response future of [`Fallback`](super::Fallback).
     ///
-    /// While the primary answers, it is the primary's future plus a few words; the
-    /// alternates' calls are boxed, and only exist once the call falls back.
+    /// While the primary answers, it is the primary's future, the replay copy of
+    /// the request, and two words; the fallback's bookkeeping, the hedge timer and
+    /// the alternates' calls are boxed, and only exist once the call falls back
+    /// (or waits on a hedge).
     pub struct ResponseFuture<F, Req, Res, Err, C, P>
     where
         P: SettleResponse<Res>,
     {
         #[pin]
         primary: Primary<F, P::Future>,
-        chain: Chain<Req, Res, Err, C, P>,
+        config: Arc<Config<Req, Res, Err, C, P>>,
+        // The copy replayed to the next tier; taken on its last use. Also dropped
+        // when the primary answers (see `poll`).
+        request: Option<Req>,
+        // Only once the call falls back or waits on a hedge. Dropped by hand (see
+        // `PinnedDrop`), so that dropping a future without one is only a test.
+        chain: ManuallyDrop<Option<Pin<Box<Chain<P::Output>>>>>,
     }
+
+    impl<F, Req, Res, Err, C, P> PinnedDrop for ResponseFuture<F, Req, Res, Err, C, P>
+    where
+        P: SettleResponse<Res>,
+    {
+        #[inline]
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.chain.is_some() {
+                drop_chain(this.chain);
+            }
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_chain<T>(chain: &mut ManuallyDrop<Option<T>>) {
+    drop(ManuallyDrop::into_inner(std::mem::replace(
+        chain,
+        ManuallyDrop::new(None),
+    )));
 }
 
 pin_project! {
@@ -56,36 +97,47 @@ pin_project! {
     }
 }
 
-/// Everything past the primary: which tiers failed, what runs, what comes next.
-struct Chain<Req, Res, Err, C, P: SettleResponse<Res>> {
-    config: Arc<Config<Req, Res, Err, C, P>>,
-    request: Option<Req>,
-    /// The next alternate (1-based) that has not been started.
-    next: usize,
-    in_flight: Vec<(usize, BoxAttempt<P::Output>)>,
-    failed: Vec<FailedTier>,
-    errors: Vec<Option<BoxError>>,
-    hedge_timer: Option<Pin<Box<Sleep>>>,
-    hedged: bool,
+pin_project! {
+    #[project = ChainProj]
+    /// Everything past the primary: which tiers failed, what runs, what comes next.
+    struct Chain<Out> {
+        // Runs while one call waits alone and hedging is on.
+        #[pin]
+        hedge_timer: Option<Sleep>,
+        // The next alternate (1-based) that has not been started.
+        next: usize,
+        // At most two calls run at a time, the primary included.
+        in_flight: Vec<(usize, BoxAttempt<Out>)>,
+        failed: Vec<FailedTier>,
+        errors: Vec<Option<BoxError>>,
+        hedged: bool,
+    }
+}
+
+impl<Out> Chain<Out> {
+    fn new() -> Self {
+        Self {
+            hedge_timer: None,
+            next: 1,
+            in_flight: Vec::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+            hedged: false,
+        }
+    }
 }
 
 impl<F, Req, Res, Err, C, P> ResponseFuture<F, Req, Res, Err, C, P>
 where
     P: SettleResponse<Res>,
 {
+    #[inline]
     pub(crate) fn new(primary: F, request: Req, config: Arc<Config<Req, Res, Err, C, P>>) -> Self {
         Self {
             primary: Primary::Calling { future: primary },
-            chain: Chain {
-                config,
-                request: Some(request),
-                next: 1,
-                in_flight: Vec::new(),
-                failed: Vec::new(),
-                errors: Vec::new(),
-                hedge_timer: None,
-                hedged: false,
-            },
+            config,
+            request: Some(request),
+            chain: ManuallyDrop::new(None),
         }
     }
 }
@@ -103,75 +155,370 @@ where
 {
     type Output = Result<P::Output, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline(always)]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The hot path, kept small enough to inline into the caller: only the
+        // primary runs, nothing has failed, and it answers.
+        let this = self.as_mut().project();
+        if this.chain.is_none() {
+            if let PrimaryProj::Calling { future } = this.primary.project() {
+                if this.request.is_none() {
+                    polled_after_completion();
+                }
+                match future.poll(cx) {
+                    Poll::Ready(result) => {
+                        let outcome = this.config.classifier.classify(&result);
+                        let response = match (outcome, result) {
+                            (Outcome::Success, Ok(response)) => response,
+                            (outcome, result) => return self.primary_failed(outcome, result, cx),
+                        };
+                        return match this.config.settle.try_settle(response) {
+                            Settlement::Now(Ok(out)) => {
+                                // Done. The primary's spent future is dropped with
+                                // this one; dropping the replay copy now marks
+                                // completion.
+                                *this.request = None;
+                                Poll::Ready(Ok(out))
+                            }
+                            Settlement::Now(Err(error)) => {
+                                self.primary_called(AfterCall::Done(after_settle(Err(error))), cx)
+                            }
+                            Settlement::Wait(future) => {
+                                self.primary_called(AfterCall::Settle(future), cx)
+                            }
+                        };
+                    }
+                    Poll::Pending if this.config.hedge_after.is_none() => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        self.poll_slow(cx)
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> ! {
+    panic!("`ResponseFuture` polled after completion")
+}
+
+impl<F, Req, Res, Err, C, P> ResponseFuture<F, Req, Res, Err, C, P>
+where
+    F: Future<Output = Result<Res, Err>>,
+    Req: Clone + Send + 'static,
+    Res: Send + 'static,
+    Err: Into<BoxError> + Send + 'static,
+    C: Classify<Res, Err> + Send + Sync + 'static,
+    P: SettleResponse<Res> + Send + Sync + 'static,
+    P::Future: Send + 'static,
+    P::Output: MarkDegraded + Send + 'static,
+{
+    /// The primary's result classified as a failure, or as an error to return.
+    #[inline(never)]
+    fn primary_failed(
+        self: Pin<&mut Self>,
+        outcome: Outcome,
+        result: Result<Res, Err>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<P::Output, BoxError>> {
+        let after = after_call(&self.config.settle, outcome, result);
+        self.primary_called(after, cx)
+    }
+
+    /// The primary's call returned something other than an answer at once: a
+    /// response to settle, a failure, or an error to return.
+    #[inline(never)]
+    fn primary_called(
+        self: Pin<&mut Self>,
+        after: AfterCall<P::Future, P::Output>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<P::Output, BoxError>> {
         let mut this = self.project();
-        let chain = this.chain;
+        let attempted = match after {
+            AfterCall::Settle(future) => {
+                this.primary.set(Primary::Settling { future });
+                return this.poll_tiers(cx);
+            }
+            AfterCall::Done(attempted) => attempted,
+        };
+        this.primary.set(Primary::Done);
+        match attempted {
+            Attempted::Answer(out) => Poll::Ready(Ok(out)),
+            Attempted::Return(result) => Poll::Ready(result),
+            Attempted::Failed { kind, answer } => match this.on_failure(0, kind, answer) {
+                Some(result) => Poll::Ready(result),
+                None => this.poll_tiers(cx),
+            },
+        }
+    }
+
+    /// Every poll but the hot path's: the primary still pending with hedging on,
+    /// settling, or the fallback under way.
+    #[inline(never)]
+    fn poll_slow(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<P::Output, BoxError>> {
+        let mut this = self.project();
+        if this.chain.is_none() {
+            match this.primary.as_mut().project() {
+                // Only when hedging, and the primary is pending.
+                PrimaryProj::Calling { .. } => {
+                    if !this.poll_hedge(cx) {
+                        return Poll::Pending;
+                    }
+                }
+                PrimaryProj::Settling { .. } => {}
+                // Without a chain, only an answer or a failure that is not fallen
+                // back from ends the primary: the call is over.
+                PrimaryProj::Done => polled_after_completion(),
+            }
+        }
+        this.poll_tiers(cx)
+    }
+}
+
+impl<F, Req, Res, Err, C, P> ResponseFutureProj<'_, F, Req, Res, Err, C, P>
+where
+    F: Future<Output = Result<Res, Err>>,
+    Req: Clone + Send + 'static,
+    Res: Send + 'static,
+    Err: Into<BoxError> + Send + 'static,
+    C: Classify<Res, Err> + Send + Sync + 'static,
+    P: SettleResponse<Res> + Send + Sync + 'static,
+    P::Future: Send + 'static,
+    P::Output: MarkDegraded + Send + 'static,
+{
+    /// The primary (while it still runs or settles), the alternates in flight,
+    /// the next tier, hedges.
+    fn poll_tiers(&mut self, cx: &mut Context<'_>) -> Poll<Result<P::Output, BoxError>> {
         loop {
             if let Poll::Ready(Some(attempted)) =
-                poll_primary(this.primary.as_mut(), &chain.config, cx)
+                poll_primary(self.primary.as_mut(), self.config, cx)
             {
+                self.stop_hedge_timer();
                 let done = match attempted {
                     Attempted::Answer(out) => Some(Ok(out)),
                     Attempted::Return(result) => Some(result),
-                    Attempted::Failed { kind, answer } => chain.on_failure(0, kind, answer),
+                    Attempted::Failed { kind, answer } => self.on_failure(0, kind, answer),
                 };
                 if let Some(result) = done {
-                    chain.finish(0);
+                    self.finish(0);
                     return Poll::Ready(result);
                 }
-                chain.hedge_timer = None;
             }
 
             let mut i = 0;
-            while i < chain.in_flight.len() {
+            while i < self.in_flight() {
+                let mut chain = self.chain();
                 let Poll::Ready(attempted) = chain.in_flight[i].1.as_mut().poll(cx) else {
                     i += 1;
                     continue;
                 };
                 let (index, _) = chain.in_flight.remove(i);
-                chain.hedge_timer = None;
+                chain.hedge_timer.set(None);
                 let done = match attempted {
-                    Attempted::Answer(out) => Some(Ok(chain.degrade(index, out))),
+                    Attempted::Answer(out) => Some(Ok(self.degrade(index, out))),
                     Attempted::Return(result) => Some(result),
-                    Attempted::Failed { kind, answer } => chain.on_failure(index, kind, answer),
+                    Attempted::Failed { kind, answer } => self.on_failure(index, kind, answer),
                 };
                 if let Some(result) = done {
                     // Cancel whatever still runs, the primary included.
-                    this.primary.set(Primary::Done);
-                    chain.finish(index);
+                    self.primary.set(Primary::Done);
+                    self.finish(index);
                     return Poll::Ready(result);
                 }
             }
 
-            let running = chain.in_flight.len() + usize::from(!this.primary.is_done());
+            let running = self.in_flight() + usize::from(!self.primary.is_done());
             if running == 0 {
-                match chain.start_next() {
+                match self.start_next() {
                     None => continue,
                     Some(result) => {
-                        chain.finish(usize::MAX);
+                        self.finish(usize::MAX);
                         return Poll::Ready(result);
                     }
                 }
             }
-            if running == 1 && chain.can_hedge() {
-                let delay = chain.config.hedge_after.unwrap_or_default();
-                let timer = chain
-                    .hedge_timer
-                    .get_or_insert_with(|| Box::pin(sleep(delay)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    chain.hedged = true;
-                    tracing::debug!(
-                        tier = %chain.config.name(chain.next),
-                        ?delay,
-                        "no answer yet; hedging to the next tier"
-                    );
-                    metrics::counter!("llm_fallback_hedges_total").increment(1);
-                    chain.start(chain.next);
-                    continue;
-                }
+            if running == 1 && self.poll_hedge(cx) {
+                continue;
             }
             return Poll::Pending;
         }
+    }
+
+    /// The fallback state, created on first use.
+    fn chain(&mut self) -> ChainProj<'_, P::Output> {
+        self.chain
+            .get_or_insert_with(|| Box::pin(Chain::new()))
+            .as_mut()
+            .project()
+    }
+
+    /// The number of alternates' calls running.
+    fn in_flight(&self) -> usize {
+        self.chain.as_ref().map_or(0, |chain| chain.in_flight.len())
+    }
+
+    /// The next alternate to start.
+    fn next(&self) -> usize {
+        self.chain.as_ref().map_or(1, |chain| chain.next)
+    }
+
+    fn stop_hedge_timer(&mut self) {
+        if let Some(chain) = self.chain.as_mut() {
+            chain.as_mut().project().hedge_timer.set(None);
+        }
+    }
+
+    /// With one call running and hedging on: `true` once the delay has passed,
+    /// and the next tier has been started.
+    fn poll_hedge(&mut self, cx: &mut Context<'_>) -> bool {
+        let next = self.next();
+        let Some(delay) = self.config.hedge_after else {
+            return false;
+        };
+        if next > self.config.alternates.len() || self.request.is_none() {
+            return false;
+        }
+        let mut timer = self.chain().hedge_timer;
+        if timer.is_none() {
+            timer.set(Some(sleep(delay)));
+        }
+        if timer
+            .as_pin_mut()
+            .is_some_and(|timer| timer.poll(cx).is_pending())
+        {
+            return false;
+        }
+        tracing::debug!(
+            tier = %self.config.name(next),
+            ?delay,
+            "no answer yet; hedging to the next tier"
+        );
+        metrics::counter!("llm_fallback_hedges_total").increment(1);
+        *self.chain().hedged = true;
+        self.start(next)
+    }
+
+    /// Record a failed tier. Returns the call's result when this failure ends it:
+    /// the policy does not fall back from it and no later tier takes it over.
+    #[cold]
+    fn on_failure(
+        &mut self,
+        index: usize,
+        kind: FailureKind,
+        answer: Result<P::Output, BoxError>,
+    ) -> Option<Result<P::Output, BoxError>> {
+        self.stop_hedge_timer();
+        let name = self.config.name(index).clone();
+        metrics::counter!(
+            "llm_fallback_tier_failures_total",
+            "tier" => name.clone(),
+            "kind" => kind.name(),
+        )
+        .increment(1);
+        if !self.config.falls_back(self.next(), &kind) {
+            tracing::debug!(tier = %name, %kind, "tier failed; not a failure to fall back from");
+            return Some(answer.map(|out| {
+                if index == 0 {
+                    out
+                } else {
+                    self.degrade(index, out)
+                }
+            }));
+        }
+        tracing::warn!(tier = %name, %kind, "fallback tier failed");
+        let chain = self.chain();
+        chain.failed.push(FailedTier { index, name, kind });
+        chain.errors.push(answer.err());
+        None
+    }
+
+    /// Nothing runs: start the next tier that takes over from the last failure,
+    /// or answer from the final responder, or fail with every tier's failure.
+    fn start_next(&mut self) -> Option<Result<P::Output, BoxError>> {
+        let next = self.next();
+        let kind = self
+            .chain()
+            .failed
+            .last()
+            .map_or(FailureKind::Other, |tier| tier.kind.clone());
+        if let Some(index) = self.config.next_accepting(next, &kind) {
+            if self.start(index) {
+                return None;
+            }
+        } else if self.config.worth_final(&kind) {
+            if let (Some(last), Some(request)) = (&self.config.final_responder, self.request.take())
+            {
+                let answer = self.config.settle.pass((last.respond)(request));
+                return Some(Ok(self.degrade(self.config.final_index(), answer)));
+            }
+        }
+        let chain = self.chain();
+        tracing::warn!(tiers = chain.failed.len(), "all fallback tiers failed");
+        metrics::counter!("llm_fallback_all_failed_total").increment(1);
+        Some(Err(Box::new(AllTiersFailed {
+            tiers: std::mem::take(chain.failed),
+            errors: std::mem::take(chain.errors),
+        })))
+    }
+
+    /// Start alternate `index`; `false` if the request is gone (cannot happen
+    /// while an alternate is left, but never worth a panic).
+    fn start(&mut self, index: usize) -> bool {
+        let last_use =
+            index == self.config.alternates.len() && self.config.final_responder.is_none();
+        let request = if last_use {
+            self.request.take()
+        } else {
+            self.request.clone()
+        };
+        let Some(request) = request else {
+            return false;
+        };
+        tracing::debug!(tier = %self.config.name(index), "calling fallback tier");
+        let attempt = Box::pin(run_alternate(self.config.clone(), index, request));
+        let mut chain = self.chain();
+        chain.hedge_timer.set(None);
+        *chain.next = index + 1;
+        chain.in_flight.push((index, attempt));
+        true
+    }
+
+    /// Mark an answer from tier `index` as degraded. Only called when that answer
+    /// ends the call, so the list of failed tiers moves into the marker.
+    fn degrade(&mut self, index: usize, mut out: P::Output) -> P::Output {
+        let name = self.config.name(index).clone();
+        let chain = self.chain();
+        let failed = std::mem::take(chain.failed);
+        let hedged = *chain.hedged;
+        tracing::info!(tier = %name, failed = failed.len(), hedged, "degraded answer");
+        metrics::counter!("llm_fallback_degraded_total", "tier" => name.clone()).increment(1);
+        out.mark_degraded(Degraded {
+            index,
+            name,
+            failed,
+            hedged,
+        });
+        out
+    }
+
+    /// The call is over: drop (cancel) every call still running.
+    fn finish(&mut self, winner: usize) {
+        let Some(chain) = self.chain.as_mut() else {
+            return;
+        };
+        let chain = chain.as_mut().project();
+        if chain.in_flight.is_empty() {
+            return;
+        }
+        if *chain.hedged {
+            tracing::debug!(
+                winner,
+                dropped = chain.in_flight.len(),
+                "dropping the slower hedged call"
+            );
+        }
+        chain.in_flight.clear();
     }
 }
 
@@ -195,13 +542,15 @@ where
 {
     loop {
         let attempted = match primary.as_mut().project() {
-            PrimaryProj::Calling { future } => match after_call(config, ready!(future.poll(cx))) {
-                AfterCall::Settle(future) => {
-                    primary.set(Primary::Settling { future });
-                    continue;
+            PrimaryProj::Calling { future } => {
+                match classify_and_settle(config, ready!(future.poll(cx))) {
+                    AfterCall::Settle(future) => {
+                        primary.set(Primary::Settling { future });
+                        continue;
+                    }
+                    AfterCall::Done(attempted) => attempted,
                 }
-                AfterCall::Done(attempted) => attempted,
-            },
+            }
             PrimaryProj::Settling { future } => after_settle(ready!(future.poll(cx))),
             PrimaryProj::Done => return Poll::Ready(None),
         };
@@ -216,7 +565,35 @@ enum AfterCall<SF, Out> {
 }
 
 #[inline]
-fn after_call<Req, Res, Err, C, P>(
+fn after_call<Res, Err, P>(
+    settle: &P,
+    outcome: Outcome,
+    result: Result<Res, Err>,
+) -> AfterCall<P::Future, P::Output>
+where
+    Err: Into<BoxError>,
+    P: SettleResponse<Res>,
+{
+    match outcome {
+        Outcome::Success => match result {
+            Ok(response) => match settle.try_settle(response) {
+                Settlement::Now(settled) => AfterCall::Done(after_settle(settled)),
+                Settlement::Wait(future) => AfterCall::Settle(future),
+            },
+            Err(error) => AfterCall::Done(Attempted::Return(Err(error.into()))),
+        },
+        Outcome::Failure(kind) => AfterCall::Done(Attempted::Failed {
+            kind,
+            answer: result
+                .map(|response| settle.pass(response))
+                .map_err(Into::into),
+        }),
+    }
+}
+
+/// Classify a tier's result, and settle it if it is a success.
+#[inline]
+fn classify_and_settle<Req, Res, Err, C, P>(
     config: &Config<Req, Res, Err, C, P>,
     result: Result<Res, Err>,
 ) -> AfterCall<P::Future, P::Output>
@@ -225,18 +602,8 @@ where
     C: Classify<Res, Err>,
     P: SettleResponse<Res>,
 {
-    match config.classifier.classify(&result) {
-        Outcome::Success => match result {
-            Ok(response) => AfterCall::Settle(config.settle.settle(response)),
-            Err(error) => AfterCall::Done(Attempted::Return(Err(error.into()))),
-        },
-        Outcome::Failure(kind) => AfterCall::Done(Attempted::Failed {
-            kind,
-            answer: result
-                .map(|response| config.settle.pass(response))
-                .map_err(Into::into),
-        }),
-    }
+    let outcome = config.classifier.classify(&result);
+    after_call(&config.settle, outcome, result)
 }
 
 #[inline]
@@ -266,134 +633,9 @@ where
         None => request,
     };
     let result = tier.service.clone().oneshot(request).await;
-    match after_call(&config, result) {
+    match classify_and_settle(&config, result) {
         AfterCall::Settle(future) => after_settle(future.await),
         AfterCall::Done(attempted) => attempted,
-    }
-}
-
-impl<Req, Res, Err, C, P> Chain<Req, Res, Err, C, P>
-where
-    Req: Clone + Send + 'static,
-    Res: Send + 'static,
-    Err: Into<BoxError> + Send + 'static,
-    C: Classify<Res, Err> + Send + Sync + 'static,
-    P: SettleResponse<Res> + Send + Sync + 'static,
-    P::Future: Send + 'static,
-    P::Output: MarkDegraded + Send + 'static,
-{
-    /// Record a failed tier. Returns the call's result when this failure ends it:
-    /// the policy does not fall back from it and no later tier takes it over.
-    fn on_failure(
-        &mut self,
-        index: usize,
-        kind: FailureKind,
-        answer: Result<P::Output, BoxError>,
-    ) -> Option<Result<P::Output, BoxError>> {
-        let name = self.config.name(index).clone();
-        metrics::counter!(
-            "llm_fallback_tier_failures_total",
-            "tier" => name.clone(),
-            "kind" => kind.name(),
-        )
-        .increment(1);
-        if !self.config.falls_back(self.next, &kind) {
-            tracing::debug!(tier = %name, %kind, "tier failed; not a failure to fall back from");
-            return Some(answer.map(|out| {
-                if index == 0 {
-                    out
-                } else {
-                    self.degrade(index, out)
-                }
-            }));
-        }
-        tracing::warn!(tier = %name, %kind, "fallback tier failed");
-        self.failed.push(FailedTier { index, name, kind });
-        self.errors.push(answer.err());
-        None
-    }
-
-    /// Nothing runs: start the next tier that takes over from the last failure,
-    /// or answer from the final responder, or fail with every tier's failure.
-    fn start_next(&mut self) -> Option<Result<P::Output, BoxError>> {
-        let kind = self
-            .failed
-            .last()
-            .map_or(FailureKind::Other, |tier| tier.kind.clone());
-        if let Some(index) = self.config.next_accepting(self.next, &kind) {
-            if self.start(index) {
-                return None;
-            }
-        } else if self.config.worth_final(&kind) {
-            if let (Some(last), Some(request)) = (&self.config.final_responder, self.request.take())
-            {
-                let answer = self.config.settle.pass((last.respond)(request));
-                return Some(Ok(self.degrade(self.config.final_index(), answer)));
-            }
-        }
-        tracing::warn!(tiers = self.failed.len(), "all fallback tiers failed");
-        metrics::counter!("llm_fallback_all_failed_total").increment(1);
-        Some(Err(Box::new(AllTiersFailed {
-            tiers: std::mem::take(&mut self.failed),
-            errors: std::mem::take(&mut self.errors),
-        })))
-    }
-
-    /// Start alternate `index`; `false` if the request is gone (cannot happen
-    /// while an alternate is left, but never worth a panic).
-    fn start(&mut self, index: usize) -> bool {
-        let last_use =
-            index == self.config.alternates.len() && self.config.final_responder.is_none();
-        let request = if last_use {
-            self.request.take()
-        } else {
-            self.request.clone()
-        };
-        let Some(request) = request else {
-            return false;
-        };
-        tracing::debug!(tier = %self.config.name(index), "calling fallback tier");
-        self.next = index + 1;
-        self.hedge_timer = None;
-        let attempt = run_alternate(self.config.clone(), index, request);
-        self.in_flight.push((index, Box::pin(attempt)));
-        true
-    }
-
-    fn can_hedge(&self) -> bool {
-        self.config.hedge_after.is_some()
-            && self.next <= self.config.alternates.len()
-            && self.request.is_some()
-    }
-
-    /// Mark an answer from tier `index` as degraded.
-    fn degrade(&self, index: usize, mut out: P::Output) -> P::Output {
-        let name = self.config.name(index).clone();
-        tracing::info!(tier = %name, failed = self.failed.len(), hedged = self.hedged, "degraded answer");
-        metrics::counter!("llm_fallback_degraded_total", "tier" => name.clone()).increment(1);
-        out.mark_degraded(Degraded {
-            index,
-            name,
-            failed: self.failed.clone(),
-            hedged: self.hedged,
-        });
-        out
-    }
-
-    /// The call is over: drop (cancel) every call still running.
-    #[inline]
-    fn finish(&mut self, winner: usize) {
-        if self.in_flight.is_empty() {
-            return;
-        }
-        if self.hedged {
-            tracing::debug!(
-                winner,
-                dropped = self.in_flight.len(),
-                "dropping the slower hedged call"
-            );
-        }
-        self.in_flight.clear();
     }
 }
 
@@ -402,12 +644,17 @@ where
     P: SettleResponse<Res>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let chain = self.chain.as_deref();
         f.debug_struct("ResponseFuture")
-            .field("primary_done", &self.primary.is_done())
-            .field("next", &self.chain.next)
-            .field("in_flight", &self.chain.in_flight.len())
-            .field("failed", &self.chain.failed)
-            .field("hedged", &self.chain.hedged)
+            .field(
+                "primary_done",
+                // A primary that answered on the hot path leaves `request` empty.
+                &(self.primary.is_done() || (chain.is_none() && self.request.is_none())),
+            )
+            .field("next", &chain.map_or(1, |chain| chain.next))
+            .field("in_flight", &chain.map_or(0, |chain| chain.in_flight.len()))
+            .field("failed", &chain.map_or(&[][..], |chain| &chain.failed[..]))
+            .field("hedged", &chain.is_some_and(|chain| chain.hedged))
             .finish_non_exhaustive()
     }
 }

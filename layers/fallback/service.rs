@@ -11,8 +11,14 @@ use crate::BoxError;
 /// Tries ordered tiers until one answers; see the [module docs](super).
 ///
 /// `Req: Clone` because the request is cloned once per call, before the primary
-/// gets it, so it can be replayed to the alternates. Make it cheap to clone
-/// (`http::Request<Bytes>`, an `Arc`).
+/// gets it, so it can be replayed to the alternates. That clone cannot be put off
+/// (the primary consumes the request) and is the one cost of this layer that
+/// depends on your types; everything else the fallback needs is only created once
+/// the primary fails. Make the request cheap to clone: an `Arc`, a `&'static str`
+/// or an id clone without allocating; an `http::Request<Bytes>` shares its body
+/// but copies its header map (an allocation or two per call); a `String` or
+/// `serde_json::Value` copies everything. The copy is dropped as soon as the
+/// primary answers.
 ///
 /// # Readiness
 ///

@@ -21,9 +21,29 @@ pub trait SettleResponse<Res> {
     /// Wait until a successful response counts as an answer.
     fn settle(&self, response: Res) -> Self::Future;
 
+    /// Settle at once when no waiting is needed, else hand back the future of
+    /// [`settle`](Self::settle).
+    ///
+    /// The default always returns [`Settlement::Wait`]. Override it when the
+    /// answer is often known at once ([`Immediate`] always knows): the response
+    /// then goes straight to the caller, without a future to store and poll.
+    #[inline]
+    fn try_settle(&self, response: Res) -> Settlement<Self::Output, Self::Future> {
+        Settlement::Wait(self.settle(response))
+    }
+
     /// Convert a response returned as is without settling it: a failure that is
     /// not worth a fallback, or the final responder's answer.
     fn pass(&self, response: Res) -> Self::Output;
+}
+
+/// What [`SettleResponse::try_settle`] came to.
+#[derive(Debug)]
+pub enum Settlement<Out, F> {
+    /// Settled at once: the answer, or the error that fails the tier.
+    Now(Result<Out, BoxError>),
+    /// Not yet: poll this future.
+    Wait(F),
 }
 
 /// Every successful response is an answer at once; the response type is unchanged.
@@ -34,10 +54,17 @@ impl<Res> SettleResponse<Res> for Immediate {
     type Output = Res;
     type Future = Ready<Result<Res, BoxError>>;
 
+    #[inline]
     fn settle(&self, response: Res) -> Self::Future {
         ready(Ok(response))
     }
 
+    #[inline]
+    fn try_settle(&self, response: Res) -> Settlement<Res, Self::Future> {
+        Settlement::Now(Ok(response))
+    }
+
+    #[inline]
     fn pass(&self, response: Res) -> Res {
         response
     }

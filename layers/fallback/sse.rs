@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::{sleep, Sleep};
 
 use super::error::{FirstEventError, StreamInterrupted};
-use super::SettleResponse;
+use super::{SettleResponse, Settlement};
 use crate::classify::{classify_error_body, FailureKind};
 use crate::BoxError;
 
@@ -78,6 +78,14 @@ where
                 timeout: self.timeout,
                 max_prefix: self.max_prefix,
             },
+        }
+    }
+
+    fn try_settle(&self, response: http::Response<B>) -> Settlement<Self::Output, Self::Future> {
+        if is_event_stream(response.headers()) {
+            Settlement::Wait(self.settle(response))
+        } else {
+            Settlement::Now(Ok(response.map(SseBody::new)))
         }
     }
 
