@@ -250,6 +250,21 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
         }
     }
 
+    /// A success while closed, without timing: reset the failure streak (a load,
+    /// and a store only when there was a streak), and feed the window if any.
+    #[inline]
+    pub(crate) fn record_closed_success(&self) {
+        if self.shared.count_calls.load(Ordering::Relaxed) {
+            self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.window.is_some() {
+            return self.record_closed(Verdict::Success, false);
+        }
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn record_closed(&self, verdict: Verdict, slow: bool) {
         let failed = matches!(verdict, Verdict::Failure { .. });
         if verdict == Verdict::Success && self.consecutive.load(Ordering::Relaxed) != 0 {

@@ -36,8 +36,22 @@ impl<K: Clone + fmt::Debug + Send + Sync + 'static> Guard<K> {
         }
     }
 
+    #[inline]
     fn finish(&mut self, outcome: &Outcome) {
         self.finished = true;
+        // The common case, kept small enough to inline: a success on a closed
+        // circuit that times nothing.
+        if let (Outcome::Success, Admission::Closed, None) =
+            (outcome, &self.admission, self.started)
+        {
+            self.circuit.record_closed_success();
+            return;
+        }
+        self.finish_slow(outcome);
+    }
+
+    #[inline(never)]
+    fn finish_slow(&mut self, outcome: &Outcome) {
         let verdict = Verdict::of(outcome, self.circuit.config());
         let elapsed: Option<Duration> = self.started.map(|s| s.elapsed());
         self.circuit.record(&self.admission, verdict, elapsed);
@@ -108,7 +122,9 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(mut guard) = this.guard.take() {
+                // The guard stays in place (its Arc is released when the future
+                // is dropped): moving it out would copy it on the hot path.
+                if let Some(guard) = this.guard.as_mut().filter(|g| !g.finished) {
                     guard.finish(&this.classifier.classify(&result));
                 }
                 Poll::Ready(result.map_err(Into::into))
