@@ -76,6 +76,10 @@ impl std::fmt::Debug for AppState {
 pub type Shared = Arc<AppState>;
 
 /// Build the state and the router from a config.
+///
+/// With `[state] redis_url` this must run inside the tokio runtime that serves
+/// the router: the Redis backends spawn their tasks on it (they run as long as
+/// the returned state lives).
 pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
     config.validate()?;
     let pipeline = pipeline::build(config)?;
@@ -105,7 +109,11 @@ pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
         "" => None,
         name => HeaderName::try_from(name).ok(),
     };
-    let batch = BatchRunner::new(&config.batch, pipeline.cores.clone())?;
+    let batch = BatchRunner::new(
+        &config.batch,
+        pipeline.cores.clone(),
+        pipeline.redis.as_ref(),
+    )?;
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()),

@@ -6,8 +6,9 @@
 //!
 //! Each item goes through its model's tiers (fallback and circuits, no
 //! escalation), is retried when its failure is retryable, and is reported on its
-//! own. With a `batch_id`, successes are remembered: the same id again returns
-//! them as cached and sends only the items that failed.
+//! own. With a `batch_id`, successes are remembered (in memory, or in Redis with
+//! `[state] redis_url`): the same id again returns them as cached and sends only
+//! the items that failed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ use crate::app::{self, Shared};
 use crate::config::{BatchConfig, ConfigError};
 use crate::errors;
 use crate::pipeline::{answered_by, Core, ProxyClassifier, Req, RequestMeta};
+use crate::state::RedisState;
 
 /// One item, ready or already known to be invalid.
 #[derive(Clone, Debug)]
@@ -133,13 +135,21 @@ pub struct BatchRunner {
 }
 
 impl BatchRunner {
-    /// Build the layer from `[batch]`.
-    pub fn new(config: &BatchConfig, cores: HashMap<Arc<str>, Core>) -> Result<Self, ConfigError> {
-        let mut builder = PartialBatchLayer::builder()
+    /// Build the layer from `[batch]`; successes of named batches are kept in
+    /// `redis` when given (shared by every proxy on it), else in memory.
+    pub fn new(
+        config: &BatchConfig,
+        cores: HashMap<Arc<str>, Core>,
+        redis: Option<&RedisState>,
+    ) -> Result<Self, ConfigError> {
+        let builder = PartialBatchLayer::builder()
             .concurrency(config.concurrency)
             .max_attempts(config.max_attempts)
-            .classifier(ErrorOnlyClassifier)
-            .store(InMemoryBatchStore::new());
+            .classifier(ErrorOnlyClassifier);
+        let mut builder = match redis {
+            Some(redis) => builder.store(redis.batch_store()?),
+            None => builder.store(InMemoryBatchStore::new()),
+        };
         if let Some(seed) = config.seed {
             builder = builder.seed(seed);
         }

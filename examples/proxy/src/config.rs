@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Everything else has defaults: `[auth]`, `[limits]`, `[circuit]` (and a
-//! `circuit` table on each upstream to override it), `[escalation]` and `[batch]`.
-//! See `examples/proxy/README.md`.
+//! `circuit` table on each upstream to override it), `[escalation]`, `[batch]`
+//! and `[state]` (`redis_url`: shared state for many proxies). See
+//! `examples/proxy/README.md`.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -54,6 +55,9 @@ pub struct Config {
     /// The `/v1/batch` endpoint.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Where circuits, escalations and batch records live.
+    #[serde(default)]
+    pub state: StateConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -377,6 +381,74 @@ impl Default for BatchConfig {
     }
 }
 
+/// Where the state lives: embedded (the default) or on Redis, shared by every
+/// proxy configured with the same server and prefix.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// `redis://[user:password@]host[:port][/db]` (or `redis+unix:///path`):
+    /// circuits are shared through Redis, escalations and batch records are kept
+    /// there. Unset: circuits are per process, escalations in `[escalation]`'s
+    /// store, batch records in memory.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The prefix of every Redis key and channel; proxies that share it share
+    /// state.
+    #[serde(default = "default_state_prefix")]
+    pub prefix: String,
+}
+
+fn default_state_prefix() -> String {
+    "llm-proxy".into()
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            prefix: default_state_prefix(),
+        }
+    }
+}
+
+// The URL may hold a password: not printed.
+impl fmt::Debug for StateConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StateConfig")
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl StateConfig {
+    /// The Redis client of `redis_url`, if set. Parses the URL only: nothing is
+    /// connected here.
+    pub fn redis_client(&self) -> Result<Option<redis::Client>, ConfigError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        if url.trim().is_empty() {
+            return err("state.redis_url is empty (remove it to keep the state embedded)");
+        }
+        match redis::Client::open(url.as_str()) {
+            Ok(client) => Ok(Some(client)),
+            // The URL itself is not repeated: it may hold a password.
+            Err(e) => err(format!(
+                "state.redis_url is not a usable Redis URL ({e}); \
+                 expected redis://[user:password@]host[:port][/db]"
+            )),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.prefix.is_empty() {
+            return err("state.prefix must not be empty");
+        }
+        self.redis_client().map(drop)
+    }
+}
+
 /// A configuration that cannot work.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -502,6 +574,7 @@ impl Config {
         {
             return err("batch.concurrency, max_attempts and max_items must be positive");
         }
+        self.state.validate()?;
         Ok(())
     }
 
@@ -590,5 +663,29 @@ template = "We are experiencing issues; please try again shortly."
         let bad = format!("{FIXED}\n[circuit]\ncooldown_secs = -1\n");
         assert!(Config::from_toml(&bad).is_err());
         assert!(Config::from_toml("listen = 3").is_err());
+    }
+
+    #[test]
+    fn state_is_embedded_unless_a_redis_url_is_set() {
+        let config = Config::from_toml(FIXED).unwrap();
+        assert!(config.state.redis_client().unwrap().is_none());
+        let with = format!(
+            "{FIXED}\n[state]\nredis_url = \"redis://:secret@127.0.0.1:6390/2\"\nprefix = \"team-a\"\n"
+        );
+        let config = Config::from_toml(&with).unwrap();
+        assert!(config.state.redis_client().unwrap().is_some());
+        assert_eq!(config.state.prefix, "team-a");
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
+    fn malformed_redis_urls_are_startup_errors() {
+        for url in ["", "localhost:6379", "http://127.0.0.1:6379", "redis://"] {
+            let text = format!("{FIXED}\n[state]\nredis_url = {url:?}\n");
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(e.contains("state.redis_url"), "{url:?}: {e}");
+        }
+        let no_prefix = format!("{FIXED}\n[state]\nprefix = \"\"\n");
+        assert!(Config::from_toml(&no_prefix).is_err());
     }
 }

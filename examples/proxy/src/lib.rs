@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod review;
+pub mod state;
 pub mod upstream;
 
 use std::future::Future;
@@ -112,16 +113,30 @@ impl ProxyThread {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let (router, state) = app::build(config)?;
+        config.validate()?;
         let grace = config::secs(
             "limits.shutdown_grace_secs",
             config.limits.shutdown_grace_secs,
         )?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()?;
+        // Built inside its own runtime: the Redis backends' tasks run there and
+        // stop with it.
+        let built = {
+            let _entered = runtime.enter();
+            app::build(config)
+        };
+        let (router, state) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                // Dropping a runtime may block: not allowed if the caller is async.
+                runtime.shutdown_background();
+                return Err(e.into());
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("llm-proxy-{}", addr.port()))
             .spawn(move || {

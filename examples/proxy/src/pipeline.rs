@@ -10,7 +10,9 @@
 //!
 //! Each upstream has one `CircuitBreakerLayer`, shared by every model that uses
 //! it. Batches go through the same `Core` (no escalation) under a
-//! `PartialBatchLayer`, see [`crate::batch`].
+//! `PartialBatchLayer`, see [`crate::batch`]. With `[state] redis_url`, the
+//! circuits, the escalation store and the batch store are shared through Redis,
+//! see [`crate::state`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,12 +35,14 @@ use tower_llm_resilience::escalation::{
 use tower_llm_resilience::fallback::{
     rewrite_model, Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier,
 };
+use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
 use crate::body::{completion_json, completion_sse, ProxyBody};
 use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
+use crate::state::RedisState;
 use crate::upstream::Upstream;
 
 /// A request inside the proxy: an OpenAI chat completion body.
@@ -250,6 +254,11 @@ pub struct Pipeline {
     pub circuits: Vec<(Arc<str>, Handle<()>)>,
     /// The escalations.
     pub escalations: tower_llm_resilience::escalation::Handle,
+    /// `[state] redis_url`: the shared Redis (`None`: embedded state).
+    pub redis: Option<RedisState>,
+    /// With Redis: each upstream's circuit sync, kept running as long as the
+    /// pipeline lives.
+    pub circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -355,12 +364,19 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
+    let redis = RedisState::from_config(&config.state)?;
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
+    let mut circuit_syncs = Vec::new();
     for upstream in &config.upstreams {
         let circuit = upstream.circuit.as_ref().unwrap_or(&config.circuit);
         let layer = circuit_layer(&upstream.name, circuit)?;
-        circuits.push((Arc::from(upstream.name.as_str()), layer.handle()));
+        let name: Arc<str> = upstream.name.as_str().into();
+        if let Some(redis) = &redis {
+            let sync = redis.attach_circuit(&upstream.name, &layer.handle())?;
+            circuit_syncs.push((name.clone(), sync));
+        }
+        circuits.push((name, layer.handle()));
         let service = layer.layer(Upstream::new(upstream, http.clone())?);
         guarded.insert(upstream.name.as_str(), service);
     }
@@ -368,7 +384,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         "limits.first_event_timeout_secs",
         config.limits.first_event_timeout_secs,
     )?;
-    let escalation = escalation_layer(config)?;
+    let escalation = escalation_layer(config, redis.as_ref())?;
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
     for model in &config.models {
@@ -382,11 +398,14 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         cores,
         circuits,
         escalations: escalation.handle(),
+        redis,
+        circuit_syncs,
     })
 }
 
 fn escalation_layer(
     config: &Config,
+    redis: Option<&RedisState>,
 ) -> Result<EscalationLayer<ProxyPolicy, ProxyAdapter>, ConfigError> {
     let settings = &config.escalation;
     let approval_header = if settings.approval_header.is_empty() {
@@ -420,9 +439,11 @@ fn escalation_layer(
         ),
         EscalationMode::Detach => builder.detach(timeout),
     };
-    builder = match settings.store {
-        crate::config::StoreKind::Memory => builder,
-        crate::config::StoreKind::Sqlite => {
+    builder = match (redis, settings.store) {
+        // `[state] redis_url` replaces `store` and `sqlite_path`.
+        (Some(redis), _) => builder.store(redis.escalation_store()?),
+        (None, crate::config::StoreKind::Memory) => builder,
+        (None, crate::config::StoreKind::Sqlite) => {
             if let Some(dir) = settings.sqlite_path.parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|e| {
