@@ -4,23 +4,13 @@ mod escalation_util;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use escalation_util::*;
 use serde_json::json;
 use tower::Layer;
 use tower_llm_resilience::escalation::{
-    AuditAction, EscalationError, EscalationLayer, InvalidJsonAnswer, RequestPredicate,
-    ResolveError, ResumeToken, Status,
+    AuditAction, EscalationError, EscalationLayer, InvalidJsonAnswer, ResolveError, ResumeToken,
+    Status,
 };
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-fn form_gate() -> RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
-    RequestPredicate::new(
-        "ambiguous form needs a human",
-        |req: &http::Request<Bytes>| req.uri().path() == "/forms",
-    )
-}
 
 #[tokio::test(start_paused = true)]
 async fn seed_scenario_escalate_answer_resume() {

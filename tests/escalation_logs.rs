@@ -6,21 +6,9 @@
 //! this test's events (a known race of scoped subscribers).
 mod escalation_util;
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use escalation_util::*;
 use tower::Layer;
-use tower_llm_resilience::escalation::{EscalationLayer, RequestPredicate};
-
-const HOUR: Duration = Duration::from_secs(3600);
-
-fn form_gate() -> RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
-    RequestPredicate::new(
-        "ambiguous form needs a human",
-        |req: &http::Request<Bytes>| req.uri().path() == "/forms",
-    )
-}
+use tower_llm_resilience::escalation::EscalationLayer;
 
 #[tokio::test(start_paused = true)]
 async fn no_secret_or_prompt_in_snapshots_or_logs() {

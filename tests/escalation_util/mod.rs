@@ -201,3 +201,15 @@ impl EscalationStore for RacyStore {
         self.0.audit(id)
     }
 }
+
+/// An hour: the escalation lifetime of the detach-mode tests.
+pub const HOUR: Duration = Duration::from_secs(3600);
+
+/// The seed scenario's approval gate: requests to `/forms` need a human.
+pub fn form_gate(
+) -> tower_llm_resilience::escalation::RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
+    tower_llm_resilience::escalation::RequestPredicate::new(
+        "ambiguous form needs a human",
+        |req: &http::Request<Bytes>| req.uri().path() == "/forms",
+    )
+}
