@@ -1,6 +1,7 @@
 //! The error JSON bodies of OpenAI-compatible servers and of Anthropic.
 
 use http::{HeaderMap, StatusCode};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{classify_status, FailureKind, Outcome};
@@ -47,8 +48,8 @@ pub fn classify_buffered(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
             if !status.is_success() || is_event_stream(headers) {
                 return Outcome::Success;
             }
-            match serde_json::from_slice::<Value>(body) {
-                Ok(value) if error_object(&value).is_none() => Outcome::Success,
+            match serde_json::from_slice::<Envelope>(body) {
+                Ok(Envelope { is_error: false }) => Outcome::Success,
                 _ => Outcome::Failure(FailureKind::InvalidResponse),
             }
         }
@@ -62,6 +63,156 @@ pub fn classify_buffered(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
             };
             Outcome::Failure(refined)
         }
+    }
+}
+
+/// Whether a JSON document is the error envelope of either provider, read without
+/// building it: the same answer as [`error_object`] on the parsed value, at the
+/// cost of a validating scan (a 2xx answer is read on every call).
+struct Envelope {
+    is_error: bool,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Envelope;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let (mut error, mut typed_error) = (false, false);
+        while let Some(key) = map.next_key::<TopKey>()? {
+            match key {
+                // The last duplicate wins, as in a parsed `Value`.
+                TopKey::Error => {
+                    error = matches!(map.next_value()?, Shape::Object | Shape::Str { .. });
+                }
+                TopKey::Type => {
+                    typed_error = matches!(map.next_value()?, Shape::Str { is_error: true });
+                }
+                TopKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Envelope {
+            is_error: error || typed_error,
+        })
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Envelope, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+
+    fn visit_unit<E>(self) -> Result<Envelope, E> {
+        Ok(Envelope { is_error: false })
+    }
+}
+
+/// A top-level key of an answer, without allocating it.
+enum TopKey {
+    Error,
+    Type,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TopKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = TopKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<TopKey, E> {
+                Ok(match key {
+                    "error" => TopKey::Error,
+                    "type" => TopKey::Type,
+                    _ => TopKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+/// The shape of a top-level value, read without building it: `error` counts when
+/// it is an object or a string (some OpenAI-compatible servers), `type` when it
+/// is the string `"error"` (Anthropic).
+enum Shape {
+    Object,
+    Str { is_error: bool },
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShapeVisitor;
+        impl<'de> Visitor<'de> for ShapeVisitor {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Shape::Object)
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Shape, E> {
+                Ok(Shape::Str {
+                    is_error: value == "error",
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Shape::Other)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Other)
+            }
+        }
+        deserializer.deserialize_any(ShapeVisitor)
     }
 }
 
@@ -275,5 +426,71 @@ mod tests {
             classify_buffered(status(200), &sse, b"data: {}\n\n"),
             Outcome::Success
         );
+    }
+
+    /// The shallow envelope check gives the parsed value's answer, on any JSON.
+    fn envelope_agrees(text: &str) {
+        let by_value = serde_json::from_slice::<Value>(text.as_bytes())
+            .ok()
+            .map(|value| error_object(&value).is_some());
+        let shallow = serde_json::from_slice::<Envelope>(text.as_bytes())
+            .ok()
+            .map(|envelope| envelope.is_error);
+        assert_eq!(shallow, by_value, "{text}");
+    }
+
+    #[test]
+    fn envelope_check_matches_the_parsed_value() {
+        for text in [
+            r#"{"error":{"message":"x"}}"#,
+            r#"{"error":"overloaded"}"#,
+            r#"{"error":null,"type":"error"}"#,
+            r#"{"error":[1],"type":"message"}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error"}}"#,
+            r#"{"error":{"a":1},"error":null}"#,
+            r#"{"type":"error","type":"message"}"#,
+            r#"{"typ\u0065":"error"}"#,
+            r#"[{"error":{}}]"#,
+            r#""error""#,
+            "null",
+            "1.5e3",
+            "-7",
+            "true",
+            r#"{"choices":[{"message":{"content":"{\"error\":1}"}}]}"#,
+            r#"{"error":{}} trailing"#,
+            r#"{"error":{"#,
+            "",
+        ] {
+            envelope_agrees(text);
+        }
+    }
+
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("error".to_owned()),
+            Just("type".to_owned()),
+            "[a-z]{0,3}"
+        ];
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            prop_oneof![Just("error".to_owned()), "[a-z]{0,4}"].prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((key.clone(), inner), 0..4)
+                    .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn envelope_check_matches_on_any_document(value in arb_json()) {
+            envelope_agrees(&value.to_string());
+        }
     }
 }

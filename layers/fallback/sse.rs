@@ -268,6 +268,24 @@ impl<B> SseBody<B> {
         }
     }
 
+    /// The body it wraps, when nothing of it has been read ahead (any body that
+    /// is not an event stream): lets a caller that buffers answers take a
+    /// buffered body back as it is. `Err` gives the wrapper back.
+    ///
+    /// ```
+    /// use tower_llm_resilience::fallback::SseBody;
+    ///
+    /// let body = SseBody::new(String::from("{}"));
+    /// assert_eq!(body.try_into_inner().unwrap(), "{}");
+    /// ```
+    pub fn try_into_inner(self) -> Result<B, Self> {
+        if self.prefix.is_none() && !self.started_stream {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
+
     fn started(prefix: Bytes, inner: B) -> Self {
         Self {
             prefix: Some(prefix),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -24,6 +24,7 @@ use crate::body::{completion_to_sse, ClientStream, ProxyBody};
 use crate::config::{Config, ConfigError};
 use crate::errors;
 use crate::pipeline::{self, answered_by, ModelService, Pipeline, RequestMeta, Res};
+use crate::request::{ChatBody, Invalid};
 
 /// The header naming the tier that answered.
 pub const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
@@ -42,6 +43,13 @@ pub struct Model {
     pub primary_model: String,
     /// `upstream/model` of each tier, and `template` if it has one.
     pub tiers: Vec<String>,
+    /// The model's name, as the header the pipeline reads (`None`: not
+    /// expressible in a header).
+    pub name_header: Option<HeaderValue>,
+    /// `primary`, as the `x-llm-proxy-tier` header (`None`: not expressible).
+    pub primary_header: Option<HeaderValue>,
+    /// Answers from the first tier.
+    pub primary_answers: metrics::Counter,
 }
 
 /// What every handler shares.
@@ -82,6 +90,8 @@ pub type Shared = Arc<AppState>;
 /// the returned state lives).
 pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
     config.validate()?;
+    // The recorder first: the models register their counters with it.
+    let metrics = crate::metrics::handle();
     let pipeline = pipeline::build(config)?;
     let mut models = HashMap::new();
     for model in &config.models {
@@ -95,13 +105,17 @@ pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
             tiers.push(pipeline::TEMPLATE_TIER.into());
         }
         let service = pipeline.models[&name].clone();
+        let primary = model.tiers[0].upstream.as_str();
         models.insert(
             name,
             Model {
                 service,
-                primary: model.tiers[0].upstream.as_str().into(),
+                primary: primary.into(),
                 primary_model: model.tiers[0].model.clone(),
                 tiers,
+                name_header: HeaderValue::try_from(model.name.as_str()).ok(),
+                primary_header: HeaderValue::try_from(primary).ok(),
+                primary_answers: crate::metrics::primary_answers(primary),
             },
         );
     }
@@ -121,7 +135,7 @@ pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
         max_body: config.limits.max_body_bytes,
         approval_header,
         batch,
-        metrics: crate::metrics::handle(),
+        metrics,
         pipeline,
     });
     let router = Router::new()
@@ -189,83 +203,57 @@ pub struct Prepared {
     pub stream: bool,
 }
 
-/// Parse and check a chat completion body, and build the request for `model`.
+/// Parse and check a chat completion body, and build the request for its model.
 /// `Err` is the 400 or 404 to send.
-pub fn prepare(
-    models: &HashMap<Arc<str>, Model>,
-    mut value: Value,
+pub fn prepare<'m>(
+    models: &'m HashMap<Arc<str>, Model>,
+    body: &[u8],
     force_no_stream: bool,
-) -> Result<(&Model, Prepared), Response> {
-    let Some(object) = value.as_object_mut() else {
-        return Err(errors::bad_request(
-            "the request body must be a JSON object",
-        ));
+) -> Result<(&'m Model, Prepared), Response> {
+    let chat = ChatBody::parse(body).map_err(|invalid| match invalid {
+        Invalid::Json(e) => errors::bad_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        )),
+        Invalid::Shape(why) => errors::bad_request(why),
+    })?;
+    let Some((key, model)) = models.get_key_value(&*chat.model) else {
+        return Err(errors::unknown_model(&chat.model));
     };
-    let name = match object.get("model") {
-        Some(Value::String(name)) => name.clone(),
-        Some(_) => return Err(errors::bad_request("`model` must be a string")),
-        None => return Err(errors::bad_request("you must provide a `model` parameter")),
-    };
-    if !object.get("messages").is_some_and(Value::is_array) {
-        return Err(errors::bad_request("`messages` must be an array"));
-    }
-    let Some((key, model)) = models.get_key_value(name.as_str()) else {
-        return Err(errors::unknown_model(&name));
-    };
-    if force_no_stream {
-        object.remove("stream");
-        object.remove("stream_options");
-    }
-    let stream = object
-        .get("stream")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let wants_json = object
-        .get("response_format")
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-        .is_some_and(|t| t == "json_object" || t == "json_schema");
-    object.insert("model".into(), Value::String(model.primary_model.clone()));
-    let body = serde_json::to_vec(&value).map_err(|e| errors::bad_request(e.to_string()))?;
-    let mut request = http::Request::post("/v1/chat/completions")
-        .header(CONTENT_TYPE, "application/json")
-        .body(Bytes::from(body))
-        .map_err(|e| errors::bad_request(e.to_string()))?;
-    if let Ok(value) = HeaderValue::from_str(&name) {
-        request.headers_mut().insert(MODEL_HEADER, value);
+    let stream = chat.stream && !force_no_stream;
+    let body = chat.rewrite(&model.primary_model, force_no_stream);
+    let mut request = http::Request::new(Bytes::from(body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static("/v1/chat/completions");
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(name) = &model.name_header {
+        headers.insert(MODEL_HEADER, name.clone());
     }
     request.extensions_mut().insert(RequestMeta {
         stream,
-        wants_json,
+        wants_json: chat.wants_json,
         model: key.clone(),
     });
     Ok((model, Prepared { request, stream }))
 }
 
-async fn chat(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+async fn chat(State(state): State<Shared>, request: Request) -> Response {
     let started = Instant::now();
-    let response = chat_inner(&state, &headers, body).await;
+    let (parts, body) = request.into_parts();
+    let response = chat_inner(&state, parts.headers, body).await;
     crate::metrics::record_request(response.status(), started.elapsed());
     response
 }
 
-async fn chat_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Response {
-    if let Err(response) = check_client(state, headers) {
+async fn chat_inner(state: &AppState, headers: HeaderMap, body: Body) -> Response {
+    if let Err(response) = check_client(state, &headers) {
         return response;
     }
-    let bytes = match read_body(headers, body, state.max_body).await {
+    let bytes = match read_body(&headers, body, state.max_body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
-    let value: Value = match serde_json::from_slice(&bytes) {
-        Ok(value) => value,
-        Err(e) => {
-            return errors::bad_request(format!(
-                "We could not parse the JSON body of your request: {e}"
-            ))
-        }
-    };
-    let (model, mut prepared) = match prepare(&state.models, value, false) {
+    let (model, mut prepared) = match prepare(&state.models, &bytes, false) {
         Ok(ok) => ok,
         Err(response) => return response,
     };
@@ -276,16 +264,22 @@ async fn chat_inner(state: &AppState, headers: &HeaderMap, body: Body) -> Respon
         }
     }
     match model.service.clone().oneshot(prepared.request).await {
-        Ok(answer) => respond(answer, &model.primary, prepared.stream),
+        Ok(answer) => respond(answer, model, prepared.stream),
         Err(e) => errors::from_service_error(&e),
     }
 }
 
 /// The client's response for a model's answer.
-pub fn respond(answer: Res, primary: &str, stream: bool) -> Response {
-    let tier = answered_by(&answer, primary);
-    let degraded = tier != primary && tier != "human";
-    crate::metrics::record_answer(&tier, degraded);
+pub fn respond(answer: Res, model: &Model, stream: bool) -> Response {
+    let tier = answered_by(&answer, &model.primary);
+    let degraded = tier != &*model.primary && tier != "human";
+    let tier_header = if tier == &*model.primary {
+        model.primary_answers.increment(1);
+        model.primary_header.clone()
+    } else {
+        crate::metrics::record_answer(tier, degraded);
+        HeaderValue::from_str(tier).ok()
+    };
     let (mut parts, body) = answer.into_parts();
     parts.extensions.clear();
     let body = match body {
@@ -312,7 +306,7 @@ pub fn respond(answer: Res, primary: &str, stream: bool) -> Response {
             Body::new(ClientStream::new(stream_body))
         }
     };
-    if let Ok(value) = HeaderValue::from_str(&tier) {
+    if let Some(value) = tier_header {
         parts.headers.insert(TIER_HEADER, value);
     }
     parts.headers.insert(

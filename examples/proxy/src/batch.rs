@@ -101,7 +101,7 @@ impl Service<ItemRequest> for ItemService {
                 return Err(ClassifiedError::new(kind, message).into());
             }
             let answer = result?;
-            let tier = answered_by(&answer, &primary);
+            let tier = answered_by(&answer, &primary).to_owned();
             let degraded = tier != *primary;
             let response = serde_json::from_slice(answer.body().bytes()).map_err(|e| {
                 ClassifiedError::new(
@@ -176,7 +176,7 @@ struct BatchBody {
 #[derive(Deserialize)]
 struct BatchEntry {
     key: String,
-    body: Value,
+    body: Box<serde_json::value::RawValue>,
 }
 
 /// `POST /v1/batch`.
@@ -199,7 +199,7 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
         ));
     }
     let items = parsed.requests.into_iter().map(|entry| {
-        let request = match app::prepare(&state.models, entry.body, true) {
+        let request = match app::prepare(&state.models, entry.body.get().as_bytes(), true) {
             Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
             Err(response) => ItemRequest::Invalid(invalid_reason(response.status()).into()),
         };

@@ -24,6 +24,7 @@ pub mod errors;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
+pub mod request;
 pub mod review;
 pub mod state;
 pub mod upstream;

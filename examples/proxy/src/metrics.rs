@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::response::Response;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_llm_resilience::circuit_breaker::CircuitState;
 
@@ -38,15 +39,51 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may be installed already (an embedding program):
             // then this one only renders what the proxy sets at scrape time.
             let _ = metrics::set_global_recorder(recorder);
+            let _ = HOT.set(Hot {
+                ok: metrics::counter!("llm_proxy_requests_total", "status" => "200"),
+                duration: metrics::histogram!("llm_proxy_request_duration_seconds"),
+            });
             handle
         })
         .clone()
 }
 
+/// The handles every request touches, registered once (a registry lookup per
+/// request otherwise).
+struct Hot {
+    ok: Counter,
+    duration: Histogram,
+}
+
+static HOT: OnceLock<Hot> = OnceLock::new();
+
 /// One chat completion request, by status.
 pub fn record_request(status: StatusCode, took: Duration) {
-    metrics::counter!("llm_proxy_requests_total", "status" => status_label(status)).increment(1);
-    metrics::histogram!("llm_proxy_request_duration_seconds").record(took.as_secs_f64());
+    match HOT.get() {
+        Some(hot) => {
+            if status == StatusCode::OK {
+                hot.ok.increment(1);
+            } else {
+                metrics::counter!("llm_proxy_requests_total", "status" => status_label(status))
+                    .increment(1);
+            }
+            hot.duration.record(took.as_secs_f64());
+        }
+        None => {
+            metrics::counter!("llm_proxy_requests_total", "status" => status_label(status))
+                .increment(1);
+            metrics::histogram!("llm_proxy_request_duration_seconds").record(took.as_secs_f64());
+        }
+    }
+}
+
+/// The counter of answers from a model's first tier (registered once per model).
+pub fn primary_answers(tier: &str) -> Counter {
+    metrics::counter!(
+        "llm_proxy_answers_total",
+        "tier" => tier.to_owned(),
+        "degraded" => "false"
+    )
 }
 
 fn status_label(status: StatusCode) -> &'static str {

@@ -21,7 +21,7 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_llm_resilience::BoxError;
 
@@ -82,7 +82,7 @@ impl Default for MockOptions {
 }
 
 struct State {
-    options: Mutex<MockOptions>,
+    options: Mutex<Arc<MockOptions>>,
     rng: Mutex<fastrand::Rng>,
     requests: AtomicU64,
 }
@@ -116,7 +116,7 @@ impl MockUpstream {
             .expect("a bound listener has an address");
         let state = Arc::new(State {
             rng: Mutex::new(fastrand::Rng::with_seed(options.seed)),
-            options: Mutex::new(options),
+            options: Mutex::new(Arc::new(options)),
             requests: AtomicU64::new(0),
         });
         let accepting = state.clone();
@@ -153,12 +153,13 @@ impl MockUpstream {
 
     /// Change the behaviour from now on.
     pub fn set(&self, change: impl FnOnce(&mut MockOptions)) {
-        change(&mut self.state.options.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut options = self.state.options.lock().unwrap_or_else(|p| p.into_inner());
+        change(Arc::make_mut(&mut options));
     }
 
     /// Chat completion requests received so far.
     pub fn requests(&self) -> u64 {
-        self.state.requests.load(Ordering::SeqCst)
+        self.state.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -175,6 +176,38 @@ fn full(status: StatusCode, content_type: &'static str, body: String) -> http::R
         .headers_mut()
         .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     response
+}
+
+/// A `chat.completion`, written without building a JSON tree (the mock answers
+/// load tests).
+#[derive(Serialize)]
+struct Completion<'a> {
+    choices: [Choice<'a>; 1],
+    created: u64,
+    id: &'a str,
+    model: &'a str,
+    object: &'static str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    finish_reason: &'static str,
+    index: u32,
+    message: Message<'a>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    content: &'a str,
+    role: &'static str,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    completion_tokens: u32,
+    prompt_tokens: u32,
+    total_tokens: u32,
 }
 
 #[derive(Deserialize)]
@@ -194,7 +227,7 @@ enum Draw {
 }
 
 async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Response<MockBody> {
-    let path = request.uri().path().to_owned();
+    let path = request.uri().path();
     if request.method() == Method::GET && path.ends_with("/models") {
         let body =
             serde_json::json!({"object": "list", "data": [{"id": "mock", "object": "model"}]});
@@ -207,7 +240,7 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
             r#"{"error":{"message":"not found","type":"invalid_request_error"}}"#.into(),
         );
     }
-    let n = state.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let Ok(body) = request.into_body().collect().await else {
         return full(
             StatusCode::BAD_REQUEST,
@@ -276,24 +309,36 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let model = chat.model.unwrap_or_else(|| "mock".into());
-    let reply = options
-        .reply
-        .clone()
-        .unwrap_or_else(|| format!("Hello from {}.", options.name));
+    let model = chat.model.as_deref().unwrap_or("mock");
+    let reply = match &options.reply {
+        Some(reply) => std::borrow::Cow::Borrowed(reply.as_str()),
+        None => std::borrow::Cow::Owned(format!("Hello from {}.", options.name)),
+    };
     let id = format!("chatcmpl-{}-{n}", options.name);
     if !chat.stream {
-        let body = serde_json::json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": crate::body::unix_now(),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
-        });
-        return full(StatusCode::OK, "application/json", body.to_string());
+        let body = Completion {
+            choices: [Choice {
+                finish_reason: "stop",
+                index: 0,
+                message: Message {
+                    content: &reply,
+                    role: "assistant",
+                },
+            }],
+            created: crate::body::unix_now(),
+            id: &id,
+            model,
+            object: "chat.completion",
+            usage: Usage {
+                completion_tokens: 5,
+                prompt_tokens: 5,
+                total_tokens: 10,
+            },
+        };
+        let body = serde_json::to_string(&body).unwrap_or_default();
+        return full(StatusCode::OK, "application/json", body);
     }
-    let events = stream_events(&id, &model, &reply);
+    let events = stream_events(&id, model, &reply);
     let (cut_at, stall) = match draw {
         Draw::Cut => (Some(options.cut_after), false),
         Draw::Stall => (None, true),

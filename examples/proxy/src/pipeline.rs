@@ -43,7 +43,7 @@ use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
 use crate::state::RedisState;
-use crate::upstream::Upstream;
+use crate::upstream::{HttpClients, Upstream};
 
 /// A request inside the proxy: an OpenAI chat completion body.
 pub type Req = http::Request<Bytes>;
@@ -143,7 +143,11 @@ impl Service<Req> for Core {
             let body = if event_stream {
                 ProxyBody::Stream(body.boxed_unsync())
             } else {
-                ProxyBody::Full(body.collect().await?.to_bytes())
+                match body.try_into_inner() {
+                    Ok(ProxyBody::Full(bytes)) => ProxyBody::Full(bytes),
+                    Ok(other) => ProxyBody::Full(other.collect().await?.to_bytes()),
+                    Err(body) => ProxyBody::Full(body.collect().await?.to_bytes()),
+                }
             };
             let from_template = parts.extensions.get::<AnsweredBy>().is_some();
             if wants_json && !from_template {
@@ -358,12 +362,7 @@ async fn no_tier(_: Req) -> Result<Res, BoxError> {
 
 /// Build every layer from the config.
 pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
+    let http = HttpClients::new(1024, Duration::from_secs(10))?;
     let redis = RedisState::from_config(&config.state)?;
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
@@ -377,7 +376,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             circuit_syncs.push((name.clone(), sync));
         }
         circuits.push((name, layer.handle()));
-        let service = layer.layer(Upstream::new(upstream, http.clone())?);
+        let service = layer.layer(Upstream::new(upstream, &http)?);
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = secs(
@@ -465,12 +464,12 @@ fn escalation_layer(
 }
 
 /// The name of the tier that answered.
-pub fn answered_by(response: &Res, primary: &str) -> String {
+pub fn answered_by<'a>(response: &'a Res, primary: &'a str) -> &'a str {
     if let Some(by) = response.extensions().get::<AnsweredBy>() {
-        return by.0.to_owned();
+        return by.0;
     }
     match response.degraded() {
-        Some(marker) => marker.name().to_owned(),
-        None => primary.to_owned(),
+        Some(marker) => marker.name(),
+        None => primary,
     }
 }

@@ -2,7 +2,9 @@
 //! completion request) in, `http::Response<ProxyBody>` (in the OpenAI format) out.
 //!
 //! OpenAI-compatible upstreams get the request as it is (the model already set by
-//! the tier); Anthropic upstreams go through the library's [`AnthropicClient`],
+//! the tier): over a plain hyper client for `http://` base URLs (self-hosted
+//! models, the mock; the proxy's hot path), over reqwest with rustls for
+//! `https://`. Anthropic upstreams go through the library's [`AnthropicClient`],
 //! and their answers and streams are translated back to the OpenAI format.
 //! Failure responses (429, 5xx...) are returned as responses, with their status
 //! and rate-limit headers, for the layers' classifier to judge.
@@ -17,8 +19,10 @@ use futures_util::StreamExt;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http_body::Frame;
 use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceExt};
-use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
+use tower_llm_resilience::classify::{classify_dyn_error, ClassifiedError, FailureKind};
 use tower_llm_resilience::client::{AnthropicClient, ChatDelta, ChatRequest, ChatResponse};
 use tower_llm_resilience::BoxError;
 
@@ -34,9 +38,9 @@ pub struct Upstream {
 
 struct Inner {
     name: Arc<str>,
-    endpoint: reqwest::Url,
+    endpoint: http::Uri,
     key: Option<HeaderValue>,
-    http: reqwest::Client,
+    transport: Transport,
     timeout: Duration,
     idle: Duration,
     anthropic: Option<AnthropicClient>,
@@ -46,14 +50,15 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("name", &self.inner.name)
-            .field("endpoint", &self.inner.endpoint.as_str())
+            .field("endpoint", &self.inner.endpoint)
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
-    /// Build the service of one `[[upstreams]]` entry, sharing `http`'s pool.
-    pub fn new(config: &UpstreamConfig, http: reqwest::Client) -> Result<Self, ConfigError> {
+    /// Build the service of one `[[upstreams]]` entry, sharing `clients`' pools.
+    pub fn new(config: &UpstreamConfig, clients: &HttpClients) -> Result<Self, ConfigError> {
+        let http = clients.reqwest.clone();
         let timeout = secs("timeout_secs", config.timeout_secs)?;
         let idle = secs("stream_idle_timeout_secs", config.stream_idle_timeout_secs)?;
         let key = match &config.api_key_env {
@@ -66,8 +71,13 @@ impl Upstream {
             None => None,
         };
         let base = config.base_url.trim_end_matches('/');
-        let endpoint = reqwest::Url::parse(&format!("{base}/chat/completions"))
+        let endpoint: http::Uri = format!("{base}/chat/completions")
+            .parse()
             .map_err(|e| ConfigError(format!("upstream {:?}: base_url: {e}", config.name)))?;
+        let transport = match endpoint.scheme_str() {
+            Some("http") => Transport::Plain(clients.plain.clone()),
+            _ => Transport::Reqwest(http.clone()),
+        };
         let anthropic = match config.kind {
             UpstreamKind::Openai => None,
             UpstreamKind::Anthropic => {
@@ -102,7 +112,7 @@ impl Upstream {
                 name: config.name.as_str().into(),
                 endpoint,
                 key,
-                http,
+                transport,
                 timeout,
                 idle,
                 anthropic,
@@ -154,16 +164,16 @@ async fn call_openai(
     body: Bytes,
     stream: bool,
 ) -> Result<http::Response<ProxyBody>, BoxError> {
-    let mut request = inner
-        .http
-        .post(inner.endpoint.clone())
-        .header(CONTENT_TYPE, "application/json")
-        .body(body);
+    let mut request = http::Request::post(inner.endpoint.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+        .body(body)?;
     if let Some(key) = &inner.key {
-        request = request.header(AUTHORIZATION, key.clone());
+        request.headers_mut().insert(AUTHORIZATION, key.clone());
     }
     if stream {
-        request = request.header(ACCEPT, "text/event-stream");
+        request
+            .headers_mut()
+            .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     }
     let timed_out = || -> BoxError {
         ClassifiedError::new(
@@ -176,33 +186,145 @@ async fn call_openai(
         .into()
     };
     let deadline = tokio::time::Instant::now() + inner.timeout;
-    let response = tokio::time::timeout_at(deadline, request.send())
+    let sent = inner.transport.send(&inner.name, request);
+    let response = tokio::time::timeout_at(deadline, sent)
         .await
         .map_err(|_| timed_out())??;
-    let mut out = http::Response::builder().status(response.status());
-    for (name, value) in response.headers() {
+    let (parts, body) = response.into_parts();
+    let mut out = http::Response::new(ProxyBody::Full(Bytes::new()));
+    *out.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
         if keep_header(name) {
-            out = out.header(name, value);
+            out.headers_mut().append(name, value.clone());
         }
     }
-    let is_sse = response
-        .headers()
+    let is_sse = parts
+        .headers
         .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if stream && is_sse && response.status().is_success() {
-        let body = http::Response::from(response)
-            .into_body()
-            .map_err(BoxError::from)
-            .boxed_unsync();
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    *out.body_mut() = if stream && is_sse && parts.status.is_success() {
         ProxyBody::Stream(IdleTimeout::new(body, inner.idle).boxed_unsync())
     } else {
-        let bytes = tokio::time::timeout_at(deadline, response.bytes())
+        let bytes = tokio::time::timeout_at(deadline, body.collect())
             .await
-            .map_err(|_| timed_out())??;
+            .map_err(|_| timed_out())??
+            .to_bytes();
         ProxyBody::Full(bytes)
     };
-    Ok(out.body(body)?)
+    Ok(out)
+}
+
+/// The HTTP clients the upstreams share (each keeps one connection pool).
+#[derive(Clone, Debug)]
+pub struct HttpClients {
+    plain: PlainClient,
+    reqwest: reqwest::Client,
+}
+
+type PlainClient = hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>;
+
+impl HttpClients {
+    /// Pools of up to `max_idle` idle connections per host; `connect_timeout` for
+    /// new connections.
+    pub fn new(max_idle: usize, connect_timeout: Duration) -> Result<Self, ConfigError> {
+        let reqwest = reqwest::Client::builder()
+            .pool_max_idle_per_host(max_idle)
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .build()
+            .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let plain = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self { plain, reqwest })
+    }
+}
+
+/// How an OpenAI-compatible upstream is reached.
+// One per upstream, inside its `Arc`: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    /// `http://`: hyper, nothing in between.
+    Plain(PlainClient),
+    /// `https://`: reqwest with rustls.
+    Reqwest(reqwest::Client),
+}
+
+/// An upstream's response body, whichever the transport.
+type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+impl Transport {
+    /// Send `request`; transport failures come back classified (connect,
+    /// timeout...) so the circuit and the fallback judge them like reqwest's.
+    async fn send(
+        &self,
+        upstream: &Arc<str>,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<UpstreamBody>, BoxError> {
+        match self {
+            Transport::Plain(client) => {
+                let response = client
+                    .request(request.map(http_body_util::Full::new))
+                    .await
+                    .map_err(|e| hyper_client_error(upstream, e))?;
+                let name = upstream.clone();
+                Ok(response.map(|body| {
+                    body.map_err(move |e| hyper_body_error(&name, e))
+                        .boxed_unsync()
+                }))
+            }
+            Transport::Reqwest(client) => {
+                let request = reqwest::Request::try_from(request)?;
+                let response = client.execute(request).await?;
+                Ok(http::Response::from(response)
+                    .map(|body| body.map_err(BoxError::from).boxed_unsync()))
+            }
+        }
+    }
+}
+
+/// The kind of a hyper error: timeouts, connections that broke or closed, and
+/// answers that are not HTTP.
+fn hyper_kind(e: &hyper::Error) -> FailureKind {
+    if e.is_timeout() {
+        FailureKind::Timeout
+    } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        FailureKind::InvalidResponse
+    } else {
+        // Closed, canceled, incomplete message, body write aborted, io errors.
+        match std::error::Error::source(e).map(classify_dyn_error) {
+            Some(FailureKind::Timeout) => FailureKind::Timeout,
+            _ => FailureKind::Connect,
+        }
+    }
+}
+
+fn hyper_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> BoxError {
+    let kind = if e.is_connect() {
+        FailureKind::Connect
+    } else {
+        match std::error::Error::source(&e).and_then(|s| s.downcast_ref::<hyper::Error>()) {
+            Some(hyper) => hyper_kind(hyper),
+            None => FailureKind::Connect,
+        }
+    };
+    let detail = match std::error::Error::source(&e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    };
+    ClassifiedError::new(kind, format!("upstream {upstream}: {detail}")).into()
+}
+
+fn hyper_body_error(upstream: &str, e: hyper::Error) -> BoxError {
+    ClassifiedError::new(
+        hyper_kind(&e),
+        format!("upstream {upstream}: reading the answer: {e}"),
+    )
+    .into()
 }
 
 async fn call_anthropic(

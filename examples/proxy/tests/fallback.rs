@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use llm_proxy::mock::MockUpstream;
+use llm_proxy::{Config, ProxyThread};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +87,90 @@ async fn the_template_answers_when_every_tier_fails() {
     assert_eq!(header(&response, "x-llm-proxy-degraded"), "true");
     let body: Value = response.json().await.unwrap();
     assert_eq!(content(&body), TEMPLATE);
+}
+
+/// A proxy whose primary is `primary_url`, with `primary_timeout` seconds to
+/// answer; the secondary is a healthy mock.
+async fn with_primary_at(primary_url: &str, primary_timeout: &str) -> (ProxyThread, MockUpstream) {
+    let secondary = mock("secondary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        primary_url,
+        &secondary.base_url(),
+        &dir.path().join("escalations.db"),
+        "",
+    )
+    .replacen(
+        "timeout_secs = 5",
+        &format!("timeout_secs = {primary_timeout}"),
+        1,
+    );
+    let proxy = ProxyThread::start(&Config::from_toml(&text).unwrap()).unwrap();
+    (proxy, secondary)
+}
+
+async fn circuit_state(http: &reqwest::Client, proxy: &ProxyThread, upstream: usize) -> Value {
+    let circuits: Value = http
+        .get(format!("{}/v1/circuits", proxy.url()))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    circuits["data"][upstream]["state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_primary_falls_back_and_its_circuit_opens() {
+    // A port nothing listens on: connections are refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let (proxy, secondary) = with_primary_at(&url, "5").await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let response = http
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .bearer_auth(CLIENT_KEY)
+            .json(&ask("smart"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
+    }
+    // Refused connections are failures the circuit counts (2 in a row open it).
+    assert_eq!(circuit_state(&http, &proxy, 0).await, "open");
+    assert_eq!(secondary.requests(), 2);
+    // A model without another tier now fails fast on the open circuit.
+    let response = http
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .bearer_auth(CLIENT_KEY)
+        .json(&ask("solo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_does_not_answer_in_time_falls_back() {
+    let primary = mock("primary").await;
+    primary.set(|o| o.stall_rate = 1.0);
+    let (proxy, _secondary) = with_primary_at(&primary.base_url(), "0.3").await;
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .bearer_auth(CLIENT_KEY)
+        .json(&ask("smart"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
+    assert_eq!(primary.requests(), 1);
 }
 
 async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
