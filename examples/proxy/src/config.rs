@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
+//! workers = 2               # optional: serving threads (default: one per CPU)
 //!
 //! [[upstreams]]
 //! name = "primary"          # free text, reported in x-llm-proxy-tier
@@ -36,6 +37,10 @@ pub struct Config {
     /// Where the proxy listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serving threads, each with a runtime and upstream connections of its own
+    /// (default: one per CPU).
+    #[serde(default)]
+    pub workers: Option<usize>,
     /// The providers.
     pub upstreams: Vec<UpstreamConfig>,
     /// The model names clients ask for, each a chain of tiers.
@@ -59,6 +64,9 @@ pub struct Config {
     #[serde(default)]
     pub state: StateConfig,
 }
+
+/// The most serving threads a config may ask for.
+pub const MAX_WORKERS: usize = 256;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -489,8 +497,20 @@ impl Config {
         Self::from_toml(&text)
     }
 
+    /// The number of serving threads: `workers`, or one per CPU.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// Check names, references and numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(workers) = self.workers {
+            if !(1..=MAX_WORKERS).contains(&workers) {
+                return err(format!("workers must be between 1 and {MAX_WORKERS}"));
+            }
+        }
         let mut upstreams = HashSet::new();
         for upstream in &self.upstreams {
             if upstream.name.is_empty() || upstream.name == "template" {
@@ -663,6 +683,13 @@ template = "We are experiencing issues; please try again shortly."
         let bad = format!("{FIXED}\n[circuit]\ncooldown_secs = -1\n");
         assert!(Config::from_toml(&bad).is_err());
         assert!(Config::from_toml("listen = 3").is_err());
+        for workers in ["0", "100000", "-1", "\"two\""] {
+            let bad = format!("workers = {workers}\n{FIXED}");
+            assert!(Config::from_toml(&bad).is_err(), "workers = {workers}");
+        }
+        let two = Config::from_toml(&format!("workers = 2\n{FIXED}")).unwrap();
+        assert_eq!(two.worker_threads(), 2);
+        assert!(Config::from_toml(FIXED).unwrap().worker_threads() >= 1);
     }
 
     #[test]

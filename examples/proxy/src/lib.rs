@@ -8,7 +8,7 @@
 //! the endpoints and the configuration.
 //!
 //! The library half of the crate exists so tests (and other programs) can run
-//! the proxy and the mock upstream in process: [`ProxyThread`] and
+//! the proxy and the mock upstream in process: [`Proxy`] and
 //! [`mock::MockUpstream`].
 #![warn(missing_docs, rust_2018_idioms)]
 // Handlers return a finished `Response` as their error: idiomatic in axum.
@@ -90,75 +90,129 @@ pub async fn run(
     serve(router, listener, shutdown, grace).await
 }
 
-/// A proxy running on a thread and runtime of its own, as a separate process
-/// would: stopping it drops everything it ran (waiting requests included), and
-/// what it stored stays. For tests and embedding.
-pub struct ProxyThread {
+/// A running proxy, built from a [`Config`].
+///
+/// It serves on [`Config::worker_threads`] threads, each with a single-threaded
+/// tokio runtime, an upstream connection pool and a listening socket of its own
+/// on the same address (`SO_REUSEPORT` on Linux, where the kernel spreads the
+/// connections; elsewhere the threads share one socket). A request, its upstream
+/// call and its answer stay on one thread, with no hand-off between threads.
+/// What the layers keep running in the background (the Redis backends' tasks)
+/// runs on one more thread.
+///
+/// Stopping it (or dropping it) stops accepting, gives in-flight requests
+/// `limits.shutdown_grace_secs`, then drops everything it ran, requests still
+/// waiting included, as a process exit would; what it stored stays.
+///
+/// ```no_run
+/// # fn main() -> Result<(), tower_llm_resilience::BoxError> {
+/// let config = llm_proxy::Config::load("llm-proxy.toml".as_ref())?;
+/// let proxy = llm_proxy::Proxy::start(&config)?;
+/// println!("listening on {}", proxy.url());
+/// proxy.stop();
+/// # Ok(())
+/// # }
+/// ```
+pub struct Proxy {
     addr: SocketAddr,
     state: app::Shared,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    control: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        std::thread::JoinHandle<()>,
+    )>,
 }
 
-impl std::fmt::Debug for ProxyThread {
+impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyThread")
+        f.debug_struct("Proxy")
             .field("addr", &self.addr)
+            .field("workers", &self.workers.len())
             .finish_non_exhaustive()
     }
 }
 
-impl ProxyThread {
+impl Proxy {
     /// Bind `config.listen` (port 0 picks a free port) and start serving.
     pub fn start(config: &Config) -> Result<Self, BoxError> {
-        let listener = std::net::TcpListener::bind(config.listen)?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         config.validate()?;
         let grace = config::secs(
             "limits.shutdown_grace_secs",
             config.limits.shutdown_grace_secs,
         )?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        // Built inside its own runtime: the Redis backends' tasks run there and
-        // stop with it.
+        let workers = config.worker_threads();
+        let listeners = bind_listeners(config.listen, workers)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listeners[0].local_addr()?;
+        let mut runtimes = Vec::with_capacity(workers + 1);
+        for _ in 0..=workers {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtimes.push(runtime),
+                Err(e) => {
+                    discard(runtimes);
+                    return Err(e.into());
+                }
+            }
+        }
+        let control = runtimes.pop().expect("workers + 1 runtimes were built");
+        // Built inside the control runtime: the Redis backends' tasks run there
+        // (once its thread starts) and stop with it.
         let built = {
-            let _entered = runtime.enter();
+            let _entered = control.enter();
             app::build(config)
         };
         let (router, state) = match built {
             Ok(built) => built,
             Err(e) => {
-                // Dropping a runtime may block: not allowed if the caller is async.
-                runtime.shutdown_background();
+                runtimes.push(control);
+                discard(runtimes);
                 return Err(e.into());
             }
         };
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("llm-proxy-{}", addr.port()))
+        let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        let control = std::thread::Builder::new()
+            .name("llm-proxy-control".into())
             .spawn(move || {
-                let served = runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    let stop = async move {
-                        let _ = stop_rx.await;
-                    };
-                    serve(router, listener, stop, grace).await
+                control.block_on(async move {
+                    let _ = control_stopped.await;
                 });
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "proxy stopped with an error");
-                }
-                runtime.shutdown_timeout(Duration::from_secs(5));
             })?;
-        Ok(Self {
+        let mut proxy = Self {
             addr,
             state,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        })
+            stop: tokio::sync::watch::channel(false).0,
+            workers: Vec::with_capacity(workers),
+            control: Some((stop_control, control)),
+        };
+        for (i, (listener, runtime)) in listeners.into_iter().zip(runtimes).enumerate() {
+            let router = router.clone();
+            let mut stopped = proxy.stop.subscribe();
+            let worker = std::thread::Builder::new()
+                .name(format!("llm-proxy-{i}"))
+                .spawn(move || {
+                    let served = runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        serve(router, listener, stop, grace).await
+                    });
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "a proxy worker stopped with an error");
+                    }
+                    runtime.shutdown_timeout(Duration::from_secs(5));
+                });
+            match worker {
+                Ok(worker) => proxy.workers.push(worker),
+                // Dropping `proxy` stops the workers already started.
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(proxy)
     }
 
     /// Where it listens.
@@ -171,28 +225,82 @@ impl ProxyThread {
         format!("http://{}", self.addr)
     }
 
+    /// The number of serving threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
     /// Its state: the layers' handles.
     pub fn state(&self) -> &app::Shared {
         &self.state
     }
 
-    /// Shut down gracefully and wait for the thread.
+    /// Shut down gracefully and wait for the threads.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        let _ = self.stop.send(true);
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some((stop, control)) = self.control.take() {
+            let _ = stop.send(());
+            let _ = control.join();
         }
     }
 }
 
-impl Drop for ProxyThread {
+impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Runtimes that never ran: shut down without blocking (dropping one may block,
+/// which is not allowed when the caller is async).
+fn discard(runtimes: Vec<tokio::runtime::Runtime>) {
+    for runtime in runtimes {
+        runtime.shutdown_background();
+    }
+}
+
+/// `count` listening sockets on `addr` (its port resolved once when 0).
+fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    #[cfg(target_os = "linux")]
+    {
+        // One socket per worker; the kernel balances connections between them.
+        let first = reuse_port_listener(addr)?;
+        let bound = first.local_addr()?;
+        let mut all = vec![first];
+        for _ in 1..count {
+            all.push(reuse_port_listener(bound)?);
+        }
+        Ok(all)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        // One socket, shared: each worker accepts from it.
+        let first = std::net::TcpListener::bind(addr)?;
+        first.set_nonblocking(true)?;
+        let mut all = Vec::with_capacity(count);
+        for _ in 1..count {
+            all.push(first.try_clone()?);
+        }
+        all.insert(0, first);
+        Ok(all)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use llm_proxy::mock::{MockOptions, MockUpstream};
-use llm_proxy::Config;
+use llm_proxy::{Config, Proxy};
+use tower_llm_resilience::BoxError;
 
 /// An OpenAI-compatible LLM proxy with fallback tiers, circuit breakers, human
 /// escalation and partial batches. Without arguments: a demo on 127.0.0.1:8080
@@ -20,6 +21,9 @@ struct Cli {
     /// Listen here instead (overrides the config's `listen`).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Serving threads (overrides the config's `workers`; default one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -40,40 +44,23 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("llm-proxy: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Some(Command::MockUpstream(options)) => {
+    let result = match (cli.command, cli.config) {
+        (Some(Command::MockUpstream(options)), _) => multi_thread().and_then(|runtime| {
+            runtime.block_on(async move {
                 let mock = MockUpstream::start(options).await?;
                 println!("mock upstream listening on {}", mock.base_url());
                 shutdown_signal().await;
                 Ok(())
-            }
-            None => match cli.config {
-                Some(path) => {
-                    let mut config = Config::load(&path)?;
-                    if let Some(listen) = cli.listen {
-                        config.listen = listen;
-                    }
-                    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-                    println!("llm-proxy listening on http://{}", listener.local_addr()?);
-                    llm_proxy::run(&config, listener, shutdown_signal()).await
-                }
-                None => {
-                    let listen = cli
-                        .listen
-                        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
-                    llm_proxy::demo::run(listen, shutdown_signal()).await
-                }
-            },
-        }
-    });
+            })
+        }),
+        (None, Some(path)) => serve_config(&path, cli.listen, cli.workers),
+        (None, None) => multi_thread().and_then(|runtime| {
+            let listen = cli
+                .listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+            runtime.block_on(llm_proxy::demo::run(listen, shutdown_signal()))
+        }),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -81,6 +68,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn multi_thread() -> Result<tokio::runtime::Runtime, BoxError> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}").into())
+}
+
+/// `--config FILE`: serve until Ctrl-C or SIGTERM, then shut down gracefully.
+fn serve_config(
+    path: &std::path::Path,
+    listen: Option<SocketAddr>,
+    workers: Option<usize>,
+) -> Result<(), BoxError> {
+    let mut config = Config::load(path)?;
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if workers.is_some() {
+        config.workers = workers;
+    }
+    let proxy = Proxy::start(&config)?;
+    println!(
+        "llm-proxy listening on {} ({} worker threads)",
+        proxy.url(),
+        proxy.workers()
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(shutdown_signal());
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    proxy.stop();
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

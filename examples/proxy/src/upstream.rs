@@ -9,6 +9,7 @@
 //! Failure responses (429, 5xx...) are returned as responses, with their status
 //! and rate-limit headers, for the layers' classifier to judge.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -75,7 +76,7 @@ impl Upstream {
             .parse()
             .map_err(|e| ConfigError(format!("upstream {:?}: base_url: {e}", config.name)))?;
         let transport = match endpoint.scheme_str() {
-            Some("http") => Transport::Plain(clients.plain.clone()),
+            Some("http") => Transport::Plain(clients.plain),
             _ => Transport::Reqwest(http.clone()),
         };
         let anthropic = match config.kind {
@@ -214,14 +215,60 @@ async fn call_openai(
     Ok(out)
 }
 
-/// The HTTP clients the upstreams share (each keeps one connection pool).
+/// The HTTP clients of the upstreams.
+///
+/// Plain-HTTP upstreams use one hyper client per thread: each serving thread
+/// keeps its own upstream connections, driven by its own runtime, so a request
+/// never waits on another thread. HTTPS upstreams share one reqwest client.
 #[derive(Clone, Debug)]
 pub struct HttpClients {
-    plain: PlainClient,
+    plain: PoolSettings,
     reqwest: reqwest::Client,
 }
 
+/// How plain-HTTP pools are set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PoolSettings {
+    max_idle: usize,
+    connect_timeout: Duration,
+}
+
 type PlainClient = hyper_util::client::legacy::Client<HttpConnector, http_body_util::Full<Bytes>>;
+
+thread_local! {
+    /// This thread's plain-HTTP clients, by settings (in practice one).
+    static PLAIN: RefCell<Vec<(PoolSettings, PlainClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl PoolSettings {
+    fn client(self) -> PlainClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.connect_timeout));
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(self.max_idle)
+            .pool_timer(TokioTimer::new())
+            .build(connector)
+    }
+
+    /// Send on this thread's client.
+    fn request(
+        self,
+        request: http::Request<http_body_util::Full<Bytes>>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        PLAIN.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            let index = match clients.iter().position(|(settings, _)| *settings == self) {
+                Some(index) => index,
+                None => {
+                    clients.push((self, self.client()));
+                    clients.len() - 1
+                }
+            };
+            clients[index].1.request(request)
+        })
+    }
+}
 
 impl HttpClients {
     /// Pools of up to `max_idle` idle connections per host; `connect_timeout` for
@@ -233,23 +280,20 @@ impl HttpClients {
             .connect_timeout(connect_timeout)
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let plain = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(max_idle)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Self { plain, reqwest })
+        Ok(Self {
+            plain: PoolSettings {
+                max_idle,
+                connect_timeout,
+            },
+            reqwest,
+        })
     }
 }
 
 /// How an OpenAI-compatible upstream is reached.
-// One per upstream, inside its `Arc`: the size of the variants does not matter.
-#[allow(clippy::large_enum_variant)]
 enum Transport {
-    /// `http://`: hyper, nothing in between.
-    Plain(PlainClient),
+    /// `http://`: hyper, nothing in between (a client per thread).
+    Plain(PoolSettings),
     /// `https://`: reqwest with rustls.
     Reqwest(reqwest::Client),
 }
@@ -266,8 +310,8 @@ impl Transport {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<UpstreamBody>, BoxError> {
         match self {
-            Transport::Plain(client) => {
-                let response = client
+            Transport::Plain(pool) => {
+                let response = pool
                     .request(request.map(http_body_util::Full::new))
                     .await
                     .map_err(|e| hyper_client_error(upstream, e))?;

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use llm_proxy::{Config, ProxyThread};
+use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};
 
 const APPROVAL: (&str, &str) = ("x-require-approval", "true");
@@ -192,8 +192,8 @@ async fn the_admin_endpoints_need_the_admin_key() {
     assert!(page.text().await.unwrap().contains("Pending escalations"));
 }
 
-fn restart(config: &Config) -> ProxyThread {
-    ProxyThread::start(config).expect("the proxy starts again")
+fn restart(config: &Config) -> Proxy {
+    Proxy::start(config).expect("the proxy starts again")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

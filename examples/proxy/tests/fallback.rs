@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use llm_proxy::mock::MockUpstream;
-use llm_proxy::{Config, ProxyThread};
+use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +91,7 @@ async fn the_template_answers_when_every_tier_fails() {
 
 /// A proxy whose primary is `primary_url`, with `primary_timeout` seconds to
 /// answer; the secondary is a healthy mock.
-async fn with_primary_at(primary_url: &str, primary_timeout: &str) -> (ProxyThread, MockUpstream) {
+async fn with_primary_at(primary_url: &str, primary_timeout: &str) -> (Proxy, MockUpstream) {
     let secondary = mock("secondary").await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(
@@ -105,11 +105,11 @@ async fn with_primary_at(primary_url: &str, primary_timeout: &str) -> (ProxyThre
         &format!("timeout_secs = {primary_timeout}"),
         1,
     );
-    let proxy = ProxyThread::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
     (proxy, secondary)
 }
 
-async fn circuit_state(http: &reqwest::Client, proxy: &ProxyThread, upstream: usize) -> Value {
+async fn circuit_state(http: &reqwest::Client, proxy: &Proxy, upstream: usize) -> Value {
     let circuits: Value = http
         .get(format!("{}/v1/circuits", proxy.url()))
         .bearer_auth(CLIENT_KEY)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use llm_proxy::mock::MockUpstream;
-use llm_proxy::{Config, ProxyThread};
+use llm_proxy::{Config, Proxy};
 use redis_server::RedisServer;
 use serde_json::{json, Value};
 
@@ -25,8 +25,8 @@ const PROPAGATION_DEADLINE: Duration = Duration::from_secs(5);
 struct Pair {
     primary: MockUpstream,
     secondary: MockUpstream,
-    a: ProxyThread,
-    b: ProxyThread,
+    a: Proxy,
+    b: Proxy,
     http: reqwest::Client,
     _dirs: [tempfile::TempDir; 2],
     // Last: stopped after the proxies.
@@ -59,9 +59,9 @@ impl Pair {
         let secondary = mock("secondary").await;
         let state = format!("redis_url = {:?}\nprefix = \"proxy-test\"", redis.url());
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let a = ProxyThread::start(&config(&primary, &secondary, &dirs[0], &state, escalation))
+        let a = Proxy::start(&config(&primary, &secondary, &dirs[0], &state, escalation))
             .expect("proxy A starts");
-        let b = ProxyThread::start(&config(&primary, &secondary, &dirs[1], &state, escalation))
+        let b = Proxy::start(&config(&primary, &secondary, &dirs[1], &state, escalation))
             .expect("proxy B starts");
         let pair = Pair {
             primary,
@@ -86,7 +86,7 @@ impl Pair {
         pair
     }
 
-    async fn chat(&self, proxy: &ProxyThread, headers: &[(&str, &str)]) -> reqwest::Response {
+    async fn chat(&self, proxy: &Proxy, headers: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self
             .http
             .post(format!("{}/v1/chat/completions", proxy.url()))
@@ -98,7 +98,7 @@ impl Pair {
         request.send().await.expect("proxy answers")
     }
 
-    async fn circuit(&self, proxy: &ProxyThread, upstream: &str) -> Value {
+    async fn circuit(&self, proxy: &Proxy, upstream: &str) -> Value {
         let list: Value = self
             .http
             .get(format!("{}/v1/circuits", proxy.url()))
@@ -118,7 +118,7 @@ impl Pair {
             .expect("the upstream's circuit is listed")
     }
 
-    async fn resolve(&self, proxy: &ProxyThread, id: &str, decision: Value) -> reqwest::Response {
+    async fn resolve(&self, proxy: &Proxy, id: &str, decision: Value) -> reqwest::Response {
         self.http
             .post(format!("{}/v1/escalations/{id}/resolve", proxy.url()))
             .bearer_auth(ADMIN_KEY)
@@ -128,7 +128,7 @@ impl Pair {
             .expect("proxy answers")
     }
 
-    async fn batch(&self, proxy: &ProxyThread, body: &Value) -> Value {
+    async fn batch(&self, proxy: &Proxy, body: &Value) -> Value {
         let response = self
             .http
             .post(format!("{}/v1/batch", proxy.url()))
@@ -160,7 +160,7 @@ where
 }
 
 /// Stops a proxy off the async thread (its runtime's shutdown blocks).
-async fn stop(proxy: ProxyThread) {
+async fn stop(proxy: Proxy) {
     tokio::task::spawn_blocking(move || proxy.stop())
         .await
         .unwrap();
@@ -387,7 +387,7 @@ async fn an_unreachable_redis_keeps_calls_working_and_fails_store_operations() {
     let secondary = mock("secondary").await;
     let dir = tempfile::tempdir().unwrap();
     let state = format!("redis_url = \"redis://127.0.0.1:{port}/\"");
-    let proxy = ProxyThread::start(&config(&primary, &secondary, &dir, &state, ""))
+    let proxy = Proxy::start(&config(&primary, &secondary, &dir, &state, ""))
         .expect("the proxy starts without Redis");
     let http = reqwest::Client::new();
     let chat = |headers: &'static [(&'static str, &'static str)]| {

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use llm_proxy::mock::{MockOptions, MockUpstream};
-use llm_proxy::{Config, ProxyThread};
+use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};
 
 pub const CLIENT_KEY: &str = "client-key";
@@ -77,7 +77,7 @@ sqlite_path = {db:?}
 pub struct Env {
     pub primary: MockUpstream,
     pub secondary: MockUpstream,
-    pub proxy: ProxyThread,
+    pub proxy: Proxy,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub config: Config,
@@ -109,7 +109,7 @@ impl Env {
             escalation,
         );
         let config = Config::from_toml(&text).expect("test config is valid");
-        let proxy = ProxyThread::start(&config).expect("proxy starts");
+        let proxy = Proxy::start(&config).expect("proxy starts");
         Env {
             primary,
             secondary,
