@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# Load test of llm-proxy: the same requests straight to a mock upstream and through
-# the proxy, side by side, plus the proxy's peak RSS.
+# Load test of llm-proxy: the same requests straight to a mock upstream, through
+# a bare hyper forwarder (the floor: one more hop, no work), and through the
+# proxy, side by side, plus the proxy's peak RSS.
 #
-#   examples/proxy/bench/load.sh            # 10 s per run
-#   DURATION=30s CONNECTIONS=256 examples/proxy/bench/load.sh
+#   examples/proxy/bench/load.sh                  # 3 rounds of 5 s runs
+#   ROUNDS=5 DURATION=10s examples/proxy/bench/load.sh
 #
-# Runs (each against the mock directly, then through the proxy):
+# Each round runs, one target after the other (mock, forwarder, proxy):
 #   1. saturation: wrk with $CONNECTIONS connections, as fast as it goes;
 #   2. paced: $PACED_CONNECTIONS connections, each waiting $PACED_DELAY_MS ms between
 #      requests (wrk's delay()), about $PACED_CONNECTIONS*1000/$PACED_DELAY_MS req/s
 #      (5,000 by default): the latency the proxy adds at a steady rate.
-# Everything (load tool, mock, proxy) shares this machine's cores: compare the two
+# The table gives the median of the rounds. Everything (load tool, mock, proxy)
+# shares this machine's cores, and shared machines are noisy: compare the
 # columns of one run, not absolute numbers across machines.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-256}
 THREADS=${THREADS:-2}
 PACED_CONNECTIONS=${PACED_CONNECTIONS:-50}
@@ -30,7 +33,7 @@ if ! command -v wrk >/dev/null; then
   fi
 fi
 
-cargo build --release -p llm-proxy >&2
+cargo build --release -p llm-proxy --bin llm-proxy --example bare_forward >&2
 BIN=target/release/llm-proxy
 WORK=$(mktemp -d)
 PIDS=()
@@ -59,6 +62,7 @@ start() {
 }
 
 start MOCK "$WORK/mock.out" "$BIN" mock-upstream --listen 127.0.0.1:0 --name bench
+start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"
 cat >"$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:0"
 
@@ -84,8 +88,8 @@ RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
 PROXY_PID=$LAST_PID
 
 body='{"model":"MODEL","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
-for target in mock proxy; do
-  model=$([ $target = mock ] && echo gpt-4o || echo bench)
+for target in mock bare proxy; do
+  model=$([ $target = proxy ] && echo bench || echo gpt-4o)
   for paced in 0 1; do
     {
       echo 'wrk.method = "POST"'
@@ -95,39 +99,77 @@ for target in mock proxy; do
     } >"$WORK/$target-$paced.lua"
   done
 done
+url_of() { case $1 in mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; esac; }
 
-# Warm both paths (connections, allocator).
-curl -sf "$MOCK/v1/chat/completions" -H 'content-type: application/json' -d "${body/MODEL/gpt-4o}" >/dev/null
-curl -sf "$PROXY/v1/chat/completions" -H 'content-type: application/json' -d "${body/MODEL/bench}" >/dev/null
-wrk -t"$THREADS" -c64 -d2s -s "$WORK/proxy-0.lua" "$PROXY/v1/chat/completions" >/dev/null
+# Warm every path (connections, allocator).
+for target in mock bare proxy; do
+  model=$([ $target = proxy ] && echo bench || echo gpt-4o)
+  curl -sf "$(url_of $target)/v1/chat/completions" -H 'content-type: application/json' \
+    -d "${body/MODEL/$model}" >/dev/null
+  wrk -t"$THREADS" -c64 -d2s -s "$WORK/$target-0.lua" "$(url_of $target)/v1/chat/completions" >/dev/null
+done
 
-run() { # target url paced connections -> "rps p50 p99 non2xx"
-  local out
-  out=$(wrk -t"$THREADS" -c"$4" -d"$DURATION" --latency -s "$WORK/$1-$3.lua" "$2/v1/chat/completions")
-  echo "$out" >"$WORK/$1-$3.wrk"
-  local rps p50 p99 bad
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  echo "$rps $p50 $p99 ${bad:-0}"
+# wrk's latency ("485.00us", "1.02ms", "1.10s") in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000
+    printf "%.3f", n }'
 }
 
-read -r m_rps m_p50 m_p99 m_bad < <(run mock "$MOCK" 0 "$CONNECTIONS")
-read -r p_rps p_p50 p_p99 p_bad < <(run proxy "$PROXY" 0 "$CONNECTIONS")
-read -r mp_rps mp_p50 mp_p99 mp_bad < <(run mock "$MOCK" 1 "$PACED_CONNECTIONS")
-read -r pp_rps pp_p50 pp_p99 pp_bad < <(run proxy "$PROXY" 1 "$PACED_CONNECTIONS")
+run() { # target paced connections -> appends "rps p50 p99 non2xx" to $WORK/target-paced.runs
+  local out rps p50 p99 bad
+  out=$(wrk -t"$THREADS" -c"$3" -d"$DURATION" --latency -s "$WORK/$1-$2.lua" \
+    "$(url_of "$1")/v1/chat/completions")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  echo "$rps $p50 $p99 ${bad:-0}" >>"$WORK/$1-$2.runs"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS..." >&2
+  for target in mock bare proxy; do run $target 0 "$CONNECTIONS"; done
+  for target in mock bare proxy; do run $target 1 "$PACED_CONNECTIONS"; done
+done
 rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$PROXY_PID/status")
 
+median() { # file column -> median of that column
+  awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{v[NR] = $1} END {
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+total() { awk '{s += $4} END {print s + 0}' "$1"; }
+row() { # label paced column format
+  local label=$1 paced=$2 col=$3 fmt=$4
+  printf '%-36s' "$label"
+  for target in mock bare proxy; do
+    if [ "$col" = bad ]; then
+      printf ' %16s' "$(total "$WORK/$target-$paced.runs")"
+    else
+      printf " %16s" "$(printf "$fmt" "$(median "$WORK/$target-$paced.runs" "$col")")"
+    fi
+  done
+  echo
+}
+
 echo
-echo "llm-proxy load test ($(nproc) cores, wrk -t$THREADS, $DURATION per run; load tool, mock and proxy share the machine)"
-printf '%-34s %14s %14s\n' "" "direct (mock)" "through proxy"
-printf '%-34s %14s %14s\n' "saturation, $CONNECTIONS conns: req/s" "$m_rps" "$p_rps"
-printf '%-34s %14s %14s\n' "  p50 latency" "$m_p50" "$p_p50"
-printf '%-34s %14s %14s\n' "  p99 latency" "$m_p99" "$p_p99"
-printf '%-34s %14s %14s\n' "  non-2xx responses" "$m_bad" "$p_bad"
-printf '%-34s %14s %14s\n' "paced, $PACED_CONNECTIONS conns x 1/${PACED_DELAY_MS}ms: req/s" "$mp_rps" "$pp_rps"
-printf '%-34s %14s %14s\n' "  p50 latency" "$mp_p50" "$pp_p50"
-printf '%-34s %14s %14s\n' "  p99 latency" "$mp_p99" "$pp_p99"
-printf '%-34s %14s %14s\n' "  non-2xx responses" "$mp_bad" "$pp_bad"
+echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS, $ROUNDS rounds of $DURATION, medians"
+echo "(load tool, mock, forwarder and proxy share the machine)"
+printf '%-36s %16s %16s %16s\n' "" "direct (mock)" "bare forwarder" "through proxy"
+row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'
+row "  p50 latency (ms)" 0 2 '%.2f'
+row "  p99 latency (ms)" 0 3 '%.2f'
+row "  non-2xx responses (all rounds)" 0 bad ''
+row "paced, $PACED_CONNECTIONS conns x 1/${PACED_DELAY_MS}ms: req/s" 1 1 '%.0f'
+row "  p50 latency (ms)" 1 2 '%.2f'
+row "  p99 latency (ms)" 1 3 '%.2f'
+row "  non-2xx responses (all rounds)" 1 bad ''
 echo "proxy peak RSS (VmHWM): $rss"
+echo
+echo "every run (req/s p50 p99 non-2xx):"
+for paced in 0 1; do
+  for target in mock bare proxy; do
+    echo "  $([ $paced = 1 ] && echo paced || echo saturation) $target: $(tr '\n' ';' <"$WORK/$target-$paced.runs")"
+  done
+done
