@@ -8,9 +8,11 @@
 #
 # Each round runs, one target after the other (mock, forwarder, proxy):
 #   1. saturation: wrk with $CONNECTIONS connections, as fast as it goes;
-#   2. paced: $PACED_CONNECTIONS connections, each waiting $PACED_DELAY_MS ms between
-#      requests (wrk's delay()), about $PACED_CONNECTIONS*1000/$PACED_DELAY_MS req/s
-#      (5,000 by default): the latency the proxy adds at a steady rate.
+#   2. paced: oha sending $RATE requests per second at a constant rate over
+#      $PACED_CONNECTIONS connections, latencies measured from when each request was
+#      due (--latency-correction: no coordinated omission): the latency the proxy
+#      adds at a steady rate.
+# wrk comes from apt, oha from crates.io (built once into target/bench-tools).
 # The table gives the median of the rounds. Everything (load tool, mock, proxy)
 # shares this machine's cores, and shared machines are noisy: compare the
 # columns of one run, not absolute numbers across machines.
@@ -22,7 +24,8 @@ DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-256}
 THREADS=${THREADS:-2}
 PACED_CONNECTIONS=${PACED_CONNECTIONS:-50}
-PACED_DELAY_MS=${PACED_DELAY_MS:-10}
+RATE=${RATE:-5000}
+OHA_VERSION=1.16.0
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk..." >&2
@@ -32,6 +35,13 @@ if ! command -v wrk >/dev/null; then
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
   fi
 fi
+
+OHA=target/bench-tools/bin/oha
+if ! "$OHA" --version 2>/dev/null | grep -q "$OHA_VERSION"; then
+  echo "building oha $OHA_VERSION (once)..." >&2
+  cargo install oha --version "$OHA_VERSION" --locked --root target/bench-tools >&2
+fi
+command -v python3 >/dev/null || { echo "python3 is needed to read oha's report" >&2; exit 1; }
 
 cargo build --release -p llm-proxy --bin llm-proxy --example bare_forward >&2
 BIN=target/release/llm-proxy
@@ -90,14 +100,12 @@ PROXY_PID=$LAST_PID
 body='{"model":"MODEL","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
 for target in mock bare proxy; do
   model=$([ $target = proxy ] && echo bench || echo gpt-4o)
-  for paced in 0 1; do
-    {
-      echo 'wrk.method = "POST"'
-      echo 'wrk.headers["Content-Type"] = "application/json"'
-      echo "wrk.body = '${body/MODEL/$model}'"
-      [ $paced = 1 ] && echo "function delay() return $PACED_DELAY_MS end"
-    } >"$WORK/$target-$paced.lua"
-  done
+  {
+    echo 'wrk.method = "POST"'
+    echo 'wrk.headers["Content-Type"] = "application/json"'
+    echo "wrk.body = '${body/MODEL/$model}'"
+  } >"$WORK/$target.lua"
+  echo "${body/MODEL/$model}" >"$WORK/$target.json"
 done
 url_of() { case $1 in mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; esac; }
 
@@ -106,7 +114,7 @@ for target in mock bare proxy; do
   model=$([ $target = proxy ] && echo bench || echo gpt-4o)
   curl -sf "$(url_of $target)/v1/chat/completions" -H 'content-type: application/json' \
     -d "${body/MODEL/$model}" >/dev/null
-  wrk -t"$THREADS" -c64 -d2s -s "$WORK/$target-0.lua" "$(url_of $target)/v1/chat/completions" >/dev/null
+  wrk -t"$THREADS" -c64 -d2s -s "$WORK/$target.lua" "$(url_of $target)/v1/chat/completions" >/dev/null
 done
 
 # wrk's latency ("485.00us", "1.02ms", "1.10s") in milliseconds.
@@ -117,21 +125,38 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-run() { # target paced connections -> appends "rps p50 p99 non2xx" to $WORK/target-paced.runs
+saturate() { # target -> appends "rps p50 p99 non2xx" to $WORK/target-0.runs
   local out rps p50 p99 bad
-  out=$(wrk -t"$THREADS" -c"$3" -d"$DURATION" --latency -s "$WORK/$1-$2.lua" \
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/$1.lua" \
     "$(url_of "$1")/v1/chat/completions")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
   bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  echo "$rps $p50 $p99 ${bad:-0}" >>"$WORK/$1-$2.runs"
+  echo "$rps $p50 $p99 ${bad:-0}" >>"$WORK/$1-0.runs"
+}
+
+pace() { # target -> appends "rps p50 p99 non2xx" to $WORK/target-1.runs
+  "$OHA" --no-tui -z "$DURATION" -c "$PACED_CONNECTIONS" -q "$RATE" --latency-correction \
+    -m POST -T application/json -D "$WORK/$1.json" --output-format json \
+    "$(url_of "$1")/v1/chat/completions" >"$WORK/oha.json"
+  python3 - "$WORK/oha.json" >>"$WORK/$1-1.runs" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+codes = report.get("statusCodeDistribution") or {}
+bad = sum(n for code, n in codes.items() if not code.startswith("2"))
+# Requests still in flight when the run ends are not failures.
+errors = report.get("errorDistribution") or {}
+bad += sum(n for error, n in errors.items() if error != "aborted due to deadline")
+p = report["latencyPercentiles"]
+print("%.0f %.3f %.3f %d" % (report["summary"]["requestsPerSec"], p["p50"] * 1000, p["p99"] * 1000, bad))
+PY
 }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS..." >&2
-  for target in mock bare proxy; do run $target 0 "$CONNECTIONS"; done
-  for target in mock bare proxy; do run $target 1 "$PACED_CONNECTIONS"; done
+  for target in mock bare proxy; do saturate $target; done
+  for target in mock bare proxy; do pace $target; done
 done
 rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$PROXY_PID/status")
 
@@ -154,20 +179,20 @@ row() { # label paced column format
 }
 
 echo
-echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS, $ROUNDS rounds of $DURATION, medians"
+echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS and oha $OHA_VERSION, $ROUNDS rounds of $DURATION, medians"
 echo "(load tool, mock, forwarder and proxy share the machine)"
 printf '%-36s %16s %16s %16s\n' "" "direct (mock)" "bare forwarder" "through proxy"
 row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'
 row "  p50 latency (ms)" 0 2 '%.2f'
 row "  p99 latency (ms)" 0 3 '%.2f'
 row "  non-2xx responses (all rounds)" 0 bad ''
-row "paced, $PACED_CONNECTIONS conns x 1/${PACED_DELAY_MS}ms: req/s" 1 1 '%.0f'
+row "paced at $RATE req/s ($PACED_CONNECTIONS conns): req/s" 1 1 '%.0f'
 row "  p50 latency (ms)" 1 2 '%.2f'
 row "  p99 latency (ms)" 1 3 '%.2f'
-row "  non-2xx responses (all rounds)" 1 bad ''
+row "  failed requests (all rounds)" 1 bad ''
 echo "proxy peak RSS (VmHWM): $rss"
 echo
-echo "every run (req/s p50 p99 non-2xx):"
+echo "every run (req/s p50_ms p99_ms failed):"
 for paced in 0 1; do
   for target in mock bare proxy; do
     echo "  $([ $paced = 1 ] && echo paced || echo saturation) $target: $(tr '\n' ';' <"$WORK/$target-$paced.runs")"
