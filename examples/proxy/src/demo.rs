@@ -95,8 +95,10 @@ pub async fn run(
         &data_dir,
         &admin_key,
     )?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    // The mocks keep running on this runtime; the proxy serves on threads of
+    // its own, as with `--config`.
+    let proxy = crate::Proxy::start(&config)?;
+    let addr = proxy.addr();
     println!("llm-proxy demo listening on http://{addr}");
     println!(
         "  upstreams: flaky primary {} (20% errors, 10% rate limits), steady secondary {}",
@@ -116,5 +118,8 @@ pub async fn run(
         data_dir.join("escalations.db").display()
     );
     println!("  also: /v1/models /v1/circuits /v1/batch /metrics /healthz");
-    crate::run(&config, listener, shutdown).await
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    tokio::task::spawn_blocking(move || proxy.stop()).await?;
+    Ok(())
 }

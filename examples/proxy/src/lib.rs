@@ -62,7 +62,7 @@ pub async fn serve(
         result = &mut server => return Ok(result??),
         () = shutdown => {}
     }
-    tracing::info!("shutting down: no new connections, finishing in-flight requests");
+    tracing::debug!("no new connections, finishing in-flight requests");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(grace, server).await {
         Ok(result) => Ok(result??),
@@ -76,7 +76,9 @@ pub async fn serve(
     }
 }
 
-/// Build the proxy from `config` and run it until `shutdown` resolves.
+/// Build the proxy from `config` and run it on the current runtime, on one
+/// listener, until `shutdown` resolves (to embed it in a program's runtime;
+/// [`Proxy`] serves on threads of its own).
 pub async fn run(
     config: &Config,
     listener: TcpListener,

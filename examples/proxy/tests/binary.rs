@@ -1,4 +1,5 @@
-//! The real binary: `llm-proxy mock-upstream` instances as upstreams, and
+//! The real binary: the demo (`llm-proxy` without a config) and the curl line
+//! it prints, `llm-proxy mock-upstream` instances as upstreams, and
 //! `llm-proxy --config FILE` stopped with SIGTERM while a request is in flight
 //! (the request finishes, new connections are refused, the process exits
 //! cleanly).
@@ -24,23 +25,69 @@ impl Drop for Running {
 }
 
 fn run_binary(args: &[&str]) -> (Running, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
+    run_binary_in(args, None).0
+}
+
+/// As [`run_binary`], in `dir`; also returns the rest of its standard output.
+fn run_binary_in(
+    args: &[&str],
+    dir: Option<&std::path::Path>,
+) -> (
+    (Running, String, String),
+    BufReader<std::process::ChildStdout>,
+) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llm-proxy"));
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("llm-proxy starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    stdout.read_line(&mut line).unwrap();
     let url = line
         .split_whitespace()
         .find(|word| word.starts_with("http://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
-    (Running(child), url, line)
+    ((Running(child), url, line), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_starts_and_the_curl_line_it_prints_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let ((_demo, url, line), mut stdout) =
+        run_binary_in(&["--listen", "127.0.0.1:0"], Some(dir.path()));
+    assert!(line.starts_with("llm-proxy demo listening on"), "{line}");
+    // The curl command: the line starting with `curl`, continued on the next.
+    let mut curl = String::new();
+    for _ in 0..20 {
+        let mut next = String::new();
+        stdout.read_line(&mut next).unwrap();
+        if next.trim_start().starts_with("curl") || !curl.is_empty() {
+            curl.push_str(next.trim().trim_end_matches('\\'));
+            curl.push(' ');
+            if !next.trim_end().ends_with('\\') {
+                break;
+            }
+        }
+    }
+    assert!(curl.contains(&url), "{curl}");
+    let out = tokio::task::spawn_blocking(move || Command::new("sh").arg("-c").arg(curl).output())
+        .await
+        .unwrap()
+        .expect("curl runs");
+    let out = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.starts_with("http/1.1 200"), "{out}");
+    assert!(out.contains("x-llm-proxy-tier:"), "{out}");
+    assert!(out.contains("chat.completion"), "{out}");
+    // The escalation store is a local data file.
+    assert!(dir.path().join("llm-proxy-data/escalations.db").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
