@@ -113,13 +113,7 @@ async fn mock_upstream_processes_fail_on_demand_and_the_proxy_falls_back() {
     let config = config_text(&primary, &secondary, &dir.path().join("e.db"), "");
     let proxy = llm_proxy::Proxy::start(&llm_proxy::Config::from_toml(&config).unwrap()).unwrap();
     let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/v1/chat/completions", proxy.url()))
-        .bearer_auth(CLIENT_KEY)
-        .json(&ask("smart"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&http, &proxy.url(), &ask("smart")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
     assert_eq!(header(&response, "x-llm-proxy-degraded"), "true");

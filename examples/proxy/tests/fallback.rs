@@ -53,19 +53,10 @@ async fn an_open_circuit_skips_the_primary_without_calling_it() {
         let response = env.chat(ask("smart")).await;
         assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
     }
-    let circuits: Value = env
-        .http
-        .get(env.url("/v1/circuits"))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(circuits["data"][0]["upstream"], "primary");
-    assert_eq!(circuits["data"][0]["state"], "open");
-    assert_eq!(circuits["data"][1]["state"], "closed");
+    let circuits = circuits(&env.http, &env.proxy.url()).await;
+    assert_eq!(circuits[0]["upstream"], "primary");
+    assert_eq!(circuits[0]["state"], "open");
+    assert_eq!(circuits[1]["state"], "closed");
     let calls = env.primary.requests();
     assert_eq!(calls, 2);
     // The primary recovered, but its circuit is open: it is not asked.
@@ -109,19 +100,6 @@ async fn with_primary_at(primary_url: &str, primary_timeout: &str) -> (Proxy, Mo
     (proxy, secondary)
 }
 
-async fn circuit_state(http: &reqwest::Client, proxy: &Proxy, upstream: usize) -> Value {
-    let circuits: Value = http
-        .get(format!("{}/v1/circuits", proxy.url()))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    circuits["data"][upstream]["state"].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_primary_falls_back_and_its_circuit_opens() {
     // A port nothing listens on: connections are refused.
@@ -131,27 +109,15 @@ async fn an_unreachable_primary_falls_back_and_its_circuit_opens() {
     let (proxy, secondary) = with_primary_at(&url, "5").await;
     let http = reqwest::Client::new();
     for _ in 0..2 {
-        let response = http
-            .post(format!("{}/v1/chat/completions", proxy.url()))
-            .bearer_auth(CLIENT_KEY)
-            .json(&ask("smart"))
-            .send()
-            .await
-            .unwrap();
+        let response = post_chat(&http, &proxy.url(), &ask("smart")).await;
         assert_eq!(response.status(), 200);
         assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
     }
     // Refused connections are failures the circuit counts (2 in a row open it).
-    assert_eq!(circuit_state(&http, &proxy, 0).await, "open");
+    assert_eq!(circuits(&http, &proxy.url()).await[0]["state"], "open");
     assert_eq!(secondary.requests(), 2);
     // A model without another tier now fails fast on the open circuit.
-    let response = http
-        .post(format!("{}/v1/chat/completions", proxy.url()))
-        .bearer_auth(CLIENT_KEY)
-        .json(&ask("solo"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&http, &proxy.url(), &ask("solo")).await;
     assert_eq!(response.status(), 503);
 }
 
@@ -161,13 +127,7 @@ async fn a_primary_that_does_not_answer_in_time_falls_back() {
     primary.set(|o| o.stall_rate = 1.0);
     let (proxy, _secondary) = with_primary_at(&primary.base_url(), "0.3").await;
     let http = reqwest::Client::new();
-    let response = http
-        .post(format!("{}/v1/chat/completions", proxy.url()))
-        .bearer_auth(CLIENT_KEY)
-        .json(&ask("smart"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_chat(&http, &proxy.url(), &ask("smart")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
     assert_eq!(primary.requests(), 1);

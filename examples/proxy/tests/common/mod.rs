@@ -168,15 +168,7 @@ impl Env {
 
 pub async fn wait_pending(http: &reqwest::Client, base: &str, n: usize) -> Vec<Value> {
     for _ in 0..500 {
-        let list: Value = http
-            .get(format!("{base}/v1/escalations"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .expect("proxy answers")
-            .json()
-            .await
-            .expect("a JSON list");
+        let list = get_json(http, &format!("{base}/v1/escalations"), ADMIN_KEY).await;
         let data = list["data"].as_array().cloned().unwrap_or_default();
         if data.len() >= n {
             return data;
@@ -184,6 +176,34 @@ pub async fn wait_pending(http: &reqwest::Client, base: &str, n: usize) -> Vec<V
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("{n} escalations never became pending");
+}
+
+/// POST a chat request to the proxy at `base` with the client key.
+pub async fn post_chat(http: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+    http.post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .json(body)
+        .send()
+        .await
+        .expect("proxy answers")
+}
+
+/// `GET /v1/circuits` of the proxy at `base`: each upstream's circuit.
+pub async fn circuits(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let list = get_json(http, &format!("{base}/v1/circuits"), CLIENT_KEY).await;
+    list["data"].as_array().cloned().unwrap_or_default()
+}
+
+/// GET `url` with the bearer `key`; its JSON body.
+pub async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    http.get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("proxy answers")
+        .json()
+        .await
+        .expect("a JSON body")
 }
 
 /// A chat request for `model`.
