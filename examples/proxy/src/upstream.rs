@@ -24,7 +24,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Service, ServiceExt};
 use tower_llm_resilience::classify::{classify_dyn_error, ClassifiedError, FailureKind};
-use tower_llm_resilience::client::{AnthropicClient, ChatDelta, ChatRequest, ChatResponse};
+use tower_llm_resilience::client::{
+    AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, FinishReason,
+};
 use tower_llm_resilience::BoxError;
 
 use crate::body::{unix_now, IdleTimeout, ProxyBody};
@@ -394,55 +396,91 @@ async fn call_anthropic(
             .body(ProxyBody::from(body))?);
     }
     let deltas = client.streaming().oneshot(request.stream(true)).await?;
-    let id = deltas
-        .id()
-        .map_or_else(|| "chatcmpl-anthropic".to_owned(), str::to_owned);
-    let model = deltas.model().to_owned();
-    let created = unix_now();
-    let chunk = move |delta: serde_json::Value, finish: Option<&str>| -> Bytes {
-        let event = serde_json::json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        Bytes::from(format!("data: {event}\n\n"))
-    };
-    let first = chunk(
-        serde_json::json!({"role": "assistant", "content": ""}),
-        None,
-    );
-    let frames = deltas.filter_map(move |delta| {
-        let frame = match delta {
-            Ok(ChatDelta::Text(text)) => {
-                Some(Ok(chunk(serde_json::json!({"content": text}), None)))
-            }
-            Ok(ChatDelta::Finish(reason)) => {
-                let reason = serde_json::to_value(reason).unwrap_or_default();
-                let reason = match reason.as_str() {
-                    Some("tool_calls") => "tool_calls",
-                    Some("length") => "length",
-                    Some("content_filter") => "content_filter",
-                    _ => "stop",
+    // Nothing is sent before the upstream's first delta: a stream that breaks or
+    // stays silent before it fails its tier (the fallback's first-event rule) and
+    // the next tier answers. By then `message_start` has given the id and model.
+    let events =
+        futures_util::stream::unfold(Some((deltas, None::<OpenAiChunks>)), |state| async move {
+            let (mut deltas, mut chunks) = state?;
+            loop {
+                let (delta, finish) = match deltas.next_delta().await {
+                    Some(Ok(ChatDelta::Text(text))) => (serde_json::json!({"content": text}), None),
+                    Some(Ok(ChatDelta::Finish(reason))) => {
+                        (serde_json::json!({}), Some(openai_finish(reason)))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some((Err(BoxError::from(e)), None)),
+                    None => {
+                        let mut out = Vec::new();
+                        if chunks.is_none() {
+                            OpenAiChunks::new(&deltas).start(&mut out);
+                        }
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        return Some((Ok(Bytes::from(out)), None));
+                    }
                 };
-                Some(Ok(chunk(serde_json::json!({}), Some(reason))))
+                let mut out = Vec::new();
+                let writer = chunks.get_or_insert_with(|| {
+                    let writer = OpenAiChunks::new(&deltas);
+                    writer.start(&mut out);
+                    writer
+                });
+                writer.write(&mut out, delta, finish);
+                return Some((Ok(Bytes::from(out)), Some((deltas, chunks))));
             }
-            Ok(_) => None,
-            Err(e) => Some(Err(BoxError::from(e))),
-        };
-        std::future::ready(frame)
-    });
-    let events = futures_util::stream::once(std::future::ready(Ok(first)))
-        .chain(frames)
-        .chain(futures_util::stream::once(std::future::ready(Ok(
-            Bytes::from_static(b"data: [DONE]\n\n"),
-        ))))
+        })
         .map(|item| item.map(Frame::data));
     let body = http_body_util::StreamBody::new(events).boxed_unsync();
     Ok(http::Response::builder()
         .header(CONTENT_TYPE, "text/event-stream")
         .body(ProxyBody::Stream(body))?)
+}
+
+/// Writes an Anthropic stream's deltas as OpenAI `chat.completion.chunk` events.
+struct OpenAiChunks {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl OpenAiChunks {
+    /// For `stream`, whose `message_start` (id, model) has arrived if it was sent.
+    fn new(stream: &ChatStream) -> Self {
+        Self {
+            id: stream
+                .id()
+                .map_or_else(|| "chatcmpl-anthropic".to_owned(), str::to_owned),
+            model: stream.model().to_owned(),
+            created: unix_now(),
+        }
+    }
+
+    /// The first chunk: the assistant's role.
+    fn start(&self, out: &mut Vec<u8>) {
+        let role = serde_json::json!({"role": "assistant", "content": ""});
+        self.write(out, role, None);
+    }
+
+    fn write(&self, out: &mut Vec<u8>, delta: serde_json::Value, finish: Option<&str>) {
+        let event = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+    }
+}
+
+/// An OpenAI `finish_reason` for a provider-neutral one.
+fn openai_finish(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::Length => "length",
+        FinishReason::ContentFilter => "content_filter",
+        _ => "stop",
+    }
 }
 
 /// A provider-neutral answer as an OpenAI `chat.completion`.

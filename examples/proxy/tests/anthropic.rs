@@ -197,6 +197,8 @@ async fn a_stream_through_an_anthropic_primary_reads_as_openai_chunks() {
     for chunk in &chunks {
         assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
         assert_eq!(chunk["model"], CLAUDE);
+        // The Anthropic message's id.
+        assert_eq!(chunk["id"], "msg_mock_claude_1", "{chunk}");
     }
     assert_eq!(
         chunks[0]["choices"][0]["delta"],
@@ -284,6 +286,47 @@ async fn an_anthropic_stream_cut_midway_ends_with_an_error_event() {
     assert!(body.contains("stream_interrupted"), "{body}");
     // The secondary was not asked: the client already had part of the answer.
     assert_eq!(env.secondary.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_stream_that_breaks_before_its_first_word_falls_back_cleanly() {
+    // 0: before any event; 2: after message_start and content_block_start, no
+    // text yet. Either way the client has been sent nothing.
+    for cut_after in [0, 2] {
+        let env = start().await;
+        env.primary.set(|o| {
+            o.cut_rate = 1.0;
+            o.cut_after = cut_after;
+        });
+        let response = env.chat(ask_stream("smart")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            header(&response, "x-llm-proxy-tier"),
+            "secondary",
+            "cut after {cut_after}"
+        );
+        let body = response.text().await.unwrap();
+        let (text, done, error) = sse_text(&body);
+        assert_eq!(
+            text, "Hello from secondary.",
+            "cut after {cut_after}: {body}"
+        );
+        assert!(done && !error, "cut after {cut_after}: {body}");
+        assert!(!body.contains("claude"), "{body}");
+        assert_eq!(env.primary.requests(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anthropic_stream_without_events_falls_back_after_the_first_event_timeout() {
+    // The proxy's first_event_timeout_secs (1 s) is the point: a real wait.
+    let env = start().await;
+    env.primary.set(|o| o.stall_rate = 1.0);
+    let response = env.chat(ask_stream("smart")).await;
+    assert_eq!(header(&response, "x-llm-proxy-tier"), "secondary");
+    let (text, done, error) = sse_text(&response.text().await.unwrap());
+    assert_eq!(text, "Hello from secondary.");
+    assert!(done && !error);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
