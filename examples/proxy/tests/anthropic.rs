@@ -216,6 +216,41 @@ async fn a_stream_through_an_anthropic_primary_reads_as_openai_chunks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_request_options_reach_the_anthropic_upstream() {
+    let env = start().await;
+    // JSON was asked for: a JSON answer, so the escalation rule lets it through.
+    let answer = r#"{"team": "Dodgers"}"#;
+    env.primary.set(|o| o.reply = Some(answer.into()));
+    let schema = json!({"type": "object", "properties": {"team": {"type": "string"}}});
+    let response = env
+        .chat(json!({
+            "model": "strict",
+            "messages": [
+                {"role": "developer", "content": "Sports only."},
+                {"role": "user", "content": "Who won the 2020 world series?"},
+            ],
+            "stop": "END",
+            "max_completion_tokens": 32,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "winner", "schema": schema, "strict": true}},
+            "user": "u-1",
+        }))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-llm-proxy-tier"), "claude");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(content(&body), answer);
+    let seen = env.primary.last_request().unwrap();
+    assert_eq!(seen.stop_sequences, ["END"]);
+    assert_eq!(seen.max_tokens, Some(32));
+    assert_eq!(seen.roles, ["user"]);
+    let system = seen.system.unwrap();
+    assert!(system.starts_with("Sports only.\n\n"), "{system}");
+    assert!(system.ends_with(&schema.to_string()), "{system}");
+    assert_eq!(env.secondary.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_or_overloaded_anthropic_primary_falls_back_to_openai() {
     type Failing = fn(&mut MockOptions);
     let cases: [(&str, Failing); 3] = [
