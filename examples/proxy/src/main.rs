@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run an OpenAI-compatible mock upstream that fails on demand (seeded).
+    /// Run a mock upstream that fails on demand (seeded), speaking the OpenAI
+    /// chat completions API or (`--format anthropic`) the Anthropic Messages API.
     MockUpstream(MockOptions),
 }
 

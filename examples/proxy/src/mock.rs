@@ -1,10 +1,14 @@
-//! `llm-proxy mock-upstream`: an OpenAI-compatible upstream that fails on demand.
+//! `llm-proxy mock-upstream`: an upstream that fails on demand, speaking the
+//! OpenAI chat completions API (`POST .../chat/completions`, the default) or the
+//! Anthropic Messages API (`--format anthropic`: `POST .../messages`, see
+//! [`anthropic`]).
 //!
 //! Each request draws one number from a seeded generator and, in this order,
-//! answers 429 with `Retry-After` (`rate_limit_rate`), 500 (`fail_rate`), never
-//! answers (`stall_rate`), or (streams only) cuts the stream after `cut_after`
-//! events (`cut_rate`); otherwise it answers, after `latency_ms`. The same seed and
-//! the same order of requests give the same answers. In-process users (tests, the
+//! answers 429 with `Retry-After` (`rate_limit_rate`), 500 (`fail_rate`), 503
+//! (OpenAI) or 529 (Anthropic) overloaded (`overload_rate`), never answers
+//! (`stall_rate`), or (streams only) cuts the stream after `cut_after` events
+//! (`cut_rate`); otherwise it answers, after `latency_ms`. The same seed and the
+//! same order of requests give the same answers. In-process users (tests, the
 //! demo) change the behaviour at run time through [`MockUpstream::set`].
 
 use std::convert::Infallible;
@@ -25,6 +29,18 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_llm_resilience::BoxError;
 
+pub mod anthropic;
+
+/// The API the mock speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MockFormat {
+    /// OpenAI chat completions: `POST .../chat/completions`.
+    #[default]
+    Openai,
+    /// The Anthropic Messages API: `POST .../messages`.
+    Anthropic,
+}
+
 /// How the mock behaves.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MockOptions {
@@ -34,6 +50,9 @@ pub struct MockOptions {
     /// Its name, in answers ("Hello from NAME.").
     #[arg(long, default_value = "mock")]
     pub name: String,
+    /// The API it speaks.
+    #[arg(long, value_enum, default_value_t = MockFormat::Openai)]
+    pub format: MockFormat,
     /// Seed of the failure draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -43,6 +62,10 @@ pub struct MockOptions {
     /// Share of requests answered 429 with Retry-After.
     #[arg(long, default_value_t = 0.0)]
     pub rate_limit_rate: f64,
+    /// Share of requests answered overloaded: 503 (OpenAI), 529 overloaded_error
+    /// (Anthropic).
+    #[arg(long, default_value_t = 0.0)]
+    pub overload_rate: f64,
     /// The Retry-After of 429s, in seconds.
     #[arg(long, default_value_t = 1)]
     pub retry_after_secs: u64,
@@ -68,9 +91,11 @@ impl Default for MockOptions {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             name: "mock".into(),
+            format: MockFormat::Openai,
             seed: 1,
             fail_rate: 0.0,
             rate_limit_rate: 0.0,
+            overload_rate: 0.0,
             retry_after_secs: 1,
             latency_ms: 0,
             stall_rate: 0.0,
@@ -85,6 +110,33 @@ struct State {
     options: Mutex<Arc<MockOptions>>,
     rng: Mutex<fastrand::Rng>,
     requests: AtomicU64,
+    /// Anthropic mode: what the last request carried.
+    last: Mutex<Option<SeenRequest>>,
+}
+
+/// What the mock saw of a chat request (kept in Anthropic mode only, so the
+/// OpenAI mode's hot path stays as lean as it is).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SeenRequest {
+    /// The request's path.
+    pub path: String,
+    /// The `model` of its body.
+    pub model: Option<String>,
+    /// Its `x-api-key` header.
+    pub api_key: Option<String>,
+    /// Its `anthropic-version` header.
+    pub anthropic_version: Option<String>,
+    /// The `max_tokens` of its body.
+    pub max_tokens: Option<u64>,
+    /// The `system` prompt of its body.
+    pub system: Option<String>,
+    /// The roles of its `messages`, in order.
+    pub roles: Vec<String>,
+    /// Its `stop_sequences`.
+    pub stop_sequences: Vec<String>,
+    /// Whether it asked for a stream.
+    pub stream: bool,
 }
 
 /// A running mock upstream.
@@ -118,6 +170,7 @@ impl MockUpstream {
             rng: Mutex::new(fastrand::Rng::with_seed(options.seed)),
             options: Mutex::new(Arc::new(options)),
             requests: AtomicU64::new(0),
+            last: Mutex::new(None),
         });
         let accepting = state.clone();
         tokio::spawn(async move {
@@ -146,7 +199,8 @@ impl MockUpstream {
         self.addr
     }
 
-    /// Its OpenAI base URL (`http://ADDR/v1`).
+    /// Its base URL (`http://ADDR/v1`), for either format: an Anthropic client
+    /// given it posts to `http://ADDR/v1/messages`.
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
@@ -157,9 +211,19 @@ impl MockUpstream {
         change(Arc::make_mut(&mut options));
     }
 
-    /// Chat completion requests received so far.
+    /// Chat completion (or, Anthropic, messages) requests received so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Anthropic mode: what the last messages request carried (`None` before
+    /// the first one, and always in OpenAI mode).
+    pub fn last_request(&self) -> Option<SeenRequest> {
+        self.state
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -221,12 +285,59 @@ struct ChatBody {
 enum Draw {
     RateLimited,
     Fail,
+    Overloaded,
     Stall,
     Cut,
     Answer,
 }
 
+/// The options in force now.
+fn options(state: &State) -> Arc<MockOptions> {
+    state
+        .options
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Draw what this request gets (one number from the seeded generator).
+fn draw(state: &State, options: &MockOptions, stream: bool) -> Draw {
+    let roll = state.rng.lock().unwrap_or_else(|p| p.into_inner()).f64();
+    let mut edge = options.rate_limit_rate;
+    if roll < edge {
+        return Draw::RateLimited;
+    }
+    edge += options.fail_rate;
+    if roll < edge {
+        return Draw::Fail;
+    }
+    edge += options.overload_rate;
+    if roll < edge {
+        return Draw::Overloaded;
+    }
+    edge += options.stall_rate;
+    if roll < edge {
+        Draw::Stall
+    } else if stream && roll < edge + options.cut_rate {
+        Draw::Cut
+    } else {
+        Draw::Answer
+    }
+}
+
+/// The answer text.
+fn reply(options: &MockOptions) -> std::borrow::Cow<'_, str> {
+    match &options.reply {
+        Some(reply) => std::borrow::Cow::Borrowed(reply.as_str()),
+        None => std::borrow::Cow::Owned(format!("Hello from {}.", options.name)),
+    }
+}
+
 async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Response<MockBody> {
+    let options = options(&state);
+    if options.format == MockFormat::Anthropic {
+        return anthropic::handle(&state, options, request).await;
+    }
     let path = request.uri().path();
     if request.method() == Method::GET && path.ends_with("/models") {
         let body =
@@ -255,32 +366,7 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
             r#"{"error":{"message":"malformed JSON","type":"invalid_request_error"}}"#.into(),
         );
     };
-    let options = state
-        .options
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let draw = {
-        let roll = state.rng.lock().unwrap_or_else(|p| p.into_inner()).f64();
-        let mut edge = options.rate_limit_rate;
-        if roll < edge {
-            Draw::RateLimited
-        } else if roll < {
-            edge += options.fail_rate;
-            edge
-        } {
-            Draw::Fail
-        } else if roll < {
-            edge += options.stall_rate;
-            edge
-        } {
-            Draw::Stall
-        } else if chat.stream && roll < edge + options.cut_rate {
-            Draw::Cut
-        } else {
-            Draw::Answer
-        }
-    };
+    let draw = draw(&state, &options, chat.stream);
     let latency = Duration::from_millis(options.latency_ms);
     match draw {
         Draw::RateLimited => {
@@ -303,6 +389,14 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
                     .into(),
             )
         }
+        Draw::Overloaded => {
+            return full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application/json",
+                r#"{"error":{"message":"The server is overloaded or not ready yet (mock)","type":"server_error"}}"#
+                    .into(),
+            )
+        }
         Draw::Stall if !chat.stream => std::future::pending().await,
         _ => {}
     }
@@ -310,10 +404,7 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
         tokio::time::sleep(latency).await;
     }
     let model = chat.model.as_deref().unwrap_or("mock");
-    let reply = match &options.reply {
-        Some(reply) => std::borrow::Cow::Borrowed(reply.as_str()),
-        None => std::borrow::Cow::Owned(format!("Hello from {}.", options.name)),
-    };
+    let reply = reply(&options);
     let id = format!("chatcmpl-{}-{n}", options.name);
     if !chat.stream {
         let body = Completion {
@@ -338,9 +429,25 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
         let body = serde_json::to_string(&body).unwrap_or_default();
         return full(StatusCode::OK, "application/json", body);
     }
-    let events = stream_events(&id, model, &reply);
+    event_stream(
+        stream_events(&id, model, &reply),
+        &draw,
+        latency,
+        options.cut_after,
+    )
+}
+
+/// An event stream of `events`, one frame each, `latency` apart; cut after
+/// `cut_after` events or held open without any for a [`Draw::Cut`] or
+/// [`Draw::Stall`].
+fn event_stream(
+    events: Vec<Bytes>,
+    draw: &Draw,
+    latency: Duration,
+    cut_after: usize,
+) -> http::Response<MockBody> {
     let (cut_at, stall) = match draw {
-        Draw::Cut => (Some(options.cut_after), false),
+        Draw::Cut => (Some(cut_after), false),
         Draw::Stall => (None, true),
         _ => (None, false),
     };
