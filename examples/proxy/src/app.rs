@@ -83,12 +83,55 @@ impl std::fmt::Debug for AppState {
 /// Shared state.
 pub type Shared = Arc<AppState>;
 
+/// Every route, with `POST /v1/chat/completions` answered before routing: the
+/// hot path skips the router's matching and extractors.
+#[derive(Clone)]
+pub struct ProxyService {
+    router: Router,
+    state: Shared,
+}
+
+impl std::fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyService").finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<Request> for ProxyService {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>,
+        <Router as tower::Service<Request>>::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // A router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.method() == http::Method::POST && request.uri().path() == "/v1/chat/completions"
+        {
+            let state = self.state.clone();
+            futures_util::future::Either::Left(Box::pin(async move {
+                Ok(chat(State(state), request).await)
+            }))
+        } else {
+            futures_util::future::Either::Right(self.router.call(request))
+        }
+    }
+}
+
 /// Build the state and the router from a config.
 ///
 /// With `[state] redis_url` this must run inside the tokio runtime that serves
 /// the router: the Redis backends spawn their tasks on it (they run as long as
 /// the returned state lives).
-pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
+pub fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigError> {
     config.validate()?;
     // The recorder first: the models register their counters with it.
     let metrics = crate::metrics::handle();
@@ -148,7 +191,11 @@ pub fn build(config: &Config) -> Result<(Router, Shared), ConfigError> {
         .merge(crate::review::routes())
         .fallback(not_found)
         .with_state(state.clone());
-    Ok((router, state))
+    let service = ProxyService {
+        router,
+        state: state.clone(),
+    };
+    Ok((service, state))
 }
 
 async fn not_found() -> Response {

@@ -38,11 +38,11 @@ use tower_llm_resilience::BoxError;
 
 pub use crate::config::Config;
 
-/// Serve `router` on `listener` until `shutdown` resolves; then stop accepting,
+/// Serve `service` on `listener` until `shutdown` resolves; then stop accepting,
 /// and give in-flight requests up to `grace` to finish. Escalations still
 /// pending stay in their store.
 pub async fn serve(
-    router: axum::Router,
+    service: app::ProxyService,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
@@ -54,7 +54,8 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    let server = axum::serve(listener, make_service).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
     let mut server = tokio::spawn(async move { server.await });
