@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -233,13 +233,36 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(errors::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(errors::too_large(limit)),
-        Err(e) => Err(errors::bad_request(format!(
-            "cannot read the request body: {e}"
-        ))),
+    let mut body = Limited::new(body, limit);
+    // Most bodies come in one piece: kept as it is, without a copy.
+    let (mut first, mut joined) = (None::<Bytes>, None::<BytesMut>);
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(errors::too_large(limit))
+            }
+            Err(e) => {
+                return Err(errors::bad_request(format!(
+                    "cannot read the request body: {e}"
+                )))
+            }
+        };
+        match (&first, &mut joined) {
+            (_, Some(joined)) => joined.extend_from_slice(&data),
+            (Some(head), None) => {
+                let mut both = BytesMut::with_capacity(head.len() + data.len());
+                both.extend_from_slice(head);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+            (None, None) => first = Some(data),
+        }
     }
+    Ok(joined.map(BytesMut::freeze).or(first).unwrap_or_default())
 }
 
 /// A chat request the proxy understood.

@@ -80,7 +80,10 @@ impl Upstream {
             .parse()
             .map_err(|e| ConfigError(format!("upstream {:?}: base_url: {e}", config.name)))?;
         let transport = match endpoint.scheme_str() {
-            Some("http") => Transport::Plain(clients.plain),
+            Some("http") => Transport::Plain {
+                pool: clients.plain,
+                host: host_header(&endpoint),
+            },
             _ => Transport::Reqwest(http.clone()),
         };
         let anthropic = match config.kind {
@@ -297,7 +300,11 @@ impl HttpClients {
 /// How an OpenAI-compatible upstream is reached.
 enum Transport {
     /// `http://`: hyper, nothing in between (a client per thread).
-    Plain(PoolSettings),
+    Plain {
+        pool: PoolSettings,
+        /// The `Host` header, made once (hyper would format it per request).
+        host: Option<HeaderValue>,
+    },
     /// `https://`: reqwest with rustls.
     Reqwest(reqwest::Client),
 }
@@ -314,7 +321,13 @@ impl Transport {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<UpstreamBody>, BoxError> {
         match self {
-            Transport::Plain(pool) => {
+            Transport::Plain { pool, host } => {
+                let mut request = request;
+                if let Some(host) = host {
+                    request
+                        .headers_mut()
+                        .insert(http::header::HOST, host.clone());
+                }
                 let response = pool
                     .request(request.map(http_body_util::Full::new))
                     .await
@@ -333,6 +346,21 @@ impl Transport {
             }
         }
     }
+}
+
+/// The `Host` header for `uri`, as hyper-util writes it: the host, and the port
+/// unless it is the scheme's default.
+fn host_header(uri: &http::Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let value = match uri.port_u16() {
+        Some(port) if port != default_port => format!("{host}:{port}"),
+        _ => host.to_owned(),
+    };
+    HeaderValue::try_from(value).ok()
 }
 
 /// The kind of a hyper error: timeouts, connections that broke or closed, and
@@ -692,6 +720,21 @@ mod tests {
         ] {
             assert!(anthropic_request(refused.to_string().as_bytes()).is_err());
         }
+    }
+
+    #[test]
+    fn host_headers_name_the_port_unless_it_is_the_default() {
+        let host = |uri: &str| host_header(&uri.parse().unwrap()).unwrap();
+        assert_eq!(
+            host("http://127.0.0.1:9001/v1/chat/completions"),
+            "127.0.0.1:9001"
+        );
+        assert_eq!(
+            host("http://models.internal/v1/chat/completions"),
+            "models.internal"
+        );
+        assert_eq!(host("http://models.internal:80/v1"), "models.internal");
+        assert_eq!(host("http://[::1]:8000/v1"), "[::1]:8000");
     }
 
     #[test]

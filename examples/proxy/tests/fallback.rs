@@ -199,6 +199,26 @@ async fn a_body_over_the_limit_is_413() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_in_pieces_is_read_whole() {
+    let env = Env::start().await;
+    let body = serde_json::to_vec(&ask("smart")).unwrap();
+    let pieces: Vec<Vec<u8>> = body.chunks(7).map(<[u8]>::to_vec).collect();
+    let chunks = futures_util::stream::iter(pieces.into_iter().map(Ok::<_, std::io::Error>));
+    let response = env
+        .http
+        .post(env.url("/v1/chat/completions"))
+        .bearer_auth(CLIENT_KEY)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(content(&body), "Hello from primary.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_key_is_401() {
     let env = Env::start().await;
     let no_key = env
