@@ -87,12 +87,8 @@ fn main() -> Result<(), BoxError> {
         Some(n) => n.parse()?,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let first = listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..workers {
-        listeners.push(listener(addr)?);
-    }
+    let listeners = llm_proxy::bind_listeners(SocketAddr::from(([127, 0, 0, 1], 0)), workers)?;
+    let addr = listeners[0].local_addr()?;
     println!("listening on http://{addr}");
     let threads: Vec<_> = listeners
         .into_iter()
@@ -112,16 +108,4 @@ fn main() -> Result<(), BoxError> {
         let _ = thread.join();
     }
     Ok(())
-}
-
-fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    #[cfg(target_os = "linux")]
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }

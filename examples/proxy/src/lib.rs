@@ -77,22 +77,6 @@ pub async fn serve(
     }
 }
 
-/// Build the proxy from `config` and run it on the current runtime, on one
-/// listener, until `shutdown` resolves (to embed it in a program's runtime;
-/// [`Proxy`] serves on threads of its own).
-pub async fn run(
-    config: &Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BoxError> {
-    let (router, _state) = app::build(config)?;
-    let grace = config::secs(
-        "limits.shutdown_grace_secs",
-        config.limits.shutdown_grace_secs,
-    )?;
-    serve(router, listener, shutdown, grace).await
-}
-
 /// A running proxy, built from a [`Config`].
 ///
 /// It serves on [`Config::worker_threads`] threads, each with a single-threaded
@@ -269,8 +253,13 @@ fn discard(runtimes: Vec<tokio::runtime::Runtime>) {
     }
 }
 
-/// `count` listening sockets on `addr` (its port resolved once when 0).
-fn bind_listeners(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+/// `count` non-blocking listening sockets on `addr` (its port resolved once
+/// when 0), one per serving thread: `SO_REUSEPORT` sockets on Linux, where the
+/// kernel spreads connections between them; clones of one socket elsewhere.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
     #[cfg(target_os = "linux")]
     {
         // One socket per worker; the kernel balances connections between them.

@@ -59,20 +59,16 @@ static HOT: OnceLock<Hot> = OnceLock::new();
 
 /// One chat completion request, by status.
 pub fn record_request(status: StatusCode, took: Duration) {
-    match HOT.get() {
-        Some(hot) => {
-            if status == StatusCode::OK {
-                hot.ok.increment(1);
-            } else {
-                metrics::counter!("llm_proxy_requests_total", "status" => status_label(status))
-                    .increment(1);
-            }
-            hot.duration.record(took.as_secs_f64());
-        }
+    let hot = HOT.get();
+    match hot {
+        Some(hot) if status == StatusCode::OK => hot.ok.increment(1),
+        _ => metrics::counter!("llm_proxy_requests_total", "status" => status_label(status))
+            .increment(1),
+    }
+    match hot {
+        Some(hot) => hot.duration.record(took.as_secs_f64()),
         None => {
-            metrics::counter!("llm_proxy_requests_total", "status" => status_label(status))
-                .increment(1);
-            metrics::histogram!("llm_proxy_request_duration_seconds").record(took.as_secs_f64());
+            metrics::histogram!("llm_proxy_request_duration_seconds").record(took.as_secs_f64())
         }
     }
 }

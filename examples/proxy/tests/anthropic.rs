@@ -39,57 +39,23 @@ async fn anthropic_mock(name: &str) -> MockUpstream {
     .expect("mock upstream starts")
 }
 
-/// An Anthropic primary named `claude` (`timeout_secs` to answer) and an OpenAI
-/// secondary, behind the models `smart` (claude, secondary, template), `strict`
-/// (claude, secondary) and `solo` (claude).
-fn config_text(claude: &str, secondary: &str, timeout_secs: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "claude"
-kind = "anthropic"
-base_url = "{claude}"
-api_key_env = "{KEY_ENV}"
-timeout_secs = {timeout_secs}
-
-[[upstreams]]
-name = "secondary"
-kind = "openai"
-base_url = "{secondary}"
-timeout_secs = 5
-
-[[models]]
-name = "smart"
-tiers = [ {{ upstream = "claude", model = "{CLAUDE}" }},
-          {{ upstream = "secondary", model = "gpt-4o-mini" }} ]
-template = "{TEMPLATE}"
-
-[[models]]
-name = "strict"
-tiers = [ {{ upstream = "claude", model = "{CLAUDE}" }},
-          {{ upstream = "secondary", model = "gpt-4o-mini" }} ]
-
-[[models]]
-name = "solo"
-tiers = [ {{ upstream = "claude", model = "{CLAUDE}" }} ]
-
-[auth]
-client_keys = ["{CLIENT_KEY}"]
-
-[limits]
-first_event_timeout_secs = 1
-shutdown_grace_secs = 1
-
-[circuit]
-consecutive_failures = 2
-cooldown_secs = 60
-
-[escalation]
-store = "memory"
-"#
-    )
+/// The shared test config (see `common::config_text`) with its primary turned
+/// into an Anthropic upstream named `claude` (`timeout_secs` to answer, its key
+/// from `KEY_ENV`, model `CLAUDE`) in front of the OpenAI secondary.
+fn config_text(claude: &str, secondary: &str, timeout_secs: &str, db: &std::path::Path) -> String {
+    common::config_text(claude, secondary, db, "")
+        .replace("\"primary\"", "\"claude\"")
+        .replacen(
+            "kind = \"openai\"",
+            &format!("kind = \"anthropic\"\napi_key_env = \"{KEY_ENV}\""),
+            1,
+        )
+        .replacen(
+            "timeout_secs = 5",
+            &format!("timeout_secs = {timeout_secs}"),
+            1,
+        )
+        .replace("model = \"gpt-4o\"", &format!("model = \"{CLAUDE}\""))
 }
 
 /// `env.primary` is the Anthropic mock, `env.secondary` an OpenAI one.
@@ -97,7 +63,13 @@ async fn start_with_timeout(timeout_secs: &str) -> Env {
     set_key();
     let primary = anthropic_mock("claude").await;
     let secondary = mock("secondary").await;
-    let text = config_text(&primary.base_url(), &secondary.base_url(), timeout_secs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = config_text(
+        &primary.base_url(),
+        &secondary.base_url(),
+        timeout_secs,
+        &dir.path().join("escalations.db"),
+    );
     let config = Config::from_toml(&text).expect("test config is valid");
     let proxy = Proxy::start(&config).expect("proxy starts");
     Env {
@@ -105,7 +77,7 @@ async fn start_with_timeout(timeout_secs: &str) -> Env {
         secondary,
         proxy,
         http: reqwest::Client::new(),
-        dir: tempfile::tempdir().expect("temp dir"),
+        dir,
         config,
     }
 }
