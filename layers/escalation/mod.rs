@@ -150,7 +150,11 @@ pub use self::snapshot::{
     fingerprint_http_request, is_sensitive_header, redact_headers, snapshot_http_request, Adapter,
     HttpAdapter, RESUME_TOKEN_HEADER,
 };
+#[cfg(feature = "redis")]
+pub(crate) use self::store::store_unreadable;
 #[cfg(feature = "sqlite")]
 pub use self::store::SqliteStore;
-pub use self::store::{ChangeFuture, EscalationStore, MemoryStore, StoreFuture, Update};
+pub use self::store::{
+    ChangeFuture, Cursor, EscalationStore, MemoryStore, Page, StoreFuture, Update,
+};
 pub use self::token::{RandomUnavailable, ResumeToken, TokenHash};

@@ -4,6 +4,10 @@ use serde_json::{Map, Value};
 use super::token::ResumeToken;
 use crate::BoxError;
 
+mod bound;
+
+use self::bound::snapshot_body;
+
 /// The header a detached caller resends its token in.
 pub const RESUME_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-resume-token");
 
@@ -49,7 +53,9 @@ pub trait Adapter<Req, Res> {
 ///
 /// - Snapshots: method, URI (user info dropped, secret-looking query parameters
 ///   redacted), headers without credentials (see [`redact_headers`]), and the body as
-///   JSON (secret-looking fields redacted) or as text, cut at `max_body_bytes`.
+///   JSON or as text. Secret-looking fields are redacted at any size first; then
+///   the body is bounded to about `max_body_bytes` and 32
+///   levels, each cut marked (`[cut: ...]`), so a stored record always parses back.
 /// - Token: a [`ResumeToken`] request extension, else the `x-resume-token` header.
 /// - Answer: `200 OK`, `content-type: application/json`, the payload as the body.
 #[derive(Clone, Copy, Debug)]
@@ -257,37 +263,6 @@ fn redact_uri(uri: &http::Uri) -> String {
     out
 }
 
-fn snapshot_body(body: &[u8], max_body_bytes: usize) -> Value {
-    if body.len() <= max_body_bytes {
-        if let Ok(mut json) = serde_json::from_slice::<Value>(body) {
-            redact_json(&mut json);
-            return json;
-        }
-    }
-    let cut = &body[..body.len().min(max_body_bytes)];
-    let mut text = String::from_utf8_lossy(cut).into_owned();
-    if cut.len() < body.len() {
-        text.push_str(&format!("... [{} more bytes]", body.len() - cut.len()));
-    }
-    Value::String(text)
-}
-
-fn redact_json(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for (name, value) in map.iter_mut() {
-                if is_sensitive_name(name) && !value.is_number() && !value.is_boolean() {
-                    *value = Value::String(REDACTED.into());
-                } else {
-                    redact_json(value);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(redact_json),
-        _ => {}
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +290,7 @@ mod tests {
         assert_eq!(snapshot_body(b"hello", 10), Value::String("hello".into()));
         assert_eq!(
             snapshot_body(b"0123456789abc", 10),
-            Value::String("0123456789... [3 more bytes]".into())
+            Value::String("0123456789... [cut: 3 more bytes]".into())
         );
         // `max_tokens` is a number: kept; `token` strings are redacted.
         let json = snapshot_body(br#"{"max_tokens":5,"n":{"token":"x"}}"#, 100);

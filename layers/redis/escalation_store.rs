@@ -355,10 +355,14 @@ impl EscalationStore for RedisEscalationStore {
                 .map_err(|e| self.backend(e))?;
             self.link.up();
             let mut records = Vec::new();
-            for (stored_status, text) in rows {
+            for (id, (stored_status, text)) in ids.iter().zip(rows) {
                 let wanted = status.is_none_or(|s| stored_status.as_deref() == Some(s.as_str()));
                 if let (true, Some(text)) = (wanted, text) {
-                    records.push(from_json(&text)?);
+                    // One unreadable record never hides the others.
+                    match from_json(&text) {
+                        Ok(record) => records.push(record),
+                        Err(e) => crate::escalation::store_unreadable("redis", id, &e),
+                    }
                 }
             }
             Ok(records)

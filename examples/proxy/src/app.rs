@@ -245,6 +245,14 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(errors::too_large(limit))
             }
+            Err(e) if crate::server::is_body_timeout(&*e) => {
+                return Err(errors::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request_error",
+                    "request_timeout",
+                    e.to_string(),
+                ))
+            }
             Err(e) => {
                 return Err(errors::bad_request(format!(
                     "cannot read the request body: {e}"
@@ -331,6 +339,15 @@ async fn chat_inner(state: &AppState, headers: HeaderMap, body: Body) -> Respons
     for name in state.approval_header.iter().chain([&RESUME_TOKEN_HEADER]) {
         if let Some(value) = headers.get(name) {
             prepared.request.headers_mut().insert(name, value.clone());
+        }
+    }
+    // Whose request it is, in escalation snapshots and caps: an id, never the key.
+    if let Some(id) = crate::client_id::from_headers(&headers) {
+        if let Ok(value) = HeaderValue::try_from(id) {
+            prepared
+                .request
+                .headers_mut()
+                .insert(crate::escalation_caps::CLIENT_HEADER, value);
         }
     }
     match model.service.clone().oneshot(prepared.request).await {

@@ -169,6 +169,43 @@ pub struct LimitsConfig {
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
     #[serde(default = "default_grace_secs")]
     pub shutdown_grace_secs: f64,
+    /// Open client connections, in all (nginx `worker_connections`); over it,
+    /// new connections wait in the listen queue while the open ones are served.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The longest a client may take to send a request head (nginx
+    /// `client_header_timeout`); also the longest a kept-alive connection waits
+    /// for its next request.
+    #[serde(default = "default_client_timeout_secs")]
+    pub client_header_timeout_secs: f64,
+    /// The longest silence between two reads of a request body (nginx
+    /// `client_body_timeout`): a 408 then.
+    #[serde(default = "default_client_timeout_secs")]
+    pub client_body_timeout_secs: f64,
+    /// An idle kept-alive connection is closed after this (nginx
+    /// `keepalive_timeout`; `client_header_timeout_secs` when shorter).
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_timeout_secs: f64,
+    /// How often the metrics recorder drains its samples, whether or not
+    /// `/metrics` is scraped.
+    #[serde(default = "default_upkeep_secs")]
+    pub metrics_upkeep_secs: f64,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_client_timeout_secs() -> f64 {
+    60.0
+}
+
+fn default_keepalive_secs() -> f64 {
+    75.0
+}
+
+fn default_upkeep_secs() -> f64 {
+    5.0
 }
 
 fn default_max_body() -> usize {
@@ -189,6 +226,11 @@ impl Default for LimitsConfig {
             max_body_bytes: default_max_body(),
             first_event_timeout_secs: default_first_event_secs(),
             shutdown_grace_secs: default_grace_secs(),
+            max_connections: default_max_connections(),
+            client_header_timeout_secs: default_client_timeout_secs(),
+            client_body_timeout_secs: default_client_timeout_secs(),
+            keepalive_timeout_secs: default_keepalive_secs(),
+            metrics_upkeep_secs: default_upkeep_secs(),
         }
     }
 }
@@ -298,6 +340,28 @@ pub struct EscalationConfig {
     /// resolutions made by another process.
     #[serde(default = "default_poll_secs")]
     pub poll_interval_secs: f64,
+    /// The most escalations pending at once, all clients together; over it a
+    /// request that would escalate gets a 429 and nothing is stored.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// The most escalations pending at once for one client key.
+    #[serde(default = "default_max_pending_per_client")]
+    pub max_pending_per_client: usize,
+    /// Resolved and expired escalations are deleted this long after they expire.
+    #[serde(default = "default_retention")]
+    pub retention_secs: f64,
+}
+
+fn default_max_pending() -> usize {
+    1000
+}
+
+fn default_max_pending_per_client() -> usize {
+    100
+}
+
+fn default_retention() -> f64 {
+    7.0 * 24.0 * 3600.0
 }
 
 fn yes() -> bool {
@@ -344,6 +408,9 @@ impl Default for EscalationConfig {
             approval_header: default_approval_header(),
             invalid_json_answer: true,
             poll_interval_secs: default_poll_secs(),
+            max_pending: default_max_pending(),
+            max_pending_per_client: default_max_pending_per_client(),
+            retention_secs: default_retention(),
         }
     }
 }
@@ -364,6 +431,38 @@ pub struct BatchConfig {
     /// Seed of the retry jitter, for reproducible runs.
     #[serde(default)]
     pub seed: Option<u64>,
+    /// How long a named batch's successes are kept after its last run.
+    #[serde(default = "default_batch_ttl")]
+    pub ttl_secs: f64,
+    /// The most item successes kept in memory, all batches together; the
+    /// batches run longest ago are dropped first (with Redis, `ttl_secs` bounds
+    /// them instead).
+    #[serde(default = "default_batch_records")]
+    pub max_records: usize,
+    /// The most bytes of answers kept in memory, all batches together (the
+    /// least recently run batches are dropped first).
+    #[serde(default = "default_batch_bytes")]
+    pub max_bytes: usize,
+    /// The longest `batch_id` and item `key`, in bytes (letters, digits and
+    /// `-_.:` only).
+    #[serde(default = "default_batch_id_bytes")]
+    pub max_id_bytes: usize,
+}
+
+fn default_batch_ttl() -> f64 {
+    24.0 * 3600.0
+}
+
+fn default_batch_records() -> usize {
+    10_000
+}
+
+fn default_batch_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+fn default_batch_id_bytes() -> usize {
+    128
 }
 
 fn default_concurrency() -> usize {
@@ -385,6 +484,10 @@ impl Default for BatchConfig {
             max_attempts: default_attempts(),
             max_items: default_max_items(),
             seed: None,
+            ttl_secs: default_batch_ttl(),
+            max_records: default_batch_records(),
+            max_bytes: default_batch_bytes(),
+            max_id_bytes: default_batch_id_bytes(),
         }
     }
 }
@@ -584,6 +687,38 @@ impl Config {
             "limits.shutdown_grace_secs",
             self.limits.shutdown_grace_secs,
         )?;
+        for (setting, value) in [
+            (
+                "limits.client_header_timeout_secs",
+                self.limits.client_header_timeout_secs,
+            ),
+            (
+                "limits.client_body_timeout_secs",
+                self.limits.client_body_timeout_secs,
+            ),
+            (
+                "limits.keepalive_timeout_secs",
+                self.limits.keepalive_timeout_secs,
+            ),
+            (
+                "limits.metrics_upkeep_secs",
+                self.limits.metrics_upkeep_secs,
+            ),
+            ("batch.ttl_secs", self.batch.ttl_secs),
+            ("escalation.retention_secs", self.escalation.retention_secs),
+        ] {
+            secs(setting, value)?;
+        }
+        if !(1..=1_000_000).contains(&self.limits.max_connections) {
+            return err("limits.max_connections must be between 1 and 1000000");
+        }
+        if self.batch.max_records == 0 || self.batch.max_bytes == 0 || self.batch.max_id_bytes == 0
+        {
+            return err("batch.max_records, max_bytes and max_id_bytes must be positive");
+        }
+        if self.escalation.max_pending == 0 || self.escalation.max_pending_per_client == 0 {
+            return err("escalation.max_pending and max_pending_per_client must be positive");
+        }
         self.circuit.validate()?;
         secs("escalation.timeout_secs", self.escalation.timeout_secs)?;
         secs(

@@ -91,6 +91,9 @@ fn with_retry_after(mut response: Response, wait: Duration) -> Response {
 
 /// The response for an error of a model's service.
 pub fn from_service_error(err: &BoxError) -> Response {
+    if let Some(response) = crate::escalation_caps::cap_response(err) {
+        return response;
+    }
     if let Some(e) = err.downcast_ref::<EscalationError>() {
         return from_escalation(e);
     }

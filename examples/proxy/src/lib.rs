@@ -17,15 +17,19 @@
 pub mod app;
 pub mod auth;
 pub mod batch;
+pub mod batch_store;
 pub mod body;
+pub mod client_id;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod escalation_caps;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod request;
 pub mod review;
+pub mod server;
 pub mod state;
 pub mod upstream;
 
@@ -40,41 +44,17 @@ pub use crate::config::Config;
 
 /// Serve `service` on `listener` until `shutdown` resolves; then stop accepting,
 /// and give in-flight requests up to `grace` to finish. Escalations still
-/// pending stay in their store.
+/// pending stay in their store. Client connections are bounded by `limits` (see
+/// [`server`]).
 pub async fn serve(
     service: app::ProxyService,
     listener: TcpListener,
+    limits: server::ClientLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), BoxError> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    use axum::serve::ListenerExt as _;
-    // Small request/response exchanges: without TCP_NODELAY, Nagle's algorithm and
-    // delayed ACKs add tens of milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
-    let server = axum::serve(listener, make_service).with_graceful_shutdown(async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
-        result = &mut server => return Ok(result??),
-        () = shutdown => {}
-    }
-    tracing::debug!("no new connections, finishing in-flight requests");
-    let _ = stop_tx.send(true);
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => Ok(result??),
-        Err(_) => {
-            tracing::warn!(
-                ?grace,
-                "requests still in flight after the grace period; stopping"
-            );
-            Ok(())
-        }
-    }
+    server::serve(service, listener, limits, shutdown, grace).await;
+    Ok(())
 }
 
 /// A running proxy, built from a [`Config`].
@@ -128,9 +108,23 @@ impl Proxy {
             "limits.shutdown_grace_secs",
             config.limits.shutdown_grace_secs,
         )?;
+        let limits = server::ClientLimits::from_config(&config.limits)?;
+        let upkeep = config::secs(
+            "limits.metrics_upkeep_secs",
+            config.limits.metrics_upkeep_secs,
+        )?;
         let workers = config.worker_threads();
-        let listeners = bind_listeners(config.listen, workers)
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let listeners = bind_listeners(config.listen, workers).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                format!(
+                    "cannot listen on {}: another process already listens there \
+                     (stop it, or choose another `listen` address)",
+                    config.listen
+                )
+            } else {
+                format!("cannot listen on {}: {e}", config.listen)
+            }
+        })?;
         let addr = listeners[0].local_addr()?;
         let mut runtimes = Vec::with_capacity(workers + 1);
         for _ in 0..=workers {
@@ -161,11 +155,15 @@ impl Proxy {
             }
         };
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+        let background = state.clone();
         let control = std::thread::Builder::new()
             .name("llm-proxy-control".into())
             .spawn(move || {
                 control.block_on(async move {
+                    // Housekeeping on its own schedule, not only when scraped.
+                    let chores = tokio::spawn(housekeeping(background, upkeep));
                     let _ = control_stopped.await;
+                    chores.abort();
                 });
             })?;
         let mut proxy = Self {
@@ -177,6 +175,7 @@ impl Proxy {
         };
         for (i, (listener, runtime)) in listeners.into_iter().zip(runtimes).enumerate() {
             let router = router.clone();
+            let limits = limits.clone();
             let mut stopped = proxy.stop.subscribe();
             let worker = std::thread::Builder::new()
                 .name(format!("llm-proxy-{i}"))
@@ -186,7 +185,7 @@ impl Proxy {
                         let stop = async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
-                        serve(router, listener, stop, grace).await
+                        serve(router, listener, limits, stop, grace).await
                     });
                     if let Err(e) = served {
                         tracing::error!(error = %e, "a proxy worker stopped with an error");
@@ -253,15 +252,58 @@ fn discard(runtimes: Vec<tokio::runtime::Runtime>) {
     }
 }
 
+/// The proxy's periodic chores: the Prometheus recorder's upkeep (histogram
+/// samples are drained into their buckets, so a proxy nobody scrapes does not
+/// grow) and the escalation counts `/metrics` reports.
+async fn housekeeping(state: app::Shared, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_chores = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        state.metrics.run_upkeep();
+        if tokio::time::Instant::now() >= next_chores {
+            next_chores = tokio::time::Instant::now() + STORE_CHORES_EVERY;
+            store_chores(&state).await;
+        }
+    }
+}
+
+/// How often the escalation counts are re-read and old records purged.
+const STORE_CHORES_EVERY: Duration = Duration::from_secs(60);
+
+/// Re-read the pending escalation counts (other proxies may share the store)
+/// and purge records past their retention.
+async fn store_chores(state: &app::AppState) {
+    let caps = &state.pipeline.escalation_caps;
+    if let Err(e) = caps.sync().await {
+        tracing::warn!(error = %e, "cannot re-read the pending escalations");
+    }
+    match caps.purge_old().await {
+        Ok(0) => {}
+        Ok(purged) => tracing::info!(purged, "escalations past their retention purged"),
+        Err(e) => tracing::warn!(error = %e, "cannot purge old escalations"),
+    }
+}
+
 /// `count` non-blocking listening sockets on `addr` (its port resolved once
 /// when 0), one per serving thread: `SO_REUSEPORT` sockets on Linux, where the
 /// kernel spreads connections between them; clones of one socket elsewhere.
+///
+/// Fails with [`std::io::ErrorKind::AddrInUse`] when another process already
+/// listens on `addr`, even one that set `SO_REUSEPORT` itself: only these
+/// sockets share the port.
 pub fn bind_listeners(
     addr: SocketAddr,
     count: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     #[cfg(target_os = "linux")]
     {
+        // A stranger listening with SO_REUSEPORT would silently share the port
+        // with ours: a plain bind first fails if anyone listens there.
+        if addr.port() != 0 {
+            drop(std::net::TcpListener::bind(addr)?);
+        }
         // One socket per worker; the kernel balances connections between them.
         let first = reuse_port_listener(addr)?;
         let bound = first.local_addr()?;

@@ -4,8 +4,14 @@
 //! `llm_circuit_*`, `escalation_*`, `partial_batch_*`); the proxy adds
 //! `llm_proxy_requests_total{status}`, `llm_proxy_request_duration_seconds`,
 //! `llm_proxy_answers_total{tier,degraded}`, `llm_proxy_batch_items_total{result}`,
-//! and, at each scrape, `llm_proxy_circuit_state{upstream}` (0 closed,
-//! 1 half-open, 2 open) and `llm_proxy_escalations_pending`.
+//! `llm_proxy_escalations_refused_total{cap}`, and, at each scrape,
+//! `llm_proxy_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) and
+//! `llm_proxy_escalations_pending` (from in-memory counts, see
+//! [`escalation_caps`](crate::escalation_caps): a scrape reads no record).
+//!
+//! The recorder's upkeep (draining histogram samples into buckets) runs every
+//! `[limits] metrics_upkeep_secs`, scraped or not, so memory stays flat when
+//! nobody scrapes.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -129,9 +135,9 @@ pub async fn render(State(state): State<Shared>) -> Response {
         };
         metrics::gauge!("llm_proxy_circuit_state", "upstream" => name.to_string()).set(value);
     }
-    if let Ok(pending) = state.pipeline.escalations.list_pending().await {
-        metrics::gauge!("llm_proxy_escalations_pending").set(pending.len() as f64);
-    }
+    // From the counts the caps keep: a scrape reads no escalation record.
+    metrics::gauge!("llm_proxy_escalations_pending")
+        .set(state.pipeline.escalation_caps.pending() as f64);
     state.metrics.run_upkeep();
     let mut response = Response::new(state.metrics.render().into());
     response.headers_mut().insert(

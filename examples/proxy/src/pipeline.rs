@@ -262,6 +262,8 @@ pub struct Pipeline {
     pub circuits: Vec<(Arc<str>, Handle<()>)>,
     /// The escalations.
     pub escalations: tower_llm_resilience::escalation::Handle,
+    /// The escalation store's caps and pending counts.
+    pub escalation_caps: Arc<crate::escalation_caps::CappedStore>,
     /// `[state] redis_url`: the shared Redis (`None`: embedded state).
     pub redis: Option<RedisState>,
     /// With Redis: each upstream's circuit sync, kept running as long as the
@@ -387,7 +389,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         "limits.first_event_timeout_secs",
         config.limits.first_event_timeout_secs,
     )?;
-    let escalation = escalation_layer(config, redis.as_ref())?;
+    let (escalation, escalation_caps) = escalation_layer(config, redis.as_ref())?;
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
     for model in &config.models {
@@ -401,6 +403,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         cores,
         circuits,
         escalations: escalation.handle(),
+        escalation_caps,
         redis,
         circuit_syncs,
     })
@@ -409,7 +412,13 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
 fn escalation_layer(
     config: &Config,
     redis: Option<&RedisState>,
-) -> Result<EscalationLayer<ProxyPolicy, ProxyAdapter>, ConfigError> {
+) -> Result<
+    (
+        EscalationLayer<ProxyPolicy, ProxyAdapter>,
+        Arc<crate::escalation_caps::CappedStore>,
+    ),
+    ConfigError,
+> {
     let settings = &config.escalation;
     let approval_header = if settings.approval_header.is_empty() {
         None
@@ -442,10 +451,21 @@ fn escalation_layer(
         ),
         EscalationMode::Detach => builder.detach(timeout),
     };
-    builder = match (redis, settings.store) {
+    let keep_for = timeout + secs("escalation.retention_secs", settings.retention_secs)?;
+    let capped = |store: Arc<dyn tower_llm_resilience::escalation::EscalationStore>| {
+        Arc::new(crate::escalation_caps::CappedStore::new(
+            store,
+            settings.max_pending,
+            settings.max_pending_per_client,
+            keep_for,
+        ))
+    };
+    let store: Arc<crate::escalation_caps::CappedStore> = match (redis, settings.store) {
         // `[state] redis_url` replaces `store` and `sqlite_path`.
-        (Some(redis), _) => builder.store(redis.escalation_store()?),
-        (None, crate::config::StoreKind::Memory) => builder,
+        (Some(redis), _) => capped(Arc::new(redis.escalation_store()?)),
+        (None, crate::config::StoreKind::Memory) => capped(Arc::new(
+            tower_llm_resilience::escalation::MemoryStore::new(),
+        )),
         (None, crate::config::StoreKind::Sqlite) => {
             if let Some(dir) = settings.sqlite_path.parent() {
                 if !dir.as_os_str().is_empty() {
@@ -461,10 +481,14 @@ fn escalation_layer(
                         settings.sqlite_path.display()
                     ))
                 })?;
-            builder.store(store)
+            capped(Arc::new(store))
         }
     };
-    builder.build().map_err(|e| ConfigError(e.to_string()))
+    let layer = builder
+        .store(store.clone())
+        .build()
+        .map_err(|e| ConfigError(e.to_string()))?;
+    Ok((layer, store))
 }
 
 /// The name of the tier that answered.

@@ -1,7 +1,11 @@
 //! Escalations for humans: the admin API and the review page.
 //!
 //! - `GET /v1/escalations` (`?status=pending|approved|rejected|answered|expired|all`,
-//!   default pending), `GET /v1/escalations/{id}`,
+//!   default pending; `limit` 1 to 500, default 50; `cursor`: the `next_cursor` of
+//!   the previous page), oldest first, one page at a time: `{"data": [...],
+//!   "has_more", "next_cursor", "unreadable"}` (records that could not be read
+//!   back are skipped and counted, never an error for the page);
+//!   `GET /v1/escalations/{id}`,
 //!   `POST /v1/escalations/{id}/resolve` with
 //!   `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` or
 //!   `{"decision": "answer", "answer": "text or JSON"}` (optional `"by"`).
@@ -22,7 +26,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use tower_llm_resilience::escalation::{
-    to_rfc3339, Decision, EscalationId, EscalationRecord, ResolveError, Status,
+    to_rfc3339, Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
 };
 
 use crate::app::{self, Shared};
@@ -86,7 +90,16 @@ pub fn view(record: &EscalationRecord) -> Value {
 struct ListQuery {
     #[serde(default)]
     status: Option<String>,
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
 }
+
+/// Records per page unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 50;
+/// The largest `limit`.
+pub const MAX_PAGE: usize = 500;
 
 async fn list(
     State(state): State<Shared>,
@@ -96,25 +109,55 @@ async fn list(
     if let Err(response) = check_admin(&state, &headers) {
         return response;
     }
-    let handle = &state.pipeline.escalations;
-    let records = match query.status.as_deref() {
-        None | Some("pending") => handle.list_pending().await,
-        Some("all") => handle.list(None).await,
+    let status = match query.status.as_deref() {
+        None | Some("pending") => Some(Status::Pending),
+        Some("all") => None,
         Some(name) => match Status::parse(name) {
-            Some(status) => handle.list(Some(status)).await,
+            Some(status) => Some(status),
             None => return errors::bad_request(format!("unknown status {name:?}")),
         },
     };
-    match records {
-        Ok(records) => {
-            let data: Vec<Value> = records.iter().map(view).collect();
-            errors::json_response(
-                StatusCode::OK,
-                &serde_json::json!({"object": "list", "data": data}),
-            )
-        }
-        Err(e) => store_failed(&e),
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => DEFAULT_PAGE,
+        Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(_) => return errors::bad_request(format!("limit must be between 1 and {MAX_PAGE}")),
+    };
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => match Cursor::parse(text) {
+            Some(cursor) => Some(cursor),
+            None => {
+                return errors::bad_request(
+                    "cursor is not one this endpoint returned (use next_cursor)",
+                )
+            }
+        },
+    };
+    let store = state.pipeline.escalations.store();
+    let page = match store.list_page(status, after, limit).await {
+        Ok(page) => page,
+        Err(e) => return store_failed(&e),
+    };
+    let now = std::time::SystemTime::now();
+    let data: Vec<Value> = page
+        .records
+        .iter()
+        // A pending record past its expiry is expired, whether or not it was
+        // written down yet.
+        .filter(|r| status != Some(Status::Pending) || r.status_at(now) == Status::Pending)
+        .map(view)
+        .collect();
+    let mut body = serde_json::json!({
+        "object": "list",
+        "data": data,
+        "has_more": page.next.is_some(),
+        "next_cursor": page.next.as_ref().map(ToString::to_string),
+        "unreadable": page.unreadable,
+    });
+    if status == Some(Status::Pending) {
+        body["pending_total"] = state.pipeline.escalation_caps.pending().into();
     }
+    errors::json_response(StatusCode::OK, &body)
 }
 
 fn store_failed(e: &dyn std::fmt::Display) -> Response {

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use super::{EscalationStore, StoreFuture, Update};
 use crate::escalation::error::StoreError;
@@ -85,6 +86,28 @@ impl EscalationStore for MemoryStore {
             .collect();
         records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Box::pin(std::future::ready(Ok(records)))
+    }
+
+    fn count(&self, status: Status) -> StoreFuture<'_, usize> {
+        let count = self
+            .lock()
+            .records
+            .values()
+            .filter(|r| r.status == status)
+            .count();
+        Box::pin(std::future::ready(Ok(count)))
+    }
+
+    fn purge(&self, created_before: SystemTime) -> StoreFuture<'_, usize> {
+        let purged = {
+            let mut inner = self.lock();
+            let before = inner.records.len();
+            inner.records.retain(|_, r| r.created_at >= created_before);
+            let Inner { records, audit } = &mut *inner;
+            audit.retain(|e| records.contains_key(&e.escalation_id));
+            before - records.len()
+        };
+        Box::pin(std::future::ready(Ok(purged)))
     }
 
     fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>> {

@@ -14,15 +14,20 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::error::StoreError;
 use super::record::{AuditEntry, EscalationId, EscalationRecord, Status};
 
 mod memory;
+mod page;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use self::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub(crate) use self::page::unreadable as store_unreadable;
+pub use self::page::{Cursor, Page};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
 
@@ -60,6 +65,14 @@ pub enum Update {
 /// - Stores never interpret expiry: a pending record past `expires_at` is still
 ///   pending until the layer writes `Expired` (a backend may additionally drop
 ///   records long after expiry, for retention).
+/// - A stored record that cannot be read back never fails a listing: it is
+///   skipped, logged and counted (`escalation_store_unreadable_total`), and every
+///   other record stays listed and resolvable.
+/// - [`list_page`](Self::list_page) returns at most `limit` records in the order of
+///   `list`, starting after the cursor; following `next` visits each record once.
+/// - [`count`](Self::count) counts records with a status without reading them.
+/// - [`purge`](Self::purge) removes records created before a time, with their
+///   audit trail, whatever their status (retention).
 pub trait EscalationStore: Send + Sync + fmt::Debug + 'static {
     /// Adds a new record (version 0) with its creation audit entry.
     fn insert(&self, record: EscalationRecord, audit: AuditEntry) -> StoreFuture<'_, ()>;
@@ -80,6 +93,40 @@ pub trait EscalationStore: Send + Sync + fmt::Debug + 'static {
 
     /// The audit trail of one escalation, or of all when `None`, in append order.
     fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>>;
+
+    /// At most `limit` records with this status (all when `None`), oldest first,
+    /// starting just after `after`.
+    ///
+    /// The default reads the whole listing and cuts it; stores with an index
+    /// override it.
+    fn list_page(
+        &self,
+        status: Option<Status>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Page> {
+        Box::pin(async move {
+            let all = self.list(status).await?;
+            Ok(page_of(all, after.as_ref(), limit))
+        })
+    }
+
+    /// How many records have this status.
+    ///
+    /// The default reads the whole listing; stores with an index override it.
+    fn count(&self, status: Status) -> StoreFuture<'_, usize> {
+        Box::pin(async move { Ok(self.list(Some(status)).await?.len()) })
+    }
+
+    /// Removes every record created before `created_before` (any status), with
+    /// its audit trail; returns how many records went.
+    ///
+    /// The default removes nothing: for stores that expire records on their own
+    /// (the Redis store keeps each one for a retention period after it expires).
+    fn purge(&self, created_before: SystemTime) -> StoreFuture<'_, usize> {
+        let _ = created_before;
+        Box::pin(std::future::ready(Ok(0)))
+    }
 
     /// A wake-up for waiters: a future that completes when the record `id` may
     /// have changed, including through another process sharing the store (e.g.
@@ -122,7 +169,50 @@ impl<T: EscalationStore + ?Sized> EscalationStore for Arc<T> {
         (**self).audit(id)
     }
 
+    fn list_page(
+        &self,
+        status: Option<Status>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Page> {
+        (**self).list_page(status, after, limit)
+    }
+
+    fn count(&self, status: Status) -> StoreFuture<'_, usize> {
+        (**self).count(status)
+    }
+
+    fn purge(&self, created_before: SystemTime) -> StoreFuture<'_, usize> {
+        (**self).purge(created_before)
+    }
+
     fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
         (**self).watch(id)
+    }
+}
+
+/// The page of `records` (in `list` order) after `after`, at most `limit` long.
+pub(crate) fn page_of(
+    records: Vec<EscalationRecord>,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Page {
+    let mut records: Vec<EscalationRecord> = records
+        .into_iter()
+        .filter(|r| {
+            after.is_none_or(|c| c.precedes(super::record::to_unix_ms(r.created_at), &r.id))
+        })
+        .take(limit.saturating_add(1))
+        .collect();
+    let next = if records.len() > limit {
+        records.truncate(limit);
+        records.last().map(Cursor::after)
+    } else {
+        None
+    };
+    Page {
+        records,
+        next,
+        unreadable: 0,
     }
 }

@@ -3,7 +3,10 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{EscalationStore, StoreFuture, Update};
+use std::time::SystemTime;
+
+use super::page::unreadable;
+use super::{Cursor, EscalationStore, Page, StoreFuture, Update};
 use crate::escalation::error::StoreError;
 use crate::escalation::record::{to_unix_ms, AuditEntry, EscalationId, EscalationRecord, Status};
 
@@ -182,18 +185,51 @@ impl EscalationStore for SqliteStore {
 
     fn list(&self, status: Option<Status>) -> StoreFuture<'_, Vec<EscalationRecord>> {
         self.run(move |conn| {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT record FROM escalations WHERE ?1 IS NULL OR status = ?1
-                     ORDER BY created_at_ms, id",
+            let page = read_page(conn, status, None, usize::MAX)?;
+            Ok(page.records)
+        })
+    }
+
+    fn list_page(
+        &self,
+        status: Option<Status>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Page> {
+        self.run(move |conn| read_page(conn, status, after.as_ref(), limit))
+    }
+
+    fn count(&self, status: Status) -> StoreFuture<'_, usize> {
+        self.run(move |conn| {
+            let count: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM escalations WHERE status = ?1",
+                    params![status.as_str()],
+                    |row| row.get(0),
                 )
                 .map_err(backend)?;
-            let rows = stmt
-                .query_map(params![status.map(Status::as_str)], |row| {
-                    row.get::<_, String>(0)
-                })
+            Ok(usize::try_from(count).unwrap_or(0))
+        })
+    }
+
+    fn purge(&self, created_before: SystemTime) -> StoreFuture<'_, usize> {
+        let cutoff = to_i64(to_unix_ms(created_before));
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(backend)?;
+            tx.execute(
+                "DELETE FROM escalation_audit WHERE escalation_id IN
+                 (SELECT id FROM escalations WHERE created_at_ms < ?1)",
+                params![cutoff],
+            )
+            .map_err(backend)?;
+            let purged = tx
+                .execute(
+                    "DELETE FROM escalations WHERE created_at_ms < ?1",
+                    params![cutoff],
+                )
                 .map_err(backend)?;
-            rows.map(|row| from_json(&row.map_err(backend)?)).collect()
+            tx.commit().map_err(backend)?;
+            Ok(purged)
         })
     }
 
@@ -209,7 +245,77 @@ impl EscalationStore for SqliteStore {
             let rows = stmt
                 .query_map(params![id], |row| row.get::<_, String>(0))
                 .map_err(backend)?;
-            rows.map(|row| from_json(&row.map_err(backend)?)).collect()
+            let mut entries = Vec::new();
+            for row in rows {
+                let text = row.map_err(backend)?;
+                match from_json(&text) {
+                    Ok(entry) => entries.push(entry),
+                    Err(e) => unreadable("sqlite", "(audit entry)", &e),
+                }
+            }
+            Ok(entries)
         })
     }
+}
+
+/// Records in `list` order after `after`, at most `limit`; rows that cannot be
+/// read back are skipped (logged and counted), never an error for the page.
+fn read_page(
+    conn: &Connection,
+    status: Option<Status>,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let (after_ms, after_id) = match after {
+        Some(c) => (to_i64(c.created_at_ms), c.id.as_str().to_owned()),
+        None => (-1, String::new()),
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, created_at_ms, record FROM escalations
+             WHERE (?1 IS NULL OR status = ?1)
+               AND (created_at_ms > ?2 OR (created_at_ms = ?2 AND id > ?3))
+             ORDER BY created_at_ms, id LIMIT ?4",
+        )
+        .map_err(backend)?;
+    let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
+    let rows = stmt
+        .query_map(
+            params![status.map(Status::as_str), after_ms, after_id, fetch],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                ))
+            },
+        )
+        .map_err(backend)?;
+    let mut page = Page::default();
+    let mut seen = 0usize;
+    let mut more = false;
+    for row in rows {
+        let (id, created_at_ms, text) = row.map_err(backend)?;
+        if seen == limit {
+            // One more row exists: the page is full.
+            more = true;
+            break;
+        }
+        seen += 1;
+        page.next = Some(Cursor {
+            created_at_ms: u64::try_from(created_at_ms).unwrap_or(0),
+            id: EscalationId::new(id.clone()),
+        });
+        match from_json(&text) {
+            Ok(record) => page.records.push(record),
+            Err(e) => {
+                unreadable("sqlite", &id, &e);
+                page.unreadable += 1;
+            }
+        }
+    }
+    if !more {
+        page.next = None;
+    }
+    Ok(page)
 }
