@@ -14,18 +14,24 @@
 // Handlers return a finished `Response` as their error: idiomatic in axum.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod batch;
 pub mod body;
+pub mod client_id;
 pub mod config;
 pub mod demo;
 pub mod errors;
+pub mod guard;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod request;
+pub mod resume;
 pub mod review;
+pub mod sealed;
+pub mod sessions;
 pub mod state;
 pub mod upstream;
 
@@ -54,7 +60,11 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let make_service = axum::ServiceExt::<axum::extract::Request>::into_make_service(service);
+    // With the peer address: sign-in throttling and failure logs need it.
+    let make_service =
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(
+            service,
+        );
     let server = axum::serve(listener, make_service).with_graceful_shutdown(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });

@@ -440,7 +440,10 @@ fn escalation_layer(
     };
     builder = match (redis, settings.store) {
         // `[state] redis_url` replaces `store` and `sqlite_path`.
-        (Some(redis), _) => builder.store(redis.escalation_store()?),
+        (Some(redis), _) => builder.store(crate::sealed::seal_if_configured(
+            redis.escalation_store()?,
+            settings,
+        )?),
         (None, crate::config::StoreKind::Memory) => builder,
         (None, crate::config::StoreKind::Sqlite) => {
             if let Some(dir) = settings.sqlite_path.parent() {
@@ -457,7 +460,7 @@ fn escalation_layer(
                         settings.sqlite_path.display()
                     ))
                 })?;
-            builder.store(store)
+            builder.store(crate::sealed::seal_if_configured(store, settings)?)
         }
     };
     builder.build().map_err(|e| ConfigError(e.to_string()))

@@ -1,0 +1,36 @@
+//! Who a client is, without its key: the id records and logs carry.
+
+use sha2::{Digest, Sha256};
+
+/// The id of a client key: the first 16 hex digits of its SHA-256. Records
+/// (escalations, batches) and the access log keep this, never the key; it
+/// cannot be turned back into the key, and two keys get the same id only by a
+/// 64-bit collision.
+pub fn client_key_id(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The client a request was authenticated as, in its extensions (`None`
+/// inside: the proxy runs without client keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientId(pub Option<String>);
+
+impl ClientId {
+    /// The id, or `-` for an open proxy (as the access log shows it).
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("-")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_16_hex_digits_of_sha256() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(client_key_id("abc"), "ba7816bf8f01cfea");
+        assert_ne!(client_key_id("k1"), client_key_id("k2"));
+    }
+}
