@@ -204,13 +204,13 @@ fn access_log(method: &http::Method, path: &str, response: &Response, started: I
     tracing::info!(
         target: "llm_proxy::access",
         method = %method,
-        path,
+        path = %path,
         status = response.status().as_u16(),
-        model,
-        tier = header(&TIER_HEADER),
-        degraded = header(&DEGRADED_HEADER),
+        model = %model,
+        tier = %header(&TIER_HEADER),
+        degraded = %header(&DEGRADED_HEADER),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        client,
+        client = %client,
         "request"
     );
 }

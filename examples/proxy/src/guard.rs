@@ -110,9 +110,9 @@ impl FailureLog {
         let addr = addr.map_or_else(|| "-".to_owned(), |a| a.to_string());
         tracing::warn!(
             target: "llm_proxy::auth",
-            kind = self.kind,
+            kind = %self.kind,
             client_addr = %addr,
-            reason,
+            reason = %reason,
             suppressed,
             "authentication failed"
         );
