@@ -18,7 +18,7 @@ fn hello() -> ChatRequest {
 #[tokio::test]
 async fn a_circuit_per_provider_opens_on_overload_and_ignores_caller_bugs() {
     let upstream = Upstream::sequence(vec![
-        Reply::status(401, &fixture("anthropic/error_authentication.json")),
+        Reply::status(400, &fixture("anthropic/error_prompt_too_long.json")),
         Reply::status(529, &fixture("anthropic/error_overloaded.json")),
         Reply::status(429, &fixture("anthropic/error_rate_limit.json"))
             .with_header("retry-after", "45"),
@@ -49,9 +49,13 @@ async fn a_circuit_per_provider_opens_on_overload_and_ignores_caller_bugs() {
         Ok(format!("{answer:?}"))
     }
 
-    // A bad key is a caller bug: reported, never counted against the provider.
-    let auth = call(&mut service).await.unwrap_err();
-    assert_eq!(auth.classify_error(), FailureKind::Auth);
+    // A prompt over the context is the caller's: reported, never counted against
+    // the provider.
+    let too_long = call(&mut service).await.unwrap_err();
+    assert_eq!(
+        too_long.classify_error(),
+        FailureKind::ContextLengthExceeded
+    );
     assert_eq!(handle.circuit().state(), CircuitState::Closed);
 
     // Overloaded, then rate limited: two failures in a row open the circuit, kept

@@ -212,6 +212,23 @@ async fn a_failed_notification_never_loses_the_escalation() {
 #[test]
 fn webhook_settings_are_validated() {
     assert!(WebhookNotifier::new("ftp://example.com/hook", SECRET).is_err());
+    // Plain http only on loopback: elsewhere the payload and its signature
+    // would cross the network readable and replayable.
+    for url in [
+        "http://hooks.example.com/hook",
+        "http://10.0.0.5:8080/hook",
+        "http://localhost.example.com/hook",
+    ] {
+        let e = WebhookNotifier::new(url, SECRET).unwrap_err();
+        assert!(e.to_string().contains("https"), "{url}: {e}");
+    }
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost:9000/hook",
+        "http://[::1]:9000/hook",
+    ] {
+        assert!(WebhookNotifier::new(url, SECRET).is_ok(), "{url}");
+    }
     assert!(WebhookNotifier::new("not a url", SECRET).is_err());
     assert!(WebhookNotifier::new("https://example.com/hook", Vec::new()).is_err());
     assert!(NotifyRetry::new(

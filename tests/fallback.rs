@@ -174,8 +174,9 @@ async fn bad_request_from_the_primary_is_not_hidden() {
     );
     assert_eq!(secondary.hits(), 0);
 
-    // 401 likewise.
-    let auth = Upstream::always(Reply::status(401, "{}")).await;
+    // A 401 is not the caller's: the tier's own key failed, and the next tier
+    // (with credentials of its own) answers.
+    let auth = Upstream::always(Reply::status(401, r#"{"error":{"message":"bad key"}}"#)).await;
     let mut service = layer.layer(http_tier(auth.url()));
     let response = service
         .ready()
@@ -184,8 +185,10 @@ async fn bad_request_from_the_primary_is_not_hidden() {
         .call(chat("gpt-4o"))
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
-    assert_eq!(secondary.hits(), 0);
+    assert_eq!(response.status(), 200);
+    let degraded = response.degraded().expect("answered by the alternate");
+    assert_eq!(degraded.failed()[0].kind(), &FailureKind::Auth);
+    assert_eq!((auth.hits(), secondary.hits()), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]

@@ -59,9 +59,10 @@
 //!
 //! What counts as a failure comes from the layer's classifier and its
 //! [`FailurePolicy`](crate::classify::FailurePolicy): by default rate limits,
-//! overloads, server errors, timeouts and connection errors count; caller bugs
-//! (`400`, `401`) and prompt problems (context length, content filter) do not, and
-//! leave the counts untouched.
+//! overloads, server errors, timeouts, connection errors and rejected provider
+//! keys (`401`/`403`: the upstream's own credentials) count; caller bugs (`400`)
+//! and prompt problems (context length, content filter) do not, and leave the
+//! counts untouched.
 //!
 //! # Open duration
 //!

@@ -34,16 +34,26 @@ impl Decisions {
 /// | `Connect` | yes | yes | yes |
 /// | `ContextLengthExceeded` | no | no | no |
 /// | `ContentFiltered` | no | no | no |
-/// | `Auth` | no | no | no |
+/// | `Auth` | no | yes | yes |
 /// | `BadRequest` | no | no | no |
 /// | `InvalidResponse` | no | yes | yes |
 /// | `CircuitOpen` | yes | no | yes |
 /// | `Other` | no | yes | yes |
 ///
-/// Caller bugs (`BadRequest`, `Auth`) are never retried and by default never hidden
-/// by a fallback; they do not count against a circuit, because the upstream is
+/// A caller bug (`BadRequest`) is never retried and by default never hidden by a
+/// fallback; it does not count against a circuit, because the upstream is
 /// healthy. `ContextLengthExceeded` and `ContentFiltered` are properties of the
 /// prompt: a fallback layer can opt in per tier (a tier with a larger context).
+///
+/// `Auth` (an upstream's 401/403) is not the caller's bug: each tier calls its
+/// provider with credentials of its own, so a wrong, revoked or unpaid key is
+/// that tier's configuration failing. It is never retried (the same key fails
+/// again), it counts against that upstream's circuit (calls stop until someone
+/// fixes the key), and the next tier, with its own key, is worth trying. A
+/// service that forwards its caller's credentials upstream can restore the old
+/// behaviour with
+/// `.with_decisions(FailureCategory::Auth, Decisions { retryable: false,
+/// counts_against_circuit: false, worth_fallback: false })`.
 ///
 /// ```
 /// use tower_llm_resilience::classify::{FailureCategory, FailurePolicy};
@@ -136,10 +146,8 @@ const fn default_decisions(category: FailureCategory) -> Decisions {
         RateLimited | Overloaded | ServerError | Timeout | Connect => {
             Decisions::new(true, true, true)
         }
-        QuotaExhausted | InvalidResponse | Other => Decisions::new(false, true, true),
-        ContextLengthExceeded | ContentFiltered | Auth | BadRequest => {
-            Decisions::new(false, false, false)
-        }
+        QuotaExhausted | InvalidResponse | Other | Auth => Decisions::new(false, true, true),
+        ContextLengthExceeded | ContentFiltered | BadRequest => Decisions::new(false, false, false),
         CircuitOpen => Decisions::new(true, false, true),
     }
 }
@@ -164,7 +172,7 @@ mod tests {
         assert_eq!(row(Connect), (true, true, true));
         assert_eq!(row(ContextLengthExceeded), (false, false, false));
         assert_eq!(row(ContentFiltered), (false, false, false));
-        assert_eq!(row(Auth), (false, false, false));
+        assert_eq!(row(Auth), (false, true, true));
         assert_eq!(row(BadRequest), (false, false, false));
         assert_eq!(row(InvalidResponse), (false, true, true));
         assert_eq!(row(CircuitOpen), (true, false, true));
@@ -173,9 +181,10 @@ mod tests {
 
     #[test]
     fn overrides_touch_only_their_category() {
-        let p = FailurePolicy::default().with_counts_against_circuit(FailureCategory::Auth, true);
-        assert!(p.decisions(FailureCategory::Auth).counts_against_circuit);
+        let p = FailurePolicy::default().with_counts_against_circuit(FailureCategory::Auth, false);
+        assert!(!p.decisions(FailureCategory::Auth).counts_against_circuit);
         assert!(!p.decisions(FailureCategory::Auth).retryable);
+        assert!(p.decisions(FailureCategory::Auth).worth_fallback);
         assert!(
             !p.decisions(FailureCategory::BadRequest)
                 .counts_against_circuit

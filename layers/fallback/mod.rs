@@ -72,8 +72,8 @@
 //!
 //! | failure | by default |
 //! |---|---|
-//! | `RateLimited`, `QuotaExhausted`, `Overloaded`, `ServerError`, `Timeout`, `Connect`, `InvalidResponse`, `CircuitOpen`, `Other` | next tier |
-//! | `BadRequest`, `Auth` | returned as is: a fallback would hide a caller bug |
+//! | `RateLimited`, `QuotaExhausted`, `Overloaded`, `ServerError`, `Timeout`, `Connect`, `InvalidResponse`, `CircuitOpen`, `Auth`, `Other` | next tier (`Auth`: each tier has credentials of its own) |
+//! | `BadRequest` | returned as is: a fallback would hide a caller bug |
 //! | `ContextLengthExceeded`, `ContentFiltered` | returned as is, unless a later tier [`accepts`](Tier::accepts) it: then straight to that tier, skipping those in between |
 //!
 //! A failure that is not fallen back from ends the call with that tier's own

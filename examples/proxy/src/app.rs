@@ -1,7 +1,9 @@
 //! The HTTP server: routes, request checks, and turning answers into responses.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -14,13 +16,14 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tower_llm_resilience::circuit_breaker::CircuitState;
 use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
 use crate::auth::Keys;
 use crate::batch::BatchRunner;
 use crate::body::{completion_to_sse, ClientStream, ProxyBody};
+use crate::client_id::ClientId;
 use crate::config::{Config, ConfigError};
 use crate::errors;
 use crate::pipeline::{self, answered_by, ModelService, Pipeline, RequestMeta, Res};
@@ -70,6 +73,16 @@ pub struct AppState {
     pub batch: BatchRunner,
     /// Prometheus rendering.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Review-page sessions.
+    pub sessions: crate::sessions::Sessions,
+    /// Sign-in attempts per client address.
+    pub login_throttle: crate::sessions::LoginThrottle,
+    /// Failed client authentications (rate-limited log).
+    pub client_failures: crate::guard::FailureLog,
+    /// Failed admin authentications (rate-limited log).
+    pub admin_failures: crate::guard::FailureLog,
+    /// `auth.secure_cookies`.
+    pub secure_cookies: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -83,12 +96,23 @@ impl std::fmt::Debug for AppState {
 /// Shared state.
 pub type Shared = Arc<AppState>;
 
-/// Every route, with `POST /v1/chat/completions` answered before routing: the
-/// hot path skips the router's matching and extractors.
+/// Every route, behind authentication ([`crate::guard`]), with
+/// `POST /v1/chat/completions` answered before routing (the hot path skips the
+/// router's matching and extractors), CORS on the client endpoints when
+/// `auth.cors_allowed_origins` is set, and one access-log line per request.
+///
+/// # Access log
+///
+/// Each request is logged once it has its response head, as an `INFO` event on
+/// the target `llm_proxy::access` with the fields `method`, `path`, `status`,
+/// `model` (chat requests), `tier`, `degraded`, `duration_ms` (to the response
+/// head: a stream's body may go on after it) and `client` (the
+/// [client key id](crate::client_id::client_key_id), `-` when none). Route or
+/// silence it like any target, e.g. `RUST_LOG=info,llm_proxy::access=off`.
 #[derive(Clone)]
 pub struct ProxyService {
-    router: Router,
-    state: Shared,
+    dispatch: Dispatch,
+    cors: Option<tower_http::cors::Cors<Dispatch>>,
 }
 
 impl std::fmt::Debug for ProxyService {
@@ -97,33 +121,128 @@ impl std::fmt::Debug for ProxyService {
     }
 }
 
-impl tower::Service<Request> for ProxyService {
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = futures_util::future::Either<
-        futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>,
-        <Router as tower::Service<Request>>::Future,
-    >;
+/// Authentication, then the chat fast path or the router.
+#[derive(Clone)]
+struct Dispatch {
+    router: Router,
+    state: Shared,
+}
 
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        // A router is always ready.
-        std::task::Poll::Ready(Ok(()))
+type BoxedResponse = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
+
+impl tower::Service<Request> for Dispatch {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxedResponse;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        if let Err(response) = crate::guard::authenticate(&self.state, &mut request) {
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         if request.method() == http::Method::POST && request.uri().path() == "/v1/chat/completions"
         {
             let state = self.state.clone();
-            futures_util::future::Either::Left(Box::pin(async move {
-                Ok(chat(State(state), request).await)
-            }))
+            Box::pin(async move { Ok(chat(State(state), request).await) })
         } else {
-            futures_util::future::Either::Right(self.router.call(request))
+            let call = self.router.call(request);
+            Box::pin(call)
         }
     }
+}
+
+/// The model a chat response answered for, for the access log.
+#[derive(Clone, Debug)]
+pub struct LoggedModel(pub Arc<str>);
+
+impl tower::Service<Request> for ProxyService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxedResponse;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Always ready: nothing in front of the handlers waits for capacity.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let client_side = crate::guard::route(&method, &path) == crate::guard::Route::Client;
+        let answer: BoxedResponse = match &mut self.cors {
+            Some(cors) if client_side => Box::pin(cors.call(request)),
+            _ => self.dispatch.call(request),
+        };
+        Box::pin(async move {
+            let response = answer.await?;
+            access_log(&method, &path, &response, started);
+            Ok(response)
+        })
+    }
+}
+
+fn access_log(method: &http::Method, path: &str, response: &Response, started: Instant) {
+    let header = |name: &HeaderName| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    let model = response
+        .extensions()
+        .get::<LoggedModel>()
+        .map_or("-", |m| &*m.0);
+    let client = response
+        .extensions()
+        .get::<ClientId>()
+        .map_or("-", ClientId::as_str);
+    tracing::info!(
+        target: "llm_proxy::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        model = %model,
+        tier = %header(&TIER_HEADER),
+        degraded = %header(&DEGRADED_HEADER),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        client = %client,
+        "request"
+    );
+}
+
+fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, ConfigError> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::try_from(o.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ConfigError("auth.cors_allowed_origins holds an invalid origin".into()))?;
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                CONTENT_TYPE,
+                RESUME_TOKEN_HEADER,
+                HeaderName::from_static("x-require-approval"),
+            ])
+            .expose_headers([
+                TIER_HEADER,
+                DEGRADED_HEADER,
+                RESUME_TOKEN_HEADER,
+                http::header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 /// Build the state and the router from a config.
@@ -133,6 +252,7 @@ impl tower::Service<Request> for ProxyService {
 /// the returned state lives).
 pub fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigError> {
     config.validate()?;
+    config.check_secrets()?;
     // The recorder first: the models register their counters with it.
     let metrics = crate::metrics::handle();
     let pipeline = pipeline::build(config)?;
@@ -173,13 +293,21 @@ pub fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigError> {
     )?;
     let state = Arc::new(AppState {
         models,
-        client_keys: Keys::new(&config.client_keys()),
-        admin_keys: Keys::new(&config.admin_keys()),
+        client_keys: Keys::new(&config.client_keys()?),
+        admin_keys: Keys::new(&config.admin_keys()?),
         max_body: config.limits.max_body_bytes,
         approval_header,
         batch,
         metrics,
         pipeline,
+        sessions: crate::sessions::Sessions::new(
+            crate::config::secs("auth.admin_session_secs", config.auth.admin_session_secs)?,
+            config.auth.max_admin_sessions,
+        ),
+        login_throttle: crate::sessions::LoginThrottle::new(config.auth.login_attempts_per_minute),
+        client_failures: crate::guard::FailureLog::new("client"),
+        admin_failures: crate::guard::FailureLog::new("admin"),
+        secure_cookies: config.auth.secure_cookies,
     });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -189,12 +317,16 @@ pub fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigError> {
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::metrics::render))
         .merge(crate::review::routes())
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .with_state(state.clone());
-    let service = ProxyService {
+    let dispatch = Dispatch {
         router,
         state: state.clone(),
     };
+    let cors =
+        cors_layer(&config.auth.cors_allowed_origins)?.map(|layer| layer.layer(dispatch.clone()));
+    let service = ProxyService { dispatch, cors };
     Ok((service, state))
 }
 
@@ -211,16 +343,13 @@ async fn healthz() -> Response {
     errors::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-/// Checks the client key; `Err` is the 401 to send.
+/// Checks the client key; `Err` is the 401 to send. Every request already
+/// passed [`crate::guard::authenticate`]: handlers that call this check twice.
 pub fn check_client(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if state.client_keys.is_empty() || state.client_keys.bearer_ok(headers) {
         Ok(())
-    } else if headers.contains_key(http::header::AUTHORIZATION) {
-        Err(errors::unauthorized("Incorrect API key provided"))
     } else {
-        Err(errors::unauthorized(
-            "You didn't provide an API key: send it as `Authorization: Bearer KEY`",
-        ))
+        Err(errors::unauthorized("Incorrect API key provided"))
     }
 }
 
@@ -318,15 +447,27 @@ pub fn prepare<'m>(
 async fn chat(State(state): State<Shared>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let response = chat_inner(&state, parts.headers, body).await;
+    let client = parts
+        .extensions
+        .get::<ClientId>()
+        .cloned()
+        .unwrap_or(ClientId(None));
+    let mut response = chat_inner(&state, parts.headers, body, &client).await;
     crate::metrics::record_request(response.status(), started.elapsed());
+    response.extensions_mut().insert(client);
     response
 }
 
-async fn chat_inner(state: &AppState, headers: HeaderMap, body: Body) -> Response {
-    if let Err(response) = check_client(state, &headers) {
-        return response;
-    }
+/// The header carrying the client key id into the pipeline, where the
+/// escalation snapshot keeps it: the record of who may resume.
+pub const CLIENT_HEADER: HeaderName = crate::escalation_caps::CLIENT_HEADER;
+
+async fn chat_inner(
+    state: &AppState,
+    headers: HeaderMap,
+    body: Body,
+    client: &ClientId,
+) -> Response {
     let bytes = match read_body(&headers, body, state.max_body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
@@ -335,25 +476,37 @@ async fn chat_inner(state: &AppState, headers: HeaderMap, body: Body) -> Respons
         Ok(ok) => ok,
         Err(response) => return response,
     };
+    let model_name = prepared
+        .request
+        .extensions()
+        .get::<RequestMeta>()
+        .map(|meta| meta.model.clone());
     // The headers the escalation rules read.
     for name in state.approval_header.iter().chain([&RESUME_TOKEN_HEADER]) {
         if let Some(value) = headers.get(name) {
             prepared.request.headers_mut().insert(name, value.clone());
         }
     }
-    // Whose request it is, in escalation snapshots and caps: an id, never the key.
-    if let Some(id) = crate::client_id::from_headers(&headers) {
-        if let Ok(value) = HeaderValue::try_from(id) {
-            prepared
-                .request
-                .headers_mut()
-                .insert(crate::escalation_caps::CLIENT_HEADER, value);
+    if let Some(token) = headers.get(RESUME_TOKEN_HEADER) {
+        if let Err(response) = crate::resume::check_owner(state, token, client).await {
+            return response;
         }
     }
-    match model.service.clone().oneshot(prepared.request).await {
+    if let Some(id) = client
+        .0
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        prepared.request.headers_mut().insert(CLIENT_HEADER, id);
+    }
+    let mut response = match model.service.clone().oneshot(prepared.request).await {
         Ok(answer) => respond(answer, model, prepared.stream),
         Err(e) => errors::from_service_error(&e),
+    };
+    if let Some(name) = model_name {
+        response.extensions_mut().insert(LoggedModel(name));
     }
+    response
 }
 
 /// The client's response for a model's answer.
@@ -403,10 +556,7 @@ pub fn respond(answer: Res, model: &Model, stream: bool) -> Response {
     Response::from_parts(parts, body)
 }
 
-async fn list_models(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(response) = check_client(&state, &headers) {
-        return response;
-    }
+async fn list_models(State(state): State<Shared>) -> Response {
     let mut names: Vec<&Arc<str>> = state.models.keys().collect();
     names.sort();
     let data: Vec<Value> = names
@@ -432,10 +582,7 @@ pub fn state_name(state: CircuitState) -> &'static str {
     state.name()
 }
 
-async fn circuits(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if let Err(response) = check_client(&state, &headers) {
-        return response;
-    }
+async fn circuits(State(state): State<Shared>) -> Response {
     let data: Vec<Value> = state
         .pipeline
         .circuits

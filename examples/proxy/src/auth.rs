@@ -1,12 +1,12 @@
 //! Client and admin keys. Only SHA-256 hashes are kept, compared in constant time.
+//!
+//! Review-page sign-ins are server-side sessions, see [`crate::sessions`]; the
+//! checks every route runs are in [`crate::guard`].
 
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-/// The cookie the review page's login sets (the hash of the admin key, never the key).
-pub const ADMIN_COOKIE: &str = "llm_proxy_admin";
 
 /// A set of accepted keys.
 #[derive(Clone, Default)]
@@ -30,17 +30,10 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<[u8; 32]> {
-    let text = text.as_bytes();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in text.chunks(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        out[i] = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
-    }
-    Some(out)
+/// Whether two byte strings are equal, in time that depends only on their
+/// lengths.
+pub fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 impl Keys {
@@ -61,6 +54,14 @@ impl Keys {
         self.accepts_hash(&hash(key))
     }
 
+    /// The id of `key` ([`client_key_id`](crate::client_id::client_key_id))
+    /// when it is one of them.
+    pub fn id_of(&self, key: &str) -> Option<String> {
+        let digest = hash(key);
+        // The id is the head of the same digest: one hash per request.
+        self.accepts_hash(&digest).then(|| hex(&digest[..8]))
+    }
+
     fn accepts_hash(&self, candidate: &[u8; 32]) -> bool {
         // Check every key so the time taken does not say which one matched.
         self.hashes
@@ -73,17 +74,6 @@ impl Keys {
     pub fn bearer_ok(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_some_and(|key| self.accepts(key))
     }
-
-    /// Whether the request carries one of them as a bearer token or in the
-    /// review page's cookie.
-    pub fn admin_ok(&self, headers: &HeaderMap) -> bool {
-        if self.bearer_ok(headers) {
-            return true;
-        }
-        cookie(headers, ADMIN_COOKIE)
-            .and_then(unhex)
-            .is_some_and(|h| self.accepts_hash(&h))
-    }
 }
 
 /// The bearer token of a request.
@@ -93,34 +83,24 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn keys_by_bearer_and_cookie() {
+    fn keys_by_bearer() {
         let keys = Keys::new(&["k1".into(), "k2".into()]);
         let mut headers = HeaderMap::new();
-        assert!(!keys.admin_ok(&headers));
+        assert!(!keys.bearer_ok(&headers));
         headers.insert(AUTHORIZATION, "Bearer k2".parse().unwrap());
         assert!(keys.bearer_ok(&headers));
         headers.insert(AUTHORIZATION, "Bearer k3".parse().unwrap());
         assert!(!keys.bearer_ok(&headers));
-        let cookie_value = format!("a=b; {ADMIN_COOKIE}={}", hex(&hash("k1")));
-        headers.insert(COOKIE, cookie_value.parse().unwrap());
-        assert!(keys.admin_ok(&headers));
-        headers.insert(COOKIE, format!("{ADMIN_COOKIE}=zz").parse().unwrap());
-        assert!(!keys.admin_ok(&headers));
+        assert_eq!(
+            keys.id_of("k1").as_deref(),
+            Some(crate::client_id::client_key_id("k1").as_str())
+        );
+        assert_eq!(keys.id_of("k3"), None);
+        assert!(equal(b"abc", b"abc") && !equal(b"abc", b"abd") && !equal(b"ab", b"abc"));
     }
 }

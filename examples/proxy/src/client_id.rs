@@ -1,18 +1,26 @@
-//! The id of a client key: what records and logs name instead of the key.
+//! Who a client is, without its key: the id records and logs carry.
 
 use sha2::{Digest, Sha256};
 
-/// The first 16 hex characters of the SHA-256 of `key`: stable, short, and not
-/// the key (nor a way back to it).
+/// The id of a client key: the first 16 hex digits of its SHA-256. Records
+/// (escalations, batches) and the access log keep this, never the key; it
+/// cannot be turned back into the key, and two keys get the same id only by a
+/// 64-bit collision.
 pub fn client_key_id(key: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
-    let mut id = String::with_capacity(16);
-    for byte in &digest[..8] {
-        id.push(HEX[usize::from(byte >> 4)] as char);
-        id.push(HEX[usize::from(byte & 0xf)] as char);
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The client a request was authenticated as, in its extensions (`None`
+/// inside: the proxy runs without client keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientId(pub Option<String>);
+
+impl ClientId {
+    /// The id, or `-` for an open proxy (as the access log shows it).
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("-")
     }
-    id
 }
 
 /// The client key id of a request's `Authorization: Bearer KEY`, if any.
@@ -28,6 +36,13 @@ pub fn from_headers(headers: &http::HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_16_hex_digits_of_sha256() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(client_key_id("abc"), "ba7816bf8f01cfea");
+        assert_ne!(client_key_id("k1"), client_key_id("k2"));
+    }
 
     #[test]
     fn ids_are_short_stable_and_distinct() {

@@ -137,8 +137,8 @@ pub struct ModelConfig {
     pub template: Option<String>,
 }
 
-/// Who may call the proxy.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// Who may call the proxy. Its `Debug` shows how many keys, never a key.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Bearer keys clients must send; when empty (and `client_keys_env` unset)
@@ -154,6 +154,70 @@ pub struct AuthConfig {
     /// A variable holding more admin keys, comma separated.
     #[serde(default)]
     pub admin_keys_env: Option<String>,
+    /// Listening on an address other than loopback with no client key is
+    /// refused unless this is `true` (anyone who reaches the port can spend
+    /// the upstream credits).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// How long a review-page sign-in lasts.
+    #[serde(default = "default_session_secs")]
+    pub admin_session_secs: f64,
+    /// The most review-page sessions at once (the oldest is ended first).
+    #[serde(default = "default_max_sessions")]
+    pub max_admin_sessions: usize,
+    /// Mark the session cookie `Secure` even on plain HTTP requests (behind a
+    /// TLS-terminating proxy that does not send `X-Forwarded-Proto: https`).
+    #[serde(default)]
+    pub secure_cookies: bool,
+    /// Sign-in attempts allowed per client address per minute (then 429).
+    #[serde(default = "default_login_attempts")]
+    pub login_attempts_per_minute: u32,
+    /// Browser origins (`https://app.example.com`) allowed to call the client
+    /// endpoints through CORS. Empty (the default): no CORS headers at all.
+    #[serde(default)]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("client_keys", &self.client_keys.len())
+            .field("client_keys_env", &self.client_keys_env)
+            .field("admin_keys", &self.admin_keys.len())
+            .field("admin_keys_env", &self.admin_keys_env)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_session_secs() -> f64 {
+    8.0 * 3600.0
+}
+
+fn default_max_sessions() -> usize {
+    1024
+}
+
+fn default_login_attempts() -> u32 {
+    10
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            client_keys: Vec::new(),
+            client_keys_env: None,
+            admin_keys: Vec::new(),
+            admin_keys_env: None,
+            allow_unauthenticated: false,
+            admin_session_secs: default_session_secs(),
+            max_admin_sessions: default_max_sessions(),
+            secure_cookies: false,
+            login_attempts_per_minute: default_login_attempts(),
+            cors_allowed_origins: Vec::new(),
+        }
+    }
 }
 
 /// Request limits.
@@ -350,6 +414,15 @@ pub struct EscalationConfig {
     /// Resolved and expired escalations are deleted this long after they expire.
     #[serde(default = "default_retention")]
     pub retention_secs: f64,
+    /// The environment variable holding the key (32 bytes, base64) that
+    /// encrypts escalation snapshots at rest; unset: stored in clear. See
+    /// [`crate::sealed`] for rotation.
+    #[serde(default)]
+    pub encryption_key_env: Option<String>,
+    /// The environment variable holding older keys (comma separated), still
+    /// used to read records sealed before a rotation.
+    #[serde(default)]
+    pub previous_encryption_keys_env: Option<String>,
 }
 
 fn default_max_pending() -> usize {
@@ -411,6 +484,8 @@ impl Default for EscalationConfig {
             max_pending: default_max_pending(),
             max_pending_per_client: default_max_pending_per_client(),
             retention_secs: default_retention(),
+            encryption_key_env: None,
+            previous_encryption_keys_env: None,
         }
     }
 }
@@ -733,29 +808,119 @@ impl Config {
         Ok(())
     }
 
-    /// Client keys from the file and the environment.
-    pub fn client_keys(&self) -> Vec<String> {
-        keys(&self.auth.client_keys, self.auth.client_keys_env.as_deref())
+    /// Client keys from the file and the environment. An empty key, or a
+    /// `client_keys_env` variable that is unset or empty, is an error: a key
+    /// that is meant to exist never turns into "no auth".
+    pub fn client_keys(&self) -> Result<Vec<String>, ConfigError> {
+        read_keys(
+            "auth.client_keys",
+            &self.auth.client_keys,
+            self.auth.client_keys_env.as_deref(),
+        )
     }
 
-    /// Admin keys from the file and the environment.
-    pub fn admin_keys(&self) -> Vec<String> {
-        keys(&self.auth.admin_keys, self.auth.admin_keys_env.as_deref())
+    /// Admin keys from the file and the environment, checked like
+    /// [`client_keys`](Self::client_keys).
+    pub fn admin_keys(&self) -> Result<Vec<String>, ConfigError> {
+        read_keys(
+            "auth.admin_keys",
+            &self.auth.admin_keys,
+            self.auth.admin_keys_env.as_deref(),
+        )
+    }
+
+    /// The startup checks that read the environment: every key and every
+    /// `*_env` variable (client, admin, upstream) is set and not empty, the
+    /// session and CORS settings make sense, and a proxy listening beyond
+    /// loopback without any client key has `auth.allow_unauthenticated = true`.
+    pub fn check_secrets(&self) -> Result<(), ConfigError> {
+        let client_keys = self.client_keys()?;
+        self.admin_keys()?;
+        for upstream in &self.upstreams {
+            if let Some(var) = &upstream.api_key_env {
+                match std::env::var(var) {
+                    Ok(value) if !value.trim().is_empty() => {}
+                    Ok(_) => {
+                        return err(format!(
+                            "upstream {:?}: environment variable {var} is empty",
+                            upstream.name
+                        ))
+                    }
+                    Err(_) => {
+                        return err(format!(
+                            "upstream {:?}: environment variable {var} is not set",
+                            upstream.name
+                        ))
+                    }
+                }
+            }
+        }
+        if client_keys.is_empty()
+            && !self.listen.ip().is_loopback()
+            && !self.auth.allow_unauthenticated
+        {
+            return err(format!(
+                "listening on {} (not loopback) without any client key: anyone who reaches \
+                 the port could use the upstreams. Set auth.client_keys (or client_keys_env), \
+                 or auth.allow_unauthenticated = true to run open on purpose",
+                self.listen
+            ));
+        }
+        secs("auth.admin_session_secs", self.auth.admin_session_secs)?;
+        if self.auth.max_admin_sessions == 0 || self.auth.login_attempts_per_minute == 0 {
+            return err("auth.max_admin_sessions and login_attempts_per_minute must be positive");
+        }
+        for origin in &self.auth.cors_allowed_origins {
+            let valid = http::HeaderValue::try_from(origin.as_str()).is_ok()
+                && (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/');
+            if !valid {
+                return err(format!(
+                    "auth.cors_allowed_origins: {origin:?} is not an origin \
+                     (scheme://host[:port], no path)"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-fn keys(listed: &[String], env: Option<&str>) -> Vec<String> {
-    let mut out: Vec<String> = listed.iter().filter(|k| !k.is_empty()).cloned().collect();
-    if let Some(value) = env.and_then(|name| std::env::var(name).ok()) {
-        out.extend(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned),
-        );
+fn read_keys(
+    setting: &str,
+    listed: &[String],
+    env: Option<&str>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::with_capacity(listed.len());
+    for key in listed {
+        if key.trim().is_empty() {
+            return err(format!("{setting} holds an empty key"));
+        }
+        out.push(key.clone());
     }
-    out
+    if let Some(name) = env {
+        let value = match std::env::var(name) {
+            Ok(value) => value,
+            Err(_) => {
+                return err(format!(
+                    "{setting}_env: environment variable {name} is not set"
+                ))
+            }
+        };
+        if value.trim().is_empty() {
+            return err(format!(
+                "{setting}_env: environment variable {name} is empty"
+            ));
+        }
+        for key in value.split(',').map(str::trim) {
+            if key.is_empty() {
+                return err(format!(
+                    "{setting}_env: environment variable {name} holds an empty key"
+                ));
+            }
+            out.push(key.to_owned());
+        }
+    }
+    Ok(out)
 }
 
 impl CircuitConfig {

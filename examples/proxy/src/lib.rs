@@ -14,6 +14,7 @@
 // Handlers return a finished `Response` as their error: idiomatic in axum.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod batch;
@@ -24,12 +25,16 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod escalation_caps;
+pub mod guard;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod request;
+pub mod resume;
 pub mod review;
+pub mod sealed;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod upstream;
 

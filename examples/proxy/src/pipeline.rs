@@ -462,7 +462,10 @@ fn escalation_layer(
     };
     let store: Arc<crate::escalation_caps::CappedStore> = match (redis, settings.store) {
         // `[state] redis_url` replaces `store` and `sqlite_path`.
-        (Some(redis), _) => capped(Arc::new(redis.escalation_store()?)),
+        (Some(redis), _) => capped(crate::sealed::seal_if_configured(
+            redis.escalation_store()?,
+            settings,
+        )?),
         (None, crate::config::StoreKind::Memory) => capped(Arc::new(
             tower_llm_resilience::escalation::MemoryStore::new(),
         )),
@@ -481,7 +484,7 @@ fn escalation_layer(
                         settings.sqlite_path.display()
                     ))
                 })?;
-            capped(Arc::new(store))
+            capped(crate::sealed::seal_if_configured(store, settings)?)
         }
     };
     let layer = builder

@@ -9,19 +9,16 @@
 //!   `POST /v1/escalations/{id}/resolve` with
 //!   `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` or
 //!   `{"decision": "answer", "answer": "text or JSON"}` (optional `"by"`).
-//! - `GET /escalations`: the review page. Without the admin key it shows a login
-//!   form, which sets a cookie holding the key's hash (HttpOnly, SameSite=Strict).
+//! - `GET /escalations`: the review page. Without an admin it shows a sign-in
+//!   form, which starts a server-side session (see [`crate::admin`]).
 //!
 //! Every route needs an admin key (bearer or the page's cookie).
-
-use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
-use http::header::{LOCATION, SET_COOKIE};
+use axum::Router;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -30,7 +27,6 @@ use tower_llm_resilience::escalation::{
 };
 
 use crate::app::{self, Shared};
-use crate::auth::{self, ADMIN_COOKIE};
 use crate::errors;
 
 const PAGE: &str = include_str!("review.html");
@@ -42,11 +38,12 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/escalations/{id}", get(one))
         .route("/v1/escalations/{id}/resolve", post(resolve))
         .route("/escalations", get(page))
-        .route("/escalations/login", post(login))
 }
 
 fn check_admin(state: &app::AppState, headers: &HeaderMap) -> Result<(), Response> {
-    if state.admin_keys.admin_ok(headers) {
+    // `crate::guard` already let only admins through; checked again here so a
+    // handler mounted elsewhere cannot forget it.
+    if crate::guard::admin(state, headers).is_some() {
         Ok(())
     } else if state.admin_keys.is_empty() {
         Err(errors::error(
@@ -269,6 +266,17 @@ async fn resolve(
         .await
     {
         Ok(record) => {
+            // The store's audit trail has the resolution under the reviewer's
+            // name; this line ties it to the admin key that sent it.
+            let admin = crate::guard::admin(&state, &headers).map(|a| a.admin_id);
+            tracing::info!(
+                target: "llm_proxy::audit",
+                admin = admin.as_deref().unwrap_or("-"),
+                action = "resolve",
+                escalation_id = %record.id,
+                status = record.status.as_str(),
+                "admin resolved an escalation"
+            );
             metrics::counter!("llm_proxy_escalations_resolved_total", "status" => record.status.as_str())
                 .increment(1);
             errors::json_response(StatusCode::OK, &view(&record))
@@ -303,13 +311,34 @@ input,button{font:inherit;padding:.4rem .6rem}p.error{color:#b00020}</style></he
 <label>Admin key <input id="admin-key" name="key" type="password" autocomplete="current-password" required autofocus></label>
 <button id="sign-in" type="submit">Sign in</button></form></body></html>"#;
 
-fn login_page(status: StatusCode, error: &str) -> Response {
+/// The sign-in form (with the page's security headers).
+pub fn login_page(status: StatusCode, error: &str) -> Response {
     let error = if error.is_empty() {
         String::new()
     } else {
         format!("<p class=\"error\">{error}</p>")
     };
-    (status, Html(LOGIN.replace("{{error}}", &error))).into_response()
+    with_page_headers((status, Html(LOGIN.replace("{{error}}", &error))).into_response())
+}
+
+/// The review page may not be framed (clickjacking), loads nothing from
+/// elsewhere, and is never cached.
+fn with_page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+    response
 }
 
 async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
@@ -319,34 +348,8 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
             "No admin key is configured ([auth] admin_keys): the review page is off.",
         );
     }
-    if !state.admin_keys.admin_ok(&headers) {
+    if crate::guard::admin(&state, &headers).is_none() {
         return login_page(StatusCode::UNAUTHORIZED, "");
     }
-    let mut response = Html(PAGE).into_response();
-    response.headers_mut().insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
-        ),
-    );
-    response
-}
-
-async fn login(State(state): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let key = form.get("key").map(String::as_str).unwrap_or_default();
-    if state.admin_keys.is_empty() || !state.admin_keys.accepts(key) {
-        return login_page(StatusCode::UNAUTHORIZED, "That key is not an admin key.");
-    }
-    let cookie = format!(
-        "{ADMIN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        auth::hex(&auth::hash(key))
-    );
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    response
-        .headers_mut()
-        .insert(LOCATION, HeaderValue::from_static("/escalations"));
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(SET_COOKIE, value);
-    }
-    response
+    with_page_headers(Html(PAGE).into_response())
 }

@@ -121,8 +121,13 @@ mod client {
     }
 
     impl WebhookNotifier {
-        /// A notifier for an `http` or `https` URL and a non-empty shared secret,
-        /// with a default client (https needs the `rustls` feature).
+        /// A notifier for an `https` URL (or `http` on loopback: `localhost`,
+        /// `127.0.0.0/8`, `[::1]`) and a non-empty shared secret, with a default
+        /// client (https needs the `rustls` feature).
+        ///
+        /// Notifications carry the escalation's reason and review link, and the
+        /// signature proves who sent them: over plain HTTP on a network both can
+        /// be read and the request replayed, so only loopback may skip TLS.
         pub fn new(url: &str, secret: impl Into<Vec<u8>>) -> Result<Self, BuildError> {
             Self::with_client(url, secret, reqwest::Client::new())
         }
@@ -135,8 +140,15 @@ mod client {
         ) -> Result<Self, BuildError> {
             let url =
                 reqwest::Url::parse(url).map_err(|e| BuildError(format!("webhook URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(BuildError("webhook URL must be http or https".into()));
+            match url.scheme() {
+                "https" => {}
+                "http" if is_loopback(&url) => {}
+                "http" => {
+                    return Err(BuildError(
+                        "webhook URL must be https (plain http only on loopback)".into(),
+                    ))
+                }
+                _ => return Err(BuildError("webhook URL must be https".into())),
             }
             let secret = secret.into();
             if secret.is_empty() {
@@ -148,6 +160,17 @@ mod client {
                 client,
             })
         }
+    }
+
+    fn is_loopback(url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 
     impl fmt::Debug for WebhookNotifier {

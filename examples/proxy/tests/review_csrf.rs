@@ -1,0 +1,231 @@
+//! Cross-site request forgery against the review page, in real headless
+//! Chromium: a page on another port of the same host (same site, so the
+//! `SameSite=Strict` session cookie is sent) posts a `text/plain` form that
+//! would approve an escalation. The proxy must refuse it; the same approval
+//! from the review page itself must work.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// A chromedriver on a free port, killed on drop.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    fn start() -> ChromeDriver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {CHROMEDRIVER} ({e}): apt-get install chromium chromium-driver")
+            });
+        ChromeDriver { child, port }
+    }
+
+    async fn ready(&self) {
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("chromedriver did not start listening on port {}", self.port);
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Another site on the same host: one page that posts `form` at once.
+async fn attacker_page(form_action: String) -> String {
+    let page = format!(
+        r#"<!doctype html><html><body>
+<form id="f" method="POST" action="{form_action}" enctype="text/plain">
+<input type="hidden" name='{{"decision":"approve","pad":"' value='"}}'>
+</form>
+<script>document.getElementById("f").submit();</script>
+</body></html>"#
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_form_cannot_approve_but_the_review_page_can() {
+    let env = Env::start().await;
+    let driver = ChromeDriver::start();
+    driver.ready().await;
+    let profile = tempfile::tempdir().expect("a profile directory");
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), json!("chrome"));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                format!("--user-data-dir={}", profile.path().display()),
+            ],
+        }),
+    );
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session");
+    let wait = Duration::from_secs(20);
+
+    // The reviewer signs in.
+    browser.goto(&env.url("/escalations")).await.unwrap();
+    browser
+        .find(Locator::Css("#admin-key"))
+        .await
+        .unwrap()
+        .send_keys(ADMIN_KEY)
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("#sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("#list"))
+        .await
+        .expect("the review page after signing in");
+
+    // A client waits for approval.
+    let waiting = {
+        let http = env.http.clone();
+        let url = env.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("x-require-approval", "true")
+                .json(&ask("smart"))
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let id = env.pending(1).await[0]["id"].as_str().unwrap().to_owned();
+
+    // The reviewer, still signed in, opens the other site's page: its form
+    // posts to the proxy with the session cookie attached.
+    let resolve = env.url(&format!("/v1/escalations/{id}/resolve"));
+    let attacker = attacker_page(resolve.clone()).await;
+    browser.goto(&attacker).await.unwrap();
+    let mut submitted = false;
+    for _ in 0..400 {
+        if browser.current_url().await.unwrap().as_str() == resolve {
+            submitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(submitted, "the form was submitted");
+    let refusal = browser
+        .find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(refusal.contains("cross_origin"), "{refusal}");
+    let still: Value = env
+        .admin_get(&format!("/v1/escalations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        still["status"], "pending",
+        "the forged approval was refused"
+    );
+
+    // The same approval from the review page works.
+    browser.goto(&env.url("/escalations")).await.unwrap();
+    let card = browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("article.escalation"))
+        .await
+        .expect("the pending escalation on the page");
+    card.find(Locator::Css("button.approve"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(wait, waiting)
+        .await
+        .expect("the client got an answer")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let approved: Value = env
+        .admin_get(&format!("/v1/escalations/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(approved["status"], "approved");
+    assert_eq!(approved["resolution"]["resolved_by"], "review page");
+
+    // Signing out from the page ends the session: the page asks to sign in again.
+    browser
+        .find(Locator::Css("#sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("#admin-key"))
+        .await
+        .expect("the sign-in form after signing out");
+    browser.close().await.unwrap();
+}
