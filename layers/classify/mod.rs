@@ -53,7 +53,10 @@ mod policy;
 
 pub use self::body::{classify_buffered, classify_error_body};
 pub use self::error::{classify_dyn_error, ClassifiedError, ClassifyError};
-pub use self::headers::{parse_retry_after_value, retry_after, retry_after_at};
+pub use self::headers::{
+    cap_retry_after, max_retry_after, parse_retry_after_value, retry_after, retry_after_at,
+    set_max_retry_after, DEFAULT_MAX_RETRY_AFTER,
+};
 pub use self::http::classify_status;
 pub use self::kind::{FailureCategory, FailureKind, Outcome};
 pub use self::policy::{Decisions, FailurePolicy};
