@@ -25,12 +25,9 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn layer(
-    max_keys: usize,
-) -> CircuitBreakerLayer<
-    ErrorOnlyClassifier,
-    tower_llm_resilience::circuit_breaker::KeyBy<fn(&String) -> String, String>,
-> {
+type ByModel = tower_llm_resilience::circuit_breaker::KeyBy<fn(&String) -> String, String>;
+
+fn layer(max_keys: usize) -> CircuitBreakerLayer<ErrorOnlyClassifier, ByModel> {
     CircuitBreakerLayer::builder()
         .name("models")
         .consecutive_failures(2)
