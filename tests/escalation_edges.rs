@@ -271,13 +271,13 @@ async fn a_dropped_waiter_abandons_its_escalation() {
     );
 }
 
+type Gate = RequestPredicate<fn(&http::Request<Bytes>) -> bool>;
+type GatedLlm = tower_llm_resilience::escalation::Escalation<Llm, Gate>;
+
 /// Escalates `/tools/transfer` in detach mode, approves it, returns the token.
 async fn approved_token(
     handle: &Handle,
-    svc: &mut tower_llm_resilience::escalation::Escalation<
-        Llm,
-        RequestPredicate<fn(&http::Request<Bytes>) -> bool>,
-    >,
+    svc: &mut GatedLlm,
 ) -> tower_llm_resilience::escalation::ResumeToken {
     let error = send(svc, chat_request("/tools/transfer"))
         .await
