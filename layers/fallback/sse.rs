@@ -58,9 +58,9 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A successful answer that is not an event stream is read whole, up to
 /// [`max_answer_bytes`](Self::max_answer_bytes) (with
 /// [`http_body_util::Limited`]), before it counts. It fails the tier
-/// ([`IncompleteAnswer`], classified
-/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse) unless the
-/// body broke) when it is larger than the limit (reading stops there and the
+/// ([`IncompleteAnswer`](super::IncompleteAnswer), classified
+/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse), or
+/// [`Timeout`](crate::classify::FailureKind::Timeout) if reading it timed out) when it is larger than the limit (reading stops there and the
 /// memory is released), shorter than its `Content-Length`, or a JSON answer (by
 /// its `Content-Type`) that does not parse, as a close-delimited answer cut short
 /// does not. The body then holds the bytes
