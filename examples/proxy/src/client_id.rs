@@ -5,10 +5,14 @@ use sha2::{Digest, Sha256};
 /// The first 16 hex characters of the SHA-256 of `key`: stable, short, and not
 /// the key (nor a way back to it).
 pub fn client_key_id(key: &str) -> String {
+    hex16(&Sha256::digest(key.as_bytes()))
+}
+
+/// The first 8 bytes of `digest` as 16 lower-case hex characters.
+pub fn hex16(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(key.as_bytes());
     let mut id = String::with_capacity(16);
-    for byte in &digest[..8] {
+    for byte in digest.iter().take(8) {
         id.push(HEX[usize::from(byte >> 4)] as char);
         id.push(HEX[usize::from(byte & 0xf)] as char);
     }
