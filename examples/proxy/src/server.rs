@@ -3,9 +3,10 @@
 //! nginx's client-side limits, on hyper's HTTP/1 server:
 //!
 //! - `[limits] max_connections` open client connections in all (nginx
-//!   `worker_connections`): over it the proxy stops accepting, so new
-//!   connections wait in the kernel's listen queue while the open ones keep being
-//!   served, and are accepted as soon as one closes;
+//!   `worker_connections`): at the limit each serving thread holds at most one
+//!   more accepted connection unanswered and stops accepting, so new connections
+//!   wait in the kernel's listen queue while the open ones keep being served,
+//!   and are served as soon as one closes;
 //! - `client_header_timeout_secs` to send a request head (hyper's
 //!   `header_read_timeout`; hyper times the next request's head from the moment a
 //!   kept-alive connection goes idle, so it also bounds idleness);
@@ -93,15 +94,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     let mut out_of_fds = false;
+    let mut at_limit = false;
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            permit = limits.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut stop => break,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
@@ -117,7 +112,6 @@ pub async fn serve(
                     );
                     out_of_fds = true;
                 }
-                drop(permit);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -125,6 +119,30 @@ pub async fn serve(
             // A connection that failed before it was accepted concerns no one else.
             Err(_) => continue,
         };
+        // At the limit, this connection waits (and the next ones wait in the
+        // listen queue) until an open one closes.
+        let permit = match limits.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !at_limit {
+                    tracing::warn!(
+                        "limits.max_connections client connections are open; \
+                         new ones wait until one closes"
+                    );
+                    at_limit = true;
+                }
+                tokio::select! {
+                    permit = limits.connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut stop => break,
+                }
+            }
+        };
+        if limits.connections.available_permits() > 0 {
+            at_limit = false;
+        }
         if out_of_fds {
             tracing::info!("accepting client connections again");
             out_of_fds = false;
