@@ -15,7 +15,8 @@
 //! - `keepalive_timeout_secs`: a connection whose last exchange was the end of
 //!   an answer, silent that long, is closed;
 //! - running out of file descriptors (`EMFILE`, `ENFILE`) never stops the
-//!   listener: it logs once, backs off (up to a second) and keeps accepting.
+//!   listener: it logs (once a minute at most), backs off (up to a second) and
+//!   keeps accepting.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -104,14 +105,14 @@ pub async fn serve(
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if is_out_of_resources(&e) => {
-                if !out_of_fds {
+                if !out_of_fds && log_out_of_fds_now() {
                     tracing::error!(
                         error = %e,
                         "cannot accept client connections: out of file descriptors; \
-                         retrying while the open ones are served"
+                         retrying while the open ones are served (logged once a minute)"
                     );
-                    out_of_fds = true;
                 }
+                out_of_fds = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -143,10 +144,7 @@ pub async fn serve(
         if limits.connections.available_permits() > 0 {
             at_limit = false;
         }
-        if out_of_fds {
-            tracing::info!("accepting client connections again");
-            out_of_fds = false;
-        }
+        out_of_fds = false;
         backoff = Duration::from_millis(5);
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
@@ -168,6 +166,21 @@ pub async fn serve(
             ?grace,
             "requests still in flight after the grace period; stopping"
         );
+    }
+}
+
+/// Whether to log running out of descriptors now: once a minute at most, for
+/// the whole process (it comes and goes as connections close and open).
+fn log_out_of_fds_now() -> bool {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    match *last {
+        Some(at) if now.duration_since(at) < Duration::from_secs(60) => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod escalations;
+mod fds;
 
 use std::net::SocketAddr;
 use std::time::Duration;
