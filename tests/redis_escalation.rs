@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use escalation_util::contract::{created, record, resolution_race, store_contract};
+use escalation_util::contract::{
+    created, paging_contract, record, resolution_race, store_contract,
+};
 use escalation_util::*;
 use redis_server::RedisServer;
 use tower::Layer;
@@ -51,6 +53,13 @@ fn store(redis: &RedisServer) -> RedisEscalationStore {
 async fn redis_store_contract() {
     let redis = RedisServer::start();
     store_contract(&store(&redis)).await;
+    paging_contract(
+        &RedisEscalationStore::builder(redis.client())
+            .prefix("paging")
+            .build()
+            .unwrap(),
+    )
+    .await;
     resolution_race(
         RedisEscalationStore::builder(redis.client())
             .prefix("race")

@@ -180,3 +180,70 @@ pub async fn resolution_race(store: impl EscalationStore) {
         .count();
     assert_eq!(resolutions, 1);
 }
+
+/// Paging and counting: every store. `list_page` visits each record once, in
+/// `list` order, `limit` at a time; `count` agrees with `list`.
+pub async fn paging_contract(store: &dyn EscalationStore) {
+    use tower_llm_resilience::escalation::Cursor;
+    // Two share a creation time: the id breaks the tie.
+    let records = [
+        record("esc_p3", 1_700_000_003_000),
+        record("esc_p1", 1_700_000_001_000),
+        record("esc_p2b", 1_700_000_002_000),
+        record("esc_p2a", 1_700_000_002_000),
+        record("esc_p4", 1_700_000_004_000),
+    ];
+    for r in &records {
+        store.insert(r.clone(), created(r)).await.unwrap();
+    }
+    let (approved, audit) = resolved(&records[0], "alice", Decision::Approve);
+    store.update(0, approved, audit).await.unwrap();
+    let order = ["esc_p1", "esc_p2a", "esc_p2b", "esc_p3", "esc_p4"];
+    for limit in [1, 2, 3, 5, 10] {
+        let mut seen = Vec::new();
+        let mut after: Option<Cursor> = None;
+        loop {
+            let page = store.list_page(None, after.take(), limit).await.unwrap();
+            assert!(page.records.len() <= limit);
+            assert_eq!(page.unreadable, 0);
+            seen.extend(page.records.iter().map(|r| r.id.to_string()));
+            match page.next {
+                // The text form round-trips, as clients hand it back.
+                Some(next) => after = Some(Cursor::parse(&next.to_string()).unwrap()),
+                None => break,
+            }
+        }
+        assert_eq!(seen, order, "limit {limit}");
+    }
+    let pending = store
+        .list_page(Some(Status::Pending), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&pending.records),
+        ["esc_p1", "esc_p2a", "esc_p2b", "esc_p4"]
+    );
+    assert_eq!(pending.next, None);
+    assert_eq!(store.count(Status::Pending).await.unwrap(), 4);
+    assert_eq!(store.count(Status::Approved).await.unwrap(), 1);
+    assert_eq!(store.count(Status::Rejected).await.unwrap(), 0);
+}
+
+/// Retention: `purge` removes records created before a time, whatever their
+/// status, with their audit trail; the others stay. For stores that purge.
+pub async fn purge_contract(store: &dyn EscalationStore) {
+    let old = record("esc_old", 1_700_000_001_000);
+    let old_pending = record("esc_old_pending", 1_700_000_001_500);
+    let new = record("esc_new", 1_700_000_009_000);
+    for r in [&old, &old_pending, &new] {
+        store.insert(r.clone(), created(r)).await.unwrap();
+    }
+    let (approved, audit) = resolved(&old, "alice", Decision::Approve);
+    store.update(0, approved, audit).await.unwrap();
+    let cutoff = tower_llm_resilience::escalation::from_unix_ms(1_700_000_005_000);
+    assert_eq!(store.purge(cutoff).await.unwrap(), 2);
+    assert_eq!(ids(&store.list(None).await.unwrap()), ["esc_new"]);
+    assert!(store.audit(Some(&old.id)).await.unwrap().is_empty());
+    assert_eq!(store.audit(Some(&new.id)).await.unwrap().len(), 1);
+    assert_eq!(store.purge(cutoff).await.unwrap(), 0);
+}

@@ -22,17 +22,18 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Digest as _;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::classify::{
     ClassifiedError, Classify, ErrorOnlyClassifier, FailureKind, Outcome,
 };
 use tower_llm_resilience::partial_batch::{
-    Batch, BatchError, BatchItem, InMemoryBatchStore, ItemOutcome, PartialBatch, PartialBatchLayer,
-    WithStore,
+    Batch, BatchError, BatchItem, ItemOutcome, PartialBatch, PartialBatchLayer, WithStore,
 };
 use tower_llm_resilience::BoxError;
 
 use crate::app::{self, Shared};
+use crate::batch_store::BoundedBatchStore;
 use crate::config::{BatchConfig, ConfigError};
 use crate::errors;
 use crate::pipeline::{answered_by, Core, ProxyClassifier, Req, RequestMeta};
@@ -132,6 +133,7 @@ type Runner = PartialBatch<ItemService, ErrorOnlyClassifier, WithStore>;
 pub struct BatchRunner {
     service: Mutex<Runner>,
     max_items: usize,
+    max_id_bytes: usize,
 }
 
 impl BatchRunner {
@@ -146,9 +148,14 @@ impl BatchRunner {
             .concurrency(config.concurrency)
             .max_attempts(config.max_attempts)
             .classifier(ErrorOnlyClassifier);
+        let ttl = crate::config::secs("batch.ttl_secs", config.ttl_secs)?;
         let mut builder = match redis {
-            Some(redis) => builder.store(redis.batch_store()?),
-            None => builder.store(InMemoryBatchStore::new()),
+            Some(redis) => builder.store(redis.batch_store()?.ttl(ttl)),
+            None => builder.store(BoundedBatchStore::new(
+                ttl,
+                config.max_records,
+                config.max_bytes,
+            )),
         };
         if let Some(seed) = config.seed {
             builder = builder.seed(seed);
@@ -162,6 +169,7 @@ impl BatchRunner {
         Ok(Self {
             service: Mutex::new(service),
             max_items: config.max_items,
+            max_id_bytes: config.max_id_bytes,
         })
     }
 }
@@ -198,16 +206,43 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
             state.batch.max_items
         ));
     }
-    let items = parsed.requests.into_iter().map(|entry| {
-        let request = match app::prepare(&state.models, entry.body.get().as_bytes(), true) {
+    let max_id = state.batch.max_id_bytes;
+    if let Some(id) = &parsed.batch_id {
+        if let Err(why) = check_name(id, max_id) {
+            return errors::bad_request(format!("batch_id {why}"));
+        }
+    }
+    // Each item is stored under its key and the digest of its request: a
+    // changed request is a different item and runs again.
+    let mut keys = HashMap::with_capacity(parsed.requests.len());
+    let mut seen = std::collections::HashSet::with_capacity(parsed.requests.len());
+    let mut items = Vec::with_capacity(parsed.requests.len());
+    for entry in parsed.requests {
+        if let Err(why) = check_name(&entry.key, max_id) {
+            return errors::bad_request(format!("the key of an item {why}"));
+        }
+        let body = entry.body.get().as_bytes();
+        if !seen.insert(entry.key.clone()) {
+            return errors::bad_request(format!(
+                "the key {:?} is used twice in this batch",
+                entry.key
+            ));
+        }
+        let stored_key = format!("{}#{}", entry.key, digest(body));
+        keys.insert(stored_key.clone(), entry.key);
+        let request = match app::prepare(&state.models, body, true) {
             Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
             Err(response) => ItemRequest::Invalid(invalid_reason(response.status()).into()),
         };
-        BatchItem::new(entry.key, request)
-    });
+        items.push(BatchItem::new(stored_key, request));
+    }
     let mut batch = Batch::new(items);
     if let Some(id) = &parsed.batch_id {
-        batch = batch.with_id(id.clone());
+        // Scoped to the client key: another client's same batch_id is another
+        // batch, and never sees these results.
+        let owner = crate::client_id::from_headers(&headers);
+        let owner = owner.as_deref().unwrap_or("anonymous");
+        batch = batch.with_id(format!("{owner}/{id}"));
     }
     let running = {
         let mut service = state
@@ -220,7 +255,8 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
     let report = match running.await {
         Ok(report) => report,
         Err(BatchError::DuplicateKey { key }) => {
-            return errors::bad_request(format!("the key {key:?} is used twice in this batch"))
+            let key = keys.get(&key).unwrap_or(&key);
+            return errors::bad_request(format!("the key {key:?} is used twice in this batch"));
         }
         Err(e) => {
             return errors::error(
@@ -236,7 +272,7 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
         .iter()
         .map(|item| {
             let mut out = serde_json::json!({
-                "key": item.key,
+                "key": keys.get(&item.key).unwrap_or(&item.key),
                 "attempts": item.attempts,
                 "cached": item.from_store,
             });
@@ -272,7 +308,7 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
         StatusCode::OK,
         &serde_json::json!({
             "object": "batch.report",
-            "batch_id": report.batch_id,
+            "batch_id": parsed.batch_id,
             "ok": report.ok,
             "failed": report.failed,
             "cached": report.cached,
@@ -281,6 +317,28 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
             "items": items,
         }),
     )
+}
+
+/// Why a `batch_id` or item key is refused, if it is.
+fn check_name(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max_bytes {
+        return Err(format!(
+            "must be 1 to {max_bytes} bytes long (batch.max_id_bytes), not {}",
+            name.len()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err("may hold only letters, digits and - _ . :".into());
+    }
+    Ok(())
+}
+
+/// The first 16 hex characters of the SHA-256 of an item's request bytes.
+fn digest(body: &[u8]) -> String {
+    crate::client_id::hex16(&sha2::Sha256::digest(body))
 }
 
 fn invalid_reason(status: StatusCode) -> &'static str {

@@ -7,8 +7,18 @@ use sha2::{Digest, Sha256};
 /// cannot be turned back into the key, and two keys get the same id only by a
 /// 64-bit collision.
 pub fn client_key_id(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    hex16(&Sha256::digest(key.as_bytes()))
+}
+
+/// The first 8 bytes of `digest` as 16 lower-case hex characters.
+pub fn hex16(digest: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(16);
+    for byte in digest.iter().take(8) {
+        id.push(HEX[usize::from(byte >> 4)] as char);
+        id.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    id
 }
 
 /// The client a request was authenticated as, in its extensions (`None`

@@ -3,9 +3,10 @@
 //! nginx's client-side limits, on hyper's HTTP/1 server:
 //!
 //! - `[limits] max_connections` open client connections in all (nginx
-//!   `worker_connections`): over it the proxy stops accepting, so new
-//!   connections wait in the kernel's listen queue while the open ones keep being
-//!   served, and are accepted as soon as one closes;
+//!   `worker_connections`): at the limit each serving thread holds at most one
+//!   more accepted connection unanswered and stops accepting, so new connections
+//!   wait in the kernel's listen queue while the open ones keep being served,
+//!   and are served as soon as one closes;
 //! - `client_header_timeout_secs` to send a request head (hyper's
 //!   `header_read_timeout`; hyper times the next request's head from the moment a
 //!   kept-alive connection goes idle, so it also bounds idleness);
@@ -14,7 +15,8 @@
 //! - `keepalive_timeout_secs`: a connection whose last exchange was the end of
 //!   an answer, silent that long, is closed;
 //! - running out of file descriptors (`EMFILE`, `ENFILE`) never stops the
-//!   listener: it logs once, backs off (up to a second) and keeps accepting.
+//!   listener: it logs (once a minute at most), backs off (up to a second) and
+//!   keeps accepting.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -93,15 +95,9 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     let mut out_of_fds = false;
+    let mut at_limit = false;
     let mut backoff = Duration::from_millis(5);
     loop {
-        let permit = tokio::select! {
-            permit = limits.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut stop => break,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut stop => break,
@@ -109,15 +105,14 @@ pub async fn serve(
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if is_out_of_resources(&e) => {
-                if !out_of_fds {
+                if !out_of_fds && log_out_of_fds_now() {
                     tracing::error!(
                         error = %e,
                         "cannot accept client connections: out of file descriptors; \
-                         retrying while the open ones are served"
+                         retrying while the open ones are served (logged once a minute)"
                     );
-                    out_of_fds = true;
                 }
-                drop(permit);
+                out_of_fds = true;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -125,10 +120,31 @@ pub async fn serve(
             // A connection that failed before it was accepted concerns no one else.
             Err(_) => continue,
         };
-        if out_of_fds {
-            tracing::info!("accepting client connections again");
-            out_of_fds = false;
+        // At the limit, this connection waits (and the next ones wait in the
+        // listen queue) until an open one closes.
+        let permit = match limits.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if !at_limit {
+                    tracing::warn!(
+                        "limits.max_connections client connections are open; \
+                         new ones wait until one closes"
+                    );
+                    at_limit = true;
+                }
+                tokio::select! {
+                    permit = limits.connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut stop => break,
+                }
+            }
+        };
+        if limits.connections.available_permits() > 0 {
+            at_limit = false;
         }
+        out_of_fds = false;
         backoff = Duration::from_millis(5);
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
@@ -150,6 +166,21 @@ pub async fn serve(
             ?grace,
             "requests still in flight after the grace period; stopping"
         );
+    }
+}
+
+/// Whether to log running out of descriptors now: once a minute at most, for
+/// the whole process (it comes and goes as connections close and open).
+fn log_out_of_fds_now() -> bool {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    match *last {
+        Some(at) if now.duration_since(at) < Duration::from_secs(60) => false,
+        _ => {
+            *last = Some(now);
+            true
+        }
     }
 }
 

@@ -292,16 +292,14 @@ fn read_page(
         )
         .map_err(backend)?;
     let mut page = Page::default();
-    let mut seen = 0usize;
     let mut more = false;
-    for row in rows {
+    for (seen, row) in rows.enumerate() {
         let (id, created_at_ms, text) = row.map_err(backend)?;
         if seen == limit {
             // One more row exists: the page is full.
             more = true;
             break;
         }
-        seen += 1;
         page.next = Some(Cursor {
             created_at_ms: u64::try_from(created_at_ms).unwrap_or(0),
             id: EscalationId::new(id.clone()),

@@ -1,0 +1,321 @@
+//! Bounds against hostile clients, each over a real socket with small limits:
+//! the clear error, then a normal request that still works.
+#[path = "../common/mod.rs"]
+mod common;
+mod escalations;
+mod fds;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use llm_proxy::{Config, Proxy};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const OTHER_KEY: &str = "other-client-key";
+
+/// A proxy in front of two mocks, with `limits`, `batch` and `escalation`
+/// lines added to those tables, and two client keys.
+pub struct Bounded {
+    _primary: llm_proxy::mock::MockUpstream,
+    _secondary: llm_proxy::mock::MockUpstream,
+    proxy: Proxy,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    config: Config,
+}
+
+impl Bounded {
+    async fn start(limits: &str, batch: &str, escalation: &str) -> Self {
+        Self::start_with("", limits, batch, escalation).await
+    }
+
+    /// With `top` lines before the tables (e.g. `workers = 1`).
+    async fn start_with(top: &str, limits: &str, batch: &str, escalation: &str) -> Self {
+        let primary = mock("primary").await;
+        let secondary = mock("secondary").await;
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(
+            &primary.base_url(),
+            &secondary.base_url(),
+            &dir.path().join("escalations.db"),
+            escalation,
+        )
+        .replace(
+            "shutdown_grace_secs = 1\n",
+            &format!("shutdown_grace_secs = 1\n{limits}\n"),
+        )
+        .replace(
+            "max_attempts = 2\n",
+            &format!("max_attempts = 2\n{batch}\n"),
+        )
+        .replacen("\n", &format!("\n{top}\n"), 1)
+        .replace(
+            &format!("client_keys = [\"{CLIENT_KEY}\"]"),
+            &format!("client_keys = [\"{CLIENT_KEY}\", \"{OTHER_KEY}\"]"),
+        );
+        // A `max_body_bytes` in `limits` replaces the shared one.
+        let text = if limits.contains("max_body_bytes") {
+            text.replace("max_body_bytes = 4096\n", "")
+        } else {
+            text
+        };
+        let config = Config::from_toml(&text).expect("test config is valid");
+        let proxy = Proxy::start(&config).expect("proxy starts");
+        Self {
+            _primary: primary,
+            _secondary: secondary,
+            proxy,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            config,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proxy.addr()
+    }
+
+    async fn chat_as(
+        &self,
+        key: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.proxy.url()))
+            .bearer_auth(key)
+            .json(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("proxy answers")
+    }
+
+    async fn batch_as(&self, key: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/batch", self.proxy.url()))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("proxy answers");
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    /// A normal request answers.
+    async fn still_works(&self) {
+        let response = self.chat_as(CLIENT_KEY, &ask("smart"), &[]).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert!(!content(&body).is_empty());
+    }
+}
+
+/// Everything the server sends until it closes the connection (bounded wait).
+async fn read_until_closed(tcp: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("the proxy closed the connection in time")
+        .ok();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads until `needle` arrives (bounded wait).
+async fn read_until(tcp: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {:?}", String::from_utf8_lossy(&out)))
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_head_is_cut_off() {
+    let env = Bounded::start("client_header_timeout_secs = 0.3", "", "").await;
+    let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut tcp).await;
+    assert!(!answer.contains("200 OK"), "{answer}");
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_a_408() {
+    let env = Bounded::start("client_body_timeout_secs = 0.3", "", "").await;
+    let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until(&mut tcp, "client_body_timeout_secs").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("\"type\":\"invalid_request_error\""),
+        "{answer}"
+    );
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let env = Bounded::start(
+        "client_header_timeout_secs = 30\nkeepalive_timeout_secs = 0.3",
+        "",
+        "",
+    )
+    .await;
+    let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Answered, then closed for idleness well before the header timeout.
+    let answer = read_until_closed(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_maximum_wait_until_one_closes() {
+    // One serving thread: connections are accepted in the order they came.
+    let env = Bounded::start_with(
+        "workers = 1",
+        "max_connections = 2\nclient_header_timeout_secs = 30\nkeepalive_timeout_secs = 30",
+        "",
+        "",
+    )
+    .await;
+    let silent_a = TcpStream::connect(env.addr()).await.unwrap();
+    let silent_b = TcpStream::connect(env.addr()).await.unwrap();
+    let mut third = TcpStream::connect(env.addr()).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    assert!(early.is_err(), "answered over the maximum: {early:?}");
+    drop(silent_a);
+    let answer = read_until_closed(&mut third).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(silent_b);
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_on_the_address_stops_the_start() {
+    use socket2::{Domain, Protocol, Socket, Type};
+    // A stranger listening with SO_REUSEPORT, as the proxy's own workers do.
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let stranger = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+    stranger.set_reuse_address(true).unwrap();
+    stranger.set_reuse_port(true).unwrap();
+    stranger.bind(&addr.into()).unwrap();
+    stranger.listen(16).unwrap();
+    let taken = stranger.local_addr().unwrap().as_socket().unwrap();
+    let env = Bounded::start("", "", "").await;
+    let mut config = env.config.clone();
+    config.listen = taken;
+    let e = Proxy::start(&config).unwrap_err().to_string();
+    assert!(e.contains("another process already listens"), "{e}");
+    assert!(e.contains(&taken.to_string()), "{e}");
+    // Its own workers still share their port.
+    assert!(env.proxy.workers() >= 1);
+    env.still_works().await;
+}
+
+fn item(key: &str, text: &str) -> Value {
+    json!({"key": key, "body": {"model": "smart", "messages": [{"role": "user", "content": text}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_ids_and_keys_are_bounded() {
+    let env = Bounded::start("", "max_id_bytes = 16", "").await;
+    let too_long = "x".repeat(17);
+    for body in [
+        json!({"batch_id": too_long, "requests": [item("a", "hi")]}),
+        json!({"batch_id": "no spaces", "requests": [item("a", "hi")]}),
+        json!({"batch_id": "", "requests": [item("a", "hi")]}),
+        json!({"batch_id": "ok", "requests": [item(&too_long, "hi")]}),
+        json!({"batch_id": "ok", "requests": [item("a/b", "hi")]}),
+    ] {
+        let (status, answer) = env.batch_as(CLIENT_KEY, &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("batch.max_id_bytes") || message.contains("letters, digits"),
+            "{message}"
+        );
+    }
+    let (status, answer) = env
+        .batch_as(
+            CLIENT_KEY,
+            &json!({"batch_id": "nightly-1:a.b_c", "requests": [item("a", "hi")]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["batch_id"], "nightly-1:a.b_c");
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_results_belong_to_their_client_and_their_request() {
+    let env = Bounded::start("", "", "").await;
+    let first = json!({"batch_id": "b1", "requests": [item("a", "one"), item("b", "two")]});
+    let (status, run) = env.batch_as(CLIENT_KEY, &first).await;
+    assert_eq!((status, run["ok"].as_u64()), (200, Some(2)), "{run}");
+    // The same batch again: cached.
+    let (_, again) = env.batch_as(CLIENT_KEY, &first).await;
+    assert_eq!(again["cached"], 2, "{again}");
+    assert_eq!(again["items"][0]["key"], "a");
+    // Another client with the same id and keys: its own batch, nothing cached.
+    let (_, other) = env.batch_as(OTHER_KEY, &first).await;
+    assert_eq!(other["cached"], 0, "{other}");
+    assert_eq!(other["ok"], 2, "{other}");
+    // A changed item runs again and is reported not cached; the other is cached.
+    let changed = json!({"batch_id": "b1", "requests": [item("a", "one!"), item("b", "two")]});
+    let (_, rerun) = env.batch_as(CLIENT_KEY, &changed).await;
+    let items = rerun["items"].as_array().unwrap();
+    let by_key = |k: &str| items.iter().find(|i| i["key"] == k).unwrap().clone();
+    assert_eq!(by_key("a")["cached"], false, "{rerun}");
+    assert_eq!(by_key("b")["cached"], true, "{rerun}");
+    assert_eq!(rerun["cached"], 1);
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_records_are_bounded_in_total() {
+    let env = Bounded::start("", "max_records = 2", "").await;
+    for id in ["b1", "b2"] {
+        let body = json!({"batch_id": id, "requests": [item("a", "one")]});
+        let (status, run) = env.batch_as(CLIENT_KEY, &body).await;
+        assert_eq!(status, 200, "{run}");
+    }
+    // A third batch makes room by dropping the one run longest ago.
+    let b3 = json!({"batch_id": "b3", "requests": [item("a", "one")]});
+    env.batch_as(CLIENT_KEY, &b3).await;
+    let b1 = json!({"batch_id": "b1", "requests": [item("a", "one")]});
+    let (_, rerun) = env.batch_as(CLIENT_KEY, &b1).await;
+    assert_eq!(rerun["cached"], 0, "b1 was evicted: {rerun}");
+    let (_, rerun) = env.batch_as(CLIENT_KEY, &b3).await;
+    assert_eq!(rerun["cached"], 1, "{rerun}");
+    env.still_works().await;
+}
