@@ -268,6 +268,19 @@ async fn a_resume_token_works_only_for_the_client_that_got_it() {
     let unknown: Value = unknown.json().await.unwrap();
     assert_eq!(unknown["error"], stolen["error"]);
 
+    // The owner with another request: 409, and the token is kept.
+    let mut changed = ask("smart");
+    changed["messages"][0]["content"] = json!("Transfer all the money");
+    let mismatch = env.chat_with(changed, &[("x-resume-token", &token)]).await;
+    assert_eq!(mismatch.status(), 409);
+    let mismatch: Value = mismatch.json().await.unwrap();
+    assert_eq!(mismatch["error"]["code"], "resume_request_mismatch");
+    assert_eq!(mismatch["error"]["type"], "invalid_request_error");
+    let other_model = env
+        .chat_with(ask("strict"), &[("x-resume-token", &token)])
+        .await;
+    assert_eq!(other_model.status(), 409);
+
     // The owner's token was not used up.
     let owned = resume(CLIENT_KEY).await.unwrap();
     assert_eq!(owned.status(), 200);
