@@ -31,6 +31,7 @@ pub mod request;
 pub mod resume;
 pub mod review;
 pub mod sealed;
+pub mod service;
 pub mod sessions;
 pub mod state;
 pub mod upstream;

@@ -569,8 +569,17 @@ async fn one_access_line_per_request_and_failed_logins_logged_without_secrets() 
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    let models = env
+        .http
+        .get(env.url("/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
     let lines = log_lines(&format!("client={id}"));
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("path=/v1/models") && lines[1].contains("status=200"));
     let line = &lines[0];
     for field in [
         "llm_proxy::access",
