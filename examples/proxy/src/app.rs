@@ -1,9 +1,7 @@
 //! The HTTP server: routes, request checks, and turning answers into responses.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -16,7 +14,7 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
-use tower::{Layer, ServiceExt};
+use tower::ServiceExt;
 use tower_llm_resilience::circuit_breaker::CircuitState;
 use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
@@ -28,6 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::errors;
 use crate::pipeline::{self, answered_by, ModelService, Pipeline, RequestMeta, Res};
 use crate::request::{ChatBody, Invalid};
+pub use crate::service::{LoggedModel, ProxyService};
 
 /// The header naming the tier that answered.
 pub const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
@@ -95,155 +94,6 @@ impl std::fmt::Debug for AppState {
 
 /// Shared state.
 pub type Shared = Arc<AppState>;
-
-/// Every route, behind authentication ([`crate::guard`]), with
-/// `POST /v1/chat/completions` answered before routing (the hot path skips the
-/// router's matching and extractors), CORS on the client endpoints when
-/// `auth.cors_allowed_origins` is set, and one access-log line per request.
-///
-/// # Access log
-///
-/// Each request is logged once it has its response head, as an `INFO` event on
-/// the target `llm_proxy::access` with the fields `method`, `path`, `status`,
-/// `model` (chat requests), `tier`, `degraded`, `duration_ms` (to the response
-/// head: a stream's body may go on after it) and `client` (the
-/// [client key id](crate::client_id::client_key_id), `-` when none). Route or
-/// silence it like any target, e.g. `RUST_LOG=info,llm_proxy::access=off`.
-#[derive(Clone)]
-pub struct ProxyService {
-    dispatch: Dispatch,
-    cors: Option<tower_http::cors::Cors<Dispatch>>,
-}
-
-impl std::fmt::Debug for ProxyService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyService").finish_non_exhaustive()
-    }
-}
-
-/// Authentication, then the chat fast path or the router.
-#[derive(Clone)]
-struct Dispatch {
-    router: Router,
-    state: Shared,
-}
-
-type BoxedResponse = futures_util::future::BoxFuture<'static, Result<Response, Infallible>>;
-
-impl tower::Service<Request> for Dispatch {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxedResponse;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        if let Err(response) = crate::guard::authenticate(&self.state, &mut request) {
-            return Box::pin(std::future::ready(Ok(response)));
-        }
-        if request.method() == http::Method::POST && request.uri().path() == "/v1/chat/completions"
-        {
-            let state = self.state.clone();
-            Box::pin(async move { Ok(chat(State(state), request).await) })
-        } else {
-            let call = self.router.call(request);
-            Box::pin(call)
-        }
-    }
-}
-
-/// The model a chat response answered for, for the access log.
-#[derive(Clone, Debug)]
-pub struct LoggedModel(pub Arc<str>);
-
-impl tower::Service<Request> for ProxyService {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxedResponse;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Always ready: nothing in front of the handlers waits for capacity.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let client_side = crate::guard::route(&method, &path) == crate::guard::Route::Client;
-        let answer: BoxedResponse = match &mut self.cors {
-            Some(cors) if client_side => Box::pin(cors.call(request)),
-            _ => self.dispatch.call(request),
-        };
-        Box::pin(async move {
-            let response = answer.await?;
-            access_log(&method, &path, &response, started);
-            Ok(response)
-        })
-    }
-}
-
-fn access_log(method: &http::Method, path: &str, response: &Response, started: Instant) {
-    let header = |name: &HeaderName| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-    };
-    let model = response
-        .extensions()
-        .get::<LoggedModel>()
-        .map_or("-", |m| &*m.0);
-    let client = response
-        .extensions()
-        .get::<ClientId>()
-        .map_or("-", ClientId::as_str);
-    tracing::info!(
-        target: "llm_proxy::access",
-        method = %method,
-        path = %path,
-        status = response.status().as_u16(),
-        model = %model,
-        tier = %header(&TIER_HEADER),
-        degraded = %header(&DEGRADED_HEADER),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        client = %client,
-        "request"
-    );
-}
-
-fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>, ConfigError> {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if origins.is_empty() {
-        return Ok(None);
-    }
-    let origins = origins
-        .iter()
-        .map(|o| HeaderValue::try_from(o.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ConfigError("auth.cors_allowed_origins holds an invalid origin".into()))?;
-    Ok(Some(
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_methods([http::Method::GET, http::Method::POST])
-            .allow_headers([
-                http::header::AUTHORIZATION,
-                CONTENT_TYPE,
-                RESUME_TOKEN_HEADER,
-                HeaderName::from_static("x-require-approval"),
-            ])
-            .expose_headers([
-                TIER_HEADER,
-                DEGRADED_HEADER,
-                RESUME_TOKEN_HEADER,
-                http::header::RETRY_AFTER,
-            ])
-            .max_age(std::time::Duration::from_secs(600)),
-    ))
-}
 
 /// Build the state and the router from a config.
 ///
@@ -320,13 +170,7 @@ pub fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigError> {
         .merge(crate::admin::routes())
         .fallback(not_found)
         .with_state(state.clone());
-    let dispatch = Dispatch {
-        router,
-        state: state.clone(),
-    };
-    let cors =
-        cors_layer(&config.auth.cors_allowed_origins)?.map(|layer| layer.layer(dispatch.clone()));
-    let service = ProxyService { dispatch, cors };
+    let service = ProxyService::new(router, state.clone(), &config.auth.cors_allowed_origins)?;
     Ok((service, state))
 }
 
@@ -444,7 +288,7 @@ pub fn prepare<'m>(
     Ok((model, Prepared { request, stream }))
 }
 
-async fn chat(State(state): State<Shared>, request: Request) -> Response {
+pub(crate) async fn chat(State(state): State<Shared>, request: Request) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let client = parts

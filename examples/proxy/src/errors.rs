@@ -275,6 +275,15 @@ fn from_escalation(e: &EscalationError) -> Response {
             "resume_token_used",
             format!("the resume token of escalation {id} was already used"),
         ),
+        EscalationError::RequestMismatch { id } => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "resume_request_mismatch",
+            format!(
+                "the resume token of escalation {id} was approved for another request: \
+                 send the request that was escalated, unchanged"
+            ),
+        ),
         EscalationError::InvalidToken => error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",

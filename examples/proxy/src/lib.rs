@@ -34,6 +34,7 @@ pub mod resume;
 pub mod review;
 pub mod sealed;
 pub mod server;
+pub mod service;
 pub mod sessions;
 pub mod state;
 pub mod upstream;

@@ -232,7 +232,21 @@ impl Adapter<Req, Res> for ProxyAdapter {
     }
 
     fn fingerprint_request(&self, request: &Req) -> Option<String> {
-        Adapter::<Req, Res>::fingerprint_request(&HttpAdapter::new(), request)
+        // Method, path and the body as rewritten for the first tier, and the
+        // model the client asked for (two models may share a first tier): a
+        // resume must send the request that was escalated.
+        use sha2::{Digest, Sha256};
+        let http = Adapter::<Req, Res>::fingerprint_request(&HttpAdapter::new(), request)?;
+        let model = request
+            .extensions()
+            .get::<RequestMeta>()
+            .map_or("", |meta| &*meta.model);
+        let digest = Sha256::new()
+            .chain_update(http.as_bytes())
+            .chain_update([0])
+            .chain_update(model.as_bytes())
+            .finalize();
+        Some(format!("proxy-sha256:{}", crate::auth::hex(&digest)))
     }
 
     fn answer(&self, payload: serde_json::Value) -> Result<Res, BoxError> {

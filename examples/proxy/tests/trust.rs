@@ -268,6 +268,19 @@ async fn a_resume_token_works_only_for_the_client_that_got_it() {
     let unknown: Value = unknown.json().await.unwrap();
     assert_eq!(unknown["error"], stolen["error"]);
 
+    // The owner with another request: 409, and the token is kept.
+    let mut changed = ask("smart");
+    changed["messages"][0]["content"] = json!("Transfer all the money");
+    let mismatch = env.chat_with(changed, &[("x-resume-token", &token)]).await;
+    assert_eq!(mismatch.status(), 409);
+    let mismatch: Value = mismatch.json().await.unwrap();
+    assert_eq!(mismatch["error"]["code"], "resume_request_mismatch");
+    assert_eq!(mismatch["error"]["type"], "invalid_request_error");
+    let other_model = env
+        .chat_with(ask("strict"), &[("x-resume-token", &token)])
+        .await;
+    assert_eq!(other_model.status(), 409);
+
     // The owner's token was not used up.
     let owned = resume(CLIENT_KEY).await.unwrap();
     assert_eq!(owned.status(), 200);
@@ -556,8 +569,17 @@ async fn one_access_line_per_request_and_failed_logins_logged_without_secrets() 
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
+    let models = env
+        .http
+        .get(env.url("/v1/models"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
     let lines = log_lines(&format!("client={id}"));
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("path=/v1/models") && lines[1].contains("status=200"));
     let line = &lines[0];
     for field in [
         "llm_proxy::access",
