@@ -169,6 +169,14 @@ pub struct LimitsConfig {
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
     #[serde(default = "default_grace_secs")]
     pub shutdown_grace_secs: f64,
+    /// The most an upstream may answer, in bytes (a buffered answer, or a whole
+    /// stream): over it the tier fails as an invalid response and falls back.
+    #[serde(default = "default_max_upstream_body")]
+    pub max_upstream_body_bytes: usize,
+}
+
+fn default_max_upstream_body() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_max_body() -> usize {
@@ -189,6 +197,7 @@ impl Default for LimitsConfig {
             max_body_bytes: default_max_body(),
             first_event_timeout_secs: default_first_event_secs(),
             shutdown_grace_secs: default_grace_secs(),
+            max_upstream_body_bytes: default_max_upstream_body(),
         }
     }
 }
@@ -575,6 +584,9 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return err("limits.max_body_bytes must be positive");
+        }
+        if self.limits.max_upstream_body_bytes == 0 {
+            return err("limits.max_upstream_body_bytes must be positive");
         }
         secs(
             "limits.first_event_timeout_secs",

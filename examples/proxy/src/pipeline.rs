@@ -32,9 +32,7 @@ use tower_llm_resilience::escalation::{
     answer_is_json, Adapter, Escalation, EscalationLayer, EscalationPolicy, HttpAdapter,
     ResumeToken, TimeoutDefault, Verdict,
 };
-use tower_llm_resilience::fallback::{
-    rewrite_model, Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier,
-};
+use tower_llm_resilience::fallback::{Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier};
 use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
@@ -42,6 +40,7 @@ use crate::body::{completion_json, completion_sse, ProxyBody};
 use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
+use crate::request::TierBody;
 use crate::state::RedisState;
 use crate::upstream::{HttpClients, Upstream};
 
@@ -332,7 +331,7 @@ fn build_core(
     for tier in &model.tiers[1..] {
         builder = builder.tier(
             Tier::new(tier.upstream.as_str(), service(&tier.upstream)?)
-                .map_request(rewrite_model(tier.model.as_str())),
+                .map_request(tier_request(tier.model.as_str())),
         );
     }
     if let Some(text) = &model.template {
@@ -351,6 +350,24 @@ fn build_core(
         fallback: layer.layer(service(&first.upstream)?),
         primary: first.upstream.as_str().into(),
     })
+}
+
+/// A later tier's request: the client's body with this tier's `model`, made by
+/// the same [`TierBody`] as the first tier's (see [`crate::request`]).
+fn tier_request(model: &str) -> impl Fn(Req) -> Req + Clone + Send + Sync + 'static {
+    let model: Arc<str> = model.into();
+    move |mut request: Req| {
+        if let Some(body) = request.extensions().get::<TierBody>() {
+            *request.body_mut() = body.for_model(&model);
+        } else {
+            // Every request the proxy makes carries its `TierBody`. One that does
+            // not is never sent with another tier's model: its empty body makes
+            // the tier refuse it.
+            tracing::warn!("a request without its tier body reached a later tier");
+            *request.body_mut() = Bytes::new();
+        }
+        request
+    }
 }
 
 /// The name of the placeholder tier of single-tier models without a template.
@@ -376,7 +393,9 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             circuit_syncs.push((name.clone(), sync));
         }
         circuits.push((name, layer.handle()));
-        let service = layer.layer(Upstream::new(upstream, &http)?);
+        let upstream_service =
+            Upstream::new(upstream, &http, config.limits.max_upstream_body_bytes)?;
+        let service = layer.layer(upstream_service);
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = secs(
