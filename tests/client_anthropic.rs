@@ -296,7 +296,7 @@ async fn a_stream_without_message_stop_is_an_error() {
     assert_eq!(items.len(), 5);
     assert!(items[..4].iter().all(Result::is_ok));
     let err = items[4].as_ref().unwrap_err();
-    assert_eq!(err.kind(), &FailureKind::Connect);
+    assert_eq!(err.kind(), &FailureKind::InvalidResponse);
     assert!(err.to_string().contains("message_stop"), "{err}");
 }
 

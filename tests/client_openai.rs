@@ -252,13 +252,93 @@ async fn a_stream_cut_midway_is_an_error_after_the_deltas_so_far() {
 
 #[tokio::test]
 async fn a_stream_without_done_is_an_error_not_a_short_answer() {
-    let upstream = Upstream::always(stream_with(1, vec![])).await;
+    // Up to the text, without the finish_reason chunk, the usage and `[DONE]`:
+    // the body ends cleanly, and the answer is not whole.
+    let upstream = Upstream::always(stream_with(3, vec![])).await;
     let err = client(&upstream)
         .oneshot(hello().stream(true))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), &FailureKind::Connect);
+    assert_eq!(err.kind(), &FailureKind::InvalidResponse, "{err}");
     assert!(err.to_string().contains("[DONE]"), "{err}");
+    // Not a connection failure: not retried as one.
+    let policy = tower_llm_resilience::classify::FailurePolicy::DEFAULT;
+    assert!(!policy.is_retryable(err.kind()));
+}
+
+#[tokio::test]
+async fn a_finish_reason_completes_a_stream_that_never_sends_done() {
+    // Some compatible servers end the body after the finish_reason chunk.
+    for skip in [1, 2] {
+        let upstream = Upstream::always(stream_with(skip, vec![])).await;
+        let answer = client(&upstream)
+            .oneshot(hello().stream(true))
+            .await
+            .unwrap();
+        assert_eq!(answer.content, "Hello there!");
+        assert_eq!(answer.finish_reason, Some(FinishReason::Stop));
+    }
+}
+
+#[tokio::test]
+async fn a_last_event_without_its_blank_line_still_counts() {
+    let mut steps = Step::events(&fixture("openai/chat_stream.sse"));
+    steps.pop();
+    steps.push(Step::Chunk("data: [DONE]\n".into()));
+    let upstream = Upstream::always(Reply::sse(steps)).await;
+    let answer = client(&upstream)
+        .oneshot(hello().stream(true))
+        .await
+        .unwrap();
+    assert_eq!(answer.content, "Hello there!");
+}
+
+#[tokio::test]
+async fn data_lines_without_end_are_bounded() {
+    let upstream = Upstream::always(stream_with(
+        5,
+        vec![Step::Chunk("data: 0123456789abcdef\n".repeat(200))],
+    ))
+    .await;
+    let bounded = OpenAiClient::builder()
+        .base_url(format!("{}/v1", upstream.url()))
+        .model("gpt-4o")
+        .max_event_bytes(1024)
+        .build()
+        .unwrap();
+    let err = bounded.oneshot(hello().stream(true)).await.unwrap_err();
+    assert_eq!(err.kind(), &FailureKind::InvalidResponse, "{err}");
+    assert!(err.to_string().contains("larger than 1024"), "{err}");
+}
+
+#[tokio::test]
+async fn answers_over_the_body_limit_fail_without_being_read() {
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(64 * 1024));
+    for reply in [
+        Reply::ok_json(&big),
+        // Announced by Content-Length: refused before reading.
+        Reply::ok_json(&big).with_header("content-length", &big.len().to_string()),
+    ] {
+        let upstream = Upstream::always(reply).await;
+        let bounded = OpenAiClient::builder()
+            .base_url(format!("{}/v1", upstream.url()))
+            .model("gpt-4o")
+            .max_body_bytes(16 * 1024)
+            .build()
+            .unwrap();
+        let err = bounded.oneshot(hello()).await.unwrap_err();
+        assert_eq!(err.kind(), &FailureKind::InvalidResponse, "{err}");
+        assert!(err.to_string().contains("16384"), "{err}");
+    }
+    // And a normal answer still works with the same limit.
+    let upstream = Upstream::always(Reply::ok_json(&fixture("openai/chat_response.json"))).await;
+    let bounded = OpenAiClient::builder()
+        .base_url(format!("{}/v1", upstream.url()))
+        .model("gpt-4o")
+        .max_body_bytes(16 * 1024)
+        .build()
+        .unwrap();
+    bounded.oneshot(hello()).await.unwrap();
 }
 
 #[tokio::test]

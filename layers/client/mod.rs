@@ -57,10 +57,11 @@
 //! `Service<ChatRequest, Response = ChatStream, Error = ClientError>`. Its future
 //! resolves when the provider accepted the request (a success status); errors up
 //! to then are the call's `Err`. The [`ChatStream`] then yields [`ChatDelta`]s.
-//! A stream that ends without the provider's terminal event (`data: [DONE]`,
-//! `message_stop`), breaks, is malformed, carries an error event, or stays silent
-//! longer than the stream idle timeout yields one `Err` and ends: never a silent
-//! short answer. Layers around a `Streaming` service therefore judge the opening of
+//! A stream that ends without the provider's terminal event (`data: [DONE]` or a
+//! chunk with a `finish_reason`, `message_stop`), breaks, is malformed, carries an
+//! error event, or stays silent longer than the stream idle timeout yields one
+//! `Err` and ends: never a silent short answer (see [`ChatStream`] for the kind of
+//! each). Layers around a `Streaming` service therefore judge the opening of
 //! the stream only; a failure mid-stream reaches the reader, who decides.
 //!
 //! Two service types rather than one with an enum answer keep each `Response` type
@@ -87,6 +88,17 @@
 //! - `stream_idle_timeout`: the longest silence between two chunks of a stream.
 //!
 //! All are measured with `tokio::time`, so tests with paused time control them.
+//!
+//! # Limits
+//!
+//! - `max_body_bytes` (default 16 MiB): the largest answer read whole. Past it
+//!   (or when `Content-Length` announces more) reading stops at once and the call
+//!   fails with [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse).
+//!   Error answers are read up to 64 KiB to classify them.
+//! - `max_event_bytes` (default 1 MiB): the largest event of a stream, with the
+//!   line being read, whether it comes as one long line or as `data:` lines with
+//!   no blank line to end the event. Past it the stream fails with
+//!   `InvalidResponse`.
 //!
 //! # Secrets
 //!

@@ -6,14 +6,17 @@
 //! dropped; `:` starts a comment), with two deliberate strictnesses, because an LLM
 //! stream that does not parse is a broken answer, not something to skip past: a
 //! line with a field other than `data`, `event`, `id` or `retry` is an error, and so
-//! is a line that is not UTF-8. Lines longer than a limit are an error too, so a
-//! server cannot make the client buffer without bound.
+//! is a line that is not UTF-8. An event (its data, name and the line being read)
+//! larger than a limit is an error too, so a server cannot make the client buffer
+//! without bound, whether it sends one endless line or endless `data:` lines
+//! without the blank line that ends the event.
 
 use std::collections::VecDeque;
 use std::fmt;
 
-/// The longest line accepted: far above any real chunk, low enough to bound memory.
-const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+/// The largest event accepted unless configured: far above any real chunk, low
+/// enough to bound memory.
+pub(crate) const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
 /// One dispatched event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,8 +40,9 @@ impl fmt::Display for SseError {
 impl std::error::Error for SseError {}
 
 /// Feed it bytes as they arrive; take complete events out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SseParser {
+    max_event_bytes: usize,
     buffer: Vec<u8>,
     /// The last byte fed was a `\r`: a `\n` at the start of the next chunk belongs
     /// to the same line ending.
@@ -51,8 +55,35 @@ pub(crate) struct SseParser {
 }
 
 impl SseParser {
-    pub(crate) fn new() -> Self {
-        Self::default()
+    /// A parser that accepts events of at most `max_event_bytes`.
+    pub(crate) fn new(max_event_bytes: usize) -> Self {
+        Self {
+            max_event_bytes,
+            buffer: Vec::new(),
+            after_cr: false,
+            started: false,
+            event: None,
+            data: None,
+            data_lines: 0,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Bytes held for the event being read.
+    fn held(&self) -> usize {
+        self.buffer.len()
+            + self.data.as_ref().map_or(0, String::len)
+            + self.event.as_ref().map_or(0, String::len)
+    }
+
+    fn check_room(&self, more: usize) -> Result<(), SseError> {
+        if self.held().saturating_add(more) > self.max_event_bytes {
+            return Err(SseError(format!(
+                "an event is larger than {} bytes",
+                self.max_event_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Parse `chunk`; complete events become available through [`Self::next_event`].
@@ -62,6 +93,7 @@ impl SseParser {
         }
         self.after_cr = false;
         while let Some(end) = chunk.iter().position(|&b| b == b'\n' || b == b'\r') {
+            self.check_room(end)?;
             self.buffer.extend_from_slice(&chunk[..end]);
             let line = std::mem::take(&mut self.buffer);
             self.line(&line)?;
@@ -78,11 +110,7 @@ impl SseParser {
                 chunk = &chunk[end + 1..];
             }
         }
-        if self.buffer.len() + chunk.len() > MAX_LINE_BYTES {
-            return Err(SseError(format!(
-                "a line is longer than {MAX_LINE_BYTES} bytes"
-            )));
-        }
+        self.check_room(chunk.len())?;
         self.buffer.extend_from_slice(chunk);
         Ok(())
     }
@@ -158,7 +186,7 @@ mod tests {
     use super::*;
 
     fn parse_in_pieces(input: &[u8], piece: usize) -> Result<Vec<SseEvent>, SseError> {
-        let mut parser = SseParser::new();
+        let mut parser = SseParser::new(DEFAULT_MAX_EVENT_BYTES);
         for chunk in input.chunks(piece) {
             parser.feed(chunk)?;
         }
@@ -213,9 +241,22 @@ mod tests {
 
     #[test]
     fn overlong_line_is_an_error() {
-        let mut parser = SseParser::new();
-        let chunk = vec![b'a'; 1024 * 1024];
-        let result = (0..9).try_for_each(|_| parser.feed(&chunk));
+        let mut parser = SseParser::new(DEFAULT_MAX_EVENT_BYTES);
+        let chunk = vec![b'a'; 256 * 1024];
+        let result = (0..5).try_for_each(|_| parser.feed(&chunk));
         assert!(result.is_err());
+    }
+
+    #[test]
+    fn data_lines_without_a_blank_line_are_bounded() {
+        let mut parser = SseParser::new(64);
+        let result = (0..10).try_for_each(|_| parser.feed(b"data: 0123456789\n"));
+        assert!(result.is_err());
+        // Events that end keep the parser well under its limit.
+        let mut parser = SseParser::new(64);
+        for _ in 0..100 {
+            parser.feed(b"data: 0123456789\n\n").unwrap();
+            assert!(parser.next_event().is_some());
+        }
     }
 }

@@ -32,11 +32,23 @@ pub enum ChatDelta {
 /// A streamed answer: a [`Stream`] of `Result<ChatDelta, ClientError>`.
 ///
 /// The stream ends (`None`) only after the provider's terminal event (`data: [DONE]`
-/// for OpenAI-compatible servers, `message_stop` for Anthropic). A body that ends
-/// before it, a connection that breaks, a line that is not a valid event, an error
-/// event from the provider, or a silence longer than the client's stream idle
-/// timeout each end the stream with one `Err`, classified like every other client
-/// error; a stream never ends silently short. After an error the stream is over.
+/// or a chunk with a `finish_reason` for OpenAI-compatible servers, `message_stop`
+/// for Anthropic). A last event that is complete but lacks its closing blank line
+/// when the body ends still counts. Each of these ends the stream with one `Err`
+/// instead, and a stream never ends silently short:
+///
+/// - a body that ends (cleanly or not) before the terminal event:
+///   [`InvalidResponse`](FailureKind::InvalidResponse), not retried by default,
+///   since part of the answer may have been read, and counted against a circuit
+///   by a breaker that sees it (one around a non-streaming client does);
+/// - a connection that breaks: [`Connect`](FailureKind::Connect);
+/// - a silence longer than the client's stream idle timeout:
+///   [`Timeout`](FailureKind::Timeout);
+/// - a line that is not a valid event, or an event larger than the client's
+///   `max_event_bytes`: `InvalidResponse`;
+/// - an error event from the provider: its kind.
+///
+/// After an error the stream is over.
 ///
 /// Use [`next_delta`](Self::next_delta) or any `StreamExt` to read it, or
 /// [`into_response`](Self::into_response) to wait for the whole answer.
@@ -56,6 +68,7 @@ struct Source {
     transport: Transport,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     body_ended: bool,
+    complete: bool,
 }
 
 /// What a provider's decoder sees and changes for each event.
@@ -63,8 +76,12 @@ pub(crate) struct StreamState<'a> {
     pub(crate) id: &'a mut Option<String>,
     pub(crate) model: &'a mut String,
     pub(crate) deltas: &'a mut VecDeque<ChatDelta>,
-    /// Set on the provider's terminal event.
+    /// Set on the provider's terminal event: nothing after it is read.
     pub(crate) done: bool,
+    /// Set once the answer is whole though more may follow (an OpenAI-compatible
+    /// chunk with a `finish_reason`, before the usage chunk and `[DONE]` that
+    /// some servers never send): the body may end after it.
+    pub(crate) complete: bool,
 }
 
 /// Turns one provider's events into deltas.
@@ -97,11 +114,12 @@ impl ChatStream {
             deltas: VecDeque::new(),
             source: Some(Source {
                 body: Box::pin(response.bytes_stream()),
-                parser: SseParser::new(),
+                parser: SseParser::new(transport.max_event_bytes()),
                 decoder,
                 transport,
                 idle,
                 body_ended: false,
+                complete: false,
             }),
         }
     }
@@ -189,11 +207,13 @@ impl Stream for ChatStream {
                     model: &mut this.model,
                     deltas: &mut this.deltas,
                     done: false,
+                    complete: false,
                 };
                 let result = source
                     .decoder
                     .on_event(event, &mut state, &source.transport);
                 let done = state.done;
+                source.complete |= state.complete;
                 if let Err(error) = result {
                     return this.fail(error);
                 }
@@ -204,11 +224,17 @@ impl Stream for ChatStream {
                 continue;
             }
             if source.body_ended {
+                if source.complete {
+                    this.source = None;
+                    continue;
+                }
+                // Not a connection error: the connection did what HTTP asks; the
+                // answer is what is broken.
                 let message = format!(
                     "the stream ended before its terminal event ({})",
                     source.decoder.terminal_event()
                 );
-                let error = ClientError::new(FailureKind::Connect, &this.provider, message);
+                let error = ClientError::new(FailureKind::InvalidResponse, &this.provider, message);
                 return this.fail(error);
             }
             match source.body.as_mut().poll_next(cx) {

@@ -17,6 +17,11 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest silence inside a stream before it counts as stalled.
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest answer body read whole unless configured: far above any real chat
+/// answer, far below memory.
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The most of an error answer's body read to classify it.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 /// An API key. Its `Debug` never shows it.
 #[derive(Clone)]
@@ -39,6 +44,8 @@ pub(crate) struct CommonOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) connect_timeout: Duration,
     pub(crate) stream_idle_timeout: Option<Duration>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_event_bytes: usize,
     pub(crate) http_client: Option<reqwest::Client>,
 }
 
@@ -60,6 +67,8 @@ impl fmt::Debug for CommonOptions {
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_event_bytes", &self.max_event_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +84,8 @@ impl CommonOptions {
             timeout: Some(DEFAULT_TIMEOUT),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             stream_idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_event_bytes: super::sse::DEFAULT_MAX_EVENT_BYTES,
             http_client: None,
         }
     }
@@ -114,6 +125,14 @@ impl CommonOptions {
                 return Err(ConfigError::new(format!("the {name} is zero")));
             }
         }
+        for (name, limit) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_event_bytes", self.max_event_bytes),
+        ] {
+            if limit == 0 {
+                return Err(ConfigError::new(format!("{name} is zero")));
+            }
+        }
 
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -148,6 +167,8 @@ impl CommonOptions {
             model: self.model,
             timeout: self.timeout,
             stream_idle_timeout: self.stream_idle_timeout,
+            max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
             http,
         })))
     }
@@ -165,6 +186,8 @@ struct TransportInner {
     model: Option<String>,
     timeout: Option<Duration>,
     stream_idle_timeout: Option<Duration>,
+    max_body_bytes: usize,
+    max_event_bytes: usize,
     http: reqwest::Client,
 }
 
@@ -198,6 +221,33 @@ impl Transport {
 
     pub(crate) fn stream_idle_timeout(&self) -> Option<Duration> {
         self.0.stream_idle_timeout
+    }
+
+    pub(crate) fn max_event_bytes(&self) -> usize {
+        self.0.max_event_bytes
+    }
+
+    /// Read a 2xx answer's whole body, at most `max_body_bytes` of it. Over the
+    /// limit (announced by `Content-Length` or found while reading) reading stops
+    /// at once, the connection is dropped with what was read, and the answer is an
+    /// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse).
+    pub(crate) async fn read_answer(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<bytes::Bytes, ClientError> {
+        read_limited(response, self.0.max_body_bytes)
+            .await
+            .map_err(|failure| match failure {
+                ReadFailure::TooLarge => ClientError::new(
+                    crate::classify::FailureKind::InvalidResponse,
+                    self.provider(),
+                    format!(
+                        "the answer is larger than the limit of {} bytes",
+                        self.0.max_body_bytes
+                    ),
+                ),
+                ReadFailure::Transport(e) => self.transport_error(e),
+            })
     }
 
     /// The request's model, or the client's default.
@@ -257,8 +307,10 @@ impl Transport {
             return Ok(response);
         }
         let headers = response.headers().clone();
-        // A broken error body still leaves the status and headers to classify by.
-        let body = response.bytes().await.unwrap_or_default();
+        // A broken (or endless) error body still leaves the status and headers to
+        // classify by; only its start is read.
+        let limit = MAX_ERROR_BODY_BYTES.min(self.0.max_body_bytes);
+        let body = read_limited(response, limit).await.unwrap_or_default();
         Err(ClientError::from_answer(
             self.provider(),
             status,
@@ -267,4 +319,28 @@ impl Transport {
             &|s| self.redact(s),
         ))
     }
+}
+
+enum ReadFailure {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// Read a body chunk by chunk, failing as soon as it passes `limit` bytes.
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, ReadFailure> {
+    let announced = response.content_length().unwrap_or(0);
+    if announced > limit as u64 {
+        return Err(ReadFailure::TooLarge);
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    while let Some(chunk) = response.chunk().await.map_err(ReadFailure::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ReadFailure::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }

@@ -5,15 +5,22 @@ use std::fmt;
 use std::time::Duration;
 
 use super::FailedTier;
-use crate::classify::{classify_dyn_error, ClassifyError, FailureKind};
+use crate::classify::{classify_dyn_error, ClassifyError, FailureKind, FailurePolicy};
 use crate::BoxError;
 
 /// Every tier failed with a failure worth falling back from, and there is no final
 /// responder: the failure of each tier, in the order they were tried.
 ///
-/// It classifies as the kind of the last tier's failure (so an outer layer sees,
-/// for example, the last `retry_after`), and its [`source`](Error::source) is the
-/// last tier's error, if that tier failed with an error rather than a response.
+/// It classifies as its tiers' failure, so an outer layer (a retry, a
+/// [`PartialBatchLayer`](crate::partial_batch)) treats the whole chain like one
+/// upstream: when any tier failed with a kind the default
+/// [`FailurePolicy`](crate::classify::FailurePolicy) retries, it is the retryable
+/// failure with the shortest wait (`retry_after`, none counting as zero; the
+/// earliest tier on a tie), since that tier could answer soonest; otherwise it
+/// is the last tier's failure. So a primary's `500` followed by a placeholder
+/// tier's unknown error is a retryable `ServerError`, and a chain whose tiers are
+/// all out of quota is not retried. Its [`source`](Error::source) is the last
+/// tier's error, if that tier failed with an error rather than a response.
 #[derive(Debug)]
 pub struct AllTiersFailed {
     pub(crate) tiers: Vec<FailedTier>,
@@ -40,6 +47,17 @@ impl AllTiersFailed {
             .last()
             .map_or(&FailureKind::Other, |tier| &tier.kind)
     }
+
+    /// The kind the whole chain's failure classifies as (see the type's docs).
+    pub fn kind(&self) -> &FailureKind {
+        let policy = FailurePolicy::DEFAULT;
+        self.tiers
+            .iter()
+            .map(|tier| &tier.kind)
+            .filter(|kind| policy.is_retryable(kind))
+            .min_by_key(|kind| kind.retry_after().unwrap_or(Duration::ZERO))
+            .unwrap_or_else(|| self.last_kind())
+    }
 }
 
 impl fmt::Display for AllTiersFailed {
@@ -62,7 +80,7 @@ impl Error for AllTiersFailed {
 
 impl ClassifyError for AllTiersFailed {
     fn classify_error(&self) -> FailureKind {
-        self.last_kind().clone()
+        self.kind().clone()
     }
 }
 
@@ -133,6 +151,19 @@ impl ClassifyError for FirstEventError {
 /// The body error of an event stream that broke after its first event: the client
 /// has already received part of the answer, so it is told the answer is
 /// incomplete instead of seeing a cleanly ended stream.
+///
+/// Its kind says why: the body ended (cleanly or not) before the stream's
+/// [`TerminalEvent`](super::TerminalEvent) is
+/// [`InvalidResponse`](FailureKind::InvalidResponse); an event over the size
+/// limit is `InvalidResponse` too; silence longer than the idle limit is
+/// [`Timeout`](FailureKind::Timeout); a broken body is its error's kind, and
+/// [`Connect`](FailureKind::Connect) when that error is not one this crate knows.
+///
+/// `InvalidResponse` is not retried by default (part of the answer was sent) and
+/// counts against a circuit (an upstream that cuts its answers short is not
+/// healthy). A circuit breaker *below* the fallback layer has already recorded
+/// the tier's call as a success when its response head arrived, so it does not
+/// see this error; record it by hand through the breaker's handle if it should.
 #[derive(Debug)]
 pub struct StreamInterrupted {
     source: BoxError,
@@ -142,11 +173,20 @@ impl StreamInterrupted {
     pub(crate) fn new(source: BoxError) -> Self {
         Self { source }
     }
+
+    /// Why the stream was interrupted, in the shared taxonomy.
+    pub fn kind(&self) -> FailureKind {
+        self.classify_error()
+    }
 }
 
 impl fmt::Display for StreamInterrupted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("event stream interrupted after it started: the answer is incomplete")
+        write!(
+            f,
+            "event stream interrupted after it started: the answer is incomplete ({})",
+            self.source
+        )
     }
 }
 
@@ -161,6 +201,113 @@ impl ClassifyError for StreamInterrupted {
         match classify_dyn_error(&*self.source) {
             FailureKind::Other => FailureKind::Connect,
             kind => kind,
+        }
+    }
+}
+
+/// Why an event stream that had started did not complete, other than a broken
+/// body: the source of a [`StreamInterrupted`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StreamFault {
+    /// The body ended before the stream's terminal event.
+    NoTerminalEvent,
+    /// No bytes for longer than the idle limit.
+    Silent(Duration),
+    /// An event (with the line being read) grew past this many bytes.
+    EventTooLarge(usize),
+}
+
+impl fmt::Display for StreamFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamFault::NoTerminalEvent => {
+                f.write_str("the stream ended before its terminal event")
+            }
+            StreamFault::Silent(limit) => write!(f, "the stream was silent for {limit:?}"),
+            StreamFault::EventTooLarge(limit) => {
+                write!(f, "an event is larger than {limit} bytes")
+            }
+        }
+    }
+}
+
+impl Error for StreamFault {}
+
+impl ClassifyError for StreamFault {
+    fn classify_error(&self) -> FailureKind {
+        match self {
+            StreamFault::NoTerminalEvent | StreamFault::EventTooLarge(_) => {
+                FailureKind::InvalidResponse
+            }
+            StreamFault::Silent(_) => FailureKind::Timeout,
+        }
+    }
+}
+
+/// A successful answer that is not an event stream, read whole by
+/// [`FirstEvent`](super::FirstEvent) before it counts, turned out broken: the tier
+/// failed (classified [`InvalidResponse`](FailureKind::InvalidResponse), or
+/// [`Timeout`](FailureKind::Timeout) when reading its body timed out) and the next
+/// tier is tried. Nothing has been sent to the
+/// client.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum IncompleteAnswer {
+    /// The body is longer than the limit (or announced so); reading stopped there.
+    TooLarge(u64),
+    /// The body ended after `received` of the `announced` bytes (`Content-Length`).
+    Short {
+        /// The `Content-Length`.
+        announced: u64,
+        /// What arrived.
+        received: u64,
+    },
+    /// A JSON answer (by its `Content-Type`) that does not parse: cut short, or
+    /// not JSON at all.
+    NotJson,
+    /// The body broke while it was read.
+    Body(BoxError),
+}
+
+impl fmt::Display for IncompleteAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IncompleteAnswer::TooLarge(limit) => {
+                write!(f, "the answer is larger than the limit of {limit} bytes")
+            }
+            IncompleteAnswer::Short {
+                announced,
+                received,
+            } => write!(
+                f,
+                "the answer ended after {received} of its {announced} announced bytes"
+            ),
+            IncompleteAnswer::NotJson => f.write_str("the JSON answer does not parse"),
+            IncompleteAnswer::Body(_) => f.write_str("the answer broke while it was read"),
+        }
+    }
+}
+
+impl Error for IncompleteAnswer {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            IncompleteAnswer::Body(source) => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+impl ClassifyError for IncompleteAnswer {
+    fn classify_error(&self) -> FailureKind {
+        match self {
+            // A 2xx cut short is a broken answer, whatever broke it, unless the
+            // read timed out.
+            IncompleteAnswer::Body(source) => match classify_dyn_error(&**source) {
+                FailureKind::Timeout => FailureKind::Timeout,
+                _ => FailureKind::InvalidResponse,
+            },
+            _ => FailureKind::InvalidResponse,
         }
     }
 }
@@ -221,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn all_tiers_failed_lists_each_tier_and_classifies_as_the_last() {
+    fn all_tiers_failed_lists_each_tier_and_classifies_as_the_chain() {
         let err = AllTiersFailed {
             tiers: vec![
                 tier(0, "gpt", FailureKind::ServerError),
@@ -236,10 +383,62 @@ mod tests {
             err.to_string(),
             "all 2 fallback tiers failed: gpt: server_error; claude: connect"
         );
-        assert_eq!(err.classify_error(), FailureKind::Connect);
+        // Both retryable, neither with a wait: the earliest tier's.
+        assert_eq!(err.classify_error(), FailureKind::ServerError);
+        assert_eq!(err.last_kind(), &FailureKind::Connect);
         assert!(err.source().is_some());
         let boxed: BoxError = Box::new(err);
-        assert_eq!(boxed.classify_error(), FailureKind::Connect);
+        assert_eq!(boxed.classify_error(), FailureKind::ServerError);
+    }
+
+    fn chain(kinds: &[FailureKind]) -> AllTiersFailed {
+        AllTiersFailed {
+            tiers: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| tier(i, &format!("t{i}"), kind.clone()))
+                .collect(),
+            errors: kinds.iter().map(|_| None).collect(),
+        }
+    }
+
+    #[test]
+    fn all_tiers_failed_is_retryable_when_any_tier_was() {
+        use FailureKind::*;
+        let secs = |n| Some(Duration::from_secs(n));
+        let cases = [
+            // A 500, then a placeholder tier that fails with an unknown error.
+            (vec![ServerError, Other], ServerError),
+            (vec![QuotaExhausted, Other], Other),
+            (vec![QuotaExhausted, Auth], Auth),
+            (
+                vec![
+                    RateLimited {
+                        retry_after: secs(30),
+                    },
+                    Timeout,
+                ],
+                Timeout,
+            ),
+            (
+                vec![
+                    RateLimited {
+                        retry_after: secs(30),
+                    },
+                    Overloaded {
+                        retry_after: secs(5),
+                    },
+                    InvalidResponse,
+                ],
+                Overloaded {
+                    retry_after: secs(5),
+                },
+            ),
+            (vec![], Other),
+        ];
+        for (kinds, expected) in cases {
+            assert_eq!(chain(&kinds).classify_error(), expected, "{kinds:?}");
+        }
     }
 
     #[test]

@@ -94,7 +94,9 @@
 //!
 //! When every tier fails with failures worth a fallback and there is no final
 //! responder, the error is [`AllTiersFailed`], which lists every tier's failure in
-//! order.
+//! order. It classifies as the chain's failure (a retryable one if any tier's was),
+//! so a retry or a [`PartialBatchLayer`](crate::partial_batch) around the
+//! fallback retries a chain that may still answer.
 //!
 //! # Hedging
 //!
@@ -104,18 +106,30 @@
 //! is marked [`hedged`](Degraded::hedged); when the primary wins, its answer
 //! carries no marker (it is not degraded). At most two calls run at a time.
 //!
-//! # Streaming
+//! # Streaming and whole answers
 //!
-//! With [`first_event_timeout`](FallbackBuilder::first_event_timeout), an
-//! `http::Response` whose body is an event stream (`text/event-stream`) counts as an
-//! answer only once its first `data:` event arrives, within the limit after the
-//! response head ([`FirstEvent`]). A stream that breaks, ends, stalls, or opens with
-//! a provider error event before that falls back to the next tier, and the client
-//! has received nothing. A stream that breaks after its first event ends with a
-//! [`StreamInterrupted`] body error, never as a silently truncated `200`. The
-//! response body becomes an [`SseBody`]; the final responder's answer is passed
-//! through unchanged, so tiers that return `hyper::body::Incoming` should map their
-//! bodies to a boxed body the responder can build too.
+//! With [`first_event_timeout`](FallbackBuilder::first_event_timeout) (or
+//! [`settle_with`](FallbackBuilder::settle_with) a configured [`FirstEvent`]), an
+//! `http::Response` counts as an answer only once it is one:
+//!
+//! - an event stream (`text/event-stream`) once its first `data:` event arrives,
+//!   within the limit after the response head. A stream that breaks, ends,
+//!   stalls, or opens with a provider error event before that falls back to the
+//!   next tier, and the client has received nothing. After it, the stream is
+//!   checked as it passes: it is complete only once its [`TerminalEvent`]
+//!   arrived (`data: [DONE]` or a `finish_reason`, `message_stop`). One that
+//!   breaks, ends in any way before it, goes silent past the idle limit, or sends
+//!   an oversized event ends with a [`StreamInterrupted`] body error, never as a
+//!   silently truncated `200`.
+//! - any other answer once it is read whole, up to a limit (16 MiB by default):
+//!   an answer over the limit, shorter than its `Content-Length`, or JSON that
+//!   does not parse fails the tier as an
+//!   [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse)
+//!   ([`IncompleteAnswer`]) and the next tier is tried.
+//!
+//! The response body becomes an [`SseBody`]; the final responder's answer is
+//! passed through unchanged, so tiers that return `hyper::body::Incoming` should
+//! map their bodies to a boxed body the responder can build too.
 //!
 //! # Readiness
 //!
@@ -148,19 +162,30 @@ mod error;
 mod future;
 mod layer;
 mod request;
+mod scan;
 mod service;
 mod settle;
 mod sse;
+mod sse_body;
+mod terminal;
 
 pub use self::builder::{FallbackBuilder, Tier};
 pub use self::degraded::{Degraded, FailedTier, MarkDegraded, Marked};
-pub use self::error::{AllTiersFailed, FallbackConfigError, FirstEventError, StreamInterrupted};
+pub use self::error::{
+    AllTiersFailed, FallbackConfigError, FirstEventError, IncompleteAnswer, StreamFault,
+    StreamInterrupted,
+};
 pub use self::future::ResponseFuture;
 pub use self::layer::FallbackLayer;
 pub use self::request::{rewrite_model, set_json_model};
 pub use self::service::Fallback;
 pub use self::settle::{Immediate, SettleResponse, Settlement};
-pub use self::sse::{FirstEvent, FirstEventFuture, SseBody};
+pub use self::sse::{
+    FirstEvent, FirstEventFuture, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_PREFIX_BYTES, DEFAULT_STREAM_IDLE_TIMEOUT,
+};
+pub use self::sse_body::SseBody;
+pub use self::terminal::TerminalEvent;
 
 use crate::classify::{ClassifyError, FailureKind};
 
@@ -173,6 +198,12 @@ pub(crate) fn known_kind(err: &(dyn std::error::Error + 'static)) -> Option<Fail
         return Some(e.classify_error());
     }
     if let Some(e) = err.downcast_ref::<StreamInterrupted>() {
+        return Some(e.classify_error());
+    }
+    if let Some(e) = err.downcast_ref::<StreamFault>() {
+        return Some(e.classify_error());
+    }
+    if let Some(e) = err.downcast_ref::<IncompleteAnswer>() {
         return Some(e.classify_error());
     }
     None

@@ -1,55 +1,183 @@
-//! Event streams (SSE): a tier answers once its first `data:` event arrives.
+//! Event streams (SSE): a tier answers once its first `data:` event arrives; other
+//! answers once they are read whole.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_TYPE;
-use http_body::{Body, Frame, SizeHint};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http_body::Body;
+use http_body_util::{LengthLimitError, Limited};
 use tokio::time::{sleep, Sleep};
 
-use super::error::{FirstEventError, StreamInterrupted};
-use super::{SettleResponse, Settlement};
-use crate::classify::{classify_error_body, FailureKind};
+use super::error::{FirstEventError, IncompleteAnswer};
+use super::scan::Progress;
+use super::{SettleResponse, Settlement, SseBody, TerminalEvent};
+
 use crate::BoxError;
 
 /// How many bytes may arrive before the first complete `data:` event.
-const DEFAULT_MAX_PREFIX: usize = 64 * 1024;
+pub const DEFAULT_MAX_PREFIX_BYTES: usize = 64 * 1024;
+/// The largest event (with the line being read) of a stream: far above any real
+/// chunk, low enough that a server cannot make the client buffer without bound.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// The largest non-stream answer read whole: far above any real chat answer, far
+/// below memory.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
+/// The longest silence inside a stream after its first event.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Settles an `http::Response` whose body is an event stream (`text/event-stream`)
-/// only once its first `data:` event has arrived, within a time-to-first-token
-/// limit counted from the response head. Other responses are answers at once.
+/// Body frames read in one poll before yielding, so a body that is always ready
+/// (with empty frames, say) cannot hold the thread.
+const FRAMES_PER_POLL: usize = 64;
+
+/// Settles an `http::Response` only once it is an answer: an event stream
+/// (`text/event-stream`) once its first `data:` event has arrived, within a
+/// time-to-first-token limit counted from the response head; any other answer
+/// once it has been read whole (bounded) and found whole.
+///
+/// # Event streams
 ///
 /// A stream that breaks, ends, stalls past the limit, or opens with a provider
-/// error event before its first `data:` event is a failed tier (classified
-/// [`Connect`](FailureKind::Connect), [`InvalidResponse`](FailureKind::InvalidResponse),
-/// [`Timeout`](FailureKind::Timeout), or the error event's kind), so the next tier
-/// is tried and the client has received nothing. Once the first event is in, the
-/// stream belongs to the client: a break after that is a body error
-/// ([`StreamInterrupted`]), never a silently shortened answer.
+/// error event before its first `data:` event is a failed tier (a
+/// [`FirstEventError`], classified [`Connect`](crate::classify::FailureKind::Connect),
+/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse),
+/// [`Timeout`](crate::classify::FailureKind::Timeout), or the error event's kind),
+/// so the next tier is tried and the client has received nothing. Once the first
+/// event is in, the stream belongs to the client, and the [`SseBody`] checks the
+/// rest as it passes: a stream is complete only once its [`TerminalEvent`]
+/// arrived. A stream that breaks, or ends in any way before its terminal event,
+/// or is silent longer than [`idle_timeout`](Self::idle_timeout), or sends an
+/// event larger than [`max_event_bytes`](Self::max_event_bytes), ends with a
+/// [`StreamInterrupted`](super::StreamInterrupted) body error, never a silently
+/// shortened answer. A last event that is complete but lacks its closing blank
+/// line when the body ends still counts.
+///
+/// Lines may end in `\n`, `\r\n` or a lone `\r`; a byte order mark before the
+/// first line is skipped.
+///
+/// # Other answers
+///
+/// A successful answer that is not an event stream is read whole, up to
+/// [`max_answer_bytes`](Self::max_answer_bytes) (with
+/// [`http_body_util::Limited`]), before it counts. It fails the tier
+/// ([`IncompleteAnswer`], classified
+/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse) unless the
+/// body broke) when it is larger than the limit (reading stops there and the
+/// memory is released), shorter than its `Content-Length`, or a JSON answer (by
+/// its `Content-Type`) that does not parse, as a close-delimited answer cut short
+/// does not. The body then holds the bytes
+/// ([`SseBody::into_buffered`]). Turn this off with
+/// [`buffer_answers(false)`](Self::buffer_answers).
 ///
 /// Bound the time to the response head itself with a timeout on each tier
 /// (`tower::timeout::TimeoutLayer`), since the limit here starts at the head.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_llm_resilience::fallback::{FirstEvent, TerminalEvent};
+///
+/// let settle = FirstEvent::new(Duration::from_secs(10))
+///     .terminal_event(TerminalEvent::openai())
+///     .max_event_bytes(256 * 1024)
+///     .max_answer_bytes(4 * 1024 * 1024)
+///     .idle_timeout(Some(Duration::from_secs(60)));
+/// assert_eq!(settle.limits().2, 4 * 1024 * 1024);
+/// // FallbackLayer::builder()...settle_with(settle).build()
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct FirstEvent {
     timeout: Duration,
     max_prefix: usize,
+    max_event: usize,
+    max_answer: u64,
+    idle_timeout: Option<Duration>,
+    terminal: TerminalEvent,
+    buffer_answers: bool,
 }
 
 impl FirstEvent {
-    /// Wait at most `timeout` after the response head for the first `data:` event.
+    /// Wait at most `timeout` after the response head for the first `data:`
+    /// event; every other setting at its default.
     pub const fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            max_prefix: DEFAULT_MAX_PREFIX,
+            max_prefix: DEFAULT_MAX_PREFIX_BYTES,
+            max_event: DEFAULT_MAX_EVENT_BYTES,
+            max_answer: DEFAULT_MAX_ANSWER_BYTES,
+            idle_timeout: Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+            terminal: TerminalEvent::openai_or_anthropic(),
+            buffer_answers: true,
         }
     }
 
     /// The time-to-first-token limit.
     pub const fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The most bytes read before the first complete `data:` event (default
+    /// [`DEFAULT_MAX_PREFIX_BYTES`], 64 KiB); over it the tier fails with
+    /// [`FirstEventError::TooLarge`]. At least 1.
+    #[must_use]
+    pub const fn max_prefix_bytes(mut self, limit: usize) -> Self {
+        self.max_prefix = if limit == 0 { 1 } else { limit };
+        self
+    }
+
+    /// The largest event of a stream, with the line being read (default
+    /// [`DEFAULT_MAX_EVENT_BYTES`], 1 MiB). At least 1.
+    #[must_use]
+    pub const fn max_event_bytes(mut self, limit: usize) -> Self {
+        self.max_event = if limit == 0 { 1 } else { limit };
+        self
+    }
+
+    /// The largest non-stream answer read whole (default
+    /// [`DEFAULT_MAX_ANSWER_BYTES`], 16 MiB).
+    #[must_use]
+    pub const fn max_answer_bytes(mut self, limit: u64) -> Self {
+        self.max_answer = limit;
+        self
+    }
+
+    /// The longest silence inside a stream after its first event (default
+    /// [`DEFAULT_STREAM_IDLE_TIMEOUT`], 5 minutes); `None` for no limit. Past it,
+    /// a stream whose terminal event has not arrived ends with a
+    /// [`StreamInterrupted`](super::StreamInterrupted) error classified
+    /// [`Timeout`](crate::classify::FailureKind::Timeout).
+    #[must_use]
+    pub const fn idle_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.idle_timeout = match limit {
+            Some(limit) if limit.is_zero() => None,
+            limit => limit,
+        };
+        self
+    }
+
+    /// The rule for the event that completes a stream (default: OpenAI's or
+    /// Anthropic's, [`TerminalEvent::openai_or_anthropic`]).
+    #[must_use]
+    pub const fn terminal_event(mut self, rule: TerminalEvent) -> Self {
+        self.terminal = rule;
+        self
+    }
+
+    /// Read non-stream answers whole before they count (default `true`). With
+    /// `false` they are passed on unread, as with
+    /// [`Immediate`](super::Immediate), and a cut in them reaches the caller.
+    #[must_use]
+    pub const fn buffer_answers(mut self, on: bool) -> Self {
+        self.buffer_answers = on;
+        self
+    }
+
+    /// The limits in force: bytes before the first event, bytes per event,
+    /// bytes per non-stream answer.
+    pub const fn limits(&self) -> (usize, usize, u64) {
+        (self.max_prefix, self.max_event, self.max_answer)
     }
 }
 
@@ -63,30 +191,55 @@ where
     type Future = FirstEventFuture<B>;
 
     fn settle(&self, response: http::Response<B>) -> Self::Future {
-        if !is_event_stream(response.headers()) {
-            return FirstEventFuture {
-                state: State::Ready(Some(response.map(SseBody::new))),
-            };
-        }
-        let (parts, body) = response.into_parts();
-        FirstEventFuture {
-            state: State::Waiting {
-                parts: Some(parts),
-                body: Some(body),
-                buffer: BytesMut::new(),
+        let state = if is_event_stream(response.headers()) {
+            let (parts, body) = response.into_parts();
+            State::Waiting {
+                parts,
+                body,
+                prefix: BytesMut::new(),
+                progress: Progress::new(self.max_event, self.terminal),
                 deadline: Box::pin(sleep(self.timeout)),
-                timeout: self.timeout,
-                max_prefix: self.max_prefix,
-            },
+            }
+        } else if self.buffer_answers {
+            let (parts, body) = response.into_parts();
+            let announced = content_length(&parts.headers);
+            if announced.is_some_and(|n| n > self.max_answer) {
+                State::Failed(Some(IncompleteAnswer::TooLarge(self.max_answer).into()))
+            } else {
+                let json = parts.status.is_success()
+                    && !matches!(parts.status.as_u16(), 204 | 205)
+                    && is_json(&parts.headers);
+                let limit = usize::try_from(self.max_answer).unwrap_or(usize::MAX);
+                State::Reading {
+                    parts,
+                    body: Limited::new(body, limit),
+                    buffer: BytesMut::new(),
+                    announced,
+                    json,
+                    limit: self.max_answer,
+                }
+            }
+        } else {
+            State::Ready(Some(response.map(SseBody::new)))
+        };
+        FirstEventFuture {
+            state,
+            settings: *self,
         }
     }
 
     fn try_settle(&self, response: http::Response<B>) -> Settlement<Self::Output, Self::Future> {
-        if is_event_stream(response.headers()) {
-            Settlement::Wait(self.settle(response))
-        } else {
-            Settlement::Now(Ok(response.map(SseBody::new)))
+        if !self.buffer_answers && !is_event_stream(response.headers()) {
+            return Settlement::Now(Ok(response.map(SseBody::new)));
         }
+        if !is_event_stream(response.headers()) && response.body().is_end_stream() {
+            // Nothing to read: settle on the spot.
+            return match self.settle(response).check_empty() {
+                Some(result) => Settlement::Now(result),
+                None => unreachable_state(),
+            };
+        }
+        Settlement::Wait(self.settle(response))
     }
 
     fn pass(&self, response: http::Response<B>) -> Self::Output {
@@ -94,31 +247,88 @@ where
     }
 }
 
+#[cold]
+fn unreachable_state() -> ! {
+    unreachable!("an empty answer settles at once")
+}
+
 fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    media_type(headers).is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+}
+
+fn is_json(headers: &http::HeaderMap) -> bool {
+    media_type(headers).is_some_and(|t| {
+        t.eq_ignore_ascii_case("application/json")
+            || t.len() > 5 && t[t.len() - 5..].eq_ignore_ascii_case("+json")
+    })
+}
+
+/// The media type of the `Content-Type`, without parameters.
+fn media_type(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.split(';').next().unwrap_or("").trim())
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The future of [`FirstEvent`]: resolves with the response once its first
-/// `data:` event is buffered.
+/// `data:` event is buffered, or once a non-stream answer is read whole.
 #[derive(Debug)]
 pub struct FirstEventFuture<B> {
     state: State<B>,
+    settings: FirstEvent,
 }
 
 #[derive(Debug)]
 enum State<B> {
     Ready(Option<http::Response<SseBody<B>>>),
+    Failed(Option<BoxError>),
     Waiting {
-        parts: Option<http::response::Parts>,
-        body: Option<B>,
-        buffer: BytesMut,
+        parts: http::response::Parts,
+        body: B,
+        prefix: BytesMut,
+        progress: Progress,
         deadline: Pin<Box<Sleep>>,
-        timeout: Duration,
-        max_prefix: usize,
     },
+    Reading {
+        parts: http::response::Parts,
+        body: Limited<B>,
+        buffer: BytesMut,
+        announced: Option<u64>,
+        json: bool,
+        limit: u64,
+    },
+    Done,
+}
+
+impl<B> FirstEventFuture<B>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    B::Error: Into<BoxError>,
+{
+    /// For an answer whose body is known to be empty: its result without polling.
+    fn check_empty(self) -> Option<Result<http::Response<SseBody<B>>, BoxError>> {
+        match self.state {
+            State::Ready(response) => response.map(Ok),
+            State::Failed(error) => error.map(Err),
+            State::Reading {
+                parts,
+                announced,
+                json,
+                ..
+            } => Some(finish_answer(parts, Bytes::new(), announced, json)),
+            State::Waiting { .. } | State::Done => None,
+        }
+    }
 }
 
 impl<B> Future for FirstEventFuture<B>
@@ -130,230 +340,216 @@ where
     type Output = Result<http::Response<SseBody<B>>, BoxError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (parts, body, buffer, deadline, timeout, max_prefix) = match &mut self.state {
-            State::Ready(response) => {
-                return Poll::Ready(Ok(response.take().expect("polled after completion")))
-            }
-            State::Waiting {
-                parts,
-                body,
-                buffer,
-                deadline,
-                timeout,
-                max_prefix,
-            } => (parts, body, buffer, deadline, *timeout, *max_prefix),
+        let this = &mut *self;
+        let poll = match &mut this.state {
+            State::Ready(response) => Poll::Ready(response.take().map(Ok)),
+            State::Failed(error) => Poll::Ready(error.take().map(Err)),
+            State::Waiting { .. } => poll_first_event(&mut this.state, &this.settings, cx),
+            State::Reading { .. } => poll_answer(&mut this.state, cx),
+            State::Done => Poll::Ready(None),
         };
-        let fail = |e: FirstEventError| Poll::Ready(Err(BoxError::from(e)));
-        loop {
-            let inner = body.as_mut().expect("polled after completion");
-            match Pin::new(inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(mut data) = frame.into_data() {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            buffer.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
-                    match first_event(buffer) {
-                        Scan::Data => {
-                            let prefix = buffer.split().freeze();
-                            let body = SseBody::started(prefix, body.take().expect("body"));
-                            let parts = parts.take().expect("parts");
-                            return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
-                        }
-                        Scan::Error(kind) => return fail(FirstEventError::ErrorEvent(kind)),
-                        Scan::Incomplete if buffer.len() > max_prefix => {
-                            return fail(FirstEventError::TooLarge(max_prefix))
-                        }
-                        Scan::Incomplete => {}
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => return fail(FirstEventError::Body(e.into())),
-                Poll::Ready(None) => return fail(FirstEventError::Closed),
-                Poll::Pending => {
-                    ready!(deadline.as_mut().poll(cx));
-                    return fail(FirstEventError::TimedOut(timeout));
-                }
+        match poll {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(result)) => {
+                // Free whatever was buffered at once, whatever the outcome.
+                this.state = State::Done;
+                Poll::Ready(result)
             }
+            Poll::Ready(None) => panic!("`FirstEventFuture` polled after completion"),
         }
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Scan {
-    /// A complete event with data that is not an error.
-    Data,
-    /// The first complete data event is a provider error.
-    Error(FailureKind),
-    /// No complete data event yet.
-    Incomplete,
-}
+type Settled<B> = Option<Result<http::Response<SseBody<B>>, BoxError>>;
 
-/// Look for the first complete SSE event that has data (comments and data-less
-/// events are skipped, as a client would).
-fn first_event(buffer: &[u8]) -> Scan {
-    let mut event_name: &[u8] = b"";
-    let mut data: Vec<u8> = Vec::new();
-    let mut has_data = false;
-    let mut rest = buffer;
-    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-        let mut line = &rest[..end];
-        rest = &rest[end + 1..];
-        if let [head @ .., b'\r'] = line {
-            line = head;
-        }
-        if line.is_empty() {
-            if has_data {
-                return classify_event(event_name, &data);
-            }
-            event_name = b"";
-            continue;
-        }
-        if line[0] == b':' {
-            continue;
-        }
-        let (field, value) = match line.iter().position(|&b| b == b':') {
-            Some(i) => {
-                let value = &line[i + 1..];
-                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &b""[..]),
-        };
-        match field {
-            b"data" => {
-                if has_data {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(value);
-                has_data = true;
-            }
-            b"event" => event_name = value,
-            _ => {}
-        }
-    }
-    Scan::Incomplete
-}
-
-fn classify_event(event_name: &[u8], data: &[u8]) -> Scan {
-    match classify_error_body(data) {
-        Some(kind) => Scan::Error(kind),
-        None if event_name == b"error" => Scan::Error(FailureKind::Other),
-        None => Scan::Data,
-    }
-}
-
-/// The body of a response settled by [`FirstEvent`]: the buffered start of an
-/// event stream followed by the rest of it, or any other body unchanged.
-///
-/// Once an event stream has started, a break in it is reported as a
-/// [`StreamInterrupted`] body error.
-#[derive(Debug)]
-pub struct SseBody<B> {
-    prefix: Option<Bytes>,
-    inner: B,
-    started_stream: bool,
-    failed: bool,
-}
-
-impl<B> SseBody<B> {
-    /// A body passed through unchanged.
-    pub const fn new(inner: B) -> Self {
-        Self {
-            prefix: None,
-            inner,
-            started_stream: false,
-            failed: false,
-        }
-    }
-
-    /// The body it wraps, when nothing of it has been read ahead (any body that
-    /// is not an event stream): lets a caller that buffers answers take a
-    /// buffered body back as it is. `Err` gives the wrapper back.
-    ///
-    /// ```
-    /// use tower_llm_resilience::fallback::SseBody;
-    ///
-    /// let body = SseBody::new(String::from("{}"));
-    /// assert_eq!(body.try_into_inner().unwrap(), "{}");
-    /// ```
-    pub fn try_into_inner(self) -> Result<B, Self> {
-        if self.prefix.is_none() && !self.started_stream {
-            Ok(self.inner)
-        } else {
-            Err(self)
-        }
-    }
-
-    fn started(prefix: Bytes, inner: B) -> Self {
-        Self {
-            prefix: Some(prefix),
-            inner,
-            started_stream: true,
-            failed: false,
-        }
-    }
-}
-
-impl<B> Body for SseBody<B>
+fn poll_first_event<B>(
+    state: &mut State<B>,
+    settings: &FirstEvent,
+    cx: &mut Context<'_>,
+) -> Poll<Settled<B>>
 where
     B: Body + Unpin,
     B::Data: Buf,
     B::Error: Into<BoxError>,
 {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
-        }
-        if this.failed {
-            return Poll::Ready(None);
-        }
-        match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => Poll::Ready(Some(Ok(
-                frame.map_data(|mut data| data.copy_to_bytes(data.remaining()))
-            ))),
-            Some(Err(e)) => {
-                this.failed = true;
-                let e = e.into();
-                if this.started_stream {
-                    tracing::warn!("event stream interrupted after its first event");
-                    metrics::counter!("llm_fallback_stream_interrupted_total").increment(1);
-                    Poll::Ready(Some(Err(Box::new(StreamInterrupted::new(e)))))
-                } else {
-                    Poll::Ready(Some(Err(e)))
+    let State::Waiting {
+        body,
+        prefix,
+        progress,
+        deadline,
+        ..
+    } = state
+    else {
+        return Poll::Ready(None);
+    };
+    let fail = |e: FirstEventError| Poll::Ready(Some(Err(BoxError::from(e))));
+    let mut body_ended = false;
+    for _ in 0..FRAMES_PER_POLL {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                let start = prefix.len();
+                while data.has_remaining() {
+                    let chunk = data.chunk();
+                    prefix.extend_from_slice(chunk);
+                    let n = chunk.len();
+                    data.advance(n);
+                }
+                if let Err(too_large) = progress.feed(&prefix[start..]) {
+                    return fail(FirstEventError::TooLarge(too_large.0));
                 }
             }
-            None => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => return fail(FirstEventError::Body(e.into())),
+            Poll::Ready(None) => {
+                progress.finish();
+                body_ended = true;
+            }
+            Poll::Pending => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return fail(FirstEventError::TimedOut(settings.timeout));
+                }
+                return Poll::Pending;
+            }
+        }
+        if progress.events > 0 {
+            if let Some(kind) = progress.first_error.take() {
+                return fail(FirstEventError::ErrorEvent(kind));
+            }
+            break;
+        }
+        if body_ended {
+            return fail(FirstEventError::Closed);
+        }
+        if prefix.len() > settings.max_prefix {
+            return fail(FirstEventError::TooLarge(settings.max_prefix));
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && (self.failed || self.inner.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let inner = self.inner.size_hint();
-        let extra = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + extra);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + extra);
+    if progress.events == 0 {
+        // Still ready after a full budget of frames: give the thread back.
+        if deadline.as_mut().poll(cx).is_ready() {
+            return fail(FirstEventError::TimedOut(settings.timeout));
         }
-        hint
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
     }
+    let State::Waiting {
+        parts,
+        body,
+        prefix,
+        progress,
+        ..
+    } = std::mem::replace(state, State::Done)
+    else {
+        return Poll::Ready(None);
+    };
+    let body = SseBody::started(
+        prefix.freeze(),
+        body,
+        progress,
+        settings.idle_timeout,
+        body_ended,
+    );
+    Poll::Ready(Some(Ok(http::Response::from_parts(parts, body))))
+}
+
+fn poll_answer<B>(state: &mut State<B>, cx: &mut Context<'_>) -> Poll<Settled<B>>
+where
+    B: Body + Unpin,
+    B::Data: Buf,
+    B::Error: Into<BoxError>,
+{
+    let State::Reading {
+        body,
+        buffer,
+        limit,
+        ..
+    } = state
+    else {
+        return Poll::Ready(None);
+    };
+    for _ in 0..FRAMES_PER_POLL {
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Ok(mut data) = frame.into_data() {
+                    while data.has_remaining() {
+                        let chunk = data.chunk();
+                        buffer.extend_from_slice(chunk);
+                        let n = chunk.len();
+                        data.advance(n);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let error = if e.is::<LengthLimitError>() {
+                    IncompleteAnswer::TooLarge(*limit)
+                } else {
+                    IncompleteAnswer::Body(e)
+                };
+                return Poll::Ready(Some(Err(error.into())));
+            }
+            Poll::Ready(None) => {
+                let State::Reading {
+                    parts,
+                    buffer,
+                    announced,
+                    json,
+                    ..
+                } = std::mem::replace(state, State::Done)
+                else {
+                    return Poll::Ready(None);
+                };
+                return Poll::Ready(Some(finish_answer(parts, buffer.freeze(), announced, json)));
+            }
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+fn finish_answer<B>(
+    parts: http::response::Parts,
+    bytes: Bytes,
+    announced: Option<u64>,
+    json: bool,
+) -> Result<http::Response<SseBody<B>>, BoxError> {
+    let received = bytes.len() as u64;
+    if let Some(announced) = announced.filter(|&n| n != received) {
+        return Err(IncompleteAnswer::Short {
+            announced,
+            received,
+        }
+        .into());
+    }
+    if json && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return Err(IncompleteAnswer::NotJson.into());
+    }
+    Ok(http::Response::from_parts(parts, SseBody::buffered(bytes)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::FailureKind;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Scan {
+        Data,
+        Error(FailureKind),
+        Incomplete,
+    }
+
+    fn first_event(buffer: &[u8]) -> Scan {
+        let mut progress = Progress::new(DEFAULT_MAX_EVENT_BYTES, TerminalEvent::default());
+        progress.feed(buffer).unwrap();
+        match (progress.events, progress.first_error) {
+            (0, _) => Scan::Incomplete,
+            (_, Some(kind)) => Scan::Error(kind),
+            (_, None) => Scan::Data,
+        }
+    }
 
     #[test]
     fn first_event_needs_a_complete_data_event() {

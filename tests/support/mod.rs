@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod raw;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

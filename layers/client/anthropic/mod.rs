@@ -99,10 +99,7 @@ impl AnthropicClient {
         run(&self.transport, &model, false, async move {
             let response = transport.post(body, false).await?;
             let (status, headers) = (response.status(), response.headers().clone());
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| transport.transport_error(e))?;
+            let bytes = transport.read_answer(response).await?;
             decode_response(&transport, status, &headers, &bytes)
         })
     }
@@ -237,6 +234,22 @@ impl AnthropicClientBuilder {
     /// events, so a healthy stream is never silent long.
     pub fn stream_idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.options.stream_idle_timeout = timeout.into();
+        self
+    }
+
+    /// The largest answer body read whole (default 16 MiB). A larger answer fails
+    /// the call with [`FailureKind::InvalidResponse`] as soon as the limit is
+    /// passed (or announced), without reading the rest.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.options.max_body_bytes = limit;
+        self
+    }
+
+    /// The largest event of a streamed answer, with the line being read (default
+    /// 1 MiB). A larger one fails the stream with
+    /// [`FailureKind::InvalidResponse`].
+    pub fn max_event_bytes(mut self, limit: usize) -> Self {
+        self.options.max_event_bytes = limit;
         self
     }
 

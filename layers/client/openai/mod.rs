@@ -103,10 +103,7 @@ impl OpenAiClient {
         run(&self.transport, &model, false, async move {
             let response = transport.post(body, false).await?;
             let (status, headers) = (response.status(), response.headers().clone());
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|e| transport.transport_error(e))?;
+            let bytes = transport.read_answer(response).await?;
             decode_response(&transport, status, &headers, &bytes)
         })
     }
@@ -242,6 +239,22 @@ impl OpenAiClientBuilder {
     /// on by default, turn it off for servers that reject the option.
     pub fn stream_usage(mut self, include: bool) -> Self {
         self.stream_usage = include;
+        self
+    }
+
+    /// The largest answer body read whole (default 16 MiB). A larger answer fails
+    /// the call with [`FailureKind::InvalidResponse`] as soon as the limit is
+    /// passed (or announced), without reading the rest.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.options.max_body_bytes = limit;
+        self
+    }
+
+    /// The largest event of a streamed answer, with the line being read (default
+    /// 1 MiB). A larger one fails the stream with
+    /// [`FailureKind::InvalidResponse`].
+    pub fn max_event_bytes(mut self, limit: usize) -> Self {
+        self.options.max_event_bytes = limit;
         self
     }
 

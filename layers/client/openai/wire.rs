@@ -96,7 +96,8 @@ pub(super) fn decode_response(
     Ok(response)
 }
 
-/// OpenAI's stream: `data: {chunk}` events, then `data: [DONE]`.
+/// OpenAI's stream: `data: {chunk}` events, then `data: [DONE]`; a chunk with a
+/// `finish_reason` already makes the answer whole.
 pub(super) struct OpenAiEvents;
 
 impl EventDecoder for OpenAiEvents {
@@ -141,6 +142,8 @@ impl EventDecoder for OpenAiEvents {
             if let Some(reason) = choice.finish_reason {
                 let reason = FinishReason::from_openai(&reason);
                 state.deltas.push_back(ChatDelta::Finish(reason));
+                // Whole: some compatible servers end the body without `[DONE]`.
+                state.complete = true;
             }
         }
         if let Some(usage) = chunk.usage {
