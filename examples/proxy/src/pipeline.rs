@@ -32,7 +32,9 @@ use tower_llm_resilience::escalation::{
     answer_is_json, Adapter, Escalation, EscalationLayer, EscalationPolicy, HttpAdapter,
     ResumeToken, TimeoutDefault, Verdict,
 };
-use tower_llm_resilience::fallback::{Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier};
+use tower_llm_resilience::fallback::{
+    Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier, DEFAULT_MAX_EVENT_BYTES,
+};
 use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
@@ -317,6 +319,7 @@ fn build_core(
     model: &ModelConfig,
     guarded: &HashMap<&str, Guarded>,
     first_event: Duration,
+    max_answer: usize,
 ) -> Result<Core, ConfigError> {
     let service = |name: &str| {
         guarded
@@ -342,8 +345,16 @@ fn build_core(
         // the real tier's failure (see `errors`).
         builder = builder.tier(Tier::new(NO_TIER, tower::service_fn(no_tier)));
     }
+    // The upstream services read non-stream answers whole (bounded, cut answers
+    // failed, see `upstream`), so the fallback does not read them again; it
+    // bounds streams: each event, and the terminal event that makes one whole.
+    let settle = FirstEvent::new(first_event)
+        .max_answer_bytes(max_answer as u64)
+        .max_event_bytes(max_answer.min(DEFAULT_MAX_EVENT_BYTES))
+        .buffer_answers(false);
     let layer = builder
         .first_event_timeout(first_event)
+        .settle_with(settle)
         .build()
         .map_err(|e| ConfigError(format!("model {:?}: {e}", model.name)))?;
     Ok(Core {
@@ -406,7 +417,12 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
     for model in &config.models {
-        let core = build_core(model, &guarded, first_event)?;
+        let core = build_core(
+            model,
+            &guarded,
+            first_event,
+            config.limits.max_upstream_body_bytes,
+        )?;
         let name: Arc<str> = model.name.as_str().into();
         models.insert(name.clone(), escalation.layer(core.clone()));
         cores.insert(name, core);

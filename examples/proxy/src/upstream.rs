@@ -29,6 +29,7 @@ use tower_llm_resilience::client::{
     AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, FinishReason, Message,
     ResponseFormat, Role,
 };
+use tower_llm_resilience::fallback::DEFAULT_MAX_EVENT_BYTES;
 use tower_llm_resilience::BoxError;
 
 use crate::body::{unix_now, IdleTimeout, MaxBytes, ProxyBody};
@@ -102,6 +103,8 @@ impl Upstream {
                     .provider_name(config.name.clone())
                     .timeout(timeout)
                     .stream_idle_timeout(idle)
+                    .max_body_bytes(max_body)
+                    .max_event_bytes(max_body.min(DEFAULT_MAX_EVENT_BYTES))
                     .http_client(http.clone());
                 if let Some(key) = &key {
                     builder = builder.api_key(key.clone());
