@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// tests. Millisecond precision, as stores keep it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Clock {
+    /// Whole milliseconds, so `now()` never reads earlier than `wall`.
     wall: SystemTime,
     mono: tokio::time::Instant,
 }
@@ -11,17 +12,29 @@ pub(crate) struct Clock {
 impl Clock {
     pub(crate) fn new() -> Self {
         Self {
-            wall: SystemTime::now(),
+            wall: truncate_ms(SystemTime::now()),
             mono: tokio::time::Instant::now(),
         }
     }
 
     pub(crate) fn now(&self) -> SystemTime {
-        let now = self.wall + self.mono.elapsed();
-        let ms = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        truncate_ms(self.wall + self.mono.elapsed())
     }
+
+    /// The tokio instant at which this clock reads `at`: a waiter's deadline is the
+    /// very instant its record expires, so the two can never disagree.
+    pub(crate) fn instant_at(&self, at: SystemTime) -> tokio::time::Instant {
+        let since_start = at.duration_since(self.wall).unwrap_or_default();
+        self.mono
+            .checked_add(since_start)
+            .unwrap_or_else(|| self.mono + super::layer::MAX_LIFETIME)
+    }
+}
+
+fn truncate_ms(time: SystemTime) -> SystemTime {
+    let ms = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }

@@ -2,15 +2,10 @@
 //! the store's compare-and-swap: first resolution wins, single use, expiry.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::future::{poll_fn, Future};
-use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
 use std::time::{Duration, SystemTime};
-
-use tokio::sync::Notify;
 
 use super::clock::Clock;
 use super::error::{EscalationError, ResolveError, StoreError};
@@ -21,6 +16,7 @@ use super::record::{
 };
 use super::store::{EscalationStore, Update};
 use super::token::{self, ResumeToken, TokenHash};
+use super::waiter::WaiterSlot;
 
 /// Actor name of changes the library makes itself.
 pub(crate) const SYSTEM: &str = "system";
@@ -33,6 +29,7 @@ pub(crate) struct NewEscalation {
     pub(crate) mode: ModeKind,
     pub(crate) reason: String,
     pub(crate) request: serde_json::Value,
+    pub(crate) fingerprint: Option<String>,
     pub(crate) result: Option<serde_json::Value>,
     pub(crate) ttl: Duration,
 }
@@ -45,7 +42,10 @@ pub(crate) struct Shared {
     pub(crate) retry: NotifyRetry,
     pub(crate) review_base: Option<String>,
     pub(crate) clock: Clock,
-    waiters: Mutex<HashMap<EscalationId, Arc<Notify>>>,
+    /// Wait-mode calls of this process that are waiting now.
+    pub(super) waiters: Mutex<HashMap<EscalationId, Arc<WaiterSlot>>>,
+    /// Waiters that went away and whose record is being marked abandoned.
+    pub(super) abandoning: Mutex<HashSet<EscalationId>>,
     parked: Mutex<HashMap<EscalationId, Parked>>,
 }
 
@@ -59,7 +59,7 @@ impl fmt::Debug for Shared {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -77,6 +77,7 @@ impl Shared {
             review_base,
             clock: Clock::new(),
             waiters: Mutex::default(),
+            abandoning: Mutex::default(),
             parked: Mutex::default(),
         }
     }
@@ -92,6 +93,17 @@ impl Shared {
             ModeKind::Detach => Some(token::new_token(&id).map_err(EscalationError::Random)?),
             ModeKind::Wait => None,
         };
+        let record = self.insert_new(id, new, token.as_ref()).await?;
+        Ok((record, token))
+    }
+
+    /// Stores a new pending escalation with id `id` and starts its notification.
+    pub(super) async fn insert_new(
+        self: &Arc<Self>,
+        id: EscalationId,
+        new: NewEscalation,
+        token: Option<&ResumeToken>,
+    ) -> Result<EscalationRecord, EscalationError> {
         let now = self.clock.now();
         let record = EscalationRecord::pending(
             id.clone(),
@@ -99,10 +111,11 @@ impl Shared {
             new.mode,
             new.reason.clone(),
             new.request,
+            new.fingerprint,
             new.result,
             now,
             new.ttl,
-            token.as_ref().map(TokenHash::of),
+            token.map(TokenHash::of),
         );
         let audit = AuditEntry::new(
             id.clone(),
@@ -114,7 +127,7 @@ impl Shared {
         metrics::counter!("escalation_created_total", "stage" => stage_label(new.stage), "mode" => mode_label(new.mode)).increment(1);
         tracing::info!(escalation_id = %id, stage = stage_label(new.stage), mode = mode_label(new.mode), reason = %record.reason, "escalated to a human");
         self.spawn_notification(&record);
-        Ok((record, token))
+        Ok(record)
     }
 
     /// First resolution wins. With `by_timeout`, the configured default is being
@@ -137,7 +150,17 @@ impl Shared {
                 current.status_at(now)
             };
             match status {
+                Status::Pending if !by_timeout && self.is_abandoning(id) => {
+                    return Err(ResolveError::Abandoned(id.clone()))
+                }
                 Status::Pending => {}
+                // A wait-mode record expires when its wait times out; if another
+                // process listed it in between, its waiter's default still applies.
+                Status::Expired
+                    if by_timeout
+                        && current.mode == ModeKind::Wait
+                        && current.resolution.is_none() => {}
+                Status::Abandoned => return Err(ResolveError::Abandoned(id.clone())),
                 Status::Expired => {
                     self.mark_expired(&current).await?;
                     return Err(ResolveError::Expired(id.clone()));
@@ -174,11 +197,20 @@ impl Shared {
         Err(contention().into())
     }
 
-    /// Writes `Expired` on a pending record past its expiry (no-op otherwise).
-    pub(crate) async fn mark_expired(&self, current: &EscalationRecord) -> Result<(), StoreError> {
+    /// Writes `Expired` on a pending record past its expiry (no-op otherwise). A
+    /// wait-mode record with a waiter in this process is left to that waiter, which
+    /// applies its timeout default at the same instant.
+    /// Returns whether the record is (now) expired in the store.
+    pub(crate) async fn mark_expired(
+        &self,
+        current: &EscalationRecord,
+    ) -> Result<bool, StoreError> {
         let now = self.clock.now();
         if current.status_at(now) != Status::Expired || current.status != Status::Pending {
-            return Ok(());
+            return Ok(current.status == Status::Expired);
+        }
+        if current.mode == ModeKind::Wait && lock(&self.waiters).contains_key(&current.id) {
+            return Ok(false);
         }
         let mut next = current.clone();
         next.status = Status::Expired;
@@ -188,22 +220,25 @@ impl Shared {
             metrics::counter!("escalation_expired_total").increment(1);
             tracing::info!(escalation_id = %current.id, "escalation expired unresolved");
             self.wake(&current.id);
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Checks a resume token and uses it up: the resolved record, once.
     pub(crate) async fn redeem(
         &self,
         token: &ResumeToken,
+        fingerprint: Option<&str>,
     ) -> Result<EscalationRecord, EscalationError> {
-        let result = self.redeem_inner(token).await;
+        let result = self.redeem_inner(token, fingerprint).await;
         let outcome = match &result {
             Ok(_) => "resumed",
             Err(EscalationError::StillPending { .. }) => "still_pending",
             Err(EscalationError::Expired { .. }) => "expired",
             Err(EscalationError::AlreadyUsed { .. }) => "already_used",
             Err(EscalationError::InvalidToken) => "invalid_token",
+            Err(EscalationError::RequestMismatch { .. }) => "request_mismatch",
             Err(_) => "error",
         };
         metrics::counter!("escalation_resume_total", "outcome" => outcome).increment(1);
@@ -211,7 +246,11 @@ impl Shared {
         result
     }
 
-    async fn redeem_inner(&self, token: &ResumeToken) -> Result<EscalationRecord, EscalationError> {
+    async fn redeem_inner(
+        &self,
+        token: &ResumeToken,
+        fingerprint: Option<&str>,
+    ) -> Result<EscalationRecord, EscalationError> {
         let id = token.escalation_id().ok_or(EscalationError::InvalidToken)?;
         for _ in 0..MAX_CONFLICTS {
             let now = self.clock.now();
@@ -223,6 +262,13 @@ impl Shared {
             match &record.token_hash {
                 Some(hash) if token.matches(hash) => {}
                 _ => return Err(EscalationError::InvalidToken),
+            }
+            // Checked before anything is written: a mismatch never uses the token up.
+            if let Some(expected) = &record.request_fingerprint {
+                if fingerprint != Some(expected.as_str()) {
+                    tracing::warn!(escalation_id = %id, "resume refused: not the escalated request");
+                    return Err(EscalationError::RequestMismatch { id });
+                }
             }
             if record.used_at.is_some() {
                 return Err(EscalationError::AlreadyUsed { id });
@@ -254,70 +300,14 @@ impl Shared {
         Err(contention().into())
     }
 
-    /// Waits for a human, up to `timeout`; then applies `default`. Resolutions made
-    /// through a `Handle` of this process wake the waiter at once; others (another
-    /// process sharing the store) wake it through the store's
-    /// [`watch`](EscalationStore::watch) if it has one, and are seen at the next
-    /// `poll_interval` in any case.
-    pub(crate) async fn wait(
-        &self,
-        id: &EscalationId,
-        timeout: Duration,
-        default: &Decision,
-        poll_interval: Duration,
-    ) -> Result<EscalationRecord, EscalationError> {
-        let notify = lock(&self.waiters).entry(id.clone()).or_default().clone();
-        let _guard = WaiterGuard { shared: self, id };
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let mut notified = pin!(notify.notified());
-            notified.as_mut().enable();
-            // Started before the read, so a change right after it is not missed.
-            let mut changed = self.store.watch(id);
-            let current = self
-                .store
-                .get(id)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            if current.status != Status::Pending {
-                return Ok(current);
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let mut tick = pin!(tokio::time::sleep_until(deadline.min(now + poll_interval)));
-            poll_fn(|cx| {
-                let remote = changed
-                    .as_mut()
-                    .is_some_and(|changed| changed.as_mut().poll(cx).is_ready());
-                if remote
-                    || notified.as_mut().poll(cx).is_ready()
-                    || tick.as_mut().poll(cx).is_ready()
-                {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-        }
-        match self
-            .resolve(id, default.clone(), Resolution::TIMEOUT_DEFAULT, true)
-            .await
-        {
-            Ok(record) => Ok(record),
-            Err(ResolveError::AlreadyResolved(record)) => Ok(*record),
-            Err(ResolveError::Expired(id)) => Err(EscalationError::Expired { id }),
-            Err(ResolveError::NotFound(id)) => Err(StoreError::NotFound(id).into()),
-            Err(ResolveError::Store(e)) => Err(e.into()),
+    pub(super) fn wake(&self, id: &EscalationId) {
+        if let Some(slot) = lock(&self.waiters).get(id) {
+            slot.notify.notify_waiters();
         }
     }
 
-    fn wake(&self, id: &EscalationId) {
-        if let Some(notify) = lock(&self.waiters).get(id) {
-            notify.notify_waiters();
-        }
+    pub(super) fn is_abandoning(&self, id: &EscalationId) -> bool {
+        lock(&self.abandoning).contains(id)
     }
 
     /// Keeps a response under review (detach mode) so an approval can return it.
@@ -335,17 +325,6 @@ impl Shared {
 
     pub(crate) fn unpark(&self, id: &EscalationId) -> Option<Box<dyn Any + Send>> {
         lock(&self.parked).remove(id).map(|(_, response)| response)
-    }
-}
-
-struct WaiterGuard<'a> {
-    shared: &'a Shared,
-    id: &'a EscalationId,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        lock(&self.shared.waiters).remove(self.id);
     }
 }
 

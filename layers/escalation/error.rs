@@ -63,6 +63,25 @@ pub enum EscalationError {
     },
     /// The token is malformed, unknown, or does not match.
     InvalidToken,
+    /// The token is valid, but the request resuming with it is not the one that was
+    /// escalated (its [`Adapter`](super::Adapter) fingerprint differs: for HTTP, the
+    /// method, path and query, or body). The inner service was not called and the
+    /// token was not used up: its owner can still resume with the right request.
+    RequestMismatch {
+        /// The escalation the token belongs to.
+        id: EscalationId,
+    },
+    /// Wait mode: the wait was ended early by
+    /// [`Handle::release_waiters`](super::Handle::release_waiters) (e.g. the process is
+    /// shutting down). The escalation stays pending and is now resumable like a
+    /// detached one: resend the same request with `resume_token` once a human has
+    /// resolved it (before its original expiry).
+    Released {
+        /// The escalation.
+        id: EscalationId,
+        /// The token to resume with (secret, single use; not shown by `Display`).
+        resume_token: ResumeToken,
+    },
     /// The escalation store failed; nothing was lost that had been stored.
     Store(StoreError),
     /// A human's answer could not be turned into a response.
@@ -93,6 +112,14 @@ impl fmt::Display for EscalationError {
                 write!(f, "the resume token of escalation {id} was already used")
             }
             EscalationError::InvalidToken => f.write_str("invalid resume token"),
+            EscalationError::RequestMismatch { id } => write!(
+                f,
+                "the resume token of escalation {id} was granted for a different request"
+            ),
+            EscalationError::Released { id, .. } => write!(
+                f,
+                "the wait for escalation {id} was released: resume later with its token"
+            ),
             EscalationError::Store(e) => write!(f, "escalation store failed: {e}"),
             EscalationError::Answer(e) => {
                 write!(f, "the human answer is not a valid response: {e}")
@@ -163,6 +190,8 @@ pub enum ResolveError {
     AlreadyResolved(Box<EscalationRecord>),
     /// It expired unresolved.
     Expired(EscalationId),
+    /// Wait mode: the waiting caller went away, so nothing would act on a decision.
+    Abandoned(EscalationId),
     /// The store failed.
     Store(StoreError),
 }
@@ -175,6 +204,10 @@ impl fmt::Display for ResolveError {
                 write!(f, "escalation {} was already resolved ({})", r.id, r.status)
             }
             ResolveError::Expired(id) => write!(f, "escalation {id} expired"),
+            ResolveError::Abandoned(id) => write!(
+                f,
+                "escalation {id} was abandoned: the waiting caller went away, nothing would act on a decision"
+            ),
             ResolveError::Store(e) => write!(f, "escalation store failed: {e}"),
         }
     }
@@ -220,7 +253,9 @@ impl crate::classify::ClassifyError for EscalationError {
             | EscalationError::StillPending { .. }
             | EscalationError::Expired { .. }
             | EscalationError::AlreadyUsed { .. }
-            | EscalationError::InvalidToken => FailureKind::BadRequest,
+            | EscalationError::InvalidToken
+            | EscalationError::RequestMismatch { .. }
+            | EscalationError::Released { .. } => FailureKind::BadRequest,
             EscalationError::Store(_) | EscalationError::Answer(_) | EscalationError::Random(_) => {
                 FailureKind::Other
             }

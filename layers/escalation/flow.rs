@@ -30,12 +30,26 @@ where
     A: Adapter<Req, S::Response>,
 {
     let snapshot = config.adapter.snapshot_request(&request);
-    let record = match create(&config, Stage::Request, reason, snapshot.clone(), None).await? {
+    let fingerprint = config.adapter.fingerprint_request(&request);
+    let escalated = Escalating {
+        stage: Stage::Request,
+        reason,
+        request: snapshot.clone(),
+        fingerprint: fingerprint.clone(),
+        result: None,
+    };
+    let record = match create(&config, escalated).await? {
         Created::Detached(escalated) => return Err(EscalationError::Escalated(escalated).into()),
         Created::Waited(record) => record,
     };
     match decision(&record)? {
-        Decision::Approve => call_and_review(config, service, request, snapshot).await,
+        Decision::Approve => {
+            let reviewed = Reviewed {
+                snapshot,
+                fingerprint,
+            };
+            call_and_review(config, service, request, reviewed).await
+        }
         Decision::Answer { payload } => answer(&config, payload),
         Decision::Reject { reason } => Err(rejected(&record, reason)),
     }
@@ -44,7 +58,7 @@ where
 /// A review fired on `response`: record, then return a token or wait for the human.
 pub(crate) async fn escalate_response<P, A, Req, Res>(
     config: Arc<Config<P, A>>,
-    request: Value,
+    request: Reviewed,
     response: Res,
     reason: String,
 ) -> Result<Res, BoxError>
@@ -53,7 +67,14 @@ where
     A: Adapter<Req, Res>,
 {
     let result = config.adapter.snapshot_response(&response);
-    let record = match create(&config, Stage::Response, reason, request, Some(result)).await? {
+    let escalated = Escalating {
+        stage: Stage::Response,
+        reason,
+        request: request.snapshot,
+        fingerprint: request.fingerprint,
+        result: Some(result),
+    };
+    let record = match create(&config, escalated).await? {
         Created::Detached(escalated) => {
             let parked = Box::new(response);
             config
@@ -84,7 +105,8 @@ where
     P: EscalationPolicy<Req, S::Response>,
     A: Adapter<Req, S::Response>,
 {
-    let record = config.shared.redeem(&token).await?;
+    let fingerprint = config.adapter.fingerprint_request(&request);
+    let record = config.shared.redeem(&token, fingerprint.as_deref()).await?;
     let parked = config.shared.unpark(&record.id);
     match decision(&record)? {
         Decision::Reject { reason } => Err(rejected(&record, reason)),
@@ -97,8 +119,11 @@ where
                 // The reviewed response is gone (the process restarted): call again,
                 // and review the new response like any other.
             }
-            let snapshot = config.adapter.snapshot_request(&request);
-            call_and_review(config, service, request, snapshot).await
+            let reviewed = Reviewed {
+                snapshot: config.adapter.snapshot_request(&request),
+                fingerprint,
+            };
+            call_and_review(config, service, request, reviewed).await
         }
     }
 }
@@ -107,7 +132,7 @@ async fn call_and_review<S, P, A, Req>(
     config: Arc<Config<P, A>>,
     mut service: S,
     request: Req,
-    snapshot: Value,
+    reviewed: Reviewed,
 ) -> Result<S::Response, BoxError>
 where
     S: Service<Req>,
@@ -123,9 +148,24 @@ where
     match config.policy.check_response(&response) {
         Verdict::Proceed => Ok(response),
         Verdict::Escalate { reason } => {
-            Box::pin(escalate_response(config, snapshot, response, reason)).await
+            Box::pin(escalate_response(config, reviewed, response, reason)).await
         }
     }
+}
+
+/// What a response review keeps of the request: its snapshot and fingerprint.
+pub(crate) struct Reviewed {
+    pub(crate) snapshot: Value,
+    pub(crate) fingerprint: Option<String>,
+}
+
+/// What is being escalated.
+struct Escalating {
+    stage: Stage,
+    reason: String,
+    request: Value,
+    fingerprint: Option<String>,
+    result: Option<Value>,
 }
 
 enum Created {
@@ -135,50 +175,38 @@ enum Created {
 
 async fn create<P, A>(
     config: &Config<P, A>,
-    stage: Stage,
-    reason: String,
-    request: Value,
-    result: Option<Value>,
+    escalating: Escalating,
 ) -> Result<Created, EscalationError> {
     let (mode, ttl) = match &config.mode {
         Mode::Detach { ttl } => (ModeKind::Detach, *ttl),
         Mode::Wait { timeout, .. } => (ModeKind::Wait, *timeout),
     };
     let new = NewEscalation {
-        stage,
+        stage: escalating.stage,
         mode,
-        reason,
-        request,
-        result,
+        reason: escalating.reason,
+        request: escalating.request,
+        fingerprint: escalating.fingerprint,
+        result: escalating.result,
         ttl,
     };
-    let (record, token) = config.shared.create(new).await?;
-    match (&config.mode, token) {
-        (Mode::Detach { .. }, Some(token)) => Ok(Created::Detached(Escalated {
-            id: record.id,
-            token,
-            expires_at: record.expires_at,
-            reason: record.reason,
-        })),
-        (
-            Mode::Wait {
-                timeout,
-                on_timeout,
-            },
-            _,
-        ) => {
+    match &config.mode {
+        Mode::Detach { .. } => match config.shared.create(new).await? {
+            (record, Some(token)) => Ok(Created::Detached(Escalated {
+                id: record.id,
+                token,
+                expires_at: record.expires_at,
+                reason: record.reason,
+            })),
+            (_, None) => Err(EscalationError::InvalidToken),
+        },
+        Mode::Wait { on_timeout, .. } => {
             let resolved = config
                 .shared
-                .wait(
-                    &record.id,
-                    *timeout,
-                    &on_timeout.decision(),
-                    config.poll_interval,
-                )
+                .create_and_wait(new, &on_timeout.decision(), config.poll_interval)
                 .await?;
             Ok(Created::Waited(Box::new(resolved)))
         }
-        (Mode::Detach { .. }, None) => Err(EscalationError::InvalidToken),
     }
 }
 

@@ -35,10 +35,11 @@ pin_project! {
     }
 }
 
-/// What the response review needs: the layer's config and the request's snapshot.
+/// What the response review needs: the layer's config and the request's snapshot
+/// and fingerprint.
 pub(crate) struct Review<P, A> {
     pub(crate) config: Arc<Config<P, A>>,
-    pub(crate) request: serde_json::Value,
+    pub(crate) request: flow::Reviewed,
 }
 
 impl<F, Res, P, A, Req> ResponseFuture<F, Res, P, A, Req> {

@@ -129,13 +129,28 @@ impl Handle {
         self.shared.resolve(id, decision, by, false).await
     }
 
+    /// Ends every wait-mode call of this process that is waiting now, at once: each
+    /// returns [`EscalationError::Released`](super::EscalationError::Released) with a
+    /// fresh resume token, and its escalation stays pending but becomes resumable
+    /// like a detached one (resend the same request with the token once a human has
+    /// resolved it, before the escalation's original expiry). With a durable store
+    /// the decision can be picked up after a restart. Meant for graceful shutdown:
+    /// call it when the process stops accepting work, then let in-flight calls
+    /// finish. Calls that start waiting afterwards are not affected. A resolution
+    /// that lands before a waiter is released wins: that call returns it as usual.
+    ///
+    /// Returns how many calls were waiting. The records are rewritten by the
+    /// waiting calls themselves as they wake.
+    pub fn release_waiters(&self) -> usize {
+        self.shared.release_waiters()
+    }
+
     /// Marks every pending escalation past its expiry as expired; returns their ids.
     pub async fn expire_due(&self) -> Result<Vec<EscalationId>, StoreError> {
         let now = self.shared.clock.now();
         let mut expired = Vec::new();
         for record in self.shared.store.list(Some(Status::Pending)).await? {
-            if record.is_expired_at(now) {
-                self.shared.mark_expired(&record).await?;
+            if record.is_expired_at(now) && self.shared.mark_expired(&record).await? {
                 expired.push(record.id);
             }
         }

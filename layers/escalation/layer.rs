@@ -14,6 +14,12 @@ use super::service::Escalation;
 use super::snapshot::HttpAdapter;
 use super::store::{EscalationStore, MemoryStore};
 
+/// The longest wait, detach lifetime or poll interval a builder accepts: ten years.
+/// Longer values would overflow `Instant`/`SystemTime` arithmetic on some platforms
+/// (`Duration::MAX` always does), so they are refused at build time instead of
+/// panicking at call time.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// How a caller waits for the human.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mode {
@@ -210,19 +216,15 @@ impl<P, A> Builder<P, A> {
     }
 
     /// Checks the settings and builds the layer.
+    ///
+    /// Every duration (wait timeout, detach ttl, poll interval) must be positive and
+    /// at most [`MAX_LIFETIME`] (ten years).
     pub fn build(self) -> Result<EscalationLayer<P, A>, BuildError> {
         match &self.mode {
-            Mode::Wait { timeout, .. } if timeout.is_zero() => {
-                return Err(BuildError("wait timeout must be positive".into()))
-            }
-            Mode::Detach { ttl } if ttl.is_zero() => {
-                return Err(BuildError("detach ttl must be positive".into()))
-            }
-            _ => {}
+            Mode::Wait { timeout, .. } => check_duration("wait timeout", *timeout)?,
+            Mode::Detach { ttl } => check_duration("detach ttl", *ttl)?,
         }
-        if self.poll_interval.is_zero() {
-            return Err(BuildError("poll interval must be positive".into()));
-        }
+        check_duration("poll interval", self.poll_interval)?;
         if let Some(base) = &self.review_base {
             let valid = base.parse::<http::Uri>().is_ok_and(|uri| {
                 matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
@@ -247,4 +249,16 @@ impl<P, A> Builder<P, A> {
             }),
         })
     }
+}
+
+fn check_duration(name: &str, value: Duration) -> Result<(), BuildError> {
+    if value.is_zero() {
+        return Err(BuildError(format!("{name} must be positive")));
+    }
+    if value > MAX_LIFETIME {
+        return Err(BuildError(format!(
+            "{name} of {value:?} is longer than the maximum of {MAX_LIFETIME:?} (ten years)"
+        )));
+    }
+    Ok(())
 }

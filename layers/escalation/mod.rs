@@ -125,11 +125,12 @@ mod service;
 mod snapshot;
 mod store;
 mod token;
+mod waiter;
 
 pub use self::error::{BuildError, Escalated, EscalationError, ResolveError, StoreError};
 pub use self::future::ResponseFuture;
 pub use self::handle::Handle;
-pub use self::layer::{Builder, EscalationLayer, Mode, TimeoutDefault};
+pub use self::layer::{Builder, EscalationLayer, Mode, TimeoutDefault, MAX_LIFETIME};
 #[cfg(feature = "reqwest")]
 pub use self::notify::WebhookNotifier;
 pub use self::notify::{
@@ -146,8 +147,8 @@ pub use self::record::{
 };
 pub use self::service::Escalation;
 pub use self::snapshot::{
-    is_sensitive_header, redact_headers, snapshot_http_request, Adapter, HttpAdapter,
-    RESUME_TOKEN_HEADER,
+    fingerprint_http_request, is_sensitive_header, redact_headers, snapshot_http_request, Adapter,
+    HttpAdapter, RESUME_TOKEN_HEADER,
 };
 #[cfg(feature = "sqlite")]
 pub use self::store::SqliteStore;

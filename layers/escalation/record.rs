@@ -66,16 +66,21 @@ pub enum Status {
     Answered,
     /// Nobody resolved it before it expired.
     Expired,
+    /// Wait mode: the waiting caller went away (its response future was dropped)
+    /// before anyone resolved it. Nothing would act on a decision, so it can no
+    /// longer be resolved: [`ResolveError::Abandoned`](super::ResolveError::Abandoned).
+    Abandoned,
 }
 
 impl Status {
     /// Every status, in declaration order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
         Status::Approved,
         Status::Rejected,
         Status::Answered,
         Status::Expired,
+        Status::Abandoned,
     ];
 
     /// The lower-case name used in stores and payloads.
@@ -86,6 +91,7 @@ impl Status {
             Status::Rejected => "rejected",
             Status::Answered => "answered",
             Status::Expired => "expired",
+            Status::Abandoned => "abandoned",
         }
     }
 
@@ -181,6 +187,11 @@ pub struct EscalationRecord {
     pub reason: String,
     /// Snapshot of the request.
     pub request: serde_json::Value,
+    /// The [`Adapter`](super::Adapter)'s fingerprint of the escalated request: a
+    /// resume is accepted only for a request with the same fingerprint. `None` when
+    /// the adapter gives none (then any request may resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fingerprint: Option<String>,
     /// Snapshot of the result so far (the response under review), if any.
     pub result: Option<serde_json::Value>,
     /// When it was created.
@@ -211,6 +222,7 @@ impl EscalationRecord {
         mode: ModeKind,
         reason: String,
         request: serde_json::Value,
+        request_fingerprint: Option<String>,
         result: Option<serde_json::Value>,
         created_at: SystemTime,
         ttl: Duration,
@@ -223,9 +235,13 @@ impl EscalationRecord {
             mode,
             reason,
             request,
+            request_fingerprint,
             result,
             created_at,
-            expires_at: created_at + ttl,
+            // Builders cap every lifetime far below the overflow; saturate anyway.
+            expires_at: created_at
+                .checked_add(ttl)
+                .unwrap_or(created_at + super::layer::MAX_LIFETIME),
             status: Status::Pending,
             resolution: None,
             token_hash,
@@ -273,6 +289,11 @@ pub enum AuditAction {
     Expired,
     /// The caller resumed with its token.
     Resumed,
+    /// Wait mode: the waiting caller went away before a resolution.
+    Abandoned,
+    /// Wait mode: the waiting call was released (shutdown) and the escalation
+    /// became resumable with a token, as in detach mode.
+    Released,
     /// The notification was delivered.
     NotificationDelivered {
         /// Attempts it took.

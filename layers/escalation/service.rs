@@ -98,7 +98,10 @@ where
         }
         let review = config.policy.reviews_response_to(&request).then(|| Review {
             config: config.clone(),
-            request: config.adapter.snapshot_request(&request),
+            request: flow::Reviewed {
+                snapshot: config.adapter.snapshot_request(&request),
+                fingerprint: config.adapter.fingerprint_request(&request),
+            },
         });
         ResponseFuture::called(self.inner.call(request), review)
     }

@@ -30,6 +30,18 @@ pub trait Adapter<Req, Res> {
 
     /// The response to return for a human's answer.
     fn answer(&self, payload: Value) -> Result<Res, BoxError>;
+
+    /// A fingerprint of what the request asks for, kept on the record: a resume
+    /// token is accepted only with a request whose fingerprint is the same, so an
+    /// approval resumes exactly the request the human saw, never another one
+    /// ([`EscalationError::RequestMismatch`](super::EscalationError::RequestMismatch)).
+    /// It must not depend on the resume token or on credentials, and should be a
+    /// digest (it is stored). The default, `None`, binds nothing: any request
+    /// resumes. [`HttpAdapter`] digests the method, path and query, and body.
+    fn fingerprint_request(&self, request: &Req) -> Option<String> {
+        let _ = request;
+        None
+    }
 }
 
 /// The [`Adapter`] for `http::Request<B>` and `http::Response<B>` with buffered bodies
@@ -96,6 +108,10 @@ where
         header.map(|v| ResumeToken::from_string(v.to_str().unwrap_or_default()))
     }
 
+    fn fingerprint_request(&self, request: &http::Request<ReqB>) -> Option<String> {
+        Some(fingerprint_http_request(request, request.body().as_ref()))
+    }
+
     fn answer(&self, payload: Value) -> Result<http::Response<ResB>, BoxError> {
         let body = serde_json::to_vec(&payload)?;
         Ok(http::Response::builder()
@@ -103,6 +119,24 @@ where
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(ResB::from(body))?)
     }
+}
+
+/// The fingerprint [`HttpAdapter`] keeps: `sha256:` and the hex SHA-256 of the
+/// method, the path and query, and the SHA-256 of the body bytes. Headers are left
+/// out (they carry credentials and the resume token, and proxies rewrite them).
+pub fn fingerprint_http_request<B>(request: &http::Request<B>, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let mut digest = Sha256::new();
+    for part in [request.method().as_str().as_bytes(), path.as_bytes()] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    digest.update(Sha256::digest(body));
+    format!("sha256:{}", super::token::hex(&digest.finalize()))
 }
 
 /// A snapshot of an http request without credentials: `method`, `uri`, `headers`, and

@@ -187,6 +187,15 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     /// Hedge: when a tier has not answered after `delay`, also start the next
     /// alternate. The first answer wins, the other call is dropped (cancelled),
     /// and a degraded answer is marked [`hedged`](super::Degraded::hedged).
+    ///
+    /// A hedge only adds chances. When the hedged tier fails with a failure that is
+    /// not fallen back from (a smaller model's context length, a caller error), the
+    /// call waits for the tier still running, and that tier's outcome decides; the
+    /// hedged tier's error is returned only if that tier fails too. When the hedged
+    /// tier fails with a failure that is fallen back from and no alternate is
+    /// left, the delay starts once more, and then the final responder (if any, and
+    /// if the policy falls back from timeouts) answers in place of the tier that
+    /// still has not: a hung tier never keeps the call pending for ever.
     #[must_use]
     pub fn hedge_after(mut self, delay: Duration) -> Self {
         if delay.is_zero() {

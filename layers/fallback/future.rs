@@ -111,6 +111,10 @@ pin_project! {
         failed: Vec<FailedTier>,
         errors: Vec<Option<BoxError>>,
         hedged: bool,
+        // A hedged alternate's failure that is not fallen back from, kept while
+        // another call still runs: a hedge only adds chances, so it ends the call
+        // only if the other call cannot answer either.
+        deferred: Option<(usize, Result<Out, BoxError>)>,
     }
 }
 
@@ -123,6 +127,7 @@ impl<Out> Chain<Out> {
             failed: Vec::new(),
             errors: Vec::new(),
             hedged: false,
+            deferred: None,
         }
     }
 }
@@ -262,7 +267,8 @@ where
             match this.primary.as_mut().project() {
                 // Only when hedging, and the primary is pending.
                 PrimaryProj::Calling { .. } => {
-                    if !this.poll_hedge(cx) {
+                    // Nothing has failed yet, so a hedge can only start a tier.
+                    if !matches!(this.poll_hedge(cx), Hedge::Started) {
                         return Poll::Pending;
                     }
                 }
@@ -338,8 +344,16 @@ where
                     }
                 }
             }
-            if running == 1 && self.poll_hedge(cx) {
-                continue;
+            if running == 1 {
+                match self.poll_hedge(cx) {
+                    Hedge::Started => continue,
+                    Hedge::Final(result) => {
+                        self.primary.set(Primary::Done);
+                        self.finish(usize::MAX);
+                        return Poll::Ready(result);
+                    }
+                    Hedge::No => {}
+                }
             }
             return Poll::Pending;
         }
@@ -369,15 +383,33 @@ where
         }
     }
 
-    /// With one call running and hedging on: `true` once the delay has passed,
-    /// and the next tier has been started.
-    fn poll_hedge(&mut self, cx: &mut Context<'_>) -> bool {
+    /// With one call running and hedging on, once the delay has passed: the next
+    /// tier started, or, past the last alternate and after a tier failed with a
+    /// failure worth the final responder, the final responder's answer (the call
+    /// that still runs is taken as timed out, so a hung call never keeps the call
+    /// pending for ever).
+    fn poll_hedge(&mut self, cx: &mut Context<'_>) -> Hedge<P::Output> {
         let next = self.next();
         let Some(delay) = self.config.hedge_after else {
-            return false;
+            return Hedge::No;
         };
-        if next > self.config.alternates.len() || self.request.is_none() {
-            return false;
+        if self.request.is_none() {
+            return Hedge::No;
+        }
+        let to_final = next > self.config.alternates.len();
+        if to_final {
+            // Only after a failure the final responder is meant for (and never
+            // over a hedged tier's own error, which waits for the other call).
+            let last_failure_worth_it = self.chain.as_ref().is_some_and(|chain| {
+                chain.deferred.is_none()
+                    && chain
+                        .failed
+                        .last()
+                        .is_some_and(|tier| self.config.worth_final(&tier.kind))
+            });
+            if !(last_failure_worth_it && self.config.worth_final(&FailureKind::Timeout)) {
+                return Hedge::No;
+            }
         }
         let mut timer = self.chain().hedge_timer;
         if timer.is_none() {
@@ -387,7 +419,7 @@ where
             .as_pin_mut()
             .is_some_and(|timer| timer.poll(cx).is_pending())
         {
-            return false;
+            return Hedge::No;
         }
         tracing::debug!(
             tier = %self.config.name(next),
@@ -396,7 +428,20 @@ where
         );
         metrics::counter!("llm_fallback_hedges_total").increment(1);
         *self.chain().hedged = true;
-        self.start(next)
+        if !to_final {
+            return if self.start(next) {
+                Hedge::Started
+            } else {
+                Hedge::No
+            };
+        }
+        match (&self.config.final_responder, self.request.take()) {
+            (Some(last), Some(request)) => {
+                let answer = self.config.settle.pass((last.respond)(request));
+                Hedge::Final(Ok(self.degrade(self.config.final_index(), answer)))
+            }
+            _ => Hedge::No,
+        }
     }
 
     /// Record a failed tier. Returns the call's result when this failure ends it:
@@ -417,6 +462,18 @@ where
         )
         .increment(1);
         if !self.config.falls_back(self.next(), &kind) {
+            let others_running = self.in_flight() > 0 || !self.primary.is_done();
+            if index > 0 && others_running {
+                // A hedge only adds chances: wait for the call still running.
+                tracing::debug!(tier = %name, %kind, "hedged tier failed; waiting for the other call");
+                let chain = self.chain();
+                chain.failed.push(FailedTier { index, name, kind });
+                chain.errors.push(None);
+                if chain.deferred.is_none() {
+                    *chain.deferred = Some((index, answer));
+                }
+                return None;
+            }
             tracing::debug!(tier = %name, %kind, "tier failed; not a failure to fall back from");
             return Some(answer.map(|out| {
                 if index == 0 {
@@ -436,6 +493,11 @@ where
     /// Nothing runs: start the next tier that takes over from the last failure,
     /// or answer from the final responder, or fail with every tier's failure.
     fn start_next(&mut self) -> Option<Result<P::Output, BoxError>> {
+        if let Some((index, answer)) = self.chain().deferred.take() {
+            // The hedged tier's own failure ends the call, as it would have
+            // without the hedge once the other call failed too.
+            return Some(answer.map(|out| self.degrade(index, out)));
+        }
         let next = self.next();
         let kind = self
             .chain()
@@ -520,6 +582,16 @@ where
         }
         chain.in_flight.clear();
     }
+}
+
+/// What a hedge timer came to.
+enum Hedge<Out> {
+    /// Not (yet) hedging.
+    No,
+    /// The next tier was started.
+    Started,
+    /// The final responder answered.
+    Final(Result<Out, BoxError>),
 }
 
 impl<F, SF> Primary<F, SF> {

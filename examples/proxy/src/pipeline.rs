@@ -232,6 +232,10 @@ impl Adapter<Req, Res> for ProxyAdapter {
         Adapter::<Req, Res>::take_resume_token(&HttpAdapter::new(), request)
     }
 
+    fn fingerprint_request(&self, request: &Req) -> Option<String> {
+        Adapter::<Req, Res>::fingerprint_request(&HttpAdapter::new(), request)
+    }
+
     fn answer(&self, payload: serde_json::Value) -> Result<Res, BoxError> {
         let body = match payload {
             serde_json::Value::Object(ref object) if object.contains_key("choices") => payload,
