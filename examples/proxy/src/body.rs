@@ -289,6 +289,92 @@ where
     }
 }
 
+/// The proxy is closing: set once the shutdown grace period is about to end,
+/// so every upstream stream still open ends with an error event the client
+/// reads (instead of a connection cut without a word). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Closing(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Closing {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Closing {
+    /// Not closing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// End every stream guarded by this (and every one guarded later).
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// `body`, ended by an error once the proxy closes.
+    pub fn guard<B>(&self, body: B) -> UntilClosing<B> {
+        let mut closed = self.0.subscribe();
+        UntilClosing {
+            inner: body,
+            closed: Box::pin(async move {
+                if closed.wait_for(|closed| *closed).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
+            done: false,
+        }
+    }
+}
+
+/// A stream that ends with an error when the proxy closes; see [`Closing`].
+pub struct UntilClosing<B> {
+    inner: B,
+    closed: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<B> Body for UntilClosing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Checked first: a stream that never pauses is ended all the same.
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(ClassifiedError::new(
+                FailureKind::Other,
+                "the proxy is restarting: this answer was cut at the end of its shutdown \
+                 grace period; send the request again",
+            )
+            .into())));
+        }
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+}
+
 /// An OpenAI `chat.completion` object with one assistant message.
 pub fn completion_json(id: &str, model: &str, content: &str) -> serde_json::Value {
     serde_json::json!({

@@ -38,7 +38,7 @@ use tower_llm_resilience::fallback::{
 use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
-use crate::body::{completion_json, completion_sse, ProxyBody};
+use crate::body::{completion_json, completion_sse, Closing, ProxyBody};
 use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
@@ -268,6 +268,9 @@ pub struct Pipeline {
     /// With Redis: each upstream's circuit sync, kept running as long as the
     /// pipeline lives.
     pub circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
+    /// Closed at the end of a shutdown: upstream streams still open end with an
+    /// error event.
+    pub closing: Closing,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -396,6 +399,7 @@ async fn no_tier(_: Req) -> Result<Res, BoxError> {
 pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let http = HttpClients::new(1024, Duration::from_secs(10))?;
     let redis = RedisState::from_config(&config.state)?;
+    let closing = Closing::new();
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
     let mut circuit_syncs = Vec::new();
@@ -408,8 +412,12 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             circuit_syncs.push((name.clone(), sync));
         }
         circuits.push((name, layer.handle()));
-        let upstream_service =
-            Upstream::new(upstream, &http, config.limits.max_upstream_body_bytes)?;
+        let upstream_service = Upstream::new(
+            upstream,
+            &http,
+            config.limits.max_upstream_body_bytes,
+            &closing,
+        )?;
         let service = layer.layer(upstream_service);
         guarded.insert(upstream.name.as_str(), service);
     }
@@ -438,6 +446,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         escalations: escalation.handle(),
         redis,
         circuit_syncs,
+        closing,
     })
 }
 

@@ -32,7 +32,7 @@ use tower_llm_resilience::client::{
 use tower_llm_resilience::fallback::DEFAULT_MAX_EVENT_BYTES;
 use tower_llm_resilience::BoxError;
 
-use crate::body::{unix_now, IdleTimeout, MaxBytes, ProxyBody};
+use crate::body::{unix_now, Closing, IdleTimeout, MaxBytes, ProxyBody};
 use crate::config::{secs, ConfigError, UpstreamConfig, UpstreamKind};
 use crate::pipeline::RequestMeta;
 
@@ -51,6 +51,8 @@ struct Inner {
     idle: Duration,
     /// `limits.max_upstream_body_bytes`.
     max_body: usize,
+    /// Ends its streams when the proxy closes.
+    closing: Closing,
     anthropic: Option<AnthropicClient>,
 }
 
@@ -67,10 +69,12 @@ impl Upstream {
     /// Build the service of one `[[upstreams]]` entry, sharing `clients`' pools.
     /// An answer over `max_body` bytes (a buffered one, or a whole stream) fails
     /// the tier as an invalid response.
+    /// Its streams end with an error once `closing` is closed.
     pub fn new(
         config: &UpstreamConfig,
         clients: &HttpClients,
         max_body: usize,
+        closing: &Closing,
     ) -> Result<Self, ConfigError> {
         let http = clients.reqwest.clone();
         let timeout = secs("timeout_secs", config.timeout_secs)?;
@@ -135,6 +139,7 @@ impl Upstream {
                 timeout,
                 idle,
                 max_body,
+                closing: closing.clone(),
                 anthropic,
             }),
         })
@@ -235,7 +240,8 @@ async fn call_openai(
     };
     *out.body_mut() = if stream && is_sse && parts.status.is_success() {
         let bounded = MaxBytes::new(body, max_body, inner.name.clone());
-        ProxyBody::Stream(IdleTimeout::new(bounded, inner.idle).boxed_unsync())
+        let guarded = inner.closing.guard(IdleTimeout::new(bounded, inner.idle));
+        ProxyBody::Stream(guarded.boxed_unsync())
     } else {
         let declared = parts
             .headers
@@ -540,7 +546,10 @@ async fn call_anthropic(
             }
         })
         .map(|item| item.map(Frame::data));
-    let body = http_body_util::StreamBody::new(events).boxed_unsync();
+    let body = inner
+        .closing
+        .guard(http_body_util::StreamBody::new(events).boxed_unsync())
+        .boxed_unsync();
     Ok(http::Response::builder()
         .header(CONTENT_TYPE, "text/event-stream")
         .body(ProxyBody::Stream(body))?)

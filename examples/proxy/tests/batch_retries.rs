@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 async fn post_batch(base: &str, body: &Value) -> Value {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/batch"))
+        .bearer_auth(raw::CLIENT_KEY)
         .json(body)
         .send()
         .await

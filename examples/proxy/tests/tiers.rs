@@ -18,6 +18,7 @@ async fn upstreams() -> (RawUpstream, RawUpstream) {
 
 async fn post_raw(http: &reqwest::Client, base: &str, body: &str) -> reqwest::Response {
     http.post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(raw::CLIENT_KEY)
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()

@@ -19,6 +19,7 @@ fn ask(model: &str, stream: bool) -> Value {
 async fn post(base: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(raw::CLIENT_KEY)
         .json(body)
         .send()
         .await
@@ -177,10 +178,13 @@ base_url = "{}"
 [[models]]
 name = "c"
 tiers = [ {{ upstream = "claude", model = "claude-x" }} ]
+[auth]
+client_keys = ["{}"]
 [escalation]
 store = "memory"
 "#,
-        upstream.base_url()
+        upstream.base_url(),
+        raw::CLIENT_KEY
     );
     let proxy = llm_proxy::Proxy::start(&llm_proxy::Config::from_toml(&text).unwrap()).unwrap();
     let response = post(&proxy.url(), &ask("c", true)).await;

@@ -210,12 +210,24 @@ pub fn sse_chunk(text: &str) -> String {
     format!("data: {chunk}\n\n")
 }
 
+/// The client key of [`two_tier_config`].
+pub const CLIENT_KEY: &str = "client-key";
+/// The admin key of [`two_tier_config`].
+pub const ADMIN_KEY: &str = "admin-key";
+
 /// A proxy config with upstreams `first` and `second` (their base URLs), the
 /// model `two` (first/model-a, then second/model-b), the model `one` (first
-/// only), a memory escalation store, open auth, and `extra` TOML appended.
+/// only), a memory escalation store, [`CLIENT_KEY`] and [`ADMIN_KEY`], and
+/// `extra` TOML appended.
 /// Circuits never open (the tests count calls).
 pub fn two_tier_config(first: &str, second: &str, extra: &str) -> llm_proxy::Config {
-    let text = format!(
+    llm_proxy::Config::from_toml(&two_tier_text(first, second, extra, "store = \"memory\""))
+        .expect("test config is valid")
+}
+
+/// The TOML of [`two_tier_config`], with `escalation` as the `[escalation]` table's keys.
+pub fn two_tier_text(first: &str, second: &str, extra: &str, escalation: &str) -> String {
+    format!(
         r#"
 listen = "127.0.0.1:0"
 workers = 1
@@ -241,14 +253,17 @@ tiers = [ {{ upstream = "first", model = "model-a" }},
 name = "one"
 tiers = [ {{ upstream = "first", model = "model-a" }} ]
 
+[auth]
+client_keys = ["{CLIENT_KEY}"]
+admin_keys = ["{ADMIN_KEY}"]
+
 [circuit]
 consecutive_failures = 1000000
 cooldown_secs = 1
 
 [escalation]
-store = "memory"
+{escalation}
 {extra}
 "#
-    );
-    llm_proxy::Config::from_toml(&text).expect("test config is valid")
+    )
 }
