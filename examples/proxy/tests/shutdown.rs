@@ -257,5 +257,16 @@ async fn an_escalation_whose_waiting_client_went_away_reads_abandoned() {
         .await
         .unwrap();
     assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
+    // Resolving it is refused, clearly.
+    let resolved = http
+        .post(format!("{base}/v1/escalations/{id}/resolve"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"decision": "approve"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resolved.status(), 409);
+    let error: Value = resolved.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "escalation_abandoned");
     proxy.stop();
 }
