@@ -278,15 +278,15 @@ async fn collect_at_most(mut body: UpstreamBody, max: usize) -> Result<Option<By
             return Ok(None);
         }
         // Most answers come in one piece: kept as it is, without a copy.
-        match (&first, &mut joined) {
-            (_, Some(joined)) => joined.extend_from_slice(&data),
-            (Some(head), None) => {
-                let mut both = bytes::BytesMut::with_capacity(head.len() + data.len());
-                both.extend_from_slice(head);
-                both.extend_from_slice(&data);
-                joined = Some(both);
-            }
-            (None, None) => first = Some(data),
+        if let Some(joined) = &mut joined {
+            joined.extend_from_slice(&data);
+        } else if let Some(head) = first.take() {
+            let mut both = bytes::BytesMut::with_capacity(head.len() + data.len());
+            both.extend_from_slice(&head);
+            both.extend_from_slice(&data);
+            joined = Some(both);
+        } else {
+            first = Some(data);
         }
     }
     Ok(Some(

@@ -341,3 +341,34 @@ async fn a_stream_that_opens_then_stays_silent_is_a_timeout_not_a_connect_failur
     assert!(!message.contains("connect"), "{message}");
     proxy.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_line_that_never_ends_is_cut_at_the_event_limit() {
+    // One whole event, then a `data:` line that goes on without a newline.
+    let first = RawUpstream::start(|_, _| Reply::Endless {
+        head: format!("{SSE_HEAD}{}data: ", sse_chunk("Hi")).into_bytes(),
+        chunk: vec![b'a'; 16 * 1024],
+    })
+    .await;
+    let second = healthy().await;
+    let proxy = llm_proxy::Proxy::start(&two_tier_config(
+        &first.base_url(),
+        &second.base_url(),
+        // Events are bounded by the smaller of this and 1 MiB.
+        "[limits]\nmax_upstream_body_bytes = 4194304\n",
+    ))
+    .unwrap();
+    let response = post(&proxy.url(), &ask("two", true)).await;
+    assert_eq!(tier(&response), "first");
+    let body = response.text().await.unwrap();
+    assert!(body.len() < 2 * 1024 * 1024, "{} bytes passed", body.len());
+    let (text, done, error) = read_stream(&body);
+    assert_eq!(text, "Hi");
+    assert!(!done);
+    let error = error.unwrap_or_else(|| panic!("no error event at the end of the stream"));
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("larger than 1048576 bytes"), "{message}");
+    let response = post(&proxy.url(), &ask("two", false)).await;
+    assert_eq!(response.status(), 200);
+    proxy.stop();
+}
