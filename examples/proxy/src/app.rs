@@ -261,6 +261,16 @@ pub fn prepare<'m>(
     body: &[u8],
     force_no_stream: bool,
 ) -> Result<(&'m Model, Prepared), Response> {
+    prepare_bytes(models, &Bytes::copy_from_slice(body), force_no_stream)
+}
+
+/// [`prepare`] for a body already in a `Bytes`: kept without a copy, and what
+/// every tier is sent is made from it (see [`crate::request::TierBody`]).
+pub fn prepare_bytes<'m>(
+    models: &'m HashMap<Arc<str>, Model>,
+    body: &Bytes,
+    force_no_stream: bool,
+) -> Result<(&'m Model, Prepared), Response> {
     let chat = ChatBody::parse(body).map_err(|invalid| match invalid {
         Invalid::Json(e) => errors::bad_request(format!(
             "We could not parse the JSON body of your request: {e}"
@@ -271,8 +281,8 @@ pub fn prepare<'m>(
         return Err(errors::unknown_model(&chat.model));
     };
     let stream = chat.stream && !force_no_stream;
-    let body = chat.rewrite(&model.primary_model, force_no_stream);
-    let mut request = http::Request::new(Bytes::from(body));
+    let tier_body = chat.tier_body(force_no_stream);
+    let mut request = http::Request::new(tier_body.for_model(&model.primary_model));
     *request.method_mut() = http::Method::POST;
     *request.uri_mut() = http::Uri::from_static("/v1/chat/completions");
     let headers = request.headers_mut();
@@ -285,6 +295,7 @@ pub fn prepare<'m>(
         wants_json: chat.wants_json,
         model: key.clone(),
     });
+    request.extensions_mut().insert(tier_body);
     Ok((model, Prepared { request, stream }))
 }
 
@@ -316,7 +327,7 @@ async fn chat_inner(
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
-    let (model, mut prepared) = match prepare(&state.models, &bytes, false) {
+    let (model, mut prepared) = match prepare_bytes(&state.models, &bytes, false) {
         Ok(ok) => ok,
         Err(response) => return response,
     };

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use tokio::time::{sleep, Sleep};
+use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
 use tower_llm_resilience::BoxError;
 
 /// A streamed body.
@@ -113,7 +114,9 @@ impl<B> ClientStream<B> {
     }
 }
 
-/// The event sent when an upstream stream breaks after it started.
+/// The event sent when an upstream stream breaks after it started. It opens
+/// with a blank line: an event the break cut in two is ended there (and fails to
+/// parse), so the error event is read on its own.
 pub fn error_event(message: &str) -> Bytes {
     let payload = serde_json::json!({
         "error": {
@@ -122,13 +125,13 @@ pub fn error_event(message: &str) -> Bytes {
             "code": "stream_interrupted",
         }
     });
-    Bytes::from(format!("event: error\ndata: {payload}\n\n"))
+    Bytes::from(format!("\n\nevent: error\ndata: {payload}\n\n"))
 }
 
 impl<B> Body for ClientStream<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<BoxError>,
 {
     type Data = Bytes;
     type Error = BoxError;
@@ -142,13 +145,20 @@ where
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Err(e))) => {
+                let e: BoxError = e.into();
                 self.done = true;
                 tracing::warn!(error = %e, "upstream stream broke after it started");
                 metrics::counter!("llm_proxy_streams_interrupted_total").increment(1);
-                let message = format!("the upstream stream was interrupted: {e}");
+                let mut message = format!("the upstream stream was interrupted: {e}");
+                let mut source = e.source();
+                while let Some(cause) = source {
+                    message.push_str(": ");
+                    message.push_str(&cause.to_string());
+                    source = cause.source();
+                }
                 Poll::Ready(Some(Ok(Frame::data(error_event(&message)))))
             }
-            other => other.map_err(|e| -> BoxError { e.to_string().into() }),
+            other => other.map_err(Into::into),
         }
     }
 
@@ -196,9 +206,10 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
-                    "no data from the upstream for {:?}",
-                    this.idle
+                // A silence is a timeout, whichever layer reads the error.
+                Poll::Ready(()) => Poll::Ready(Some(Err(ClassifiedError::new(
+                    FailureKind::Timeout,
+                    format!("no data from the upstream for {:?}", this.idle),
                 )
                 .into()))),
                 Poll::Pending => Poll::Pending,
@@ -208,6 +219,159 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+}
+
+/// An upstream stream of at most `max` bytes in all: past it, the stream ends
+/// with an [`InvalidResponse`](FailureKind::InvalidResponse) error and nothing
+/// more is read (dropping the body closes the upstream connection).
+pub struct MaxBytes<B> {
+    inner: B,
+    left: usize,
+    max: usize,
+    upstream: std::sync::Arc<str>,
+    over: bool,
+}
+
+impl<B> MaxBytes<B> {
+    /// Limit `inner`, the answer of `upstream`, to `max` bytes.
+    pub fn new(inner: B, max: usize, upstream: std::sync::Arc<str>) -> Self {
+        Self {
+            inner,
+            left: max,
+            max,
+            upstream,
+            over: false,
+        }
+    }
+}
+
+impl<B> Body for MaxBytes<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.over {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let size = frame.data_ref().map_or(0, Bytes::len);
+                if size > this.left {
+                    this.over = true;
+                    return Poll::Ready(Some(Err(ClassifiedError::new(
+                        FailureKind::InvalidResponse,
+                        format!(
+                            "upstream {} streamed more than {} bytes \
+                             (limits.max_upstream_body_bytes)",
+                            this.upstream, this.max
+                        ),
+                    )
+                    .into())));
+                }
+                this.left -= size;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other.map(|frame| frame.map(|f| f.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.over || self.inner.is_end_stream()
+    }
+}
+
+/// The proxy is closing: set once the shutdown grace period is about to end,
+/// so every upstream stream still open ends with an error event the client
+/// reads (instead of a connection cut without a word). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Closing(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Closing {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Closing {
+    /// Not closing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// End every stream guarded by this (and every one guarded later).
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// `body`, ended by an error once the proxy closes.
+    pub fn guard<B>(&self, body: B) -> UntilClosing<B> {
+        let mut closed = self.0.subscribe();
+        UntilClosing {
+            inner: body,
+            closed: Box::pin(async move {
+                if closed.wait_for(|closed| *closed).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
+            done: false,
+        }
+    }
+}
+
+/// A stream that ends with an error when the proxy closes; see [`Closing`].
+pub struct UntilClosing<B> {
+    inner: B,
+    closed: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    done: bool,
+}
+
+impl<B> Body for UntilClosing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        // Checked first: a stream that never pauses is ended all the same.
+        if this.closed.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(ClassifiedError::new(
+                FailureKind::Other,
+                "the proxy is restarting: this answer was cut at the end of its shutdown \
+                 grace period; send the request again",
+            )
+            .into())));
+        }
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|frame| frame.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
     }
 }
 

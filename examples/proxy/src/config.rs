@@ -254,6 +254,10 @@ pub struct LimitsConfig {
     /// `/metrics` is scraped.
     #[serde(default = "default_upkeep_secs")]
     pub metrics_upkeep_secs: f64,
+    /// The most an upstream may answer, in bytes (a buffered answer, or a whole
+    /// stream): over it the tier fails as an invalid response and falls back.
+    #[serde(default = "default_max_upstream_body")]
+    pub max_upstream_body_bytes: usize,
 }
 
 fn default_max_connections() -> usize {
@@ -270,6 +274,10 @@ fn default_keepalive_secs() -> f64 {
 
 fn default_upkeep_secs() -> f64 {
     5.0
+}
+
+fn default_max_upstream_body() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_max_body() -> usize {
@@ -295,6 +303,7 @@ impl Default for LimitsConfig {
             client_body_timeout_secs: default_client_timeout_secs(),
             keepalive_timeout_secs: default_keepalive_secs(),
             metrics_upkeep_secs: default_upkeep_secs(),
+            max_upstream_body_bytes: default_max_upstream_body(),
         }
     }
 }
@@ -753,6 +762,9 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return err("limits.max_body_bytes must be positive");
+        }
+        if self.limits.max_upstream_body_bytes == 0 {
+            return err("limits.max_upstream_body_bytes must be positive");
         }
         secs(
             "limits.first_event_timeout_secs",

@@ -275,6 +275,30 @@ fn from_escalation(e: &EscalationError) -> Response {
             "resume_token_used",
             format!("the resume token of escalation {id} was already used"),
         ),
+        EscalationError::Released { id, resume_token } => {
+            // The proxy is shutting down: the wait ends, the escalation does not.
+            let body = serde_json::json!({
+                "error": {
+                    "message": format!(
+                        "the proxy is restarting; escalation {id} still waits for a human: \
+                         once it is resolved, send this same request again with the header \
+                         x-resume-token"
+                    ),
+                    "type": "escalated",
+                    "param": null,
+                    "code": "proxy_restarting",
+                },
+                "escalation": {"id": id.as_str(), "resume_token": resume_token.expose()},
+            });
+            let mut response = with_retry_after(
+                json_response(StatusCode::SERVICE_UNAVAILABLE, &body),
+                Duration::from_secs(5),
+            );
+            if let Ok(value) = HeaderValue::from_str(resume_token.expose()) {
+                response.headers_mut().insert(RESUME_TOKEN_HEADER, value);
+            }
+            response
+        }
         EscalationError::RequestMismatch { id } => error(
             StatusCode::CONFLICT,
             "invalid_request_error",

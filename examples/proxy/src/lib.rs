@@ -88,6 +88,7 @@ pub async fn serve(
 /// ```
 pub struct Proxy {
     addr: SocketAddr,
+    grace: Duration,
     state: app::Shared,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
@@ -174,6 +175,7 @@ impl Proxy {
             })?;
         let mut proxy = Self {
             addr,
+            grace,
             state,
             stop: tokio::sync::watch::channel(false).0,
             workers: Vec::with_capacity(workers),
@@ -234,12 +236,33 @@ impl Proxy {
 
     fn shutdown(&mut self) {
         let _ = self.stop.send(true);
+        self.drain();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
         if let Some((stop, control)) = self.control.take() {
             let _ = stop.send(());
             let _ = control.join();
+        }
+    }
+}
+
+impl Proxy {
+    /// While the workers finish: requests waiting for a human are answered at
+    /// once (an error with their escalation id and resume token; the escalation
+    /// stays resolvable), and again for any that start waiting meanwhile; a
+    /// little before the grace period ends, upstream streams still open end with
+    /// an error event, sent while their connections are still served.
+    fn drain(&self) {
+        let started = std::time::Instant::now();
+        let close_at = self.grace - (self.grace / 4).min(Duration::from_millis(500));
+        let pipeline = &self.state.pipeline;
+        while self.workers.iter().any(|worker| !worker.is_finished()) {
+            pipeline.escalations.release_waiters();
+            if started.elapsed() >= close_at && !pipeline.closing.is_closed() {
+                pipeline.closing.close();
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

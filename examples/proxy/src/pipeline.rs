@@ -33,15 +33,16 @@ use tower_llm_resilience::escalation::{
     ResumeToken, TimeoutDefault, Verdict,
 };
 use tower_llm_resilience::fallback::{
-    rewrite_model, Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier,
+    Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier, DEFAULT_MAX_EVENT_BYTES,
 };
 use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
-use crate::body::{completion_json, completion_sse, ProxyBody};
+use crate::body::{completion_json, completion_sse, Closing, ProxyBody};
 use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
+use crate::request::TierBody;
 use crate::state::RedisState;
 use crate::upstream::{HttpClients, Upstream};
 
@@ -283,6 +284,9 @@ pub struct Pipeline {
     /// With Redis: each upstream's circuit sync, kept running as long as the
     /// pipeline lives.
     pub circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
+    /// Closed at the end of a shutdown: upstream streams still open end with an
+    /// error event.
+    pub closing: Closing,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -338,6 +342,7 @@ fn build_core(
     model: &ModelConfig,
     guarded: &HashMap<&str, Guarded>,
     first_event: Duration,
+    max_answer: usize,
 ) -> Result<Core, ConfigError> {
     let service = |name: &str| {
         guarded
@@ -352,7 +357,7 @@ fn build_core(
     for tier in &model.tiers[1..] {
         builder = builder.tier(
             Tier::new(tier.upstream.as_str(), service(&tier.upstream)?)
-                .map_request(rewrite_model(tier.model.as_str())),
+                .map_request(tier_request(tier.model.as_str())),
         );
     }
     if let Some(text) = &model.template {
@@ -363,14 +368,40 @@ fn build_core(
         // the real tier's failure (see `errors`).
         builder = builder.tier(Tier::new(NO_TIER, tower::service_fn(no_tier)));
     }
+    // The upstream services read non-stream answers whole (bounded, cut answers
+    // failed, see `upstream`), so the fallback does not read them again; it
+    // bounds streams: each event, and the terminal event that makes one whole.
+    let settle = FirstEvent::new(first_event)
+        .max_answer_bytes(max_answer as u64)
+        .max_event_bytes(max_answer.min(DEFAULT_MAX_EVENT_BYTES))
+        .buffer_answers(false);
     let layer = builder
         .first_event_timeout(first_event)
+        .settle_with(settle)
         .build()
         .map_err(|e| ConfigError(format!("model {:?}: {e}", model.name)))?;
     Ok(Core {
         fallback: layer.layer(service(&first.upstream)?),
         primary: first.upstream.as_str().into(),
     })
+}
+
+/// A later tier's request: the client's body with this tier's `model`, made by
+/// the same [`TierBody`] as the first tier's (see [`crate::request`]).
+fn tier_request(model: &str) -> impl Fn(Req) -> Req + Clone + Send + Sync + 'static {
+    let model: Arc<str> = model.into();
+    move |mut request: Req| {
+        if let Some(body) = request.extensions().get::<TierBody>() {
+            *request.body_mut() = body.for_model(&model);
+        } else {
+            // Every request the proxy makes carries its `TierBody`. One that does
+            // not is never sent with another tier's model: its empty body makes
+            // the tier refuse it.
+            tracing::warn!("a request without its tier body reached a later tier");
+            *request.body_mut() = Bytes::new();
+        }
+        request
+    }
 }
 
 /// The name of the placeholder tier of single-tier models without a template.
@@ -384,6 +415,7 @@ async fn no_tier(_: Req) -> Result<Res, BoxError> {
 pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let http = HttpClients::new(1024, Duration::from_secs(10))?;
     let redis = RedisState::from_config(&config.state)?;
+    let closing = Closing::new();
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
     let mut circuit_syncs = Vec::new();
@@ -396,7 +428,13 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             circuit_syncs.push((name.clone(), sync));
         }
         circuits.push((name, layer.handle()));
-        let service = layer.layer(Upstream::new(upstream, &http)?);
+        let upstream_service = Upstream::new(
+            upstream,
+            &http,
+            config.limits.max_upstream_body_bytes,
+            &closing,
+        )?;
+        let service = layer.layer(upstream_service);
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = secs(
@@ -407,7 +445,12 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
     for model in &config.models {
-        let core = build_core(model, &guarded, first_event)?;
+        let core = build_core(
+            model,
+            &guarded,
+            first_event,
+            config.limits.max_upstream_body_bytes,
+        )?;
         let name: Arc<str> = model.name.as_str().into();
         models.insert(name.clone(), escalation.layer(core.clone()));
         cores.insert(name, core);
@@ -420,6 +463,7 @@ pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         escalation_caps,
         redis,
         circuit_syncs,
+        closing,
     })
 }
 

@@ -297,6 +297,14 @@ async fn resolve(
             "escalation_expired",
             format!("escalation {id} expired"),
         ),
+        Err(ResolveError::Abandoned(id)) => errors::error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "escalation_abandoned",
+            format!(
+                "the client waiting for escalation {id} went away: nobody would get the decision"
+            ),
+        ),
         Err(e) => store_failed(&e),
     }
 }

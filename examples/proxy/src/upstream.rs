@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,9 +29,10 @@ use tower_llm_resilience::client::{
     AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, FinishReason, Message,
     ResponseFormat, Role,
 };
+use tower_llm_resilience::fallback::DEFAULT_MAX_EVENT_BYTES;
 use tower_llm_resilience::BoxError;
 
-use crate::body::{unix_now, IdleTimeout, ProxyBody};
+use crate::body::{unix_now, Closing, IdleTimeout, MaxBytes, ProxyBody};
 use crate::config::{secs, ConfigError, UpstreamConfig, UpstreamKind};
 use crate::pipeline::RequestMeta;
 
@@ -48,6 +49,10 @@ struct Inner {
     transport: Transport,
     timeout: Duration,
     idle: Duration,
+    /// `limits.max_upstream_body_bytes`.
+    max_body: usize,
+    /// Ends its streams when the proxy closes.
+    closing: Closing,
     anthropic: Option<AnthropicClient>,
 }
 
@@ -62,7 +67,15 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Build the service of one `[[upstreams]]` entry, sharing `clients`' pools.
-    pub fn new(config: &UpstreamConfig, clients: &HttpClients) -> Result<Self, ConfigError> {
+    /// An answer over `max_body` bytes (a buffered one, or a whole stream) fails
+    /// the tier as an invalid response.
+    /// Its streams end with an error once `closing` is closed.
+    pub fn new(
+        config: &UpstreamConfig,
+        clients: &HttpClients,
+        max_body: usize,
+        closing: &Closing,
+    ) -> Result<Self, ConfigError> {
         let http = clients.reqwest.clone();
         let timeout = secs("timeout_secs", config.timeout_secs)?;
         let idle = secs("stream_idle_timeout_secs", config.stream_idle_timeout_secs)?;
@@ -94,6 +107,8 @@ impl Upstream {
                     .provider_name(config.name.clone())
                     .timeout(timeout)
                     .stream_idle_timeout(idle)
+                    .max_body_bytes(max_body)
+                    .max_event_bytes(max_body.min(DEFAULT_MAX_EVENT_BYTES))
                     .http_client(http.clone());
                 if let Some(key) = &key {
                     builder = builder.api_key(key.clone());
@@ -123,6 +138,8 @@ impl Upstream {
                 transport,
                 timeout,
                 idle,
+                max_body,
+                closing: closing.clone(),
                 anthropic,
             }),
         })
@@ -210,16 +227,74 @@ async fn call_openai(
         .headers
         .get(CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let max_body = inner.max_body;
+    let too_large = || -> BoxError {
+        ClassifiedError::new(
+            FailureKind::InvalidResponse,
+            format!(
+                "upstream {} answered more than {max_body} bytes (limits.max_upstream_body_bytes)",
+                inner.name
+            ),
+        )
+        .into()
+    };
     *out.body_mut() = if stream && is_sse && parts.status.is_success() {
-        ProxyBody::Stream(IdleTimeout::new(body, inner.idle).boxed_unsync())
+        let bounded = MaxBytes::new(body, max_body, inner.name.clone());
+        let guarded = inner.closing.guard(IdleTimeout::new(bounded, inner.idle));
+        ProxyBody::Stream(guarded.boxed_unsync())
     } else {
-        let bytes = tokio::time::timeout_at(deadline, body.collect())
-            .await
-            .map_err(|_| timed_out())??
-            .to_bytes();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max_body as u64) {
+            // Not read at all: dropping the body closes the connection.
+            return Err(too_large());
+        }
+        // Reading stops at the limit, and what was read is dropped with the error.
+        let bytes = match tokio::time::timeout_at(deadline, collect_at_most(body, max_body)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Err(too_large()),
+            Ok(Ok(Some(bytes))) => bytes,
+        };
         ProxyBody::Full(bytes)
     };
     Ok(out)
+}
+
+/// The whole of `body`, or `None` as soon as it is over `max` bytes.
+async fn collect_at_most(mut body: UpstreamBody, max: usize) -> Result<Option<Bytes>, BoxError> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            return Ok(None);
+        }
+        // Most answers come in one piece: kept as it is, without a copy.
+        if let Some(joined) = &mut joined {
+            joined.extend_from_slice(&data);
+        } else if let Some(head) = first.take() {
+            let mut both = bytes::BytesMut::with_capacity(head.len() + data.len());
+            both.extend_from_slice(&head);
+            both.extend_from_slice(&data);
+            joined = Some(both);
+        } else {
+            first = Some(data);
+        }
+    }
+    Ok(Some(
+        joined
+            .map(bytes::BytesMut::freeze)
+            .or(first)
+            .unwrap_or_default(),
+    ))
 }
 
 /// The HTTP clients of the upstreams.
@@ -396,8 +471,19 @@ fn hyper_client_error(upstream: &str, e: hyper_util::client::legacy::Error) -> B
 }
 
 fn hyper_body_error(upstream: &str, e: hyper::Error) -> BoxError {
+    // A body that ends before its announced length (or its last chunk) is an
+    // answer cut short: invalid, whatever closed the connection.
+    let cut_short = e.is_incomplete_message()
+        || std::error::Error::source(&e)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+    let kind = if cut_short {
+        FailureKind::InvalidResponse
+    } else {
+        hyper_kind(&e)
+    };
     ClassifiedError::new(
-        hyper_kind(&e),
+        kind,
         format!("upstream {upstream}: reading the answer: {e}"),
     )
     .into()
@@ -460,7 +546,10 @@ async fn call_anthropic(
             }
         })
         .map(|item| item.map(Frame::data));
-    let body = http_body_util::StreamBody::new(events).boxed_unsync();
+    let body = inner
+        .closing
+        .guard(http_body_util::StreamBody::new(events).boxed_unsync())
+        .boxed_unsync();
     Ok(http::Response::builder()
         .header(CONTENT_TYPE, "text/event-stream")
         .body(ProxyBody::Stream(body))?)

@@ -222,8 +222,13 @@ async fn pending_escalations_survive_a_restart_and_can_be_resolved() {
     tokio::task::spawn_blocking(move || proxy.stop())
         .await
         .unwrap();
-    // The waiting client lost its connection with the old process.
-    assert!(waiting.await.unwrap().is_err());
+    // The waiting client was told the proxy is restarting, with its token.
+    let told = waiting.await.unwrap().expect("the waiter is answered");
+    assert_eq!(told.status(), 503);
+    assert!(!header(&told, "x-resume-token").is_empty());
+    let told: Value = told.json().await.unwrap();
+    assert_eq!(told["error"]["code"], "proxy_restarting");
+    assert_eq!(told["escalation"]["id"], id.as_str());
 
     let proxy = restart(&config);
     let pending = wait_pending(&http, &proxy.url(), 1).await;
