@@ -1,7 +1,7 @@
 //! A resume token works only for the client key that got it.
 //!
 //! The escalation snapshot of a chat request keeps the id of the client key
-//! that sent it ([`CLIENT_HEADER`](crate::app::CLIENT_HEADER), see
+//! that sent it ([`CLIENT_HEADER`], see
 //! [`client_key_id`](crate::client_id::client_key_id)). A request that presents
 //! a resume token of an escalation created under another key (or with a key
 //! when the record has none) is refused exactly like an unknown token (400

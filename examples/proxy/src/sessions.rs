@@ -37,8 +37,8 @@ pub fn random_token() -> Result<String, RandomUnavailable> {
     Ok(crate::auth::hex(&bytes))
 }
 
-/// A signed-in admin, as a request sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A signed-in admin, as a request sees it. `Debug` hides the CSRF token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Session {
     /// The id of the admin key that signed in (see
     /// [`client_key_id`](crate::client_id::client_key_id)).
@@ -49,12 +49,30 @@ pub struct Session {
     pub expires_at: Instant,
 }
 
-/// The sessions of this process.
-#[derive(Debug)]
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("admin_id", &self.admin_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sessions of this process. `Debug` shows how many, never a token.
 pub struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
     lifetime: Duration,
     max: usize,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.by_hash.lock().map_or(0, |map| map.len());
+        f.debug_struct("Sessions")
+            .field("count", &count)
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
 }
 
 fn token_hash(token: &str) -> [u8; 32] {
@@ -215,6 +233,11 @@ mod tests {
         assert!(sessions.get(&c, now).is_none());
         assert!(sessions.get(&d, now).is_some() && sessions.get(&e, now).is_some());
         assert_eq!(sessions.live(now), 2);
+        let shown = format!("{sessions:?} {:?}", sessions.get(&d, now).unwrap());
+        assert!(
+            !shown.contains(&session.csrf_token) && !shown.contains(&d),
+            "{shown}"
+        );
     }
 
     #[test]
