@@ -131,7 +131,9 @@ impl FirstEvent {
     }
 
     /// The largest non-stream answer read whole (default
-    /// [`DEFAULT_MAX_ANSWER_BYTES`], 16 MiB).
+    /// [`DEFAULT_MAX_ANSWER_BYTES`], 16 MiB); over it the tier fails with
+    /// [`IncompleteAnswer::TooLarge`](super::IncompleteAnswer::TooLarge) as soon
+    /// as the limit is passed or announced by `Content-Length`.
     #[must_use]
     pub const fn max_answer_bytes(mut self, limit: u64) -> Self {
         self.max_answer = limit;
