@@ -9,8 +9,8 @@ use redis::Script;
 use tokio::sync::broadcast;
 
 use crate::escalation::{
-    to_unix_ms, AuditEntry, ChangeFuture, EscalationId, EscalationRecord, EscalationStore, Status,
-    StoreError, StoreFuture, Update,
+    to_unix_ms, AuditEntry, ChangeFuture, Cursor, EscalationId, EscalationRecord, EscalationStore,
+    Page, Status, StoreError, StoreFuture, Update,
 };
 
 use super::error::ConfigError;
@@ -366,6 +366,121 @@ impl EscalationStore for RedisEscalationStore {
                 }
             }
             Ok(records)
+        })
+    }
+
+    fn list_page(
+        &self,
+        status: Option<Status>,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> StoreFuture<'_, Page> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut page = Page::default();
+            // Scores are creation times: start at the cursor's, skip up to it.
+            let from_ms = after.as_ref().map_or(0, |c| c.created_at_ms);
+            let chunk = limit.clamp(1, 500) + 1;
+            let mut offset = 0usize;
+            let mut more = false;
+            'scan: loop {
+                let ids: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.index_key())
+                    .arg(from_ms)
+                    .arg("+inf")
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(chunk)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+                if ids.is_empty() {
+                    break;
+                }
+                offset += ids.len();
+                let ids: Vec<(String, u64)> = ids
+                    .into_iter()
+                    .map(|(id, score)| (id, score as u64))
+                    .filter(|(id, ms)| {
+                        after
+                            .as_ref()
+                            .is_none_or(|c| c.precedes(*ms, &EscalationId::new(id.as_str())))
+                    })
+                    .collect();
+                let mut pipe = redis::pipe();
+                for (id, _) in &ids {
+                    pipe.cmd("HMGET")
+                        .arg(self.record_key(id))
+                        .arg("status")
+                        .arg("record");
+                }
+                let rows: Vec<(Option<String>, Option<String>)> = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    pipe.query_async(&mut conn)
+                        .await
+                        .map_err(|e| self.backend(e))?
+                };
+                for ((id, ms), (stored_status, text)) in ids.into_iter().zip(rows) {
+                    let wanted =
+                        status.is_none_or(|s| stored_status.as_deref() == Some(s.as_str()));
+                    let Some(text) = text.filter(|_| wanted) else {
+                        continue;
+                    };
+                    if page.records.len() + page.unreadable == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    match from_json(&text) {
+                        Ok(record) => page.records.push(record),
+                        Err(e) => {
+                            crate::escalation::store_unreadable("redis", &id, &e);
+                            page.unreadable += 1;
+                        }
+                    }
+                    page.next = Some(Cursor {
+                        created_at_ms: ms,
+                        id: EscalationId::new(id),
+                    });
+                }
+            }
+            self.link.up();
+            if !more {
+                page.next = None;
+            }
+            Ok(page)
+        })
+    }
+
+    fn count(&self, status: Status) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            // Reads each record's status field only, never its JSON.
+            let mut conn = self.conn.clone();
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(self.index_key())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.backend(e))?;
+            let mut count = 0;
+            for chunk in ids.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("HGET").arg(self.record_key(id)).arg("status");
+                }
+                let statuses: Vec<Option<String>> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.backend(e))?;
+                count += statuses
+                    .iter()
+                    .filter(|s| s.as_deref() == Some(status.as_str()))
+                    .count();
+            }
+            self.link.up();
+            Ok(count)
         })
     }
 
