@@ -144,8 +144,12 @@ async fn all_down_without_template_is_one_error_listing_every_tier() {
     assert!(error
         .to_string()
         .starts_with("all 3 fallback tiers failed: gpt: connect"));
+    // Classified as the chain's failure: the retryable one with the shortest
+    // wait, the earliest tier on a tie (here the primary's connect error, not
+    // the last tier's 7 s rate limit).
     use tower_llm_resilience::classify::ClassifyError;
-    assert_eq!(error.classify_error(), limited);
+    assert_eq!(error.classify_error(), FailureKind::Connect);
+    assert_eq!(all.last_kind(), &limited);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,9 @@ use super::transport::Transport;
 use super::types::{ChatResponse, FinishReason, Usage};
 use crate::classify::{ClassifyResponse, FailureKind, Outcome};
 
+/// Body chunks read in one poll of a [`ChatStream`] before it yields.
+const CHUNKS_PER_POLL: usize = 64;
+
 /// One piece of a streamed answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -194,6 +197,9 @@ impl Stream for ChatStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        // Chunks read in this poll: a body that is always ready with chunks that
+        // yield nothing (empty ones, comments) must not hold the thread.
+        let mut chunks = 0;
         loop {
             if let Some(delta) = this.deltas.pop_front() {
                 return Poll::Ready(Some(Ok(delta)));
@@ -239,6 +245,7 @@ impl Stream for ChatStream {
             }
             match source.body.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
+                    chunks += 1;
                     if let Some((after, sleep)) = source.idle.as_mut() {
                         sleep.as_mut().reset(Instant::now() + *after);
                     }
@@ -249,6 +256,11 @@ impl Stream for ChatStream {
                             malformed.to_string(),
                         );
                         return this.fail(error);
+                    }
+                    if chunks >= CHUNKS_PER_POLL {
+                        // Whatever the chunks held is parsed; the next poll goes on.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
                     }
                 }
                 Poll::Ready(Some(Err(broken))) => {
@@ -311,6 +323,30 @@ pub(crate) fn parse_event<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_always_ready_with_empty_chunks_yields() {
+        let transport = super::super::transport::CommonOptions::new("test", "http://127.0.0.1:9")
+            .build(&|base| base.to_owned(), http::header::AUTHORIZATION, "")
+            .unwrap();
+        let endless = futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(Bytes::new()));
+        let response = http::Response::new(reqwest::Body::wrap_stream(endless));
+        let decoder = Box::new(super::super::openai::test_decoder());
+        let mut stream = ChatStream::from_http(response.into(), transport, "m".to_owned(), decoder);
+        let wakes = std::sync::Arc::new(CountWakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut stream).poll_next(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 
     #[tokio::test]
     async fn from_response_replays_and_collects_the_same() {

@@ -156,6 +156,7 @@
 //! a hedge. Metrics and `tracing` events are only emitted on that path too.
 //! `benches/fallback.rs` measures this against the bare service, and one hop.
 
+mod answer;
 mod builder;
 mod degraded;
 mod error;

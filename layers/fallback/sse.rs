@@ -6,13 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use bytes::{Buf, BytesMut};
 use http_body::Body;
-use http_body_util::{LengthLimitError, Limited};
 use tokio::time::{sleep, Sleep};
 
-use super::error::{FirstEventError, IncompleteAnswer};
+use super::answer::{is_event_stream, ReadAnswer, FRAMES_PER_POLL};
+use super::error::FirstEventError;
 use super::scan::Progress;
 use super::{SettleResponse, Settlement, SseBody, TerminalEvent};
 
@@ -28,10 +27,6 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 16 * 1024 * 1024;
 /// The longest silence inside a stream after its first event.
 pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Body frames read in one poll before yielding, so a body that is always ready
-/// (with empty frames, say) cannot hold the thread.
-const FRAMES_PER_POLL: usize = 64;
 
 /// Settles an `http::Response` only once it is an answer: an event stream
 /// (`text/event-stream`) once its first `data:` event has arrived, within a
@@ -63,9 +58,9 @@ const FRAMES_PER_POLL: usize = 64;
 /// A successful answer that is not an event stream is read whole, up to
 /// [`max_answer_bytes`](Self::max_answer_bytes) (with
 /// [`http_body_util::Limited`]), before it counts. It fails the tier
-/// ([`IncompleteAnswer`], classified
-/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse) unless the
-/// body broke) when it is larger than the limit (reading stops there and the
+/// ([`IncompleteAnswer`](super::IncompleteAnswer), classified
+/// [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse), or
+/// [`Timeout`](crate::classify::FailureKind::Timeout) if reading it timed out) when it is larger than the limit (reading stops there and the
 /// memory is released), shorter than its `Content-Length`, or a JSON answer (by
 /// its `Content-Type`) that does not parse, as a close-delimited answer cut short
 /// does not. The body then holds the bytes
@@ -136,7 +131,9 @@ impl FirstEvent {
     }
 
     /// The largest non-stream answer read whole (default
-    /// [`DEFAULT_MAX_ANSWER_BYTES`], 16 MiB).
+    /// [`DEFAULT_MAX_ANSWER_BYTES`], 16 MiB); over it the tier fails with
+    /// [`IncompleteAnswer::TooLarge`](super::IncompleteAnswer::TooLarge) as soon
+    /// as the limit is passed or announced by `Content-Length`.
     #[must_use]
     pub const fn max_answer_bytes(mut self, limit: u64) -> Self {
         self.max_answer = limit;
@@ -202,22 +199,9 @@ where
             }
         } else if self.buffer_answers {
             let (parts, body) = response.into_parts();
-            let announced = content_length(&parts.headers);
-            if announced.is_some_and(|n| n > self.max_answer) {
-                State::Failed(Some(IncompleteAnswer::TooLarge(self.max_answer).into()))
-            } else {
-                let json = parts.status.is_success()
-                    && !matches!(parts.status.as_u16(), 204 | 205)
-                    && is_json(&parts.headers);
-                let limit = usize::try_from(self.max_answer).unwrap_or(usize::MAX);
-                State::Reading {
-                    parts,
-                    body: Limited::new(body, limit),
-                    buffer: BytesMut::new(),
-                    announced,
-                    json,
-                    limit: self.max_answer,
-                }
+            match ReadAnswer::start(parts, body, self.max_answer) {
+                Ok(read) => State::Reading(read),
+                Err(error) => State::Failed(Some(error.into())),
             }
         } else {
             State::Ready(Some(response.map(SseBody::new)))
@@ -252,33 +236,6 @@ fn unreachable_state() -> ! {
     unreachable!("an empty answer settles at once")
 }
 
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    media_type(headers).is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-}
-
-fn is_json(headers: &http::HeaderMap) -> bool {
-    media_type(headers).is_some_and(|t| {
-        t.eq_ignore_ascii_case("application/json")
-            || t.len() > 5 && t[t.len() - 5..].eq_ignore_ascii_case("+json")
-    })
-}
-
-/// The media type of the `Content-Type`, without parameters.
-fn media_type(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or("").trim())
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// The future of [`FirstEvent`]: resolves with the response once its first
 /// `data:` event is buffered, or once a non-stream answer is read whole.
 #[derive(Debug)]
@@ -298,14 +255,7 @@ enum State<B> {
         progress: Progress,
         deadline: Pin<Box<Sleep>>,
     },
-    Reading {
-        parts: http::response::Parts,
-        body: Limited<B>,
-        buffer: BytesMut,
-        announced: Option<u64>,
-        json: bool,
-        limit: u64,
-    },
+    Reading(ReadAnswer<B>),
     Done,
 }
 
@@ -320,12 +270,7 @@ where
         match self.state {
             State::Ready(response) => response.map(Ok),
             State::Failed(error) => error.map(Err),
-            State::Reading {
-                parts,
-                announced,
-                json,
-                ..
-            } => Some(finish_answer(parts, Bytes::new(), announced, json)),
+            State::Reading(read) => Some(read.empty()),
             State::Waiting { .. } | State::Done => None,
         }
     }
@@ -345,7 +290,7 @@ where
             State::Ready(response) => Poll::Ready(response.take().map(Ok)),
             State::Failed(error) => Poll::Ready(error.take().map(Err)),
             State::Waiting { .. } => poll_first_event(&mut this.state, &this.settings, cx),
-            State::Reading { .. } => poll_answer(&mut this.state, cx),
+            State::Reading(read) => read.poll(cx).map(Some),
             State::Done => Poll::Ready(None),
         };
         match poll {
@@ -454,138 +399,6 @@ where
     Poll::Ready(Some(Ok(http::Response::from_parts(parts, body))))
 }
 
-fn poll_answer<B>(state: &mut State<B>, cx: &mut Context<'_>) -> Poll<Settled<B>>
-where
-    B: Body + Unpin,
-    B::Data: Buf,
-    B::Error: Into<BoxError>,
-{
-    let State::Reading {
-        body,
-        buffer,
-        limit,
-        ..
-    } = state
-    else {
-        return Poll::Ready(None);
-    };
-    for _ in 0..FRAMES_PER_POLL {
-        match Pin::new(&mut *body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Ok(mut data) = frame.into_data() {
-                    while data.has_remaining() {
-                        let chunk = data.chunk();
-                        buffer.extend_from_slice(chunk);
-                        let n = chunk.len();
-                        data.advance(n);
-                    }
-                }
-            }
-            Poll::Ready(Some(Err(e))) => {
-                let error = if e.is::<LengthLimitError>() {
-                    IncompleteAnswer::TooLarge(*limit)
-                } else {
-                    IncompleteAnswer::Body(e)
-                };
-                return Poll::Ready(Some(Err(error.into())));
-            }
-            Poll::Ready(None) => {
-                let State::Reading {
-                    parts,
-                    buffer,
-                    announced,
-                    json,
-                    ..
-                } = std::mem::replace(state, State::Done)
-                else {
-                    return Poll::Ready(None);
-                };
-                return Poll::Ready(Some(finish_answer(parts, buffer.freeze(), announced, json)));
-            }
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-    cx.waker().wake_by_ref();
-    Poll::Pending
-}
-
-fn finish_answer<B>(
-    parts: http::response::Parts,
-    bytes: Bytes,
-    announced: Option<u64>,
-    json: bool,
-) -> Result<http::Response<SseBody<B>>, BoxError> {
-    let received = bytes.len() as u64;
-    if let Some(announced) = announced.filter(|&n| n != received) {
-        return Err(IncompleteAnswer::Short {
-            announced,
-            received,
-        }
-        .into());
-    }
-    if json && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
-        return Err(IncompleteAnswer::NotJson.into());
-    }
-    Ok(http::Response::from_parts(parts, SseBody::buffered(bytes)))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::classify::FailureKind;
-
-    #[derive(Debug, PartialEq, Eq)]
-    enum Scan {
-        Data,
-        Error(FailureKind),
-        Incomplete,
-    }
-
-    fn first_event(buffer: &[u8]) -> Scan {
-        let mut progress = Progress::new(DEFAULT_MAX_EVENT_BYTES, TerminalEvent::default());
-        progress.feed(buffer).unwrap();
-        match (progress.events, progress.first_error) {
-            (0, _) => Scan::Incomplete,
-            (_, Some(kind)) => Scan::Error(kind),
-            (_, None) => Scan::Data,
-        }
-    }
-
-    #[test]
-    fn first_event_needs_a_complete_data_event() {
-        assert_eq!(first_event(b""), Scan::Incomplete);
-        assert_eq!(first_event(b": keep-alive\n\n"), Scan::Incomplete);
-        assert_eq!(first_event(b"event: ping\n\n"), Scan::Incomplete);
-        assert_eq!(first_event(b"data: {\"a\":1}\n"), Scan::Incomplete);
-        assert_eq!(first_event(b"data: {\"a\":1}\n\n"), Scan::Data);
-        assert_eq!(first_event(b": hi\r\n\r\ndata: x\r\n\r\n"), Scan::Data);
-        assert_eq!(first_event(b"data\n\n"), Scan::Data);
-    }
-
-    #[test]
-    fn error_events_are_classified() {
-        let anthropic = b"event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"x\"}}\n\n";
-        assert_eq!(
-            first_event(anthropic),
-            Scan::Error(FailureKind::Overloaded { retry_after: None })
-        );
-        let openai = b"data: {\"error\":{\"code\":\"context_length_exceeded\"}}\n\n";
-        assert_eq!(
-            first_event(openai),
-            Scan::Error(FailureKind::ContextLengthExceeded)
-        );
-        assert_eq!(
-            first_event(b"event: error\ndata: nope\n\n"),
-            Scan::Error(FailureKind::Other)
-        );
-    }
-
-    #[test]
-    fn multi_line_data_is_joined() {
-        let split = b"data: {\"error\":\ndata: {\"code\":\"content_filter\"}}\n\n";
-        assert_eq!(
-            first_event(split),
-            Scan::Error(FailureKind::ContentFiltered)
-        );
-    }
-}
+#[path = "sse_tests.rs"]
+mod tests;

@@ -278,3 +278,9 @@ impl OpenAiClientBuilder {
         })
     }
 }
+
+/// The OpenAI event decoder, for the stream's unit tests.
+#[cfg(test)]
+pub(crate) fn test_decoder() -> impl super::stream::EventDecoder {
+    OpenAiEvents
+}
