@@ -193,9 +193,7 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
                 let until = self.open_until_nanos.load(Ordering::Acquire);
                 let now_nanos = self.nanos_since_epoch(now);
                 if now_nanos < until || self.forced.load(Ordering::Acquire) == FORCED_OPEN {
-                    Err(CircuitOpen::new(Duration::from_nanos(
-                        until - now_nanos.min(until),
-                    )))
+                    Err(CircuitOpen::new(self.open_retry_after(now_nanos)))
                 } else {
                     self.set_state(&mut t, HALF_OPEN, TransitionCause::CooldownElapsed, None);
                     self.take_probe(&mut t)
@@ -420,6 +418,35 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
         CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Whether dropping this circuit loses nothing: closed, not forced, no
+    /// failure streak, no re-trips, and no failure or slow call in its window.
+    /// Only such circuits are evicted when `max_keys` is reached.
+    pub(crate) fn is_pristine(&self) -> bool {
+        if self.state() != CircuitState::Closed
+            || self.forced.load(Ordering::Acquire) != NOT_FORCED
+            || self.consecutive.load(Ordering::Relaxed) != 0
+        {
+            return false;
+        }
+        if self.lock().trips != 0 {
+            return false;
+        }
+        self.window.as_ref().is_none_or(|window| {
+            let totals = window.totals(self.nanos_since_epoch(Instant::now()));
+            totals.failures == 0 && totals.slow == 0
+        })
+    }
+
+    /// What an open circuit tells callers to wait: the time left, or, while
+    /// forced open (no end), the longest cooldown.
+    fn open_retry_after(&self, now_nanos: u64) -> Duration {
+        if self.forced.load(Ordering::Acquire) == FORCED_OPEN {
+            return self.config().max_cooldown;
+        }
+        let until = self.open_until_nanos.load(Ordering::Acquire);
+        Duration::from_nanos(until.saturating_sub(now_nanos))
+    }
+
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {
         let t = self.lock();
         let now = self.nanos_since_epoch(Instant::now());
@@ -429,12 +456,10 @@ impl<K: Clone + std::fmt::Debug + Send + Sync + 'static> Circuit<K> {
             .as_ref()
             .map(|w| w.totals(now))
             .unwrap_or_default();
-        let until = self.open_until_nanos.load(Ordering::Acquire);
         CircuitSnapshot {
             state,
             forced: self.forced.load(Ordering::Acquire) != NOT_FORCED,
-            retry_after: (state == CircuitState::Open)
-                .then(|| Duration::from_nanos(until.saturating_sub(now))),
+            retry_after: (state == CircuitState::Open).then(|| self.open_retry_after(now)),
             consecutive_failures: self.consecutive.load(Ordering::Relaxed),
             window_calls: totals.calls,
             window_failures: totals.failures,

@@ -111,6 +111,16 @@ where
         }
     }
 
+    /// The circuit of `key`, created (closed) if it fits within `max_keys`; `None`
+    /// when every kept circuit holds state worth keeping, where
+    /// [`get_or_create`](Self::get_or_create) would answer the shared overflow
+    /// circuit. Shared-state backends use this, so that another instance's state
+    /// for one key never lands on the overflow circuit and rejects other keys.
+    pub fn try_get_or_create(&self, key: K) -> Option<CircuitRef<K>> {
+        let circuit = self.registry.lookup_or_insert(key)?;
+        Some(CircuitRef { circuit })
+    }
+
     /// Count every call's outcome in [`CircuitSnapshot::calls`] (off by default:
     /// it costs an atomic add per call). Shared-state backends turn it on to
     /// compute failure rates across instances.

@@ -84,8 +84,13 @@
 //!
 //! [`key_by`](Builder::key_by) gives each key (a host, a model name) its own
 //! circuit, so one model's outage does not block the others. At most
-//! [`max_keys`](Builder::max_keys) circuits are kept: idle closed ones are evicted
-//! first; if none can be, new keys share the layer's overflow circuit. The key
+//! [`max_keys`](Builder::max_keys) circuits are kept. To make room, only a circuit
+//! that is idle and holds nothing worth keeping is evicted (closed, not forced, no
+//! failure streak or re-trip, no failure in its window), so a key that keeps
+//! failing cannot escape its circuit by being evicted and a forced or open state is
+//! never forgotten. If none can be evicted, new keys share the layer's overflow
+//! circuit (a shared-state backend skips such keys instead, see
+//! [`Handle::try_get_or_create`]). The key
 //! function runs on every call: prefer cheap keys (`Arc<str>`, `&'static str`,
 //! `http::uri::Authority`) over freshly allocated `String`s.
 //!

@@ -10,7 +10,6 @@ use tokio::sync::broadcast;
 
 use super::circuit::{Circuit, Shared};
 use super::config::Config;
-use super::event::CircuitState;
 
 /// Events buffered per subscriber before the slowest one starts missing some.
 const EVENT_CAPACITY: usize = 256;
@@ -44,48 +43,47 @@ where
         }
     }
 
-    /// The circuit of `key` (created on first use).
+    /// The circuit of `key` (created on first use; the overflow circuit when
+    /// `max_keys` circuits all hold state worth keeping).
     #[inline]
     pub(crate) fn circuit(&self, key: Option<K>) -> Arc<Circuit<K>> {
         match key {
             None => self.single.clone(),
-            Some(key) => self.lookup_or_insert(key),
+            Some(key) => self.lookup_or_insert(key).unwrap_or_else(|| {
+                if !self.warned_full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        circuit = %self.shared.config.name,
+                        max_keys = self.shared.config.max_keys,
+                        "circuit key limit reached; new keys share the overflow circuit"
+                    );
+                }
+                self.single.clone()
+            }),
         }
     }
 
-    fn lookup_or_insert(&self, key: K) -> Arc<Circuit<K>> {
+    /// The circuit of `key`, created if it fits; `None` when it does not.
+    pub(crate) fn lookup_or_insert(&self, key: K) -> Option<Arc<Circuit<K>>> {
         if let Some(c) = self.read().get(&key) {
-            return c.clone();
+            return Some(c.clone());
         }
         let mut map = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(c) = map.get(&key) {
-            return c.clone();
+            return Some(c.clone());
         }
         if map.len() >= self.shared.config.max_keys {
-            // Evict a circuit that is closed and not in use by any call.
+            // Evict a circuit not in use by any call whose state is worth nothing
+            // (closed, no failures): a failing key must not escape its circuit by
+            // being evicted, nor a forced or open one be forgotten.
             let idle = map
                 .iter()
-                .find(|(_, c)| c.state() == CircuitState::Closed && Arc::strong_count(c) == 1)
+                .find(|(_, c)| Arc::strong_count(c) == 1 && c.is_pristine())
                 .map(|(k, _)| k.clone());
-            match idle {
-                Some(k) => {
-                    map.remove(&k);
-                }
-                None => {
-                    if !self.warned_full.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(
-                            circuit = %self.shared.config.name,
-                            max_keys = self.shared.config.max_keys,
-                            "circuit key limit reached; new keys share the overflow circuit"
-                        );
-                    }
-                    return self.single.clone();
-                }
-            }
+            map.remove(&idle?);
         }
         let circuit = Arc::new(Circuit::new(Some(key.clone()), self.shared.clone()));
         map.insert(key, circuit.clone());
-        circuit
+        Some(circuit)
     }
 
     pub(crate) fn get(&self, key: &K) -> Option<Arc<Circuit<K>>> {

@@ -4,14 +4,20 @@ use http::{HeaderMap, StatusCode};
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
+use super::providers::kind_from_google_status;
 use super::{classify_status, FailureKind, Outcome};
 
 /// Classify a provider error body, if the body is one.
 ///
 /// Understands OpenAI's `{"error": {"type", "code", "message"}}` (also used by Azure
-/// OpenAI, vLLM, Ollama and llama.cpp) and Anthropic's
-/// `{"type": "error", "error": {"type", "message"}}`. Returns `None` when the body is
-/// not JSON or not an error object. Never panics, whatever the bytes.
+/// OpenAI, vLLM, Ollama and llama.cpp), vLLM's older
+/// `{"object": "error", "message", "type", "code": 400}`, Google's (Gemini, Vertex
+/// AI) `{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details"}}`, and
+/// Anthropic's `{"type": "error", "error": {"type", "message"}}`. Returns `None` when
+/// the body is not JSON or not an error object. Never panics, whatever the bytes.
+///
+/// What each provider's 429 means for retrying is tabled in the
+/// [classify module docs](super#what-a-429-means-provider-by-provider).
 ///
 /// ```
 /// use tower_llm_resilience::classify::{classify_error_body, FailureKind};
@@ -24,10 +30,12 @@ pub fn classify_error_body(body: &[u8]) -> Option<FailureKind> {
     let error = error_object(&value)?;
     let field = |name: &str| error.get(name).and_then(Value::as_str).unwrap_or("");
     let (kind, code, message) = (field("type"), field("code"), field("message"));
-    // `code` is the most specific field OpenAI sends; Anthropic only has `type`.
+    // `code` is the most specific field OpenAI sends; Anthropic only has `type`;
+    // Google sends a numeric `code` and a `status` name.
     Some(
         kind_from_tag(code)
             .or_else(|| kind_from_tag(kind))
+            .or_else(|| kind_from_google_status(error))
             .or_else(|| kind_from_message(message))
             .unwrap_or(FailureKind::Other),
     )
@@ -39,13 +47,15 @@ pub fn classify_error_body(body: &[u8]) -> Option<FailureKind> {
 /// the kind: a 400 whose body says `context_length_exceeded` becomes
 /// [`FailureKind::ContextLengthExceeded`], a 429 that says `insufficient_quota`
 /// becomes [`FailureKind::QuotaExhausted`], and so on, keeping the `Retry-After` the
-/// headers carried. A 2xx whose body is an error object, is not JSON, or is empty
-/// is [`FailureKind::InvalidResponse`]; event streams (`text/event-stream`) are not
-/// inspected.
+/// headers carried (or, without one, the retry delay a Google body gives). A 2xx
+/// whose body is an error object, is not JSON, or is empty is
+/// [`FailureKind::InvalidResponse`]; `204 No Content`, `205 Reset Content` and
+/// event streams (`text/event-stream`, any case) are not inspected.
 pub fn classify_buffered(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Outcome {
     match classify_status(status, headers) {
         Outcome::Success => {
-            if !status.is_success() || is_event_stream(headers) {
+            let no_content = matches!(status.as_u16(), 204 | 205);
+            if !status.is_success() || no_content || is_event_stream(headers) {
                 return Outcome::Success;
             }
             match serde_json::from_slice::<Envelope>(body) {
@@ -59,7 +69,10 @@ pub fn classify_buffered(status: StatusCode, headers: &HeaderMap, body: &[u8]) -
                 | None => from_status.clone(),
                 // An `auth`-looking body on a non-auth status is still the status's kind.
                 Some(FailureKind::Auth) if from_status != FailureKind::Auth => from_status.clone(),
-                Some(kind) => kind.with_retry_after(from_status.retry_after()),
+                Some(kind) => {
+                    let wait = from_status.retry_after().or(kind.retry_after());
+                    kind.with_retry_after(wait)
+                }
             };
             Outcome::Failure(refined)
         }
@@ -89,7 +102,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
-        let (mut error, mut typed_error) = (false, false);
+        let (mut error, mut typed_error, mut object_error) = (false, false, false);
         while let Some(key) = map.next_key::<TopKey>()? {
             match key {
                 // The last duplicate wins, as in a parsed `Value`.
@@ -99,13 +112,16 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 TopKey::Type => {
                     typed_error = matches!(map.next_value()?, Shape::Str { is_error: true });
                 }
+                TopKey::Object => {
+                    object_error = matches!(map.next_value()?, Shape::Str { is_error: true });
+                }
                 TopKey::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
         Ok(Envelope {
-            is_error: error || typed_error,
+            is_error: error || typed_error || object_error,
         })
     }
 
@@ -143,6 +159,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
 enum TopKey {
     Error,
     Type,
+    Object,
     Other,
 }
 
@@ -158,6 +175,7 @@ impl<'de> Deserialize<'de> for TopKey {
                 Ok(match key {
                     "error" => TopKey::Error,
                     "type" => TopKey::Type,
+                    "object" => TopKey::Object,
                     _ => TopKey::Other,
                 })
             }
@@ -216,11 +234,13 @@ impl<'de> Deserialize<'de> for Shape {
     }
 }
 
+/// Media types are case-insensitive (RFC 9110 §8.3.1); parameters are ignored.
 fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// The error object of either provider's error envelope.
@@ -231,6 +251,8 @@ fn error_object(value: &Value) -> Option<&serde_json::Map<String, Value>> {
         // Some OpenAI-compatible servers send `{"error": "message"}`.
         Some(Value::String(_)) => Some(object),
         _ if object.get("type").and_then(Value::as_str) == Some("error") => Some(object),
+        // vLLM's older envelope: `{"object": "error", "message", "type", "code"}`.
+        _ if object.get("object").and_then(Value::as_str) == Some("error") => Some(object),
         _ => None,
     }
 }
@@ -267,6 +289,7 @@ fn kind_from_message(message: &str) -> Option<FailureKind> {
         || has("context window")
         || has("maximum context")
         || has("too many tokens")
+        || (has("input token count") && has("exceeds the maximum"))
     {
         Some(FailureKind::ContextLengthExceeded)
     } else if has("content policy") || has("content management policy") || has("content filter") {
@@ -470,6 +493,7 @@ mod tests {
         let key = prop_oneof![
             Just("error".to_owned()),
             Just("type".to_owned()),
+            Just("object".to_owned()),
             "[a-z]{0,3}"
         ];
         let leaf = prop_oneof![

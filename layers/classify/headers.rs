@@ -1,8 +1,41 @@
 //! Parsing of the headers that say how long to wait.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
+
+/// The default ceiling on a wait a server asks for: 10 minutes.
+///
+/// Providers ask for seconds to a few minutes (OpenAI's token resets reach a few
+/// minutes, Anthropic's a minute, Gemini's per-minute quotas under one). A larger
+/// value is either a daily quota, which a fallback handles better than waiting, or a
+/// misbehaving server; without a ceiling, `retry-after: 10000000000000000000` or a
+/// date in year 9999 would pause a batch or a circuit for ever.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// The ceiling in milliseconds; one process-wide value, read on every parse.
+static MAX_RETRY_AFTER_MS: AtomicU64 = AtomicU64::new(10 * 60 * 1000);
+
+/// Sets the ceiling on every wait a server can ask for, process-wide (default
+/// [`DEFAULT_MAX_RETRY_AFTER`]). It is applied where waits are parsed
+/// ([`retry_after`], [`parse_retry_after_value`], and the retry delays in provider
+/// error bodies), so every layer and client sees capped values: a longer wait is
+/// taken as this one. Millisecond precision; at least 1 ms.
+pub fn set_max_retry_after(max: Duration) {
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX).max(1);
+    MAX_RETRY_AFTER_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The ceiling set by [`set_max_retry_after`] (default [`DEFAULT_MAX_RETRY_AFTER`]).
+pub fn max_retry_after() -> Duration {
+    Duration::from_millis(MAX_RETRY_AFTER_MS.load(Ordering::Relaxed))
+}
+
+/// `wait`, cut to [`max_retry_after`].
+pub fn cap_retry_after(wait: Duration) -> Duration {
+    wait.min(max_retry_after())
+}
 
 /// OpenAI's reset headers, paired with the "remaining" header of the same limit.
 const OPENAI_RESETS: [(&str, &str); 2] = [
@@ -39,19 +72,24 @@ const ANTHROPIC_RESETS: [(&str, &str); 4] = [
 /// `Retry-After` as delay-seconds or as an HTTP date, then the provider rate-limit
 /// reset headers (OpenAI's `x-ratelimit-reset-*` durations such as `6m0s`,
 /// Anthropic's `anthropic-ratelimit-*-reset` instants) of the limits that are
-/// exhausted. Malformed values are ignored. A date in the past is a zero wait.
+/// exhausted. Malformed values are ignored. A date in the past is a zero wait. A
+/// wait longer than [`max_retry_after`] (10 minutes by default) is cut to it.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     retry_after_at(headers, SystemTime::now())
 }
 
 /// [`retry_after`] with an explicit "now", for dates.
 pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    uncapped_retry_after(headers, now).map(cap_retry_after)
+}
+
+fn uncapped_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     if let Some(ms) = header_str(headers, "retry-after-ms").and_then(parse_seconds_f64) {
         // The value is in milliseconds.
-        return Duration::try_from_secs_f64(ms.as_secs_f64() / 1000.0).ok();
+        return saturating_secs(ms.as_secs_f64() / 1000.0);
     }
     if let Some(value) = header_str(headers, "retry-after") {
-        if let Some(wait) = parse_retry_after_value(value, now) {
+        if let Some(wait) = uncapped_retry_after_value(value, now) {
             return Some(wait);
         }
     }
@@ -69,8 +107,13 @@ pub fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> 
     openai.chain(anthropic).max()
 }
 
-/// Parse one `Retry-After` value: delay-seconds or an HTTP date.
+/// Parse one `Retry-After` value: delay-seconds or an HTTP date, cut to
+/// [`max_retry_after`].
 pub fn parse_retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
+    uncapped_retry_after_value(value, now).map(cap_retry_after)
+}
+
+fn uncapped_retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Some(wait) = parse_seconds_f64(value) {
         return Some(wait);
@@ -98,7 +141,17 @@ fn parse_seconds_f64(value: &str) -> Option<Duration> {
         return None;
     }
     let secs: f64 = value.parse().ok()?;
-    Duration::try_from_secs_f64(secs).ok()
+    saturating_secs(secs)
+}
+
+/// Seconds as a `Duration`; a finite, non-negative value too large for one is
+/// the longest wait (then capped), not ignored.
+fn saturating_secs(secs: f64) -> Option<Duration> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(wait) => Some(wait),
+        Err(_) if secs.is_finite() && secs > 0.0 => Some(Duration::MAX),
+        Err(_) => None,
+    }
 }
 
 /// Go-style durations as OpenAI sends them: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
@@ -132,7 +185,7 @@ pub(crate) fn parse_go_duration(value: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += number * scale;
     }
-    Duration::try_from_secs_f64(total).ok()
+    saturating_secs(total)
 }
 
 #[cfg(test)]

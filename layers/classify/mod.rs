@@ -17,6 +17,30 @@
 //!   [`ClassifyError`].
 //! - Any closure `Fn(&Result<Res, Err>) -> Outcome`.
 //!
+//! # Waits a server asks for
+//!
+//! `Retry-After` (seconds or an HTTP date), `retry-after-ms`, the provider reset
+//! headers and Google's `RetryInfo` are parsed into the `retry_after` of
+//! [`FailureKind::RateLimited`] and [`FailureKind::Overloaded`], capped where they
+//! are parsed at one process-wide ceiling: [`DEFAULT_MAX_RETRY_AFTER`] (10 minutes),
+//! changed with [`set_max_retry_after`]. A longer or unrepresentable wait is taken
+//! as the ceiling, so no server can pause a batch, a circuit or a caller longer.
+//!
+//! # What a 429 means, provider by provider
+//!
+//! | provider | body | kind | retry? |
+//! |---|---|---|---|
+//! | OpenAI, Azure OpenAI | `code: rate_limit_exceeded` | `RateLimited` | yes, after `retry-after(-ms)` or the `x-ratelimit-reset-*` of the exhausted limit |
+//! | OpenAI, Azure OpenAI | `code: insufficient_quota` | `QuotaExhausted` | no: the account is out of credit; fall back |
+//! | Anthropic | `type: rate_limit_error` | `RateLimited` | yes, after `retry-after` or `anthropic-ratelimit-*-reset` |
+//! | Anthropic | (529) `type: overloaded_error` | `Overloaded` | yes, later; counts against the circuit |
+//! | Gemini, Vertex AI | `status: RESOURCE_EXHAUSTED` | `RateLimited` | yes: the ordinary per-minute limit (its message says "check quota" for every limit), after the `RetryInfo.retryDelay` in `details` |
+//! | Gemini, Vertex AI | `RESOURCE_EXHAUSTED` naming a per-day quota (`quotaId` with `PerDay`) | `QuotaExhausted` | no: it resets the next day; fall back |
+//! | vLLM, llama.cpp, Ollama | OpenAI's envelope, or vLLM's older `{"object": "error", "message", "code"}` | by `code`/`type`, else by message | as the kind says |
+//!
+//! Whether a kind is retried, counted against a circuit or fallen back from is the
+//! [`FailurePolicy`]'s answer; the table gives the defaults.
+//!
 //! # Example
 //!
 //! ```
@@ -50,10 +74,14 @@ mod headers;
 mod http;
 mod kind;
 mod policy;
+mod providers;
 
 pub use self::body::{classify_buffered, classify_error_body};
 pub use self::error::{classify_dyn_error, ClassifiedError, ClassifyError};
-pub use self::headers::{parse_retry_after_value, retry_after, retry_after_at};
+pub use self::headers::{
+    cap_retry_after, max_retry_after, parse_retry_after_value, retry_after, retry_after_at,
+    set_max_retry_after, DEFAULT_MAX_RETRY_AFTER,
+};
 pub use self::http::classify_status;
 pub use self::kind::{FailureCategory, FailureKind, Outcome};
 pub use self::policy::{Decisions, FailurePolicy};

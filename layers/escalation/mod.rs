@@ -23,12 +23,25 @@
 //!     [`InvalidToken`](EscalationError::InvalidToken).
 //!   - *wait*: the response future waits for the resolution up to a timeout, then
 //!     applies a [`TimeoutDefault`] (reject, approve, or an answer), which is recorded.
+//!     The wait ends exactly when the record expires, and a reviewer listing
+//!     escalations meanwhile never turns the default into an expiry. A caller that
+//!     goes away (its future dropped) leaves the escalation
+//!     [`Abandoned`](Status::Abandoned): it can no longer be approved or rejected
+//!     ([`ResolveError::Abandoned`]). At shutdown,
+//!     [`Handle::release_waiters`] ends every wait at once with
+//!     [`EscalationError::Released`] and a token, so the decision can still be picked
+//!     up later in detach style.
 //! - **Resolution**: an approval continues (calls the inner service, or returns the
 //!   reviewed response), an answer is returned as the response (through the adapter),
 //!   a rejection is [`EscalationError::Rejected`].
 //! - **Tokens**: 256 random bits from the OS, URL-safe; only their SHA-256 hash is
 //!   stored, compared in constant time; they expire with the escalation and resume
-//!   once. The first resolution wins, later ones get
+//!   once. A token resumes only the request it was granted for: the record keeps the
+//!   [`Adapter`]'s fingerprint of the escalated request (for HTTP: method, path and
+//!   query, and a digest of the body), and a resume with any other request fails
+//!   with [`EscalationError::RequestMismatch`], without calling the inner service
+//!   and without using the token up (so a stolen token cannot be burnt for its
+//!   owner). The first resolution wins, later ones get
 //!   [`ResolveError::AlreadyResolved`].
 //! - **[`Handle`]**: list pending escalations, get one, approve, reject with a
 //!   reason, answer with a payload, naming who; read the audit trail (every change is
@@ -108,8 +121,10 @@
 //! `tracing` events on creation, resolution, expiry, resume and notification, with
 //! the escalation id; never prompt text, snapshots, tokens or secrets. Counters:
 //! `escalation_created_total{stage,mode}`, `escalation_resolved_total{status,by_timeout}`,
-//! `escalation_expired_total`, `escalation_resume_total{outcome}`,
-//! `escalation_notifications_total{outcome}`.
+//! `escalation_expired_total`, `escalation_abandoned_total`,
+//! `escalation_released_total`, `escalation_resume_total{outcome}` (`resumed`,
+//! `still_pending`, `expired`, `already_used`, `invalid_token`, `request_mismatch`,
+//! `error`), `escalation_notifications_total{outcome}`.
 
 mod clock;
 mod engine;

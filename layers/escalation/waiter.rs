@@ -57,7 +57,13 @@ impl Shared {
             id: id.clone(),
             armed: true,
         };
-        let record = self.insert_new(id.clone(), new, None).await?;
+        let record = match self.insert_new(id.clone(), new, None).await {
+            Ok(record) => record,
+            Err(error) => {
+                guard.armed = false;
+                return Err(error);
+            }
+        };
         let deadline = self.clock.instant_at(record.expires_at);
         loop {
             let mut notified = pin!(slot.notify.notified());

@@ -59,6 +59,14 @@ pub enum ConfigError {
     },
     /// A deadline must be positive.
     ZeroDeadline,
+    /// A duration is longer than [`MAX_DURATION`](super::MAX_DURATION) (ten years);
+    /// longer values would overflow `Instant` arithmetic at call time.
+    TooLong {
+        /// The setting (`deadline`, `max_backoff`).
+        setting: &'static str,
+        /// The value given.
+        value: Duration,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -75,6 +83,11 @@ impl fmt::Display for ConfigError {
                 "partial batch: backoff base ({base:?}) must be positive and not above the maximum ({max:?})"
             ),
             ConfigError::ZeroDeadline => f.write_str("partial batch: deadline must be positive"),
+            ConfigError::TooLong { setting, value } => write!(
+                f,
+                "partial batch: {setting} of {value:?} is longer than the maximum of {:?} (ten years)",
+                super::MAX_DURATION
+            ),
         }
     }
 }

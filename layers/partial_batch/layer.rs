@@ -10,6 +10,11 @@ use super::service::PartialBatch;
 use super::store::{BatchStore, NoStore, WithStore};
 use crate::classify::{DefaultClassifier, FailurePolicy};
 
+/// The longest deadline or backoff a batch accepts: ten years. Layer settings above
+/// it are refused by [`build`](PartialBatchLayerBuilder::build); a longer
+/// [`Batch::with_deadline`](super::Batch::with_deadline) is cut to it.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// The settings shared by every batch of one layer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Config {
@@ -157,7 +162,10 @@ impl<C, St> PartialBatchLayerBuilder<C, St> {
     }
 
     /// Items not finished this long after the batch starts are reported as
-    /// unfinished. Default: none. A batch can set its own.
+    /// unfinished. Default: none. A batch can set its own. At most
+    /// [`MAX_DURATION`] (ten years). The deadline bounds everything the batch
+    /// waits for, the [`BatchStore`] included: a store that does not answer in
+    /// time leaves the items not attempted (`load`) or unrecorded (`record`).
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
@@ -235,6 +243,19 @@ impl<C, St> PartialBatchLayerBuilder<C, St> {
         }
         if self.deadline.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::ZeroDeadline);
+        }
+        let too_long = [
+            ("deadline", self.deadline),
+            ("max_backoff", Some(self.max_backoff)),
+        ]
+        .into_iter()
+        .find_map(|(setting, value)| {
+            value
+                .filter(|v| *v > MAX_DURATION)
+                .map(|value| ConfigError::TooLong { setting, value })
+        });
+        if let Some(error) = too_long {
+            return Err(error);
         }
         let rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),

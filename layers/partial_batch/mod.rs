@@ -124,7 +124,7 @@ mod store;
 pub use self::batch::{Batch, BatchItem};
 pub use self::error::{BatchError, ConfigError};
 pub use self::future::ResponseFuture;
-pub use self::layer::{PartialBatchLayer, PartialBatchLayerBuilder};
+pub use self::layer::{PartialBatchLayer, PartialBatchLayerBuilder, MAX_DURATION};
 pub use self::progress::{Progress, ProgressEvent};
 pub use self::report::{BatchReport, ItemFailure, ItemOutcome, ItemReport};
 pub use self::service::PartialBatch;

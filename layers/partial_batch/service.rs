@@ -12,7 +12,7 @@ use super::driver::Driver;
 use super::error::BatchError;
 use super::future::ResponseFuture;
 use super::layer::PartialBatchLayer;
-use super::report::BatchReport;
+use super::report::{BatchReport, ItemOutcome, ItemReport};
 use super::store::{NoStore, ResponseStore};
 use crate::classify::{Classify, DefaultClassifier};
 
@@ -146,14 +146,41 @@ where
         return Ok(BatchReport::new(id, Vec::new(), 0, started.elapsed()));
     }
     let batch_id: Option<Arc<str>> = id.map(Arc::from);
+    let deadline_at = deadline
+        .or(config.deadline)
+        .map(|d| started + d.min(super::layer::MAX_DURATION));
     let stored = match (&batch_id, store.store()) {
-        (Some(batch_id), Some(store)) => store.load(batch_id).await.map_err(|err| {
-            tracing::warn!(error = %err, "could not load the batch from the store");
-            BatchError::Store(err)
-        })?,
+        (Some(batch_id), Some(store)) => {
+            let load = store.load(batch_id);
+            let loaded = match deadline_at {
+                Some(at) => match tokio::time::timeout_at(at, load).await {
+                    Ok(loaded) => loaded,
+                    Err(_) => {
+                        // The deadline bounds the store too: nothing was sent.
+                        tracing::warn!("the store did not answer before the batch deadline");
+                        metrics::counter!("partial_batch_store_errors_total").increment(1);
+                        let items = items
+                            .into_iter()
+                            .map(|item| ItemReport {
+                                key: item.key,
+                                outcome: ItemOutcome::NotAttempted,
+                                attempts: 0,
+                                from_store: false,
+                            })
+                            .collect();
+                        let id = Some(batch_id.to_string());
+                        return Ok(BatchReport::new(id, items, 0, started.elapsed()));
+                    }
+                },
+                None => load.await,
+            };
+            loaded.map_err(|err| {
+                tracing::warn!(error = %err, "could not load the batch from the store");
+                BatchError::Store(err)
+            })?
+        }
         _ => Default::default(),
     };
-    let deadline_at = deadline.or(config.deadline).map(|d| started + d);
     let mut driver = Driver::new(
         inner,
         classifier,

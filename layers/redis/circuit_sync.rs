@@ -180,7 +180,9 @@ impl<K: SyncKey> Syncer<K> {
         match key {
             None => Some(self.handle.circuit()),
             Some(text) => match K::decode(text) {
-                Some(key) => Some(self.handle.get_or_create(key)),
+                // A key that does not fit is skipped: its state must not land on
+                // the overflow circuit, which other (healthy) keys share.
+                Some(key) => self.handle.try_get_or_create(key),
                 None => self
                     .handle
                     .keyed()

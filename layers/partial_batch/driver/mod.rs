@@ -168,11 +168,7 @@ where
     /// Drive the batch; ready when every item is finished and recorded.
     pub(crate) fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.expired {
-            let deadline_passed = self
-                .deadline
-                .as_mut()
-                .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-            if deadline_passed {
+            if self.deadline_passed(cx) {
                 // Keep what finished right at the deadline, send nothing new.
                 self.harvest(cx);
                 self.expire();
@@ -187,11 +183,28 @@ where
                 tracing::warn!(error = %err, "could not record a success; a re-run will send it again");
             }
         }
+        if !self.store_writes.is_empty() && self.deadline_passed(cx) {
+            // The deadline bounds the store too: a write still pending is given up.
+            let abandoned = self.store_writes.len();
+            self.store_writes.clear();
+            self.unrecorded += abandoned;
+            metrics::counter!("partial_batch_store_errors_total").increment(abandoned as u64);
+            tracing::warn!(
+                abandoned,
+                "the store did not record in time; a re-run will send these again"
+            );
+        }
         if self.finished == self.slots.len() && self.store_writes.is_empty() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    fn deadline_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
     }
 
     pub(crate) fn into_report(self, duration: Duration) -> BatchReport<S::Response> {

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::Driver;
-use crate::classify::{Classify, FailureKind, Outcome};
+use crate::classify::{cap_retry_after, Classify, FailureKind, Outcome};
 use crate::partial_batch::progress::{Progress, ProgressEvent};
 use crate::partial_batch::report::{ItemFailure, ItemOutcome};
 use crate::partial_batch::store::{ResponseStore, StoredSuccess};
@@ -76,11 +76,13 @@ where
             return;
         }
         let backoff = self.config.backoff.delay(attempts, &mut self.rng);
-        let server_wait = failure.kind.retry_after();
+        // Parsed waits are capped already; a custom classifier's are capped here, so
+        // no value can overflow an `Instant` or pause the batch beyond the ceiling.
+        let server_wait = failure.kind.retry_after().map(cap_retry_after);
         let delay = server_wait.map_or(backoff, |wait| wait.max(backoff));
         let now = Instant::now();
         if let Some(wait) = server_wait {
-            let until = now + wait;
+            let until = later(now, wait);
             if self.paused_until.is_none_or(|current| current < until) {
                 tracing::info!(
                     ?wait,
@@ -100,7 +102,7 @@ where
         );
         metrics::counter!("partial_batch_retries_total", "kind" => failure.kind.name())
             .increment(1);
-        self.waiting.push(Reverse((now + delay, index)));
+        self.waiting.push(Reverse((later(now, delay), index)));
         let event = ProgressEvent::Retrying {
             kind: failure.kind.clone(),
             attempts,
@@ -209,4 +211,10 @@ where
             });
         }
     }
+}
+
+/// `now + wait`, saturating far in the future instead of panicking.
+fn later(now: Instant, wait: std::time::Duration) -> Instant {
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + crate::partial_batch::MAX_DURATION)
 }
