@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
-use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState};
+use tower_llm_resilience::circuit_breaker::{
+    CircuitBreakerLayer, CircuitOpen, CircuitState, Window,
+};
 use tower_llm_resilience::classify::{ClassifiedError, ErrorOnlyClassifier, FailureKind};
 
 /// Key 1 always fails; every other key answers.
@@ -109,4 +111,123 @@ async fn forced_open_reports_a_sane_retry_after() {
     assert_eq!(wait, Duration::from_secs(120));
     let snapshot = handle.circuit().snapshot();
     assert_eq!(snapshot.retry_after, Some(Duration::from_secs(120)));
+}
+
+/// Answers after `ms` milliseconds of (paused) time; fails when `ms` is 0.
+fn timed() -> impl Service<u64, Response = u64, Error = BoxError, Future = impl Send> + Clone {
+    service_fn(|ms: u64| async move {
+        if ms == 0 {
+            return Err::<u64, BoxError>(
+                ClassifiedError::new(FailureKind::ServerError, "down").into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    })
+}
+
+async fn call_timed<S: Service<u64, Response = u64, Error = BoxError>>(
+    svc: &mut S,
+    ms: u64,
+) -> Result<u64, BoxError> {
+    svc.ready().await?.call(ms).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_calls_in_a_time_window_trip_are_forgotten_and_a_slow_probe_reopens() {
+    let layer = CircuitBreakerLayer::builder()
+        .without_consecutive_failures()
+        .slow_call_rate(0.5, Duration::from_millis(100))
+        .window(Window::Time {
+            span: Duration::from_secs(10),
+            buckets: 10,
+        })
+        .minimum_calls(4)
+        .cooldown(Duration::from_secs(5))
+        .backoff_multiplier(1.0)
+        .jitter(0.0)
+        .classifier(ErrorOnlyClassifier)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let circuit = handle.circuit();
+    let mut svc = layer.layer(timed());
+
+    // Two slow calls, then they age out of the window: nothing trips.
+    for ms in [200, 200] {
+        call_timed(&mut svc, ms).await.unwrap();
+    }
+    assert_eq!(circuit.snapshot().window_slow_calls, 2);
+    tokio::time::advance(Duration::from_secs(11)).await;
+    assert_eq!(circuit.snapshot().window_calls, 0, "old buckets dropped");
+    for ms in [10, 10, 200] {
+        call_timed(&mut svc, ms).await.unwrap();
+    }
+    assert_eq!(circuit.state(), CircuitState::Closed, "1 slow of 3");
+    call_timed(&mut svc, 200).await.unwrap();
+    assert_eq!(circuit.state(), CircuitState::Open, "2 slow of 4 = 50%");
+
+    // A probe that answers, but slowly, reopens the circuit.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    call_timed(&mut svc, 200).await.unwrap();
+    assert_eq!(circuit.state(), CircuitState::Open, "slow probe");
+    // A fast probe closes it, and the window starts empty.
+    tokio::time::advance(Duration::from_secs(6)).await;
+    call_timed(&mut svc, 10).await.unwrap();
+    assert_eq!(circuit.state(), CircuitState::Closed);
+    let snapshot = circuit.snapshot();
+    assert_eq!((snapshot.window_calls, snapshot.window_slow_calls), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_circuit_ignores_remote_states() {
+    let layer = CircuitBreakerLayer::builder()
+        .classifier(ErrorOnlyClassifier)
+        .build()
+        .unwrap();
+    let circuit = layer.handle().circuit();
+    circuit.force_closed();
+    circuit.apply_remote(CircuitState::Open, Some(Duration::from_secs(60)));
+    assert_eq!(circuit.state(), CircuitState::Closed);
+    circuit.force_open();
+    circuit.apply_remote(CircuitState::Closed, None);
+    circuit.apply_remote(CircuitState::HalfOpen, None);
+    assert_eq!(circuit.state(), CircuitState::Open);
+    circuit.reset();
+    circuit.apply_remote(CircuitState::Open, None);
+    assert_eq!(
+        circuit.state(),
+        CircuitState::Open,
+        "applied once not forced"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_counter_counts_only_when_asked_and_skips_caller_bugs() {
+    let layer = CircuitBreakerLayer::builder()
+        .consecutive_failures(10)
+        .classifier(ErrorOnlyClassifier)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = service_fn(|n: u32| async move {
+        match n {
+            0 => Err::<u32, BoxError>(ClassifiedError::new(FailureKind::ServerError, "x").into()),
+            1 => Err(ClassifiedError::new(FailureKind::BadRequest, "caller bug").into()),
+            n => Ok(n),
+        }
+    });
+    let mut svc = layer.layer(inner);
+    let _ = call(&mut svc, 2).await;
+    assert_eq!(handle.circuit().snapshot().calls, 0, "off by default");
+    handle.count_calls(true);
+    for n in [2, 3, 0, 1] {
+        let _ = call(&mut svc, n).await;
+    }
+    let snapshot = handle.circuit().snapshot();
+    assert_eq!(
+        snapshot.calls, 3,
+        "two successes and a failure; the caller bug is neutral"
+    );
+    assert_eq!(snapshot.failures, 1);
 }

@@ -390,3 +390,93 @@ fn durations_that_would_overflow_are_refused_at_build_time() {
         .build()
         .expect("the maximum itself is fine");
 }
+
+#[tokio::test(start_paused = true)]
+async fn record_versions_are_bumped_by_every_change() {
+    let layer = EscalationLayer::builder(gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, _) = llm("{}");
+    let mut svc = layer.layer(inner);
+    let resumed = escalated(send(&mut svc, chat_request("/tools/a")).await.unwrap_err());
+    let expiring = escalated(send(&mut svc, chat_request("/tools/b")).await.unwrap_err());
+    let version = |id| {
+        let handle = handle.clone();
+        async move { handle.get(&id).await.unwrap().unwrap().version }
+    };
+    assert_eq!(version(resumed.id.clone()).await, 0);
+    handle.approve(&resumed.id, "alice").await.unwrap();
+    assert_eq!(version(resumed.id.clone()).await, 1);
+    send(
+        &mut svc,
+        with_header_token(chat_request("/tools/a"), &resumed.token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(version(resumed.id.clone()).await, 2, "redeemed");
+
+    tokio::time::advance(HOUR).await;
+    assert_eq!(
+        handle.expire_due().await.unwrap(),
+        vec![expiring.id.clone()]
+    );
+    let record = handle.get(&expiring.id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.version), (Status::Expired, 1));
+    assert!(handle.expire_due().await.unwrap().is_empty(), "once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_detached_escalations_in_flight_resolve_independently() {
+    let layer = EscalationLayer::builder(gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = llm("{\"ok\":1}");
+    let mut svc = layer.layer(inner);
+    let mut escalations = Vec::new();
+    for i in 0..5 {
+        let path = format!("/tools/{i}");
+        let error = send(&mut svc, chat_request(&path)).await.unwrap_err();
+        escalations.push((path, escalated(error)));
+    }
+    assert_eq!(handle.list_pending().await.unwrap().len(), 5);
+    // Approve the even ones, reject the odd ones, in reverse order.
+    for (i, (_, e)) in escalations.iter().enumerate().rev() {
+        if i % 2 == 0 {
+            handle.approve(&e.id, "alice").await.unwrap();
+        } else {
+            handle
+                .reject(&e.id, "bob", format!("no {i}"))
+                .await
+                .unwrap();
+        }
+    }
+    for (i, (path, e)) in escalations.iter().enumerate() {
+        let result = send(&mut svc, with_header_token(chat_request(path), &e.token)).await;
+        if i % 2 == 0 {
+            assert!(result.is_ok(), "{i}");
+        } else {
+            match escalation_error(&result.unwrap_err()) {
+                EscalationError::Rejected { reason, .. } => assert_eq!(reason, &format!("no {i}")),
+                other => panic!("{i}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Another escalation's token never resumes this one.
+    let (path, first) = &escalations[0];
+    let (_, second) = &escalations[2];
+    let crossed = send(
+        &mut svc,
+        with_header_token(chat_request(path), &second.token),
+    )
+    .await;
+    assert!(matches!(
+        escalation_error(&crossed.unwrap_err()),
+        EscalationError::RequestMismatch { .. } | EscalationError::AlreadyUsed { .. }
+    ));
+    assert_ne!(first.id, second.id);
+}

@@ -206,3 +206,46 @@ async fn an_absurd_wait_from_a_custom_classifier_is_capped() {
         "resumed promptly after the ceiling: {waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_resumes_promptly_after_a_retry_after_pause() {
+    let start = Instant::now();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
+    let inner = service_fn(move |key: String| {
+        let first = {
+            let mut log = seen.lock().unwrap();
+            log.push((key.clone(), start.elapsed()));
+            log.len() == 1
+        };
+        async move {
+            if first {
+                let kind = FailureKind::RateLimited {
+                    retry_after: Some(Duration::from_secs(2)),
+                };
+                return Err::<String, BoxError>(ClassifiedError::new(kind, "slow down").into());
+            }
+            Ok(key)
+        }
+    });
+    let layer = PartialBatchLayer::builder()
+        .classifier(ErrorOnlyClassifier)
+        .concurrency(1)
+        .backoff(Duration::from_millis(1), Duration::from_millis(10))
+        .seed(1)
+        .build()
+        .unwrap();
+    let report = layer.layer(inner).oneshot(batch(3)).await.unwrap();
+    assert_eq!(report.ok, 3);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log.len(), 4);
+    assert_eq!(log[0].1, Duration::ZERO);
+    // Nothing is sent during the pause, and sending resumes right at its end.
+    for (key, at) in &log[1..] {
+        assert!(
+            *at >= Duration::from_secs(2) && *at <= Duration::from_millis(2_010),
+            "{key} sent at {at:?}"
+        );
+    }
+    assert!(start.elapsed() <= Duration::from_millis(2_010));
+}
