@@ -15,8 +15,14 @@ fn every_code_in_the_table_decides_without_a_message() {
     let rate = FailureKind::RateLimited { retry_after: None };
     let overloaded = FailureKind::Overloaded { retry_after: None };
     let table: [(&str, FailureKind); 22] = [
-        ("context_length_exceeded", FailureKind::ContextLengthExceeded),
-        ("string_above_max_length", FailureKind::ContextLengthExceeded),
+        (
+            "context_length_exceeded",
+            FailureKind::ContextLengthExceeded,
+        ),
+        (
+            "string_above_max_length",
+            FailureKind::ContextLengthExceeded,
+        ),
         ("content_filter", FailureKind::ContentFiltered),
         ("content_policy_violation", FailureKind::ContentFiltered),
         ("content_filtered", FailureKind::ContentFiltered),
