@@ -175,5 +175,47 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
         .unwrap();
     assert_eq!(all["data"][0]["resolution"]["resolved_by"], "review page");
     assert_eq!(all["data"][0]["resolution"]["payload"], answer);
+
+    // A second client waits, then goes away: the page says so instead of
+    // letting the card vanish as if someone had decided.
+    let leaving = {
+        let http = env.http.clone();
+        let url = env.url("/v1/chat/completions");
+        tokio::spawn(async move {
+            let request = json!({
+                "model": "smart",
+                "messages": [{"role": "user", "content": "Cancel order 99?"}],
+            });
+            http.post(url)
+                .bearer_auth(CLIENT_KEY)
+                .header("x-require-approval", "true")
+                .json(&request)
+                .send()
+                .await
+        })
+    };
+    let card = browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::XPath(
+            "//article[contains(@class,'escalation')][contains(.,'Cancel order 99?')]",
+        ))
+        .await
+        .expect("the second escalation on the page");
+    leaving.abort();
+    let _ = leaving.await;
+    browser
+        .wait()
+        .at_most(wait)
+        .for_element(Locator::Css("article.escalation.abandoned"))
+        .await
+        .expect("the card marked as abandoned");
+    let text = card.text().await.unwrap();
+    assert!(text.contains("The waiting client went away"), "{text}");
+    let approve = card.find(Locator::Css("button.approve")).await.unwrap();
+    assert_eq!(
+        approve.attr("disabled").await.unwrap().as_deref(),
+        Some("true")
+    );
     browser.close().await.unwrap();
 }
