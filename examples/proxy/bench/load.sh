@@ -5,6 +5,10 @@
 #
 #   examples/proxy/bench/load.sh                  # 3 rounds of 5 s runs
 #   ROUNDS=5 DURATION=10s examples/proxy/bench/load.sh
+#   BASELINE_BIN=/path/to/older/llm-proxy examples/proxy/bench/load.sh
+#
+# With BASELINE_BIN, a fourth column runs that (older) llm-proxy binary with the same
+# config in the same rounds: a before/after comparison on one machine in one run.
 #
 # Each round runs, one target after the other (mock, forwarder, proxy):
 #   1. saturation: wrk with $CONNECTIONS connections, as fast as it goes;
@@ -96,10 +100,17 @@ store = "memory"
 TOML
 RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
 PROXY_PID=$LAST_PID
+TARGETS="mock bare proxy"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  RUST_LOG=warn start BASE "$WORK/base.out" "$BASELINE_BIN" --config "$WORK/proxy.toml"
+  BASE_PID=$LAST_PID
+  TARGETS="mock bare proxy base"
+fi
+is_proxy() { [ "$1" = proxy ] || [ "$1" = base ]; }
 
 body='{"model":"MODEL","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
-for target in mock bare proxy; do
-  model=$([ $target = proxy ] && echo bench || echo gpt-4o)
+for target in $TARGETS; do
+  model=$(is_proxy $target && echo bench || echo gpt-4o)
   {
     echo 'wrk.method = "POST"'
     echo 'wrk.headers["Content-Type"] = "application/json"'
@@ -107,11 +118,11 @@ for target in mock bare proxy; do
   } >"$WORK/$target.lua"
   echo "${body/MODEL/$model}" >"$WORK/$target.json"
 done
-url_of() { case $1 in mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; esac; }
+url_of() { case $1 in mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; base) echo "$BASE" ;; esac; }
 
 # Warm every path (connections, allocator).
-for target in mock bare proxy; do
-  model=$([ $target = proxy ] && echo bench || echo gpt-4o)
+for target in $TARGETS; do
+  model=$(is_proxy $target && echo bench || echo gpt-4o)
   curl -sf "$(url_of $target)/v1/chat/completions" -H 'content-type: application/json' \
     -d "${body/MODEL/$model}" >/dev/null
   wrk -t"$THREADS" -c64 -d2s -s "$WORK/$target.lua" "$(url_of $target)/v1/chat/completions" >/dev/null
@@ -155,10 +166,11 @@ PY
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS..." >&2
-  for target in mock bare proxy; do saturate $target; done
-  for target in mock bare proxy; do pace $target; done
+  for target in $TARGETS; do saturate $target; done
+  for target in $TARGETS; do pace $target; done
 done
 rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$PROXY_PID/status")
+[ -n "${BASE_PID:-}" ] && rss="$rss (baseline: $(awk '/VmHWM/ {print $2, $3}' "/proc/$BASE_PID/status"))"
 
 median() { # file column -> median of that column
   awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{v[NR] = $1} END {
@@ -168,7 +180,7 @@ total() { awk '{s += $4} END {print s + 0}' "$1"; }
 row() { # label paced column format
   local label=$1 paced=$2 col=$3 fmt=$4
   printf '%-36s' "$label"
-  for target in mock bare proxy; do
+  for target in $TARGETS; do
     if [ "$col" = bad ]; then
       printf ' %16s' "$(total "$WORK/$target-$paced.runs")"
     else
@@ -181,7 +193,9 @@ row() { # label paced column format
 echo
 echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS and oha $OHA_VERSION, $ROUNDS rounds of $DURATION, medians"
 echo "(load tool, mock, forwarder and proxy share the machine)"
-printf '%-36s %16s %16s %16s\n' "" "direct (mock)" "bare forwarder" "through proxy"
+printf '%-36s %16s %16s %16s' "" "direct (mock)" "bare forwarder" "through proxy"
+[ -n "${BASE_PID:-}" ] && printf ' %16s' "baseline proxy"
+echo
 row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'
 row "  p50 latency (ms)" 0 2 '%.2f'
 row "  p99 latency (ms)" 0 3 '%.2f'
@@ -194,7 +208,7 @@ echo "proxy peak RSS (VmHWM): $rss"
 echo
 echo "every run (req/s p50_ms p99_ms failed):"
 for paced in 0 1; do
-  for target in mock bare proxy; do
+  for target in $TARGETS; do
     echo "  $([ $paced = 1 ] && echo paced || echo saturation) $target: $(tr '\n' ';' <"$WORK/$target-$paced.runs")"
   done
 done
