@@ -256,4 +256,32 @@ mod tests {
         throttle.attempt(two, t0).unwrap();
         throttle.attempt(one, t0 + WINDOW).unwrap();
     }
+
+    #[test]
+    fn the_throttle_tracks_a_bounded_number_of_addresses() {
+        let throttle = LoginThrottle::new(3);
+        let t0 = Instant::now();
+        let address = |i: usize| IpAddr::from(std::net::Ipv6Addr::from(i as u128 + 1));
+        for i in 0..MAX_THROTTLED_ADDRESSES {
+            throttle.attempt(address(i), t0).unwrap();
+        }
+        // Full of running windows: a new address waits for the first to end,
+        // and nothing is added.
+        let later = t0 + Duration::from_secs(10);
+        let wait = throttle
+            .attempt(address(MAX_THROTTLED_ADDRESSES), later)
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_secs(50));
+        assert_eq!(
+            throttle.windows.lock().unwrap().len(),
+            MAX_THROTTLED_ADDRESSES
+        );
+        // A known address still counts as usual.
+        throttle.attempt(address(0), later).unwrap();
+        // Once the windows have run out, their slots are freed.
+        throttle
+            .attempt(address(MAX_THROTTLED_ADDRESSES), t0 + WINDOW)
+            .unwrap();
+        assert_eq!(throttle.windows.lock().unwrap().len(), 1);
+    }
 }
