@@ -34,14 +34,8 @@ fi
 command -v python3 >/dev/null || { echo "python3 is needed (hostile upstream)" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=common.sh
+source "examples/proxy/bench/common.sh"
 
 # The hostile upstream: /big/... answers $BIG_BYTES bytes (Content-Length),
 # /endless/... a chunked body that never ends.

@@ -49,31 +49,8 @@ command -v python3 >/dev/null || { echo "python3 is needed to read oha's report"
 
 cargo build --release -p llm-proxy --bin llm-proxy --example bare_forward >&2
 BIN=target/release/llm-proxy
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# start VAR OUT CMD...: run CMD in the background and set VAR to the first
-# http://ADDR it prints (LAST_PID to its pid).
-start() {
-  local var=$1 out=$2; shift 2
-  "$@" >"$out" 2>"$out.err" &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-  for _ in $(seq 1 100); do
-    if grep -qo 'http://[0-9.:]*' "$out" 2>/dev/null; then
-      printf -v "$var" '%s' "$(grep -o 'http://[0-9.:]*' "$out" | head -1)"
-      return
-    fi
-    sleep 0.1
-  done
-  echo "did not start: $*" >&2; cat "$out.err" >&2; exit 1
-}
+# shellcheck source=common.sh
+source "examples/proxy/bench/common.sh"
 
 start MOCK "$WORK/mock.out" "$BIN" mock-upstream --listen 127.0.0.1:0 --name bench
 start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"

@@ -1,0 +1,28 @@
+# Sourced by the bench scripts: a work directory removed on exit, background
+# processes killed on exit, and `start` for servers that print their address.
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# start VAR OUT CMD...: run CMD in the background and set VAR to the first
+# http://ADDR it prints (LAST_PID to its pid).
+start() {
+  local var=$1 out=$2; shift 2
+  "$@" >"$out" 2>"$out.err" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+  for _ in $(seq 1 100); do
+    if grep -qo 'http://[0-9.:]*' "$out" 2>/dev/null; then
+      printf -v "$var" '%s' "$(grep -o 'http://[0-9.:]*' "$out" | head -1)"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "did not start: $*" >&2; cat "$out.err" >&2; exit 1
+}
