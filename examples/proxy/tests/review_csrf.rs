@@ -45,27 +45,9 @@ async fn a_cross_site_form_cannot_approve_but_the_review_page_can() {
     let wait = Duration::from_secs(20);
 
     // The reviewer signs in.
-    browser.goto(&env.url("/escalations")).await.unwrap();
     browser
-        .find(Locator::Css("#admin-key"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_KEY)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("#list"))
-        .await
-        .expect("the review page after signing in");
+        .sign_in(&env.url("/escalations"), ADMIN_KEY, wait)
+        .await;
 
     // A client waits for approval.
     let waiting = {

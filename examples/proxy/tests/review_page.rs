@@ -20,22 +20,9 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
     let wait = Duration::from_secs(20);
 
     // Without the admin key, the page is a login form.
-    browser.goto(&env.url("/escalations")).await.unwrap();
-    let key_field = browser.find(Locator::Css("#admin-key")).await.unwrap();
-    key_field.send_keys(ADMIN_KEY).await.unwrap();
     browser
-        .find(Locator::Css("#sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("#list"))
-        .await
-        .expect("the review page after signing in");
+        .sign_in(&env.url("/escalations"), ADMIN_KEY, wait)
+        .await;
 
     // A client asks for something that needs approval, and waits.
     let waiting = {

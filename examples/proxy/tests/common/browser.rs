@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder};
+use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -96,6 +96,29 @@ impl Browser {
             _driver: driver,
             _profile: profile,
         }
+    }
+
+    /// Opens the review page at `page_url`, signs in with `admin_key` on its
+    /// form, and waits (up to `wait`) for the list of escalations.
+    pub async fn sign_in(&self, page_url: &str, admin_key: &str, wait: Duration) {
+        self.goto(page_url).await.unwrap();
+        self.find(Locator::Css("#admin-key"))
+            .await
+            .unwrap()
+            .send_keys(admin_key)
+            .await
+            .unwrap();
+        self.find(Locator::Css("#sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait()
+            .at_most(wait)
+            .for_element(Locator::Css("#list"))
+            .await
+            .expect("the review page after signing in");
     }
 
     /// Ends the WebDriver session (then the driver and profile go).
