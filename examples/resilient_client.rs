@@ -35,13 +35,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Handle};
-use tower_llm_resilience::classify::{
-    classify_dyn_error, ClassifyError, ClassifyResponse, Outcome,
-};
+use tower_llm_resilience::classify::classify_dyn_error;
 use tower_llm_resilience::client::{
     AnthropicClient, ChatRequest, ChatResponse, Message, OpenAiClient,
 };
-use tower_llm_resilience::fallback::{FallbackLayer, MarkDegraded, Marked};
+use tower_llm_resilience::fallback::FallbackLayer;
 use tower_llm_resilience::BoxError;
 
 /// The last resort's answer, when no provider can answer.
@@ -54,24 +52,21 @@ async fn main() -> Result<(), BoxError> {
     let (openai_breaker, openai_circuit) = breaker("openai")?;
     let (anthropic_breaker, anthropic_circuit) = breaker("anthropic")?;
 
-    // `ChatResponse` has no room for the degraded marker, so every tier's answer is
-    // wrapped in `Marked`, outside its breaker (the breaker still sees the plain
-    // `ChatResponse` and `ClientError`).
+    // The clients stack with the layers as they are: a `ChatResponse` carries the
+    // degraded marker itself, and the plain Anthropic client's `ClientError` converts
+    // into the breaker's `BoxError`.
     let anthropic_tier = ServiceBuilder::new()
-        .map_response(Marked::new)
         .layer(anthropic_breaker)
         .service(anthropic);
     let fallback = FallbackLayer::builder()
         .primary_name("openai")
         .alternate("anthropic", anthropic_tier)
         .final_responder("template", |_request: ChatRequest| {
-            Marked::new(ChatResponse::new("template", "none", TEMPLATE))
+            ChatResponse::new("template", "none", TEMPLATE)
         })
-        .classifier(classify_answer)
         .build()?;
     let mut client = ServiceBuilder::new()
         .layer(fallback)
-        .map_response(Marked::new)
         .layer(openai_breaker)
         .service(openai);
 
@@ -89,8 +84,7 @@ async fn main() -> Result<(), BoxError> {
         println!("Q: {question}");
         match client.ready().await?.call(request).await {
             Ok(answer) => {
-                let degraded = answer.degraded().cloned();
-                let answer = answer.into_inner();
+                let degraded = answer.degraded.clone();
                 let tag = if degraded.is_some() { ", degraded" } else { "" };
                 println!(
                     "A ({}/{}{tag}): {}",
@@ -124,16 +118,6 @@ fn breaker(name: &str) -> Result<(CircuitBreakerLayer, Handle<()>), BoxError> {
         .build()?;
     let handle = layer.handle();
     Ok((layer, handle))
-}
-
-/// The default classification, looking through `Marked`: errors by their kind
-/// (rate limit, overload, open circuit...), and an answer cut by a content filter
-/// is a failure another provider may not share.
-fn classify_answer(result: &Result<Marked<ChatResponse>, BoxError>) -> Outcome {
-    match result {
-        Ok(answer) => answer.value.classify_response(),
-        Err(err) => Outcome::Failure(err.classify_error()),
-    }
 }
 
 /// The two clients, for real endpoints from the environment or for demo servers.

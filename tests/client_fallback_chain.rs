@@ -13,12 +13,12 @@ use support::{fixture, json_fixture, Reply, Step, Upstream};
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState, Handle};
-use tower_llm_resilience::classify::{ClassifyError, ClassifyResponse, FailureKind, Outcome};
+use tower_llm_resilience::classify::{ClassifyResponse, FailureKind};
 use tower_llm_resilience::client::{
     AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, ClientError, Message,
     OpenAiClient,
 };
-use tower_llm_resilience::fallback::{FallbackLayer, MarkDegraded, Marked, Tier};
+use tower_llm_resilience::fallback::{FallbackLayer, MarkDegraded, Tier};
 use tower_llm_resilience::BoxError;
 
 const OPENAI_KEY: &str = "sk-test-openai-0123456789";
@@ -37,7 +37,7 @@ fn hello() -> ChatRequest {
 }
 
 /// The whole chain, boxed so each test names one type.
-type Chain<T> = BoxCloneSyncService<ChatRequest, Marked<T>, BoxError>;
+type Chain<T> = BoxCloneSyncService<ChatRequest, T, BoxError>;
 
 /// The chain and each provider's circuit.
 struct Built<T> {
@@ -75,15 +75,6 @@ fn anthropic(upstream: &Upstream) -> AnthropicClient {
         .unwrap()
 }
 
-/// `Marked<T>` does not forward `ClassifyResponse`, so the fallback classifies the
-/// wrapped answer itself (a content-filtered `ChatResponse` still falls back).
-fn classify_marked<T: ClassifyResponse>(result: &Result<Marked<T>, BoxError>) -> Outcome {
-    match result {
-        Ok(answer) => answer.value.classify_response(),
-        Err(error) => Outcome::Failure(error.classify_error()),
-    }
-}
-
 /// OpenAI (primary, named `openai`) → Anthropic (`anthropic`, model rewritten to
 /// Claude) → `template`, each provider behind its own breaker.
 fn chain<O, A, T>(openai: O, anthropic: A, template: fn() -> T) -> Built<T>
@@ -92,12 +83,11 @@ where
     O::Future: Send + 'static,
     A: Service<ChatRequest, Response = T, Error = ClientError> + Clone + Send + Sync + 'static,
     A::Future: Send + 'static,
-    T: ClassifyResponse + Send + 'static,
+    T: ClassifyResponse + MarkDegraded + Send + 'static,
 {
     let (openai_breaker, anthropic_breaker) = (breaker("openai"), breaker("anthropic"));
     let (openai_circuit, anthropic_circuit) = (openai_breaker.handle(), anthropic_breaker.handle());
     let claude = ServiceBuilder::new()
-        .map_response(Marked::new)
         .layer(anthropic_breaker)
         .service(anthropic);
     let fallback = FallbackLayer::builder()
@@ -106,15 +96,11 @@ where
             Tier::new("anthropic", claude)
                 .map_request(|request: ChatRequest| request.model(CLAUDE)),
         )
-        .final_responder("template", move |_request: ChatRequest| {
-            Marked::new(template())
-        })
-        .classifier(classify_marked::<T>)
+        .final_responder("template", move |_request: ChatRequest| template())
         .build()
         .unwrap();
     let service = ServiceBuilder::new()
         .layer(fallback)
-        .map_response(Marked::new)
         .layer(openai_breaker)
         .service(openai);
     Built {
@@ -132,7 +118,7 @@ fn template_stream() -> ChatStream {
     ChatStream::from_response(template())
 }
 
-async fn ask<T>(service: &mut Chain<T>, request: ChatRequest) -> Result<Marked<T>, BoxError> {
+async fn ask<T>(service: &mut Chain<T>, request: ChatRequest) -> Result<T, BoxError> {
     service.ready().await?.call(request).await
 }
 
@@ -153,9 +139,9 @@ async fn openai_rate_limited_answers_from_anthropic_with_the_same_request_transl
 
     let answer = ask(&mut service, hello()).await.unwrap();
 
-    assert_eq!(answer.value.provider, "anthropic");
-    assert_eq!(answer.value.model, CLAUDE);
-    assert_eq!(answer.value.content, "Hi! My name is Claude.");
+    assert_eq!(answer.provider, "anthropic");
+    assert_eq!(answer.model, CLAUDE);
+    assert_eq!(answer.content, "Hi! My name is Claude.");
     let degraded = answer.degraded().expect("not the primary's answer");
     assert_eq!(degraded.name(), "anthropic");
     assert_eq!(degraded.tier(), 1);
@@ -217,7 +203,8 @@ async fn both_providers_down_answers_from_the_template_with_both_failures_in_ord
 
     let answer = ask(&mut service, hello()).await.unwrap();
 
-    assert_eq!(answer.value, template());
+    assert_eq!(answer.content, TEMPLATE);
+    assert_eq!(answer.provider, "template");
     let degraded = answer
         .degraded()
         .expect("the template is a degraded answer");
@@ -301,7 +288,7 @@ async fn an_open_openai_circuit_answers_from_anthropic_without_calling_openai() 
 
     assert_eq!(gpt.hits(), 2, "OpenAI's server was not called");
     assert_eq!(claude.hits(), 3);
-    assert_eq!(answer.value.content, "Hi! My name is Claude.");
+    assert_eq!(answer.content, "Hi! My name is Claude.");
     let degraded = answer.degraded().unwrap();
     assert_eq!(degraded.name(), "anthropic");
     assert_eq!(degraded.failed()[0].name(), "openai");
@@ -345,7 +332,7 @@ async fn streaming_falls_back_when_openai_refuses_to_open_the_stream() {
             retry_after: Some(Duration::from_secs(20))
         }
     );
-    let mut stream = answer.into_inner();
+    let mut stream = answer;
     assert_eq!(
         stream.next_delta().await.unwrap().unwrap(),
         ChatDelta::Text("Hello".into())
@@ -379,10 +366,11 @@ async fn streaming_both_providers_down_streams_the_template() {
     let degraded = answer.degraded().unwrap().clone();
     assert_eq!(degraded.name(), "template");
     assert_eq!(degraded.failed().len(), 2);
-    assert_eq!(
-        answer.into_inner().into_response().await.unwrap(),
-        template()
-    );
+    // The marker follows the stream into the whole answer.
+    let mut whole = answer.into_response().await.unwrap();
+    let marker = whole.degraded.take().expect("the marker of the stream");
+    assert_eq!(marker.name(), "template");
+    assert_eq!(whole, template());
 }
 
 /// The documented limit of a fallback around the streaming services: a stream
@@ -408,7 +396,7 @@ async fn streaming_an_error_after_the_stream_opened_reaches_the_reader() {
     let answer = ask(&mut service, hello()).await.unwrap();
 
     assert!(answer.degraded().is_none(), "the primary's stream opened");
-    let mut stream = answer.into_inner();
+    let mut stream = answer;
     let err = stream.next_delta().await.unwrap().unwrap_err();
     // No status inside a stream: the error object's `server_error` type decides.
     assert_eq!(err.kind(), &FailureKind::ServerError);

@@ -367,8 +367,10 @@ async fn other_response_types_read_the_marker_through_marked() {
 
 #[test]
 fn bad_configurations_are_errors() {
-    type Layer = FallbackLayer<String, Marked<String>, BoxError>;
-    let ok = || tower::service_fn(|s: String| async move { Ok::<_, BoxError>(Marked::new(s)) });
+    // `build()` checks the layer's bounds too, so the types must fit a fallback.
+    type Layer = FallbackLayer<String, http::Response<String>, BoxError>;
+    let ok =
+        || tower::service_fn(|s: String| async move { Ok::<_, BoxError>(http::Response::new(s)) });
     assert_eq!(
         Layer::builder().build().unwrap_err(),
         FallbackConfigError::NoTiers
@@ -395,7 +397,7 @@ fn bad_configurations_are_errors() {
     );
     assert_eq!(
         Layer::builder()
-            .final_responder("t", Marked::new)
+            .final_responder("t", http::Response::new)
             .hedge_after(Duration::from_secs(1))
             .build()
             .unwrap_err(),
@@ -420,7 +422,7 @@ fn bad_configurations_are_errors() {
     );
     assert!(error.to_string().contains("first_event_timeout"));
     assert!(Layer::builder()
-        .final_responder("t", Marked::new)
+        .final_responder("t", http::Response::new)
         .build()
         .is_ok());
 }

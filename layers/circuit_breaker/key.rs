@@ -12,6 +12,11 @@ pub trait KeySelector {
 
 /// Picks the circuit of one request: `None` is the layer's single (or overflow)
 /// circuit, `Some(key)` that key's circuit.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot pick a circuit for a request of type `{Req}`",
+    label = "the key function does not take this request type",
+    note = "`key_by` takes a closure `|request: &{Req}| -> Option<Key>`"
+)]
 pub trait SelectKey<Req>: KeySelector {
     /// The key of this request.
     fn select(&self, request: &Req) -> Option<Self::Key>;

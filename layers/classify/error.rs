@@ -14,6 +14,12 @@ use crate::BoxError;
 /// types this crate knows), tower's timeout [`Elapsed`](tower::timeout::error::Elapsed),
 /// [`CircuitOpen`], [`std::io::Error`], [`ClassifiedError`], and `reqwest::Error`
 /// and the LLM clients' `ClientError` with the `reqwest` feature.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say which failure it is (`ClassifyError`)",
+    label = "the layers need to classify this error type",
+    note = "implement `ClassifyError` for `{Self}`, convert it into `BoxError` (`.map_err(BoxError::from)`), or wrap it in `ClassifiedError`",
+    note = "or set a closure classifier `|result: &Result<_, {Self}>| -> Outcome`"
+)]
 pub trait ClassifyError {
     /// Why the call failed.
     fn classify_error(&self) -> FailureKind;

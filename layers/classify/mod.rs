@@ -87,6 +87,12 @@ pub use self::kind::{FailureCategory, FailureKind, Outcome};
 pub use self::policy::{Decisions, FailurePolicy};
 
 /// Maps the result of one call to an [`Outcome`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot classify a `Result<{Res}, {Err}>`",
+    label = "not a classifier for these response and error types",
+    note = "`DefaultClassifier` needs a response implementing `ClassifyResponse` and an error implementing `ClassifyError`; `ErrorOnlyClassifier` needs only the error",
+    note = "or pass a closure `|result: &Result<{Res}, {Err}>| -> Outcome` to `.classifier(..)`"
+)]
 pub trait Classify<Res, Err> {
     /// Classify one result.
     fn classify(&self, result: &Result<Res, Err>) -> Outcome;
@@ -102,16 +108,15 @@ where
 }
 
 /// A response that can tell whether it is a success, without reading its body.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not say whether it is a success (`ClassifyResponse`)",
+    label = "the default classifier needs `ClassifyResponse` for this response type",
+    note = "implement `ClassifyResponse` for `{Self}`, or set `.classifier(ErrorOnlyClassifier)` when every `Ok` is a success",
+    note = "`http::Response<B>`, `reqwest::Response`, `ChatResponse` and `ChatStream` implement it"
+)]
 pub trait ClassifyResponse {
     /// Classify this response.
     fn classify_response(&self) -> Outcome;
-}
-
-/// An answer marked by a fallback layer classifies as the answer it wraps.
-impl<T: ClassifyResponse> ClassifyResponse for crate::fallback::Marked<T> {
-    fn classify_response(&self) -> Outcome {
-        self.value.classify_response()
-    }
 }
 
 /// Responses through [`ClassifyResponse`] (status and headers), errors through

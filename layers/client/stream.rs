@@ -16,6 +16,7 @@ use super::sse::{SseEvent, SseParser};
 use super::transport::Transport;
 use super::types::{ChatResponse, FinishReason, Usage};
 use crate::classify::{ClassifyResponse, FailureKind, Outcome};
+use crate::fallback::{Degraded, MarkDegraded};
 
 /// Body chunks read in one poll of a [`ChatStream`] before it yields.
 const CHUNKS_PER_POLL: usize = 64;
@@ -61,6 +62,7 @@ pub struct ChatStream {
     model: String,
     deltas: VecDeque<ChatDelta>,
     source: Option<Source>,
+    degraded: Option<Degraded>,
 }
 
 /// Where a stream's events come from, until its terminal event.
@@ -124,6 +126,7 @@ impl ChatStream {
                 body_ended: false,
                 complete: false,
             }),
+            degraded: None,
         }
     }
 
@@ -142,6 +145,7 @@ impl ChatStream {
             model: response.model,
             deltas,
             source: None,
+            degraded: response.degraded,
         }
     }
 
@@ -181,6 +185,7 @@ impl ChatStream {
         response.id = self.id;
         response.finish_reason = finish_reason;
         response.usage = usage;
+        response.degraded = self.degraded;
         Ok(response)
     }
 
@@ -189,6 +194,19 @@ impl ChatStream {
         self.deltas.clear();
         tracing::debug!(provider = %self.provider, kind = %error.kind(), "chat stream failed");
         Poll::Ready(Some(Err(error)))
+    }
+}
+
+/// A fallback marks a degraded stream (one a lower tier opened), so a chain of
+/// [`Streaming`](super::Streaming) clients needs no wrapper; the marker follows
+/// the stream into [`into_response`](ChatStream::into_response).
+impl MarkDegraded for ChatStream {
+    fn mark_degraded(&mut self, marker: Degraded) {
+        self.degraded = Some(marker);
+    }
+
+    fn degraded(&self) -> Option<&Degraded> {
+        self.degraded.as_ref()
     }
 }
 
@@ -295,6 +313,7 @@ impl fmt::Debug for ChatStream {
             .field("id", &self.id)
             .field("pending_deltas", &self.deltas.len())
             .field("open", &self.source.is_some())
+            .field("degraded", &self.degraded)
             .finish()
     }
 }

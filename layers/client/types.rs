@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{ClassifyResponse, FailureKind, Outcome};
+use crate::fallback::{Degraded, MarkDegraded};
 
 /// One chat completion request, in terms every provider understands.
 ///
@@ -260,6 +261,12 @@ pub struct ChatResponse {
     /// Tokens used, if the provider said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Set by a [`FallbackLayer`](crate::fallback::FallbackLayer) when the answer
+    /// did not come from the primary tier: which tier answered, and why the ones
+    /// before it failed. Read it with [`MarkDegraded::degraded`] too. Not part of
+    /// the serialized answer.
+    #[serde(skip)]
+    pub degraded: Option<Degraded>,
 }
 
 impl ChatResponse {
@@ -277,6 +284,18 @@ impl ChatResponse {
             finish_reason: Some(FinishReason::Stop),
             ..Self::default()
         }
+    }
+}
+
+/// A fallback marks a degraded answer in its [`degraded`](ChatResponse::degraded)
+/// field, so the client's answers need no wrapper in a fallback chain.
+impl MarkDegraded for ChatResponse {
+    fn mark_degraded(&mut self, marker: Degraded) {
+        self.degraded = Some(marker);
+    }
+
+    fn degraded(&self) -> Option<&Degraded> {
+        self.degraded.as_ref()
     }
 }
 

@@ -29,6 +29,11 @@ impl Verdict {
 ///
 /// Both methods default to [`Verdict::Proceed`]. Policies compose as tuples:
 /// `(a, b)` escalates when either does, `a` first.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an escalation policy for `{Req}` and `{Res}`",
+    label = "not an `EscalationPolicy<{Req}, {Res}>`",
+    note = "implement `EscalationPolicy<{Req}, {Res}>`, or combine the built-in policies as a tuple `(a, b)`"
+)]
 pub trait EscalationPolicy<Req, Res> {
     /// Before the inner service is called.
     fn check_request(&self, _request: &Req) -> Verdict {

@@ -21,6 +21,11 @@ const REDACTED: &str = "[redacted]";
 /// Snapshots are stored and shown to reviewers: they must never contain credentials.
 /// [`HttpAdapter`] is the built-in one for buffered `http` types; use
 /// [`snapshot_http_request`] and [`redact_headers`] in your own.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot snapshot and answer `{Req}` / `{Res}` for an escalation",
+    label = "not an `Adapter<{Req}, {Res}>`",
+    note = "`HttpAdapter` fits buffered `http::Request<B>` and `http::Response<B>` (bodies `AsRef<[u8]>`, such as `Bytes`); implement `Adapter` for other types"
+)]
 pub trait Adapter<Req, Res> {
     /// A serialisable picture of the request, without secrets.
     fn snapshot_request(&self, request: &Req) -> Value;

@@ -3,11 +3,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::util::BoxCloneSyncService;
+use tower::ServiceExt;
 use tower_service::Service;
 
 use super::layer::{Categories, Config, FinalResponder};
-use super::{FallbackConfigError, FallbackLayer, FirstEvent, Immediate};
-use crate::classify::{DefaultClassifier, FailureCategory, FailurePolicy};
+use super::{
+    FallbackConfigError, FallbackLayer, FirstEvent, Immediate, MarkDegraded, SettleResponse,
+};
+use crate::classify::{Classify, DefaultClassifier, FailureCategory, FailurePolicy};
+use crate::BoxError;
 
 /// One alternate tier: a named service with the primary's request, response and
 /// error types, an optional request mapping, and the extra failure kinds it takes
@@ -23,7 +27,8 @@ use crate::classify::{DefaultClassifier, FailureCategory, FailurePolicy};
 /// let long_context = service_fn(|req: http::Request<Bytes>| async move {
 ///     Ok::<_, BoxError>(http::Response::new(req.into_body()))
 /// });
-/// let tier = Tier::new("gpt-4.1", long_context)
+/// // The chain's error type (the primary's) is named when the tier stands alone.
+/// let tier: Tier<_, _, BoxError> = Tier::new("gpt-4.1", long_context)
 ///     .map_request(rewrite_model("gpt-4.1"))
 ///     .accepts(FailureCategory::ContextLengthExceeded);
 /// ```
@@ -38,15 +43,22 @@ impl<Req, Res, Err> Tier<Req, Res, Err> {
     /// A tier named `name` that calls `service`. The service is cloned for each
     /// call that reaches this tier and driven to readiness inside the response
     /// future.
+    ///
+    /// The service's error only has to convert into the chain's error type `Err`
+    /// (the primary's): a plain client (`ClientError`) can back up a primary
+    /// behind a circuit breaker (`BoxError`) as it is.
     pub fn new<S>(name: impl Into<Arc<str>>, service: S) -> Self
     where
-        S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
+        S: Service<Req, Response = Res> + Clone + Send + Sync + 'static,
+        S::Error: Into<Err> + 'static,
         S::Future: Send + 'static,
         Req: 'static,
+        Res: 'static,
+        Err: 'static,
     {
         Self {
             name: name.into(),
-            service: BoxCloneSyncService::new(service),
+            service: BoxCloneSyncService::new(service.map_err(Into::into)),
             map_request: None,
             accepts: Categories::default(),
         }
@@ -128,12 +140,16 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     }
 
     /// Add an alternate, tried after the primary and the alternates added before.
+    /// Its error only has to convert into the primary's (see [`Tier::new`]).
     #[must_use]
     pub fn alternate<S>(self, name: impl Into<Arc<str>>, service: S) -> Self
     where
-        S: Service<Req, Response = Res, Error = Err> + Clone + Send + Sync + 'static,
+        S: Service<Req, Response = Res> + Clone + Send + Sync + 'static,
+        S::Error: Into<Err> + 'static,
         S::Future: Send + 'static,
         Req: 'static,
+        Res: 'static,
+        Err: 'static,
     {
         self.tier(Tier::new(name, service))
     }
@@ -237,7 +253,22 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     }
 
     /// Check the configuration and build the layer.
-    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError> {
+    ///
+    /// The bounds are those the layer's services need, stated here so a tier, a
+    /// classifier or a response type that does not fit is reported at this call
+    /// rather than at the first `ready()` or `call()`: the request is `Clone`, the
+    /// classifier classifies `Result<Res, Err>`, and the answer can carry the
+    /// [`Degraded`](super::Degraded) marker ([`MarkDegraded`]).
+    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError>
+    where
+        Req: Clone + Send + 'static,
+        Res: Send + 'static,
+        Err: Into<BoxError> + Send + 'static,
+        C: Classify<Res, Err> + Send + Sync + 'static,
+        P: SettleResponse<Res> + Send + Sync + 'static,
+        P::Future: Send + 'static,
+        P::Output: MarkDegraded + Send + 'static,
+    {
         if let Some(error) = self.error {
             return Err(error);
         }

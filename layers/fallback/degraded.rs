@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::classify::FailureKind;
+use crate::classify::{ClassifyResponse, FailureKind, Outcome};
 
 /// One tier that was tried and failed, in the order they were tried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +103,12 @@ impl fmt::Display for Degraded {
 /// extensions) and for [`Marked<T>`], the wrapper for types that have no room of
 /// their own. Implement it for your own response types to read the marker from a
 /// field.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot carry the fallback's `Degraded` marker",
+    label = "a fallback's answer must be able to say it was degraded",
+    note = "implement `MarkDegraded` for `{Self}` (a field for the marker), or map every tier's answers into `Marked<{Self}>` with `.map_response(Marked::new)`",
+    note = "`http::Response<B>`, `reqwest::Response`, `ChatResponse`, `ChatStream` and `Marked<T>` implement it"
+)]
 pub trait MarkDegraded {
     /// Attach the marker (called once, on answers from tiers other than the primary).
     fn mark_degraded(&mut self, marker: Degraded);
@@ -172,6 +178,13 @@ impl<T> MarkDegraded for Marked<T> {
 
     fn degraded(&self) -> Option<&Degraded> {
         self.degraded.as_ref()
+    }
+}
+
+/// A marked answer classifies as the answer it wraps.
+impl<T: ClassifyResponse> ClassifyResponse for Marked<T> {
+    fn classify_response(&self) -> Outcome {
+        self.value.classify_response()
     }
 }
 

@@ -156,8 +156,12 @@
 //! a hedge. Metrics and `tracing` events are only emitted on that path too.
 //! `benches/fallback.rs` measures this against the bare service, and one hop.
 
+#![cfg_attr(feature = "reqwest", doc = include_str!("client_example.md"))]
+
 mod answer;
+mod attempt;
 mod builder;
+mod chain;
 mod degraded;
 mod error;
 mod future;

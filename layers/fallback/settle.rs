@@ -11,6 +11,11 @@ use crate::BoxError;
 /// [`FirstEvent`](super::FirstEvent) waits for the first `data:` event of an
 /// event stream, so a stream that fails before it starts falls back instead of
 /// reaching the client.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot settle responses of type `{Res}`",
+    label = "not a settle policy for this response type",
+    note = "`Immediate` (the default) settles any response; `FirstEvent` only `http::Response<B>` whose body `B` is an `http_body::Body + Unpin`"
+)]
 pub trait SettleResponse<Res> {
     /// The response type the fallback service returns.
     type Output;
