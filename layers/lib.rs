@@ -16,28 +16,56 @@
 //! All layers decide from one shared classification of a call's result, in
 //! [`classify`]: a rate limit, an overloaded provider, a context-length error and a
 //! caller bug are different failures and are treated differently.
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//!
+//! # At the crate root
+//!
+//! Each layer and its service ([`CircuitBreakerLayer`], [`FallbackLayer`],
+//! [`EscalationLayer`], [`PartialBatchLayer`]), the marker of a degraded answer
+//! ([`Degraded`], read through [`MarkDegraded`]), the failure taxonomy
+//! ([`FailureKind`], [`Outcome`]) and, with `reqwest`, the clients and their
+//! request and answer types (`OpenAiClient`, `ChatRequest`, `Message`,
+//! `ChatResponse`, ...).
+//! Everything else is in its layer's module.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `reqwest` | `client`: LLM clients on reqwest, and classifiers for `reqwest` responses and errors |
+//! | `rustls` | HTTPS for those clients (rustls) |
+//! | `sqlite` | `escalation::SqliteStore`, a durable escalation store |
+//! | `redis` | `redis`: circuit state, escalations and batch results shared through Redis |
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod client;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
-
-pub use partial_batch::{PartialBatch, PartialBatchLayer};
 
 #[cfg(feature = "reqwest")]
 pub use client::{
-    AnthropicClient, ChatRequest, ChatResponse, ChatStream, ClientError, OpenAiClient,
+    AnthropicClient, ChatRequest, ChatResponse, ChatStream, ClientError, Message, OpenAiClient,
 };
 
 pub use circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, CircuitOpen};
-pub use fallback::{Degraded, Fallback, FallbackLayer};
+pub use classify::{FailureKind, Outcome};
+pub use escalation::{Escalation, EscalationLayer};
+pub use fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded, Marked};
+pub use partial_batch::{PartialBatch, PartialBatchLayer};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(all(doctest, feature = "reqwest"))]

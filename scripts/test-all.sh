@@ -15,5 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
+# The library's package: what `cargo publish` would upload.
+./scripts/check-package.sh
+
 cargo test --workspace --all-features --all-targets
 cargo test --workspace --all-features --doc

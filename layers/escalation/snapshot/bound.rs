@@ -16,7 +16,7 @@ use super::{is_sensitive_name, REDACTED};
 /// Values nested deeper than this (counted from the snapshot's body) become a
 /// marker. Far below serde_json's recursion limit of 128, so that the record
 /// around the snapshot still parses.
-pub const MAX_DEPTH: usize = 32;
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// The marker of a value nested too deep.
 fn too_deep() -> Value {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Packages the library crate as `cargo publish` would (without building it again:
+# the test suite builds the same sources) and checks what goes into the .crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+list=$(cargo package -p tower-llm-resilience --no-verify --allow-dirty --list)
+fail=0
+for required in Cargo.toml README.md layers/lib.rs layers/fallback/client_example.md; do
+  grep -qx "$required" <<<"$list" || { echo "package misses $required" >&2; fail=1; }
+done
+# Nothing of the proxy, CI, local scripts or build output.
+if grep -E '^(examples/proxy/|\.ci/|\.cargo/|scripts/|target/)' <<<"$list" >&2; then
+  echo "package carries files it should not (above)" >&2
+  fail=1
+fi
+[ "$fail" = 0 ] || exit 1
+cargo package -p tower-llm-resilience --no-verify --allow-dirty --quiet
+crate=$(ls -t "${CARGO_TARGET_DIR:-target}"/package/tower-llm-resilience-*.crate | head -1)
+echo "package ok: $crate ($(grep -c . <<<"$list") files, $(du -k "$crate" | cut -f1) KiB)"
