@@ -49,6 +49,7 @@ pub mod classify;
 #[cfg(feature = "reqwest")]
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub mod client;
+mod dyn_error;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;

@@ -1,6 +1,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::classify::{ClassifyError, FailureKind};
+
 /// The error a circuit breaker returns, at once and without calling the inner
 /// service, while its circuit is open (or half-open with every probe slot taken).
 ///
@@ -36,3 +38,11 @@ impl fmt::Display for CircuitOpen {
 }
 
 impl std::error::Error for CircuitOpen {}
+
+impl ClassifyError for CircuitOpen {
+    fn classify_error(&self) -> FailureKind {
+        FailureKind::CircuitOpen {
+            retry_after: self.retry_after,
+        }
+    }
+}

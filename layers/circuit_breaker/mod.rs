@@ -127,3 +127,11 @@ pub use self::key::{KeyBy, KeySelector, NoKey, SelectKey};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
 pub use self::window::Window;
+
+/// The kind of an error of one of this module's types, for the walk over a
+/// type-erased error's sources (see [`ClassifyError`](crate::classify::ClassifyError)).
+pub(crate) fn error_kind(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<crate::classify::FailureKind> {
+    crate::classify::kind_if::<CircuitOpen>(err)
+}

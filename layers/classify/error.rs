@@ -5,15 +5,20 @@ use std::fmt;
 use std::io;
 
 use super::FailureKind;
-use crate::circuit_breaker::CircuitOpen;
 use crate::BoxError;
 
 /// An error that knows its [`FailureKind`].
 ///
-/// Implemented for [`BoxError`] (by looking through the error and its sources for
-/// types this crate knows), tower's timeout [`Elapsed`](tower::timeout::error::Elapsed),
-/// [`CircuitOpen`], [`std::io::Error`], [`ClassifiedError`], and `reqwest::Error`
-/// and the LLM clients' `ClientError` with the `reqwest` feature.
+/// Each error type of this crate implements it where it is defined (the layers'
+/// errors, the clients' `ClientError`), and so do tower's and tokio's timeout
+/// `Elapsed`, [`std::io::Error`], `reqwest::Error` (feature `reqwest`) and
+/// [`ClassifiedError`].
+///
+/// A type-erased error ([`BoxError`], `dyn Error`) is classified by walking it
+/// and its `source()` chain, outermost first, for an error of one of those types
+/// ([`classify_dyn_error`]). That walk lives at the crate root, above the layers,
+/// which each supply the lookup of their own error types: this module imports no
+/// layer, and a new layer adds its hook there without touching this file.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say which failure it is (`ClassifyError`)",
     label = "the layers need to classify this error type",
@@ -76,9 +81,20 @@ impl Error for ClassifiedError {
 /// Classify any error by walking it and its `source()` chain, outermost first, for
 /// a type this crate knows. Unknown errors are [`FailureKind::Other`].
 pub fn classify_dyn_error(err: &(dyn Error + 'static)) -> FailureKind {
+    // The implementation for `dyn Error` is at the crate root, which knows the
+    // layers' error types.
+    err.classify_error()
+}
+
+/// Walk `err` and its sources for an error whose kind is known: first the types
+/// this module knows, then `layer_kind`, the lookup of the layers' own types.
+pub(crate) fn walk_sources(
+    err: &(dyn Error + 'static),
+    layer_kind: impl Fn(&(dyn Error + 'static)) -> Option<FailureKind>,
+) -> FailureKind {
     let mut current = Some(err);
     while let Some(err) = current {
-        if let Some(kind) = known_kind(err) {
+        if let Some(kind) = known_kind(err).or_else(|| layer_kind(err)) {
             return kind;
         }
         current = err.source();
@@ -86,40 +102,22 @@ pub fn classify_dyn_error(err: &(dyn Error + 'static)) -> FailureKind {
     FailureKind::Other
 }
 
-fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
-    if let Some(e) = err.downcast_ref::<ClassifiedError>() {
-        return Some(e.kind.clone());
-    }
-    if let Some(e) = err.downcast_ref::<CircuitOpen>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<crate::escalation::EscalationError>() {
-        return Some(e.classify_error());
-    }
-    if let Some(kind) = crate::fallback::known_kind(err) {
-        return Some(kind);
-    }
-    if err.is::<tower::timeout::error::Elapsed>() || err.is::<tokio::time::error::Elapsed>() {
-        return Some(FailureKind::Timeout);
-    }
-    #[cfg(feature = "reqwest")]
-    if let Some(e) = err.downcast_ref::<crate::client::ClientError>() {
-        return Some(e.kind().clone());
-    }
-    #[cfg(feature = "reqwest")]
-    if let Some(e) = err.downcast_ref::<reqwest::Error>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<io::Error>() {
-        return Some(e.classify_error());
-    }
-    None
+/// The kind of `err` if it is a `T`: one line of a layer's lookup.
+pub(crate) fn kind_if<T: ClassifyError + Error + 'static>(
+    err: &(dyn Error + 'static),
+) -> Option<FailureKind> {
+    err.downcast_ref::<T>().map(T::classify_error)
 }
 
-impl ClassifyError for BoxError {
-    fn classify_error(&self) -> FailureKind {
-        classify_dyn_error(&**self)
-    }
+/// The types this module knows: its own and foreign ones.
+fn known_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
+    let kind = kind_if::<ClassifiedError>(err)
+        .or_else(|| kind_if::<tower::timeout::error::Elapsed>(err))
+        .or_else(|| kind_if::<tokio::time::error::Elapsed>(err))
+        .or_else(|| kind_if::<io::Error>(err));
+    #[cfg(feature = "reqwest")]
+    let kind = kind.or_else(|| kind_if::<reqwest::Error>(err));
+    kind
 }
 
 impl ClassifyError for ClassifiedError {
@@ -137,14 +135,6 @@ impl ClassifyError for tower::timeout::error::Elapsed {
 impl ClassifyError for tokio::time::error::Elapsed {
     fn classify_error(&self) -> FailureKind {
         FailureKind::Timeout
-    }
-}
-
-impl ClassifyError for CircuitOpen {
-    fn classify_error(&self) -> FailureKind {
-        FailureKind::CircuitOpen {
-            retry_after: self.retry_after(),
-        }
     }
 }
 
@@ -206,7 +196,6 @@ impl ClassifyError for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[derive(Debug)]
     struct Wrapper(BoxError);
@@ -225,13 +214,6 @@ mod tests {
     fn known_errors() {
         let elapsed: BoxError = Box::new(tower::timeout::error::Elapsed::new());
         assert_eq!(elapsed.classify_error(), FailureKind::Timeout);
-        let open: BoxError = Box::new(CircuitOpen::new(Duration::from_secs(2)));
-        assert_eq!(
-            open.classify_error(),
-            FailureKind::CircuitOpen {
-                retry_after: Duration::from_secs(2)
-            }
-        );
         let refused: BoxError = Box::new(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(refused.classify_error(), FailureKind::Connect);
         let timed_out = io::Error::from(io::ErrorKind::TimedOut);
@@ -247,15 +229,6 @@ mod tests {
         assert_eq!(outer.classify_error(), FailureKind::Timeout);
         let io_wrapping = io::Error::other(ClassifiedError::new(FailureKind::Auth, "no key"));
         assert_eq!(io_wrapping.classify_error(), FailureKind::Auth);
-    }
-
-    #[test]
-    fn escalation_outcomes_are_not_upstream_failures() {
-        let pending: BoxError = Box::new(crate::escalation::EscalationError::InvalidToken);
-        let kind = pending.classify_error();
-        assert_eq!(kind, FailureKind::BadRequest);
-        let policy = super::super::FailurePolicy::DEFAULT;
-        assert!(!policy.is_worth_fallback(&kind) && !policy.is_retryable(&kind));
     }
 
     #[test]

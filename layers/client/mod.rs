@@ -126,3 +126,11 @@ pub use self::stream::{ChatDelta, ChatStream};
 pub use self::types::{
     ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, Role, Usage,
 };
+
+/// The kind of an error of one of this module's types, for the walk over a
+/// type-erased error's sources (see [`ClassifyError`](crate::classify::ClassifyError)).
+pub(crate) fn error_kind(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<crate::classify::FailureKind> {
+    crate::classify::kind_if::<ClientError>(err)
+}

@@ -173,3 +173,11 @@ pub use self::store::{
     ChangeFuture, Cursor, EscalationStore, MemoryStore, Page, StoreFuture, Update,
 };
 pub use self::token::{RandomUnavailable, ResumeToken, TokenHash};
+
+/// The kind of an error of one of this module's types, for the walk over a
+/// type-erased error's sources (see [`ClassifyError`](crate::classify::ClassifyError)).
+pub(crate) fn error_kind(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<crate::classify::FailureKind> {
+    crate::classify::kind_if::<EscalationError>(err)
+}

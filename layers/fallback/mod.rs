@@ -192,24 +192,14 @@ pub use self::sse::{
 pub use self::sse_body::SseBody;
 pub use self::terminal::TerminalEvent;
 
-use crate::classify::{ClassifyError, FailureKind};
+use crate::classify::{kind_if, FailureKind};
 
-/// The kinds of this module's errors, for [`classify_dyn_error`](crate::classify::classify_dyn_error).
-pub(crate) fn known_kind(err: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
-    if let Some(e) = err.downcast_ref::<AllTiersFailed>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<FirstEventError>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<StreamInterrupted>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<StreamFault>() {
-        return Some(e.classify_error());
-    }
-    if let Some(e) = err.downcast_ref::<IncompleteAnswer>() {
-        return Some(e.classify_error());
-    }
-    None
+/// The kind of an error of one of this module's types, for the walk over a
+/// type-erased error's sources (see [`ClassifyError`](crate::classify::ClassifyError)).
+pub(crate) fn error_kind(err: &(dyn std::error::Error + 'static)) -> Option<FailureKind> {
+    kind_if::<AllTiersFailed>(err)
+        .or_else(|| kind_if::<FirstEventError>(err))
+        .or_else(|| kind_if::<StreamInterrupted>(err))
+        .or_else(|| kind_if::<StreamFault>(err))
+        .or_else(|| kind_if::<IncompleteAnswer>(err))
 }
