@@ -17,6 +17,9 @@ fi
 
 # The library's package: what `cargo publish` would upload.
 ./scripts/check-package.sh
+# The import graph of layers/: no cycles between files or folders (fails fast,
+# before the whole suite; it runs again as part of it).
+cargo test --all-features --test import_cycles
 
 cargo test --workspace --all-features --all-targets
 cargo test --workspace --all-features --doc
