@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use super::config::Config;
+use super::builder::Config;
 use super::event::{CircuitEvent, CircuitSnapshot, CircuitState, TransitionCause};
 use super::window::{RollingWindow, FAILED, SLOW};
 use super::CircuitOpen;

@@ -1,9 +1,11 @@
+//! The layer, and the constructors that make it and its services.
+
 use std::fmt;
 use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::config::{Builder, Config};
+use super::builder::{BuildError, Builder, Config};
 use super::handle::Handle;
 use super::key::{KeySelector, NoKey};
 use super::registry::Registry;
@@ -85,5 +87,27 @@ impl<S, C: Clone, K: KeySelector + Clone> Layer<S> for CircuitBreakerLayer<C, K>
             keys: self.keys.clone(),
             registry: self.registry.clone(),
         }
+    }
+}
+
+impl<C, K: KeySelector> Builder<C, K> {
+    /// Validate the settings and build the layer.
+    pub fn build(self) -> Result<CircuitBreakerLayer<C, K>, BuildError> {
+        let (config, classifier, keys) = self.into_parts()?;
+        Ok(CircuitBreakerLayer::from_parts(config, classifier, keys))
+    }
+}
+
+impl<S> CircuitBreaker<S> {
+    /// Wrap `inner` in a circuit breaker with the default settings and its own
+    /// circuit. To share circuits between services, build a
+    /// [`CircuitBreakerLayer`] once and layer each with it.
+    pub fn new(inner: S) -> Self {
+        Layer::layer(&CircuitBreakerLayer::new(), inner)
+    }
+
+    /// A layer with the default settings; see [`CircuitBreakerLayer::builder`].
+    pub fn layer() -> CircuitBreakerLayer {
+        CircuitBreakerLayer::new()
     }
 }

@@ -106,8 +106,8 @@
 //! [`CircuitRef::apply_remote`] is the seam a shared-state backend uses to apply a
 //! state decided by another instance.
 
+mod builder;
 mod circuit;
-mod config;
 mod error;
 mod event;
 mod future;
@@ -118,7 +118,7 @@ mod registry;
 mod service;
 mod window;
 
-pub use self::config::{BuildError, Builder};
+pub use self::builder::{BuildError, Builder};
 pub use self::error::CircuitOpen;
 pub use self::event::{CircuitEvent, CircuitSnapshot, CircuitState, TransitionCause};
 pub use self::future::ResponseFuture;

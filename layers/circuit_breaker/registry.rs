@@ -8,8 +8,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::broadcast;
 
+use super::builder::Config;
 use super::circuit::{Circuit, Shared};
-use super::config::Config;
 
 /// Events buffered per subscriber before the slowest one starts missing some.
 const EVENT_CAPACITY: usize = 256;

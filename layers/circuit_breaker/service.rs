@@ -9,11 +9,11 @@ use super::future::{Guard, ResponseFuture};
 use super::handle::Handle;
 use super::key::{KeySelector, NoKey, SelectKey};
 use super::registry::Registry;
-use super::CircuitBreakerLayer;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::BoxError;
 
-/// A circuit breaker around an inner service; made by [`CircuitBreakerLayer`].
+/// A circuit breaker around an inner service; made by
+/// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 ///
 /// # Readiness
 ///
@@ -26,20 +26,6 @@ pub struct CircuitBreaker<S, C = DefaultClassifier, K: KeySelector = NoKey> {
     pub(crate) classifier: C,
     pub(crate) keys: K,
     pub(crate) registry: Arc<Registry<K::Key>>,
-}
-
-impl<S> CircuitBreaker<S> {
-    /// Wrap `inner` in a circuit breaker with the default settings and its own
-    /// circuit. To share circuits between services, build a
-    /// [`CircuitBreakerLayer`] once and layer each with it.
-    pub fn new(inner: S) -> Self {
-        tower_layer::Layer::layer(&CircuitBreakerLayer::new(), inner)
-    }
-
-    /// A layer with the default settings; see [`CircuitBreakerLayer::builder`].
-    pub fn layer() -> CircuitBreakerLayer {
-        CircuitBreakerLayer::new()
-    }
 }
 
 impl<S, C, K: KeySelector> CircuitBreaker<S, C, K> {

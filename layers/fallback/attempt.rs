@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
 
-use super::layer::Config;
+use super::builder::Config;
 use super::{SettleResponse, Settlement};
 use crate::classify::{classify_dyn_error, Classify, FailureKind, Outcome};
 use crate::BoxError;

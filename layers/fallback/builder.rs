@@ -1,3 +1,6 @@
+//! The fallback's builder, its tiers, and the configuration every service of
+//! one layer shares (built here, wrapped into the layer in `layer.rs`).
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,12 +9,8 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::layer::{Categories, Config, FinalResponder};
-use super::{
-    FallbackConfigError, FallbackLayer, FirstEvent, Immediate, MarkDegraded, SettleResponse,
-};
-use crate::classify::{Classify, DefaultClassifier, FailureCategory, FailurePolicy};
-use crate::BoxError;
+use super::{FallbackConfigError, FirstEvent, Immediate};
+use crate::classify::{DefaultClassifier, FailureCategory, FailureKind, FailurePolicy};
 
 /// One alternate tier: a named service with the primary's request, response and
 /// error types, an optional request mapping, and the extra failure kinds it takes
@@ -103,7 +102,8 @@ impl<Req, Res, Err> fmt::Debug for Tier<Req, Res, Err> {
     }
 }
 
-/// Configures a [`FallbackLayer`]; [`build`](Self::build) checks the configuration.
+/// Configures a [`FallbackLayer`](super::FallbackLayer); [`build`](Self::build)
+/// checks the configuration.
 pub struct FallbackBuilder<Req, Res, Err, C = DefaultClassifier, P = Immediate> {
     primary: Arc<str>,
     alternates: Vec<Tier<Req, Res, Err>>,
@@ -252,23 +252,9 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
         }
     }
 
-    /// Check the configuration and build the layer.
-    ///
-    /// The bounds are those the layer's services need, stated here so a tier, a
-    /// classifier or a response type that does not fit is reported at this call
-    /// rather than at the first `ready()` or `call()`: the request is `Clone`, the
-    /// classifier classifies `Result<Res, Err>`, and the answer can carry the
-    /// [`Degraded`](super::Degraded) marker ([`MarkDegraded`]).
-    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError>
-    where
-        Req: Clone + Send + 'static,
-        Res: Send + 'static,
-        Err: Into<BoxError> + Send + 'static,
-        C: Classify<Res, Err> + Send + Sync + 'static,
-        P: SettleResponse<Res> + Send + Sync + 'static,
-        P::Future: Send + 'static,
-        P::Output: MarkDegraded + Send + 'static,
-    {
+    /// Check the configuration: the layer's configuration, or the first mistake.
+    /// [`build`](Self::build) (in `layer.rs`) wraps it into the layer.
+    pub(crate) fn into_config(self) -> Result<Config<Req, Res, Err, C, P>, FallbackConfigError> {
         if let Some(error) = self.error {
             return Err(error);
         }
@@ -291,16 +277,14 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
             }
             seen.push(name);
         }
-        Ok(FallbackLayer {
-            config: Arc::new(Config {
-                primary: self.primary,
-                alternates: self.alternates,
-                final_responder: self.final_responder,
-                classifier: self.classifier,
-                policy: self.policy,
-                hedge_after: self.hedge_after,
-                settle: self.settle,
-            }),
+        Ok(Config {
+            primary: self.primary,
+            alternates: self.alternates,
+            final_responder: self.final_responder,
+            classifier: self.classifier,
+            policy: self.policy,
+            hedge_after: self.hedge_after,
+            settle: self.settle,
         })
     }
 }
@@ -313,5 +297,91 @@ impl<Req, Res, Err, C, P> fmt::Debug for FallbackBuilder<Req, Res, Err, C, P> {
             .field("hedge_after", &self.hedge_after)
             .field("error", &self.error)
             .finish_non_exhaustive()
+    }
+}
+
+/// The final responder: a closure that always answers.
+pub(crate) struct FinalResponder<Req, Res> {
+    pub(crate) name: Arc<str>,
+    pub(crate) respond: Arc<dyn Fn(Req) -> Res + Send + Sync>,
+}
+
+/// Everything a layer's services share.
+pub(crate) struct Config<Req, Res, Err, C, P> {
+    pub(crate) primary: Arc<str>,
+    pub(crate) alternates: Vec<Tier<Req, Res, Err>>,
+    pub(crate) final_responder: Option<FinalResponder<Req, Res>>,
+    pub(crate) classifier: C,
+    pub(crate) policy: FailurePolicy,
+    pub(crate) hedge_after: Option<Duration>,
+    pub(crate) settle: P,
+}
+
+impl<Req, Res, Err, C, P> Config<Req, Res, Err, C, P> {
+    /// The name of the tier at `index` (0 = primary, then alternates, then final).
+    pub(crate) fn name(&self, index: usize) -> &Arc<str> {
+        match index {
+            0 => &self.primary,
+            i if i <= self.alternates.len() => &self.alternates[i - 1].name,
+            _ => match &self.final_responder {
+                Some(last) => &last.name,
+                None => &self.primary,
+            },
+        }
+    }
+
+    /// The index the final responder has in markers.
+    pub(crate) fn final_index(&self) -> usize {
+        self.alternates.len() + 1
+    }
+
+    /// The first alternate at or after position `from` (1-based) that takes over
+    /// after a failure of `kind`.
+    pub(crate) fn next_accepting(&self, from: usize, kind: &FailureKind) -> Option<usize> {
+        let default = self.policy.is_worth_fallback(kind);
+        let category = kind.category();
+        (from.max(1)..=self.alternates.len())
+            .find(|&i| default || self.alternates[i - 1].accepts_category(category))
+    }
+
+    /// Is this failure one the configuration falls back from at all (by policy,
+    /// or because a later alternate declared it takes it)?
+    pub(crate) fn falls_back(&self, from: usize, kind: &FailureKind) -> bool {
+        self.policy.is_worth_fallback(kind) || self.next_accepting(from, kind).is_some()
+    }
+
+    pub(crate) fn worth_final(&self, kind: &FailureKind) -> bool {
+        self.final_responder.is_some() && self.policy.is_worth_fallback(kind)
+    }
+}
+
+impl<Req, Res, Err, C, P> fmt::Debug for Config<Req, Res, Err, C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("primary", &self.primary)
+            .field("alternates", &self.alternates)
+            .field(
+                "final_responder",
+                &self.final_responder.as_ref().map(|last| &last.name),
+            )
+            .field("policy", &self.policy)
+            .field("hedge_after", &self.hedge_after)
+            .field("classifier", &std::any::type_name::<C>())
+            .field("settle", &std::any::type_name::<P>())
+            .finish()
+    }
+}
+
+/// Bit set of failure categories.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Categories(u32);
+
+impl Categories {
+    pub(crate) fn insert(&mut self, category: FailureCategory) {
+        self.0 |= 1 << category.index();
+    }
+
+    pub(crate) fn contains(self, category: FailureCategory) -> bool {
+        self.0 & (1 << category.index()) != 0
     }
 }

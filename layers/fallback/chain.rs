@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{sleep, Sleep};
 
 use super::attempt::{poll_primary, run_alternate, Attempted, BoxAttempt, Primary};
-use super::layer::Config;
+use super::builder::Config;
 use super::{AllTiersFailed, Degraded, FailedTier, MarkDegraded, SettleResponse};
 use crate::classify::{Classify, FailureKind};
 use crate::BoxError;

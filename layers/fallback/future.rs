@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 
 use super::attempt::{after_call, after_settle, AfterCall, Attempted, Primary, PrimaryProj};
+use super::builder::Config;
 use super::chain::{Chain, Hedge, Tiers};
-use super::layer::Config;
 use super::{MarkDegraded, SettleResponse, Settlement};
 use crate::classify::{Classify, Outcome};
 use crate::BoxError;

@@ -1,11 +1,16 @@
+//! The layer, and the constructors that make it and its services.
+
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{Fallback, FallbackBuilder, Immediate, Tier};
-use crate::classify::{DefaultClassifier, FailureCategory, FailureKind, FailurePolicy};
+use super::builder::Config;
+use super::{
+    Fallback, FallbackBuilder, FallbackConfigError, Immediate, MarkDegraded, SettleResponse,
+};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::BoxError;
 
 /// Applies [`Fallback`] to a service: the wrapped service is the primary tier.
 ///
@@ -47,88 +52,33 @@ impl<S, Req, Res, Err, C, P> Layer<S> for FallbackLayer<Req, Res, Err, C, P> {
     }
 }
 
-/// The final responder: a closure that always answers.
-pub(crate) struct FinalResponder<Req, Res> {
-    pub(crate) name: Arc<str>,
-    pub(crate) respond: Arc<dyn Fn(Req) -> Res + Send + Sync>,
-}
-
-/// Everything a layer's services share.
-pub(crate) struct Config<Req, Res, Err, C, P> {
-    pub(crate) primary: Arc<str>,
-    pub(crate) alternates: Vec<Tier<Req, Res, Err>>,
-    pub(crate) final_responder: Option<FinalResponder<Req, Res>>,
-    pub(crate) classifier: C,
-    pub(crate) policy: FailurePolicy,
-    pub(crate) hedge_after: Option<Duration>,
-    pub(crate) settle: P,
-}
-
-impl<Req, Res, Err, C, P> Config<Req, Res, Err, C, P> {
-    /// The name of the tier at `index` (0 = primary, then alternates, then final).
-    pub(crate) fn name(&self, index: usize) -> &Arc<str> {
-        match index {
-            0 => &self.primary,
-            i if i <= self.alternates.len() => &self.alternates[i - 1].name,
-            _ => match &self.final_responder {
-                Some(last) => &last.name,
-                None => &self.primary,
-            },
-        }
-    }
-
-    /// The index the final responder has in markers.
-    pub(crate) fn final_index(&self) -> usize {
-        self.alternates.len() + 1
-    }
-
-    /// The first alternate at or after position `from` (1-based) that takes over
-    /// after a failure of `kind`.
-    pub(crate) fn next_accepting(&self, from: usize, kind: &FailureKind) -> Option<usize> {
-        let default = self.policy.is_worth_fallback(kind);
-        let category = kind.category();
-        (from.max(1)..=self.alternates.len())
-            .find(|&i| default || self.alternates[i - 1].accepts_category(category))
-    }
-
-    /// Is this failure one the configuration falls back from at all (by policy,
-    /// or because a later alternate declared it takes it)?
-    pub(crate) fn falls_back(&self, from: usize, kind: &FailureKind) -> bool {
-        self.policy.is_worth_fallback(kind) || self.next_accepting(from, kind).is_some()
-    }
-
-    pub(crate) fn worth_final(&self, kind: &FailureKind) -> bool {
-        self.final_responder.is_some() && self.policy.is_worth_fallback(kind)
+impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
+    /// Wrap `inner` (the primary) with the tiers of `layer`.
+    pub fn new(inner: S, layer: FallbackLayer<Req, Res, Err, C, P>) -> Self {
+        Self::with_config(inner, layer.config)
     }
 }
 
-impl<Req, Res, Err, C, P> fmt::Debug for Config<Req, Res, Err, C, P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("primary", &self.primary)
-            .field("alternates", &self.alternates)
-            .field(
-                "final_responder",
-                &self.final_responder.as_ref().map(|last| &last.name),
-            )
-            .field("policy", &self.policy)
-            .field("hedge_after", &self.hedge_after)
-            .field("classifier", &std::any::type_name::<C>())
-            .field("settle", &std::any::type_name::<P>())
-            .finish()
-    }
-}
-
-/// Bit set of failure categories.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Categories(u32);
-
-impl Categories {
-    pub(crate) fn insert(&mut self, category: FailureCategory) {
-        self.0 |= 1 << category.index();
-    }
-
-    pub(crate) fn contains(self, category: FailureCategory) -> bool {
-        self.0 & (1 << category.index()) != 0
+impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
+    /// Check the configuration and build the layer.
+    ///
+    /// The bounds are those the layer's services need, stated here so a tier, a
+    /// classifier or a response type that does not fit is reported at this call
+    /// rather than at the first `ready()` or `call()`: the request is `Clone`, the
+    /// classifier classifies `Result<Res, Err>`, and the answer can carry the
+    /// [`Degraded`](super::Degraded) marker ([`MarkDegraded`]).
+    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError>
+    where
+        Req: Clone + Send + 'static,
+        Res: Send + 'static,
+        Err: Into<BoxError> + Send + 'static,
+        C: Classify<Res, Err> + Send + Sync + 'static,
+        P: SettleResponse<Res> + Send + Sync + 'static,
+        P::Future: Send + 'static,
+        P::Output: MarkDegraded + Send + 'static,
+    {
+        Ok(FallbackLayer {
+            config: Arc::new(self.into_config()?),
+        })
     }
 }

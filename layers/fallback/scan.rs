@@ -12,18 +12,9 @@
 
 use std::fmt;
 
-use super::terminal::TerminalEvent;
+use super::terminal::{Event, TerminalEvent};
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
-
-/// One dispatched event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Event<'a> {
-    /// The `event:` field, empty when none was given.
-    pub(crate) name: &'a [u8],
-    /// The `data:` lines, joined with `\n`.
-    pub(crate) data: &'a [u8],
-}
 
 /// An event (with the line being read) grew past the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,10 +1,12 @@
 use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+use super::builder::Config;
 use super::future::ResponseFuture;
-use super::{FallbackLayer, Immediate, MarkDegraded, SettleResponse};
+use super::{Immediate, MarkDegraded, SettleResponse};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::BoxError;
 
@@ -29,13 +31,13 @@ use crate::BoxError;
 /// as is (in tower it means the service is broken).
 pub struct Fallback<S, Req, Res, Err, C = DefaultClassifier, P = Immediate> {
     inner: S,
-    layer: FallbackLayer<Req, Res, Err, C, P>,
+    config: Arc<Config<Req, Res, Err, C, P>>,
 }
 
 impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
-    /// Wrap `inner` (the primary) with the tiers of `layer`.
-    pub fn new(inner: S, layer: FallbackLayer<Req, Res, Err, C, P>) -> Self {
-        Self { inner, layer }
+    /// `inner` with the tiers of a layer's configuration; see `new` (in `layer.rs`).
+    pub(crate) fn with_config(inner: S, config: Arc<Config<Req, Res, Err, C, P>>) -> Self {
+        Self { inner, config }
     }
 
     /// The primary.
@@ -58,7 +60,7 @@ impl<S: Clone, Req, Res, Err, C, P> Clone for Fallback<S, Req, Res, Err, C, P> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            layer: self.layer.clone(),
+            config: self.config.clone(),
         }
     }
 }
@@ -67,7 +69,7 @@ impl<S: fmt::Debug, Req, Res, Err, C, P> fmt::Debug for Fallback<S, Req, Res, Er
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("inner", &self.inner)
-            .field("layer", &self.layer)
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -94,6 +96,6 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let replay = request.clone();
         let primary = self.inner.call(request);
-        ResponseFuture::new(primary, replay, self.layer.config.clone())
+        ResponseFuture::new(primary, replay, self.config.clone())
     }
 }

@@ -4,7 +4,14 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::scan::Event;
+/// One dispatched event of an event stream (see the scanner in `scan.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Event<'a> {
+    /// The `event:` field, empty when none was given.
+    pub(crate) name: &'a [u8],
+    /// The `data:` lines, joined with `\n`.
+    pub(crate) data: &'a [u8],
+}
 
 /// The rule that says which event completes an event stream. A stream whose body
 /// ends before such an event is an interrupted answer, however the body ends (a

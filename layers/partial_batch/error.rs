@@ -1,5 +1,4 @@
 use std::fmt;
-use std::time::Duration;
 
 use super::store::StoreError;
 
@@ -40,56 +39,3 @@ impl std::error::Error for BatchError {
         }
     }
 }
-
-/// A [`PartialBatchLayer`](super::PartialBatchLayer) configuration that makes no
-/// sense, reported by [`build`](super::PartialBatchLayerBuilder::build).
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// `concurrency` must be at least 1.
-    ZeroConcurrency,
-    /// `max_attempts` must be at least 1 (1 means no retries).
-    ZeroMaxAttempts,
-    /// The base backoff must be positive and not above the maximum.
-    InvalidBackoff {
-        /// The base given.
-        base: Duration,
-        /// The maximum given.
-        max: Duration,
-    },
-    /// A deadline must be positive.
-    ZeroDeadline,
-    /// A duration is longer than [`MAX_DURATION`](super::MAX_DURATION) (ten years);
-    /// longer values would overflow `Instant` arithmetic at call time.
-    TooLong {
-        /// The setting (`deadline`, `max_backoff`).
-        setting: &'static str,
-        /// The value given.
-        value: Duration,
-    },
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::ZeroConcurrency => {
-                f.write_str("partial batch: concurrency must be at least 1")
-            }
-            ConfigError::ZeroMaxAttempts => f.write_str(
-                "partial batch: max_attempts must be at least 1 (1 means no retries)",
-            ),
-            ConfigError::InvalidBackoff { base, max } => write!(
-                f,
-                "partial batch: backoff base ({base:?}) must be positive and not above the maximum ({max:?})"
-            ),
-            ConfigError::ZeroDeadline => f.write_str("partial batch: deadline must be positive"),
-            ConfigError::TooLong { setting, value } => write!(
-                f,
-                "partial batch: {setting} of {value:?} is longer than the maximum of {:?} (ten years)",
-                super::MAX_DURATION
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}

@@ -112,6 +112,7 @@
 
 mod backoff;
 mod batch;
+mod builder;
 mod driver;
 mod error;
 mod future;
@@ -122,9 +123,10 @@ mod service;
 mod store;
 
 pub use self::batch::{Batch, BatchItem};
-pub use self::error::{BatchError, ConfigError};
+pub use self::builder::{ConfigError, PartialBatchLayerBuilder, MAX_DURATION};
+pub use self::error::BatchError;
 pub use self::future::ResponseFuture;
-pub use self::layer::{PartialBatchLayer, PartialBatchLayerBuilder, MAX_DURATION};
+pub use self::layer::PartialBatchLayer;
 pub use self::progress::{Progress, ProgressEvent};
 pub use self::report::{BatchReport, ItemFailure, ItemOutcome, ItemReport};
 pub use self::service::PartialBatch;

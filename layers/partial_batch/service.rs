@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
@@ -8,10 +8,10 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::batch::Batch;
+use super::builder::Config;
 use super::driver::Driver;
 use super::error::BatchError;
 use super::future::ResponseFuture;
-use super::layer::PartialBatchLayer;
 use super::report::{BatchReport, ItemOutcome, ItemReport};
 use super::store::{NoStore, ResponseStore};
 use crate::classify::{Classify, DefaultClassifier};
@@ -27,22 +27,15 @@ use crate::classify::{Classify, DefaultClassifier};
 /// error fails the items not yet sent; it does not fail the batch.
 #[derive(Clone)]
 pub struct PartialBatch<S, C = DefaultClassifier, St = NoStore> {
-    inner: S,
-    layer: PartialBatchLayer<C, St>,
-}
-
-impl<S> PartialBatch<S> {
-    /// Wrap `inner` with the defaults of [`PartialBatchLayer::new`].
-    pub fn new(inner: S) -> Self {
-        Self::from_layer(inner, PartialBatchLayer::new())
-    }
+    pub(super) inner: S,
+    pub(super) config: Config,
+    pub(super) classifier: C,
+    pub(super) store: St,
+    // The layer's generator, shared by its services (see `PartialBatchLayer`).
+    pub(super) rng: Arc<Mutex<fastrand::Rng>>,
 }
 
 impl<S, C, St> PartialBatch<S, C, St> {
-    pub(crate) fn from_layer(inner: S, layer: PartialBatchLayer<C, St>) -> Self {
-        Self { inner, layer }
-    }
-
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -63,7 +56,9 @@ impl<S: fmt::Debug, C: fmt::Debug, St: fmt::Debug> fmt::Debug for PartialBatch<S
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PartialBatch")
             .field("inner", &self.inner)
-            .field("layer", &self.layer)
+            .field("config", &self.config)
+            .field("classifier", &self.classifier)
+            .field("store", &self.store)
             .finish()
     }
 }
@@ -90,12 +85,7 @@ where
         // The clone was never asked for readiness here, so there is nothing to swap:
         // the batch's future drives its readiness itself.
         let inner = self.inner.clone();
-        let rng = self
-            .layer
-            .rng
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .fork();
+        let rng = self.rng.lock().unwrap_or_else(|e| e.into_inner()).fork();
         let span = tracing::info_span!(
             "partial_batch",
             batch_id = batch.id.as_deref(),
@@ -103,9 +93,9 @@ where
         );
         let run = run(
             inner,
-            self.layer.classifier.clone(),
-            self.layer.config,
-            self.layer.store.clone(),
+            self.classifier.clone(),
+            self.config,
+            self.store.clone(),
             rng,
             batch,
         );
@@ -116,7 +106,7 @@ where
 async fn run<S, Req, C, St>(
     inner: S,
     classifier: C,
-    config: super::layer::Config,
+    config: Config,
     store: St,
     rng: fastrand::Rng,
     batch: Batch<Req>,
@@ -148,7 +138,7 @@ where
     let batch_id: Option<Arc<str>> = id.map(Arc::from);
     let deadline_at = deadline
         .or(config.deadline)
-        .map(|d| started + d.min(super::layer::MAX_DURATION));
+        .map(|d| started + d.min(super::builder::MAX_DURATION));
     let stored = match (&batch_id, store.store()) {
         (Some(batch_id), Some(store)) => {
             let load = store.load(batch_id);

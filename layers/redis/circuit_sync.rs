@@ -12,9 +12,9 @@ use tokio::sync::broadcast;
 
 use crate::circuit_breaker::{CircuitEvent, CircuitRef, CircuitState, Handle, TransitionCause};
 
-use super::circuit::{SharedTrip, SyncKey};
 use super::link::Link;
 use super::subscriber::Listener;
+use super::sync_key::{SharedTrip, SyncKey};
 
 /// Open: write the shared state (it expires when the open period ends), clear the
 /// shared counts of the current window, tell everyone.

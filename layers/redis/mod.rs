@@ -106,8 +106,10 @@ mod error;
 mod escalation_store;
 mod link;
 mod subscriber;
+mod sync_key;
 
 pub use self::batch_store::RedisBatchStore;
-pub use self::circuit::{RedisCircuitSync, RedisCircuitSyncBuilder, SyncKey};
+pub use self::circuit::{RedisCircuitSync, RedisCircuitSyncBuilder};
 pub use self::error::ConfigError;
 pub use self::escalation_store::{RedisEscalationStore, RedisEscalationStoreBuilder};
+pub use self::sync_key::SyncKey;

@@ -19,7 +19,7 @@ use tower_service::Service;
 mod settle;
 
 use super::batch::BatchItem;
-use super::layer::Config;
+use super::builder::Config;
 use super::progress::ProgressFn;
 use super::report::{BatchReport, ItemFailure, ItemOutcome, ItemReport};
 use super::store::{ResponseStore, StoreError, StoredSuccess};

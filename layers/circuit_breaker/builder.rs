@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use super::key::{KeyBy, NoKey};
-use super::{CircuitBreakerLayer, Window};
+use super::Window;
 use crate::classify::{DefaultClassifier, FailurePolicy};
 
 /// The validated settings of one circuit breaker layer.
@@ -119,7 +119,7 @@ impl fmt::Display for BuildError {
 
 impl std::error::Error for BuildError {}
 
-/// Builds a [`CircuitBreakerLayer`]; see the [module docs](super) for the policies.
+/// Builds a [`CircuitBreakerLayer`](super::CircuitBreakerLayer); see the [module docs](super) for the policies.
 ///
 /// Defaults: trip after 5 consecutive failures; cooldown 30 s, doubling on each
 /// re-trip up to 300 s, with 10% jitter; `Retry-After` honoured up to 600 s; one
@@ -289,17 +289,11 @@ impl<C, K> Builder<C, K> {
         }
     }
 
-    /// Validate the settings and build the layer.
-    pub fn build(self) -> Result<CircuitBreakerLayer<C, K>, BuildError>
-    where
-        K: super::key::KeySelector,
-    {
+    /// Validate the settings; [`build`](Self::build) (in `layer.rs`) makes the
+    /// layer from them.
+    pub(crate) fn into_parts(self) -> Result<(Config, C, K), BuildError> {
         validate(&self.config)?;
-        Ok(CircuitBreakerLayer::from_parts(
-            self.config,
-            self.classifier,
-            self.keys,
-        ))
+        Ok((self.config, self.classifier, self.keys))
     }
 }
 
