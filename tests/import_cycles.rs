@@ -437,40 +437,17 @@ fn report(tree: &Tree) -> Vec<String> {
     problems
 }
 
-/// Folders whose files still import each other in a cycle, to be untangled like
-/// the others (the layer's private config next to its builder, not in
-/// `layer.rs`). The list only shrinks: a new cycle elsewhere fails, and so does
-/// a folder listed here once its cycle is gone.
-const KNOWN_FILE_CYCLES: &[&str] = &["escalation/"];
-
 #[test]
 fn layers_have_no_import_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("layers");
     let tree = read_tree(&root);
     assert!(tree.files.len() > 50, "read {} files", tree.files.len());
     let problems = report(&tree);
-    let known = |problem: &String| {
-        KNOWN_FILE_CYCLES.iter().any(|folder| {
-            problem.starts_with("files import each other in a cycle: ")
-                && problem
-                    .split(" (")
-                    .next()
-                    .unwrap()
-                    .split(": ")
-                    .nth(1)
-                    .unwrap()
-                    .split(", ")
-                    .all(|file| file.starts_with(folder))
-        })
-    };
-    let new: Vec<&String> = problems.iter().filter(|p| !known(p)).collect();
-    assert!(new.is_empty(), "new import cycles:\n{new:#?}");
-    for folder in KNOWN_FILE_CYCLES {
-        assert!(
-            problems.iter().any(|p| known(p) && p.contains(folder)),
-            "{folder} has no import cycle any more: remove it from KNOWN_FILE_CYCLES"
-        );
-    }
+    assert!(
+        problems.is_empty(),
+        "import cycles:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// The check finds a cycle between files of a folder and between folders, sees

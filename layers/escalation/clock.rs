@@ -1,5 +1,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The longest wait, detach lifetime or poll interval a builder accepts: ten years.
+/// Longer values would overflow `Instant`/`SystemTime` arithmetic on some platforms
+/// (`Duration::MAX` always does), so they are refused at build time instead of
+/// panicking at call time.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
 /// Wall-clock time that advances with tokio's clock, so expiry follows paused time in
 /// tests. Millisecond precision, as stores keep it.
 #[derive(Clone, Copy, Debug)]
@@ -27,7 +33,7 @@ impl Clock {
         let since_start = at.duration_since(self.wall).unwrap_or_default();
         self.mono
             .checked_add(since_start)
-            .unwrap_or_else(|| self.mono + super::layer::MAX_LIFETIME)
+            .unwrap_or_else(|| self.mono + MAX_LIFETIME)
     }
 }
 

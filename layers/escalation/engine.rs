@@ -9,14 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use super::clock::Clock;
 use super::error::{EscalationError, ResolveError, StoreError};
+use super::id::EscalationId;
 use super::notify::{Notifier, NotifyRetry};
 use super::record::{
-    AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, ModeKind, Resolution, Stage,
-    Status,
+    AuditAction, AuditEntry, Decision, EscalationRecord, ModeKind, Resolution, Stage, Status,
 };
+use super::slot::WaiterSlot;
 use super::store::{EscalationStore, Update};
 use super::token::{self, ResumeToken, TokenHash};
-use super::waiter::WaiterSlot;
 
 /// Actor name of changes the library makes itself.
 pub(crate) const SYSTEM: &str = "system";

@@ -1,7 +1,8 @@
 use std::fmt;
 use std::time::SystemTime;
 
-use super::record::{EscalationId, EscalationRecord};
+use super::id::EscalationId;
+use super::record::EscalationRecord;
 use super::token::ResumeToken;
 use crate::BoxError;
 

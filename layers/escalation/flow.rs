@@ -6,9 +6,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use tower_service::Service;
 
+use super::builder::{Config, Mode};
 use super::engine::NewEscalation;
 use super::error::{Escalated, EscalationError};
-use super::layer::{Config, Mode};
 use super::policy::{EscalationPolicy, Verdict};
 use super::record::{Decision, EscalationRecord, ModeKind, Stage};
 use super::snapshot::Adapter;

@@ -6,8 +6,8 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use super::builder::Config;
 use super::flow;
-use super::layer::Config;
 use super::policy::{EscalationPolicy, Verdict};
 use super::snapshot::Adapter;
 use crate::BoxError;

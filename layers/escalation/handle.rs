@@ -5,8 +5,9 @@ use serde_json::Value;
 
 use super::engine::Shared;
 use super::error::{ResolveError, StoreError};
+use super::id::EscalationId;
 use super::notify::NotifyRetry;
-use super::record::{AuditEntry, Decision, EscalationId, EscalationRecord, Status};
+use super::record::{AuditEntry, Decision, EscalationRecord, Status};
 use super::store::EscalationStore;
 
 /// For humans and tools (a review page, a CLI, a Slack bot): list, inspect and

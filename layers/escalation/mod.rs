@@ -126,26 +126,32 @@
 //! `still_pending`, `expired`, `already_used`, `invalid_token`, `request_mismatch`,
 //! `error`), `escalation_notifications_total{outcome}`.
 
+mod builder;
 mod clock;
 mod engine;
 mod error;
 mod flow;
 mod future;
 mod handle;
+mod id;
 mod layer;
 mod notify;
 mod policy;
 mod record;
 mod service;
+mod slot;
 mod snapshot;
 mod store;
 mod token;
 mod waiter;
 
+pub use self::builder::{Builder, Mode, TimeoutDefault};
+pub use self::clock::MAX_LIFETIME;
 pub use self::error::{BuildError, Escalated, EscalationError, ResolveError, StoreError};
 pub use self::future::ResponseFuture;
 pub use self::handle::Handle;
-pub use self::layer::{Builder, EscalationLayer, Mode, TimeoutDefault, MAX_LIFETIME};
+pub use self::id::EscalationId;
+pub use self::layer::EscalationLayer;
 #[cfg(feature = "reqwest")]
 pub use self::notify::WebhookNotifier;
 pub use self::notify::{
@@ -157,8 +163,8 @@ pub use self::policy::{
     InvalidJsonAnswer, PolicyFn, RequestPredicate, ResponsePredicate, Verdict,
 };
 pub use self::record::{
-    from_unix_ms, to_rfc3339, to_unix_ms, AuditAction, AuditEntry, Decision, EscalationId,
-    EscalationRecord, ModeKind, NotificationState, Resolution, Stage, Status,
+    from_unix_ms, to_rfc3339, to_unix_ms, AuditAction, AuditEntry, Decision, EscalationRecord,
+    ModeKind, NotificationState, Resolution, Stage, Status,
 };
 pub use self::service::Escalation;
 pub use self::snapshot::{

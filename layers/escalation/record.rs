@@ -3,34 +3,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::id::EscalationId;
 use super::token::TokenHash;
-
-/// The public identifier of one escalation, e.g. `esc_3q2-7wHh0xYzK1bVd9Rm0g`.
-///
-/// Not a secret: it appears in notifications and review URLs. Resuming needs the
-/// [`ResumeToken`](super::ResumeToken), which only the caller gets.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct EscalationId(String);
-
-impl EscalationId {
-    /// Wraps an id read back from a store or a URL. Any string is accepted; an
-    /// unknown id simply finds nothing.
-    pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for EscalationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// Where in the call the policy escalated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,7 +215,7 @@ impl EscalationRecord {
             // Builders cap every lifetime far below the overflow; saturate anyway.
             expires_at: created_at
                 .checked_add(ttl)
-                .unwrap_or(created_at + super::layer::MAX_LIFETIME),
+                .unwrap_or(created_at + super::clock::MAX_LIFETIME),
             status: Status::Pending,
             resolution: None,
             token_hash,

@@ -4,10 +4,10 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
+use super::builder::Config;
 use super::flow;
 use super::future::{ResponseFuture, Review};
 use super::handle::Handle;
-use super::layer::Config;
 use super::policy::{EscalationPolicy, Verdict};
 use super::snapshot::{Adapter, HttpAdapter};
 use crate::BoxError;

@@ -6,13 +6,10 @@ use crate::BoxError;
 
 mod bound;
 
-use self::bound::snapshot_body;
+use self::bound::{is_sensitive_name, snapshot_body, REDACTED};
 
 /// The header a detached caller resends its token in.
 pub const RESUME_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-resume-token");
-
-/// What stands in for a removed secret.
-const REDACTED: &str = "[redacted]";
 
 /// Connects the layer to your request and response types: how to snapshot them for
 /// the record, where a resume token travels, and how a human's answer becomes a
@@ -227,20 +224,6 @@ pub fn is_sensitive_header(name: &HeaderName, value: &HeaderValue) -> bool {
     ];
     let name = name.as_str();
     value.is_sensitive() || WORDS.iter().any(|w| name.contains(w))
-}
-
-fn is_sensitive_name(name: &str) -> bool {
-    const WORDS: [&str; 7] = [
-        "key",
-        "token",
-        "secret",
-        "password",
-        "authorization",
-        "signature",
-        "credential",
-    ];
-    let lower = name.to_ascii_lowercase();
-    lower == "sig" || lower == "code" || WORDS.iter().any(|w| lower.contains(w))
 }
 
 fn redact_uri(uri: &http::Uri) -> String {

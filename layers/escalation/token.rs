@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::record::EscalationId;
+use super::id::EscalationId;
 
 /// Random bytes in the secret part of a token: 256 bits.
 const SECRET_BYTES: usize = 32;

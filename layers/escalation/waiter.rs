@@ -15,26 +15,19 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
 use super::engine::{contention, lock, NewEscalation, Shared, MAX_CONFLICTS, SYSTEM};
 use super::error::{EscalationError, ResolveError, StoreError};
-use super::record::{AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord};
+use super::id::EscalationId;
+use super::record::{AuditAction, AuditEntry, Decision, EscalationRecord};
 use super::record::{ModeKind, Resolution, Status};
+use super::slot::WaiterSlot;
 use super::store::Update;
 use super::token::{self, TokenHash};
-
-/// One waiting call: how to wake it, and whether it was released.
-#[derive(Debug, Default)]
-pub(crate) struct WaiterSlot {
-    pub(super) notify: Notify,
-    released: AtomicBool,
-}
 
 impl Shared {
     /// Creates a wait-mode escalation and waits for a human up to its expiry; then

@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use crate::escalation::engine::{contention, Shared, MAX_CONFLICTS, SYSTEM};
 use crate::escalation::error::StoreError;
+use crate::escalation::id::EscalationId;
 use crate::escalation::notify::{Notification, Notifier, NotifyError};
-use crate::escalation::record::{
-    AuditAction, AuditEntry, EscalationId, EscalationRecord, NotificationState,
-};
+use crate::escalation::record::{AuditAction, AuditEntry, EscalationRecord, NotificationState};
 use crate::escalation::store::Update;
 
 impl Shared {

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use super::error::BuildError;
-use super::record::{EscalationId, EscalationRecord, Stage};
+use super::id::EscalationId;
+use super::record::{EscalationRecord, Stage};
 use crate::BoxError;
 
 mod dispatch;

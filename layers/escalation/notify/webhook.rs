@@ -3,7 +3,8 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use super::Notification;
-use crate::escalation::record::{to_rfc3339, EscalationId, Stage};
+use crate::escalation::id::EscalationId;
+use crate::escalation::record::{to_rfc3339, Stage};
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>` under the shared secret.
 pub const SIGNATURE_HEADER: &str = "x-escalation-signature";

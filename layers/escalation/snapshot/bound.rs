@@ -11,7 +11,23 @@
 
 use serde_json::{Map, Value};
 
-use super::{is_sensitive_name, REDACTED};
+/// What stands in for a removed secret.
+pub(super) const REDACTED: &str = "[redacted]";
+
+/// A name (query parameter, JSON key) that looks like it holds a secret.
+pub(super) fn is_sensitive_name(name: &str) -> bool {
+    const WORDS: [&str; 7] = [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "authorization",
+        "signature",
+        "credential",
+    ];
+    let lower = name.to_ascii_lowercase();
+    lower == "sig" || lower == "code" || WORDS.iter().any(|w| lower.contains(w))
+}
 
 /// Values nested deeper than this (counted from the snapshot's body) become a
 /// marker. Far below serde_json's recursion limit of 128, so that the record

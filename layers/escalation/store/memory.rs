@@ -4,7 +4,8 @@ use std::time::SystemTime;
 
 use super::{EscalationStore, StoreFuture, Update};
 use crate::escalation::error::StoreError;
-use crate::escalation::record::{AuditEntry, EscalationId, EscalationRecord, Status};
+use crate::escalation::id::EscalationId;
+use crate::escalation::record::{AuditEntry, EscalationRecord, Status};
 
 /// An in-process store: fast, shared by every clone of one layer, gone on restart.
 ///

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::error::StoreError;
-use super::record::{AuditEntry, EscalationId, EscalationRecord, Status};
+use super::id::EscalationId;
+use super::record::{AuditEntry, EscalationRecord, Status};
 
 mod memory;
 mod page;

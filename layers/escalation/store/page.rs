@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use crate::escalation::record::{to_unix_ms, EscalationId, EscalationRecord};
+use crate::escalation::id::EscalationId;
+use crate::escalation::record::{to_unix_ms, EscalationRecord};
 
 /// Where the next page starts: just after the record created at `created_at_ms`
 /// with id `id` (records are ordered by creation time, then id).

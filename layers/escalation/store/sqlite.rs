@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use super::page::unreadable;
 use super::{Cursor, EscalationStore, Page, StoreFuture, Update};
 use crate::escalation::error::StoreError;
-use crate::escalation::record::{to_unix_ms, AuditEntry, EscalationId, EscalationRecord, Status};
+use crate::escalation::id::EscalationId;
+use crate::escalation::record::{to_unix_ms, AuditEntry, EscalationRecord, Status};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
