@@ -48,16 +48,16 @@ impl<F, SF> Primary<F, SF> {
 
 /// Poll the primary until it has an outcome; `None` once it is done.
 #[inline]
-pub(super) fn poll_primary<F, Req, Res, Err, C, P>(
-    mut primary: Pin<&mut Primary<F, P::Future>>,
-    config: &Config<Req, Res, Err, C, P>,
+pub(super) fn poll_primary<F, Req, Res, Err, C, Settle>(
+    mut primary: Pin<&mut Primary<F, Settle::Future>>,
+    config: &Config<Req, Res, Err, C, Settle>,
     cx: &mut Context<'_>,
-) -> Poll<Option<Attempted<P::Output>>>
+) -> Poll<Option<Attempted<Settle::Output>>>
 where
     F: Future<Output = Result<Res, Err>>,
     Err: Into<BoxError>,
     C: Classify<Res, Err>,
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     loop {
         let attempted = match primary.as_mut().project() {
@@ -86,14 +86,14 @@ pub(super) enum AfterCall<SF, Out> {
 
 /// Settle a result classified as `outcome`, or record it as a failure.
 #[inline]
-pub(super) fn after_call<Res, Err, P>(
-    settle: &P,
+pub(super) fn after_call<Res, Err, Settle>(
+    settle: &Settle,
     outcome: Outcome,
     result: Result<Res, Err>,
-) -> AfterCall<P::Future, P::Output>
+) -> AfterCall<Settle::Future, Settle::Output>
 where
     Err: Into<BoxError>,
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     match outcome {
         Outcome::Success => match result {
@@ -114,14 +114,14 @@ where
 
 /// Classify a tier's result, and settle it if it is a success.
 #[inline]
-pub(super) fn classify_and_settle<Req, Res, Err, C, P>(
-    config: &Config<Req, Res, Err, C, P>,
+pub(super) fn classify_and_settle<Req, Res, Err, C, Settle>(
+    config: &Config<Req, Res, Err, C, Settle>,
     result: Result<Res, Err>,
-) -> AfterCall<P::Future, P::Output>
+) -> AfterCall<Settle::Future, Settle::Output>
 where
     Err: Into<BoxError>,
     C: Classify<Res, Err>,
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     let outcome = config.classifier.classify(&result);
     after_call(&config.settle, outcome, result)
@@ -140,15 +140,15 @@ pub(super) fn after_settle<Out>(settled: Result<Out, BoxError>) -> Attempted<Out
 }
 
 /// Call alternate `index` (1-based) with `request`, mapped for it.
-pub(super) async fn run_alternate<Req, Res, Err, C, P>(
-    config: Arc<Config<Req, Res, Err, C, P>>,
+pub(super) async fn run_alternate<Req, Res, Err, C, Settle>(
+    config: Arc<Config<Req, Res, Err, C, Settle>>,
     index: usize,
     request: Req,
-) -> Attempted<P::Output>
+) -> Attempted<Settle::Output>
 where
     Err: Into<BoxError>,
     C: Classify<Res, Err>,
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     let tier = &config.alternates[index - 1];
     let request = match &tier.map_request {

@@ -104,14 +104,14 @@ impl<Req, Res, Err> fmt::Debug for Tier<Req, Res, Err> {
 
 /// Configures a [`FallbackLayer`](super::FallbackLayer); [`build`](Self::build)
 /// checks the configuration.
-pub struct FallbackBuilder<Req, Res, Err, C = DefaultClassifier, P = Immediate> {
+pub struct FallbackBuilder<Req, Res, Err, C = DefaultClassifier, Settle = Immediate> {
     primary: Arc<str>,
     alternates: Vec<Tier<Req, Res, Err>>,
     final_responder: Option<FinalResponder<Req, Res>>,
     classifier: C,
     policy: FailurePolicy,
     hedge_after: Option<Duration>,
-    settle: P,
+    settle: Settle,
     error: Option<FallbackConfigError>,
 }
 
@@ -130,7 +130,7 @@ impl<Req, Res, Err> FallbackBuilder<Req, Res, Err> {
     }
 }
 
-impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> FallbackBuilder<Req, Res, Err, C, Settle> {
     /// Name the primary (the wrapped service) in markers, errors and metrics.
     /// Defaults to `"primary"`.
     #[must_use]
@@ -187,7 +187,7 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     }
 
     /// Classify results with `classifier` instead of [`DefaultClassifier`].
-    pub fn classifier<C2>(self, classifier: C2) -> FallbackBuilder<Req, Res, Err, C2, P> {
+    pub fn classifier<C2>(self, classifier: C2) -> FallbackBuilder<Req, Res, Err, C2, Settle> {
         FallbackBuilder {
             primary: self.primary,
             alternates: self.alternates,
@@ -239,7 +239,10 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
 
     /// Decide when a successful response counts as an answer with `settle`, a
     /// [`SettleResponse`](super::SettleResponse) for the response type.
-    pub fn settle_with<P2>(self, settle: P2) -> FallbackBuilder<Req, Res, Err, C, P2> {
+    pub fn settle_with<Settle2>(
+        self,
+        settle: Settle2,
+    ) -> FallbackBuilder<Req, Res, Err, C, Settle2> {
         FallbackBuilder {
             primary: self.primary,
             alternates: self.alternates,
@@ -254,7 +257,9 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
 
     /// Check the configuration: the layer's configuration, or the first mistake.
     /// [`build`](Self::build) (in `layer.rs`) wraps it into the layer.
-    pub(crate) fn into_config(self) -> Result<Config<Req, Res, Err, C, P>, FallbackConfigError> {
+    pub(crate) fn into_config(
+        self,
+    ) -> Result<Config<Req, Res, Err, C, Settle>, FallbackConfigError> {
         if let Some(error) = self.error {
             return Err(error);
         }
@@ -289,7 +294,7 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     }
 }
 
-impl<Req, Res, Err, C, P> fmt::Debug for FallbackBuilder<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> fmt::Debug for FallbackBuilder<Req, Res, Err, C, Settle> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackBuilder")
             .field("primary", &self.primary)
@@ -307,17 +312,17 @@ pub(crate) struct FinalResponder<Req, Res> {
 }
 
 /// Everything a layer's services share.
-pub(crate) struct Config<Req, Res, Err, C, P> {
+pub(crate) struct Config<Req, Res, Err, C, Settle> {
     pub(crate) primary: Arc<str>,
     pub(crate) alternates: Vec<Tier<Req, Res, Err>>,
     pub(crate) final_responder: Option<FinalResponder<Req, Res>>,
     pub(crate) classifier: C,
     pub(crate) policy: FailurePolicy,
     pub(crate) hedge_after: Option<Duration>,
-    pub(crate) settle: P,
+    pub(crate) settle: Settle,
 }
 
-impl<Req, Res, Err, C, P> Config<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> Config<Req, Res, Err, C, Settle> {
     /// The name of the tier at `index` (0 = primary, then alternates, then final).
     pub(crate) fn name(&self, index: usize) -> &Arc<str> {
         match index {
@@ -355,7 +360,7 @@ impl<Req, Res, Err, C, P> Config<Req, Res, Err, C, P> {
     }
 }
 
-impl<Req, Res, Err, C, P> fmt::Debug for Config<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> fmt::Debug for Config<Req, Res, Err, C, Settle> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("primary", &self.primary)
@@ -367,7 +372,7 @@ impl<Req, Res, Err, C, P> fmt::Debug for Config<Req, Res, Err, C, P> {
             .field("policy", &self.policy)
             .field("hedge_after", &self.hedge_after)
             .field("classifier", &std::any::type_name::<C>())
-            .field("settle", &std::any::type_name::<P>())
+            .field("settle", &std::any::type_name::<Settle>())
             .finish()
     }
 }

@@ -55,30 +55,33 @@ impl<Out> Chain<Out> {
 
 /// The response future's fields, seen by the fallback chain: the same borrows as
 /// its pin projection.
-pub(super) struct Tiers<'a, F, Req, Res, Err, C, P>
+pub(super) struct Tiers<'a, F, Req, Res, Err, C, Settle>
 where
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
-    pub(super) primary: Pin<&'a mut Primary<F, P::Future>>,
-    pub(super) config: &'a mut Arc<Config<Req, Res, Err, C, P>>,
+    pub(super) primary: Pin<&'a mut Primary<F, Settle::Future>>,
+    pub(super) config: &'a mut Arc<Config<Req, Res, Err, C, Settle>>,
     pub(super) request: &'a mut Option<Req>,
-    pub(super) chain: &'a mut ManuallyDrop<Option<Pin<Box<Chain<P::Output>>>>>,
+    pub(super) chain: &'a mut ManuallyDrop<Option<Pin<Box<Chain<Settle::Output>>>>>,
 }
 
-impl<F, Req, Res, Err, C, P> Tiers<'_, F, Req, Res, Err, C, P>
+impl<F, Req, Res, Err, C, Settle> Tiers<'_, F, Req, Res, Err, C, Settle>
 where
     F: Future<Output = Result<Res, Err>>,
     Req: Clone + Send + 'static,
     Res: Send + 'static,
     Err: Into<BoxError> + Send + 'static,
     C: Classify<Res, Err> + Send + Sync + 'static,
-    P: SettleResponse<Res> + Send + Sync + 'static,
-    P::Future: Send + 'static,
-    P::Output: MarkDegraded + Send + 'static,
+    Settle: SettleResponse<Res> + Send + Sync + 'static,
+    Settle::Future: Send + 'static,
+    Settle::Output: MarkDegraded + Send + 'static,
 {
     /// The primary (while it still runs or settles), the alternates in flight,
     /// the next tier, hedges.
-    pub(super) fn poll_tiers(&mut self, cx: &mut Context<'_>) -> Poll<Result<P::Output, BoxError>> {
+    pub(super) fn poll_tiers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Settle::Output, BoxError>> {
         loop {
             if let Poll::Ready(Some(attempted)) =
                 poll_primary(self.primary.as_mut(), self.config, cx)
@@ -143,7 +146,7 @@ where
     }
 
     /// The fallback state, created on first use.
-    fn chain(&mut self) -> ChainProj<'_, P::Output> {
+    fn chain(&mut self) -> ChainProj<'_, Settle::Output> {
         self.chain
             .get_or_insert_with(|| Box::pin(Chain::new()))
             .as_mut()
@@ -171,7 +174,7 @@ where
     /// failure worth the final responder, the final responder's answer (the call
     /// that still runs is taken as timed out, so a hung call never keeps the call
     /// pending for ever).
-    pub(super) fn poll_hedge(&mut self, cx: &mut Context<'_>) -> Hedge<P::Output> {
+    pub(super) fn poll_hedge(&mut self, cx: &mut Context<'_>) -> Hedge<Settle::Output> {
         let next = self.next();
         let Some(delay) = self.config.hedge_after else {
             return Hedge::No;
@@ -234,8 +237,8 @@ where
         &mut self,
         index: usize,
         kind: FailureKind,
-        answer: Result<P::Output, BoxError>,
-    ) -> Option<Result<P::Output, BoxError>> {
+        answer: Result<Settle::Output, BoxError>,
+    ) -> Option<Result<Settle::Output, BoxError>> {
         self.stop_hedge_timer();
         let name = self.config.name(index).clone();
         metrics::counter!(
@@ -275,7 +278,7 @@ where
 
     /// Nothing runs: start the next tier that takes over from the last failure,
     /// or answer from the final responder, or fail with every tier's failure.
-    fn start_next(&mut self) -> Option<Result<P::Output, BoxError>> {
+    fn start_next(&mut self) -> Option<Result<Settle::Output, BoxError>> {
         if let Some((index, answer)) = self.chain().deferred.take() {
             // The hedged tier's own failure ends the call, as it would have
             // without the hedge once the other call failed too.
@@ -331,7 +334,7 @@ where
 
     /// Mark an answer from tier `index` as degraded. Only called when that answer
     /// ends the call, so the list of failed tiers moves into the marker.
-    fn degrade(&mut self, index: usize, mut out: P::Output) -> P::Output {
+    fn degrade(&mut self, index: usize, mut out: Settle::Output) -> Settle::Output {
         let name = self.config.name(index).clone();
         let chain = self.chain();
         let failed = std::mem::take(chain.failed);

@@ -34,24 +34,24 @@ pin_project! {
     /// the request, and two words; the fallback's bookkeeping, the hedge timer and
     /// the alternates' calls are boxed, and only exist once the call falls back
     /// (or waits on a hedge).
-    pub struct ResponseFuture<F, Req, Res, Err, C, P>
+    pub struct ResponseFuture<F, Req, Res, Err, C, Settle>
     where
-        P: SettleResponse<Res>,
+        Settle: SettleResponse<Res>,
     {
         #[pin]
-        primary: Primary<F, P::Future>,
-        config: Arc<Config<Req, Res, Err, C, P>>,
+        primary: Primary<F, Settle::Future>,
+        config: Arc<Config<Req, Res, Err, C, Settle>>,
         // The copy replayed to the next tier; taken on its last use. Also dropped
         // when the primary answers (see `poll`).
         request: Option<Req>,
         // Only once the call falls back or waits on a hedge. Dropped by hand (see
         // `PinnedDrop`), so that dropping a future without one is only a test.
-        chain: ManuallyDrop<Option<Pin<Box<Chain<P::Output>>>>>,
+        chain: ManuallyDrop<Option<Pin<Box<Chain<Settle::Output>>>>>,
     }
 
-    impl<F, Req, Res, Err, C, P> PinnedDrop for ResponseFuture<F, Req, Res, Err, C, P>
+    impl<F, Req, Res, Err, C, Settle> PinnedDrop for ResponseFuture<F, Req, Res, Err, C, Settle>
     where
-        P: SettleResponse<Res>,
+        Settle: SettleResponse<Res>,
     {
         #[inline]
         fn drop(this: Pin<&mut Self>) {
@@ -72,12 +72,16 @@ fn drop_chain<T>(chain: &mut ManuallyDrop<Option<T>>) {
     )));
 }
 
-impl<F, Req, Res, Err, C, P> ResponseFuture<F, Req, Res, Err, C, P>
+impl<F, Req, Res, Err, C, Settle> ResponseFuture<F, Req, Res, Err, C, Settle>
 where
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     #[inline]
-    pub(crate) fn new(primary: F, request: Req, config: Arc<Config<Req, Res, Err, C, P>>) -> Self {
+    pub(crate) fn new(
+        primary: F,
+        request: Req,
+        config: Arc<Config<Req, Res, Err, C, Settle>>,
+    ) -> Self {
         Self {
             primary: Primary::Calling { future: primary },
             config,
@@ -87,18 +91,18 @@ where
     }
 }
 
-impl<F, Req, Res, Err, C, P> Future for ResponseFuture<F, Req, Res, Err, C, P>
+impl<F, Req, Res, Err, C, Settle> Future for ResponseFuture<F, Req, Res, Err, C, Settle>
 where
     F: Future<Output = Result<Res, Err>>,
     Req: Clone + Send + 'static,
     Res: Send + 'static,
     Err: Into<BoxError> + Send + 'static,
     C: Classify<Res, Err> + Send + Sync + 'static,
-    P: SettleResponse<Res> + Send + Sync + 'static,
-    P::Future: Send + 'static,
-    P::Output: MarkDegraded + Send + 'static,
+    Settle: SettleResponse<Res> + Send + Sync + 'static,
+    Settle::Future: Send + 'static,
+    Settle::Output: MarkDegraded + Send + 'static,
 {
-    type Output = Result<P::Output, BoxError>;
+    type Output = Result<Settle::Output, BoxError>;
 
     #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -143,11 +147,11 @@ where
 }
 
 /// The projection, as the fallback chain sees it.
-fn tiers<F, Req, Res, Err, C, P>(
-    this: ResponseFutureProj<'_, F, Req, Res, Err, C, P>,
-) -> Tiers<'_, F, Req, Res, Err, C, P>
+fn tiers<F, Req, Res, Err, C, Settle>(
+    this: ResponseFutureProj<'_, F, Req, Res, Err, C, Settle>,
+) -> Tiers<'_, F, Req, Res, Err, C, Settle>
 where
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     Tiers {
         primary: this.primary,
@@ -163,16 +167,16 @@ fn polled_after_completion() -> ! {
     panic!("`ResponseFuture` polled after completion")
 }
 
-impl<F, Req, Res, Err, C, P> ResponseFuture<F, Req, Res, Err, C, P>
+impl<F, Req, Res, Err, C, Settle> ResponseFuture<F, Req, Res, Err, C, Settle>
 where
     F: Future<Output = Result<Res, Err>>,
     Req: Clone + Send + 'static,
     Res: Send + 'static,
     Err: Into<BoxError> + Send + 'static,
     C: Classify<Res, Err> + Send + Sync + 'static,
-    P: SettleResponse<Res> + Send + Sync + 'static,
-    P::Future: Send + 'static,
-    P::Output: MarkDegraded + Send + 'static,
+    Settle: SettleResponse<Res> + Send + Sync + 'static,
+    Settle::Future: Send + 'static,
+    Settle::Output: MarkDegraded + Send + 'static,
 {
     /// The primary's result classified as a failure, or as an error to return.
     #[inline(never)]
@@ -181,7 +185,7 @@ where
         outcome: Outcome,
         result: Result<Res, Err>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<P::Output, BoxError>> {
+    ) -> Poll<Result<Settle::Output, BoxError>> {
         let after = after_call(&self.config.settle, outcome, result);
         self.primary_called(after, cx)
     }
@@ -191,9 +195,9 @@ where
     #[inline(never)]
     fn primary_called(
         self: Pin<&mut Self>,
-        after: AfterCall<P::Future, P::Output>,
+        after: AfterCall<Settle::Future, Settle::Output>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<P::Output, BoxError>> {
+    ) -> Poll<Result<Settle::Output, BoxError>> {
         let mut this = tiers(self.project());
         let attempted = match after {
             AfterCall::Settle(future) => {
@@ -216,7 +220,10 @@ where
     /// Every poll but the hot path's: the primary still pending with hedging on,
     /// settling, or the fallback under way.
     #[inline(never)]
-    fn poll_slow(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<P::Output, BoxError>> {
+    fn poll_slow(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Settle::Output, BoxError>> {
         let mut this = tiers(self.project());
         if this.chain.is_none() {
             match this.primary.as_mut().project() {
@@ -237,9 +244,9 @@ where
     }
 }
 
-impl<F, Req, Res, Err, C, P> fmt::Debug for ResponseFuture<F, Req, Res, Err, C, P>
+impl<F, Req, Res, Err, C, Settle> fmt::Debug for ResponseFuture<F, Req, Res, Err, C, Settle>
 where
-    P: SettleResponse<Res>,
+    Settle: SettleResponse<Res>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let chain = self.chain.as_deref();

@@ -17,8 +17,8 @@ use crate::BoxError;
 /// Built with [`FallbackLayer::builder`]. Every service this layer makes shares the
 /// same tiers (behind an `Arc`); cloning the layer is cheap. See the
 /// [module docs](super) for the whole picture.
-pub struct FallbackLayer<Req, Res, Err, C = DefaultClassifier, P = Immediate> {
-    pub(crate) config: Arc<Config<Req, Res, Err, C, P>>,
+pub struct FallbackLayer<Req, Res, Err, C = DefaultClassifier, Settle = Immediate> {
+    pub(crate) config: Arc<Config<Req, Res, Err, C, Settle>>,
 }
 
 impl<Req, Res, Err> FallbackLayer<Req, Res, Err> {
@@ -28,7 +28,7 @@ impl<Req, Res, Err> FallbackLayer<Req, Res, Err> {
     }
 }
 
-impl<Req, Res, Err, C, P> Clone for FallbackLayer<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> Clone for FallbackLayer<Req, Res, Err, C, Settle> {
     fn clone(&self) -> Self {
         Self {
             config: self.config.clone(),
@@ -36,7 +36,7 @@ impl<Req, Res, Err, C, P> Clone for FallbackLayer<Req, Res, Err, C, P> {
     }
 }
 
-impl<Req, Res, Err, C, P> fmt::Debug for FallbackLayer<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> fmt::Debug for FallbackLayer<Req, Res, Err, C, Settle> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackLayer")
             .field("config", &self.config)
@@ -44,22 +44,22 @@ impl<Req, Res, Err, C, P> fmt::Debug for FallbackLayer<Req, Res, Err, C, P> {
     }
 }
 
-impl<S, Req, Res, Err, C, P> Layer<S> for FallbackLayer<Req, Res, Err, C, P> {
-    type Service = Fallback<S, Req, Res, Err, C, P>;
+impl<S, Req, Res, Err, C, Settle> Layer<S> for FallbackLayer<Req, Res, Err, C, Settle> {
+    type Service = Fallback<S, Req, Res, Err, C, Settle>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Fallback::new(inner, self.clone())
     }
 }
 
-impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
+impl<S, Req, Res, Err, C, Settle> Fallback<S, Req, Res, Err, C, Settle> {
     /// Wrap `inner` (the primary) with the tiers of `layer`.
-    pub fn new(inner: S, layer: FallbackLayer<Req, Res, Err, C, P>) -> Self {
+    pub fn new(inner: S, layer: FallbackLayer<Req, Res, Err, C, Settle>) -> Self {
         Self::with_config(inner, layer.config)
     }
 }
 
-impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
+impl<Req, Res, Err, C, Settle> FallbackBuilder<Req, Res, Err, C, Settle> {
     /// Check the configuration and build the layer.
     ///
     /// The bounds are those the layer's services need, stated here so a tier, a
@@ -67,15 +67,15 @@ impl<Req, Res, Err, C, P> FallbackBuilder<Req, Res, Err, C, P> {
     /// rather than at the first `ready()` or `call()`: the request is `Clone`, the
     /// classifier classifies `Result<Res, Err>`, and the answer can carry the
     /// [`Degraded`](super::Degraded) marker ([`MarkDegraded`]).
-    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, P>, FallbackConfigError>
+    pub fn build(self) -> Result<FallbackLayer<Req, Res, Err, C, Settle>, FallbackConfigError>
     where
         Req: Clone + Send + 'static,
         Res: Send + 'static,
         Err: Into<BoxError> + Send + 'static,
         C: Classify<Res, Err> + Send + Sync + 'static,
-        P: SettleResponse<Res> + Send + Sync + 'static,
-        P::Future: Send + 'static,
-        P::Output: MarkDegraded + Send + 'static,
+        Settle: SettleResponse<Res> + Send + Sync + 'static,
+        Settle::Future: Send + 'static,
+        Settle::Output: MarkDegraded + Send + 'static,
     {
         Ok(FallbackLayer {
             config: Arc::new(self.into_config()?),

@@ -29,14 +29,14 @@ use crate::BoxError;
 /// when the call falls back to it. So a slow or saturated alternate never blocks a
 /// call the primary answers. An error from the primary's `poll_ready` is returned
 /// as is (in tower it means the service is broken).
-pub struct Fallback<S, Req, Res, Err, C = DefaultClassifier, P = Immediate> {
+pub struct Fallback<S, Req, Res, Err, C = DefaultClassifier, Settle = Immediate> {
     inner: S,
-    config: Arc<Config<Req, Res, Err, C, P>>,
+    config: Arc<Config<Req, Res, Err, C, Settle>>,
 }
 
-impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
+impl<S, Req, Res, Err, C, Settle> Fallback<S, Req, Res, Err, C, Settle> {
     /// `inner` with the tiers of a layer's configuration; see `new` (in `layer.rs`).
-    pub(crate) fn with_config(inner: S, config: Arc<Config<Req, Res, Err, C, P>>) -> Self {
+    pub(crate) fn with_config(inner: S, config: Arc<Config<Req, Res, Err, C, Settle>>) -> Self {
         Self { inner, config }
     }
 
@@ -56,7 +56,7 @@ impl<S, Req, Res, Err, C, P> Fallback<S, Req, Res, Err, C, P> {
     }
 }
 
-impl<S: Clone, Req, Res, Err, C, P> Clone for Fallback<S, Req, Res, Err, C, P> {
+impl<S: Clone, Req, Res, Err, C, Settle> Clone for Fallback<S, Req, Res, Err, C, Settle> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -65,7 +65,7 @@ impl<S: Clone, Req, Res, Err, C, P> Clone for Fallback<S, Req, Res, Err, C, P> {
     }
 }
 
-impl<S: fmt::Debug, Req, Res, Err, C, P> fmt::Debug for Fallback<S, Req, Res, Err, C, P> {
+impl<S: fmt::Debug, Req, Res, Err, C, Settle> fmt::Debug for Fallback<S, Req, Res, Err, C, Settle> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Fallback")
             .field("inner", &self.inner)
@@ -74,20 +74,20 @@ impl<S: fmt::Debug, Req, Res, Err, C, P> fmt::Debug for Fallback<S, Req, Res, Er
     }
 }
 
-impl<S, Req, Res, Err, C, P> Service<Req> for Fallback<S, Req, Res, Err, C, P>
+impl<S, Req, Res, Err, C, Settle> Service<Req> for Fallback<S, Req, Res, Err, C, Settle>
 where
     S: Service<Req, Response = Res, Error = Err>,
     Req: Clone + Send + 'static,
     Res: Send + 'static,
     Err: Into<BoxError> + Send + 'static,
     C: Classify<Res, Err> + Send + Sync + 'static,
-    P: SettleResponse<Res> + Send + Sync + 'static,
-    P::Future: Send + 'static,
-    P::Output: MarkDegraded + Send + 'static,
+    Settle: SettleResponse<Res> + Send + Sync + 'static,
+    Settle::Future: Send + 'static,
+    Settle::Output: MarkDegraded + Send + 'static,
 {
-    type Response = P::Output;
+    type Response = Settle::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, Req, Res, Err, C, P>;
+    type Future = ResponseFuture<S::Future, Req, Res, Err, C, Settle>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
