@@ -12,8 +12,8 @@ use sha2::Sha256;
 use support::{Reply, Upstream};
 use tower::Layer;
 use tower_llm_resilience::escalation::{
-    to_rfc3339, verify_signature, AuditAction, EscalationId, EscalationLayer, Handle,
-    NotificationState, NotifyRetry, RequestPredicate, Status, WebhookNotifier, SIGNATURE_HEADER,
+    verify_signature, AuditAction, EscalationId, EscalationLayer, Handle, NotificationState,
+    NotifyRetry, RequestPredicate, Status, WebhookNotifier, SIGNATURE_HEADER,
 };
 
 const SECRET: &[u8] = b"webhook-shared-secret";
@@ -93,7 +93,10 @@ async fn webhook_receives_a_signed_payload() {
     assert_eq!(payload["escalation_id"], escalated.id.as_str());
     assert_eq!(payload["reason"], "refund needs approval");
     assert_eq!(payload["stage"], "request");
-    assert_eq!(payload["expires_at"], to_rfc3339(escalated.expires_at));
+    assert_eq!(
+        payload["expires_at"],
+        humantime::format_rfc3339_seconds(escalated.expires_at).to_string()
+    );
     assert_eq!(payload["review_url"], review_url.as_str());
     let text = payload["text"].as_str().unwrap();
     assert!(

@@ -63,7 +63,7 @@ impl<P, A> Builder<P, A> {
     /// Checks the settings and builds the layer.
     ///
     /// Every duration (wait timeout, detach ttl, poll interval) must be positive and
-    /// at most [`MAX_LIFETIME`] (ten years).
+    /// at most [`MAX_LIFETIME`](super::MAX_LIFETIME) (ten years).
     pub fn build(self) -> Result<EscalationLayer<P, A>, BuildError> {
         Ok(EscalationLayer {
             config: Arc::new(self.into_config()?),

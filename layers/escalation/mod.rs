@@ -163,8 +163,8 @@ pub use self::policy::{
     InvalidJsonAnswer, PolicyFn, RequestPredicate, ResponsePredicate, Verdict,
 };
 pub use self::record::{
-    from_unix_ms, to_rfc3339, to_unix_ms, AuditAction, AuditEntry, Decision, EscalationRecord,
-    ModeKind, NotificationState, Resolution, Stage, Status,
+    from_unix_ms, to_unix_ms, AuditAction, AuditEntry, Decision, EscalationRecord, ModeKind,
+    NotificationState, Resolution, Stage, Status,
 };
 pub use self::service::Escalation;
 pub use self::snapshot::{

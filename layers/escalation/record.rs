@@ -314,7 +314,8 @@ impl AuditEntry {
     }
 }
 
-/// Milliseconds since the Unix epoch; the time format of stores and payloads.
+/// Milliseconds since the Unix epoch; the time format of stores and payloads, and
+/// the order of [`Cursor`](super::Cursor)s, for your own [`EscalationStore`](super::EscalationStore).
 pub fn to_unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -327,7 +328,7 @@ pub fn from_unix_ms(ms: u64) -> SystemTime {
 }
 
 /// RFC 3339 text for humans (notifications), UTC, whole seconds.
-pub fn to_rfc3339(time: SystemTime) -> String {
+pub(crate) fn to_rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 

@@ -53,6 +53,9 @@ impl<Out> Chain<Out> {
     }
 }
 
+/// The chain of a response future: created on first use, dropped by hand.
+pub(super) type LazyChain<Out> = ManuallyDrop<Option<Pin<Box<Chain<Out>>>>>;
+
 /// The response future's fields, seen by the fallback chain: the same borrows as
 /// its pin projection.
 pub(super) struct Tiers<'a, F, Req, Res, Err, C, Settle>
@@ -62,7 +65,7 @@ where
     pub(super) primary: Pin<&'a mut Primary<F, Settle::Future>>,
     pub(super) config: &'a mut Arc<Config<Req, Res, Err, C, Settle>>,
     pub(super) request: &'a mut Option<Req>,
-    pub(super) chain: &'a mut ManuallyDrop<Option<Pin<Box<Chain<Settle::Output>>>>>,
+    pub(super) chain: &'a mut LazyChain<Settle::Output>,
 }
 
 impl<F, Req, Res, Err, C, Settle> Tiers<'_, F, Req, Res, Err, C, Settle>

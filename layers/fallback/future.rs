@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 
 use super::attempt::{after_call, after_settle, AfterCall, Attempted, Primary, PrimaryProj};
 use super::builder::Config;
-use super::chain::{Chain, Hedge, Tiers};
+use super::chain::{Hedge, LazyChain, Tiers};
 use super::{MarkDegraded, SettleResponse, Settlement};
 use crate::classify::{Classify, Outcome};
 use crate::BoxError;
@@ -46,7 +46,7 @@ pin_project! {
         request: Option<Req>,
         // Only once the call falls back or waits on a hedge. Dropped by hand (see
         // `PinnedDrop`), so that dropping a future without one is only a test.
-        chain: ManuallyDrop<Option<Pin<Box<Chain<Settle::Output>>>>>,
+        chain: LazyChain<Settle::Output>,
     }
 
     impl<F, Req, Res, Err, C, Settle> PinnedDrop for ResponseFuture<F, Req, Res, Err, C, Settle>

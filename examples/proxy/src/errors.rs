@@ -7,7 +7,7 @@ use axum::response::Response;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 use tower_llm_resilience::classify::{classify_dyn_error, FailureKind};
-use tower_llm_resilience::escalation::{to_rfc3339, EscalationError, RESUME_TOKEN_HEADER};
+use tower_llm_resilience::escalation::{EscalationError, RESUME_TOKEN_HEADER};
 use tower_llm_resilience::fallback::AllTiersFailed;
 use tower_llm_resilience::BoxError;
 
@@ -228,7 +228,7 @@ fn from_escalation(e: &EscalationError) -> Response {
                 "escalation": {
                     "id": escalated.id.as_str(),
                     "resume_token": escalated.token().expose(),
-                    "expires_at": to_rfc3339(escalated.expires_at),
+                    "expires_at": humantime::format_rfc3339_seconds(escalated.expires_at).to_string(),
                     "reason": escalated.reason,
                 },
             });

@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use tower_llm_resilience::escalation::{
-    to_rfc3339, Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
+    Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
 };
 
 use crate::app::{self, Shared};
@@ -63,8 +63,8 @@ pub fn view(record: &EscalationRecord) -> Value {
     let mut out = serde_json::to_value(record).unwrap_or_default();
     if let Some(object) = out.as_object_mut() {
         object.remove("token_hash");
-        object.insert("created_at".into(), to_rfc3339(record.created_at).into());
-        object.insert("expires_at".into(), to_rfc3339(record.expires_at).into());
+        object.insert("created_at".into(), rfc3339(record.created_at).into());
+        object.insert("expires_at".into(), rfc3339(record.expires_at).into());
         let model = record
             .request
             .pointer("/headers/x-llm-proxy-model")
@@ -360,4 +360,9 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
         return login_page(StatusCode::UNAUTHORIZED, "");
     }
     with_page_headers(Html(PAGE).into_response())
+}
+
+/// RFC 3339 text, UTC, whole seconds.
+fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
