@@ -64,6 +64,16 @@ pub async fn run() -> Vec<(&'static str, Line)> {
     ]
 }
 
+/// One call, its error as text.
+async fn call<S, Req>(service: &mut S, request: Req) -> Result<S::Response, String>
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Display,
+{
+    let ready = service.ready().await.map_err(|e| e.to_string())?;
+    ready.call(request).await.map_err(|e| e.to_string())
+}
+
 /// `expected == actual`, or the difference.
 fn expect<T: PartialEq + std::fmt::Debug>(
     what: &str,
@@ -186,13 +196,7 @@ async fn partial_success() -> Line {
         Batch::from_pairs(keys.map(|key| (key, key))).with_id("nightly")
     };
 
-    let report = batches
-        .ready()
-        .await
-        .map_err(|e| e.to_string())?
-        .call(docs())
-        .await
-        .map_err(|e| e.to_string())?;
+    let report = call(&mut batches, docs()).await?;
     let retried = report.items.iter().filter(|item| item.attempts > 1).count();
     let fatal = report
         .get("item:g")
@@ -207,13 +211,7 @@ async fn partial_success() -> Line {
     )?;
     expect("calls", 10, calls.load(Ordering::SeqCst))?;
 
-    let again = batches
-        .ready()
-        .await
-        .map_err(|e| e.to_string())?
-        .call(docs())
-        .await
-        .map_err(|e| e.to_string())?;
+    let again = call(&mut batches, docs()).await?;
     expect("re-run ok, cached", (7, 7), (again.ok, again.cached))?;
     expect("calls after the re-run", 11, calls.load(Ordering::SeqCst))?;
     Ok(format!(
@@ -272,13 +270,7 @@ async fn human_escalation() -> Line {
             .insert(RESUME_TOKEN_HEADER, token.parse().expect("a header value"));
         resumed
     };
-    let answer = llm
-        .ready()
-        .await
-        .map_err(|e| e.to_string())?
-        .call(resume())
-        .await
-        .map_err(|e| e.to_string())?;
+    let answer = call(&mut llm, resume()).await?;
     expect(
         "resumed answer",
         &br#"{"name":"Ada"}"#[..],
@@ -335,13 +327,7 @@ async fn graceful_degradation() -> Line {
         .map_err(|e| e.to_string())?;
     let mut service = fallback.layer(gpt);
 
-    let first = service
-        .ready()
-        .await
-        .map_err(|e| e.to_string())?
-        .call("Explain the".to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
+    let first = call(&mut service, "Explain the".to_owned()).await?;
     let by = |r: &http::Response<String>| r.degraded().map(|d| d.name().to_owned());
     expect("first answer from", Some("claude".to_owned()), by(&first))?;
     expect("first answer", "claude: Explain the", first.body().as_str())?;
@@ -358,13 +344,7 @@ async fn graceful_degradation() -> Line {
     )?;
 
     claude_up.store(false, Ordering::SeqCst);
-    let second = service
-        .ready()
-        .await
-        .map_err(|e| e.to_string())?
-        .call("Explain the".to_owned())
-        .await
-        .map_err(|e| e.to_string())?;
+    let second = call(&mut service, "Explain the".to_owned()).await?;
     expect(
         "second answer from",
         Some("template".to_owned()),
