@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Packages the library crate as `cargo publish` would (without building it again:
-# the test suite builds the same sources) and checks what goes into the .crate.
+# Packages the library crate as `cargo publish` would, checks what goes into the
+# .crate, and builds it from the packaged sources (`cargo publish --dry-run`: no
+# upload; it needs the crates.io index, which CI reaches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,6 @@ if grep -E '^(examples/proxy/|\.ci/|\.cargo/|scripts/|target/)' <<<"$list" >&2; 
   fail=1
 fi
 [ "$fail" = 0 ] || exit 1
-cargo package -p tower-llm-resilience --no-verify --allow-dirty --quiet
+cargo publish --dry-run -p tower-llm-resilience --allow-dirty --quiet
 crate=$(ls -t "${CARGO_TARGET_DIR:-target}"/package/tower-llm-resilience-*.crate | head -1)
 echo "package ok: $crate ($(grep -c . <<<"$list") files, $(du -k "$crate" | cut -f1) KiB)"
