@@ -9,10 +9,7 @@
 //!   and are served as soon as one closes;
 //! - `client_header_timeout_secs` to send a request head (hyper's
 //!   `header_read_timeout`; hyper times the next request's head from the moment a
-//!   kept-alive connection goes idle, so it also bounds idleness), and to send
-//!   the first byte at all: until then a connection holds no HTTP buffers (a
-//!   few hundred bytes of task, not hyper's 8 KiB read buffer and connection
-//!   state), so many silent connections cost little;
+//!   kept-alive connection goes idle, so it also bounds idleness);
 //! - `client_body_timeout_secs` between two reads of a request body: a body that
 //!   stalls gets a 408;
 //! - `keepalive_timeout_secs`: a connection whose last exchange was the end of
@@ -204,35 +201,6 @@ async fn connection(
         tokio::sync::watch::Receiver<bool>,
     ),
 ) {
-    // A connection that has sent nothing yet costs a small task and its socket:
-    // hyper's buffers and the (larger) connection future are made once its
-    // first bytes can be read (nginx allocates its header buffer the same way).
-    // Silent for the header timeout: closed, as hyper would.
-    tokio::select! {
-        ready = tokio::time::timeout(limits.header_timeout, tcp.readable()) => {
-            if !matches!(ready, Ok(Ok(()))) {
-                return;
-            }
-        }
-        _ = stopping.wait_for(|stop| *stop) => return,
-    }
-    Box::pin(serve_connection(
-        tcp, peer, service, builder, limits, stopping,
-    ))
-    .await;
-    drop(permit);
-    drop(open);
-}
-
-/// One client connection, once it has something to read.
-async fn serve_connection(
-    tcp: TcpStream,
-    peer: std::net::SocketAddr,
-    service: ProxyService,
-    builder: Arc<hyper::server::conn::http1::Builder>,
-    limits: ClientLimits,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
         inner: tcp,
@@ -274,6 +242,8 @@ async fn serve_connection(
             }
         }
     }
+    drop(permit);
+    drop(open);
 }
 
 /// When a connection last read or wrote, and which (for the keep-alive rule).
