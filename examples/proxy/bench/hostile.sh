@@ -6,7 +6,18 @@
 #   2. endless: an upstream answering a chunked body that never ends
 #   3. batches: 300 batches with 900 KB batch ids ($BATCHES, $BATCH_ID_BYTES)
 #   4. escalations: 2,000 escalation requests ($ESCALATIONS; over the caps: 429)
-#   5. idle:    20,000 idle client connections ($IDLE; needs `ulimit -n` above it)
+#   5. idle:    20,000 idle client connections ($IDLE), opened by processes of at
+#               most 10,000 sockets each; the proxy may hold $MAX_CONNECTIONS of them
+#               (default: as many as its descriptor limit allows, up to $IDLE + 1024),
+#               the rest wait in the listen queue. Open files: the script raises its
+#               soft `ulimit -n` (inherited by the proxy and the clients) to the hard
+#               limit, which needs to be above $IDLE for the proxy to hold them all
+#               (a container's hard limit often is 20,000: then ~19,000 are held).
+#
+# "normal" is the status of the normal request made during the case, and its
+# time in seconds: a request that waits behind a full connection limit is
+# answered late, once connections free up (the idle clients leave after
+# $IDLE_SECS s, or the header timeout closes them).
 #
 #   examples/proxy/bench/hostile.sh
 #   BIN=target/debug/llm-proxy BIG_BYTES=$((256<<20)) IDLE=5000 examples/proxy/bench/hostile.sh
@@ -25,6 +36,7 @@ BATCH_ID_BYTES=${BATCH_ID_BYTES:-900000}
 ESCALATIONS=${ESCALATIONS:-2000}
 IDLE=${IDLE:-20000}
 ENDLESS_SECS=${ENDLESS_SECS:-15}
+IDLE_SECS=${IDLE_SECS:-12}
 PARALLEL=${PARALLEL:-16}
 
 if [ -z "${BIN:-}" ]; then
@@ -93,6 +105,15 @@ HOSTILE=$(first_url "$WORK/hostile.out")
 PIDS+=($!)
 MOCK=$(first_url "$WORK/mock.out")
 
+# Descriptors: the soft limit up to the hard one, for the proxy and the clients.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_LIMIT=$(ulimit -n)
+if [ "$FD_LIMIT" = unlimited ]; then FD_LIMIT=$((IDLE + 4096)); fi
+DEFAULT_MAX=$((IDLE + 1024))
+[ "$DEFAULT_MAX" -gt $((FD_LIMIT - 1000)) ] && DEFAULT_MAX=$((FD_LIMIT - 1000))
+MAX_CONNECTIONS=${MAX_CONNECTIONS:-$DEFAULT_MAX}
+echo "open files: $FD_LIMIT; proxy max_connections = $MAX_CONNECTIONS" >&2
+
 cat >"$WORK/proxy.toml" <<TOML
 listen = "127.0.0.1:0"
 workers = 2
@@ -126,6 +147,9 @@ tiers = [ { upstream = "big", model = "m" } ]
 name = "endless"
 tiers = [ { upstream = "endless", model = "m" } ]
 
+[limits]
+max_connections = $MAX_CONNECTIONS
+
 [auth]
 client_keys = ["bench-key"]
 admin_keys = ["bench-admin"]
@@ -134,15 +158,14 @@ admin_keys = ["bench-admin"]
 mode = "detach"
 store = "memory"
 TOML
-ulimit -n "$((IDLE + 4096))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 "$BIN" --config "$WORK/proxy.toml" >"$WORK/proxy.out" 2>"$WORK/proxy.err" &
 PROXY_PID=$!
 PIDS+=($PROXY_PID)
 PROXY=$(first_url "$WORK/proxy.out")
 
-chat() { # chat MODEL [extra curl args...]: prints the status
+chat() { # chat MODEL [extra curl args...]: prints the status and the time taken
   local model=$1; shift
-  curl -s -o /dev/null -w '%{http_code}' --max-time 60 "$PROXY/v1/chat/completions" \
+  curl -s -o /dev/null -w '%{http_code}/%{time_total}s' --max-time 60 "$PROXY/v1/chat/completions" \
     -H 'authorization: Bearer bench-key' -H 'content-type: application/json' \
     -d "{\"model\":\"$model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}" "$@" || echo "---"
 }
@@ -152,9 +175,9 @@ reset_peak() { echo 5 >"/proc/$PROXY_PID/clear_refs" 2>/dev/null || true; }
 
 echo "warming up..." >&2
 for _ in $(seq 1 20); do chat normal >/dev/null; done
-printf '%-12s %10s %10s %8s %s\n' case peak_MB after_MB normal detail
+printf '%-12s %10s %10s %16s %s\n' case peak_MB after_MB normal detail
 report() { # report CASE NORMAL_STATUS DETAIL
-  printf '%-12s %10.1f %10.1f %8s %s\n' "$1" "$(($(hwm_kb)))e-3" "$(($(rss_kb)))e-3" "$2" "$3"
+  printf '%-12s %10.1f %10.1f %16s %s\n' "$1" "$(($(hwm_kb)))e-3" "$(($(rss_kb)))e-3" "$2" "$3"
 }
 reset_peak
 report baseline "$(chat normal)" ""
@@ -175,7 +198,7 @@ END_JOB=$!
 sleep 2
 normal=$(chat normal)
 wait $END_JOB || true
-report endless "$normal" "client saw $(cat "$WORK/endless.status") after ${ENDLESS_SECS}s upstream timeout"
+report endless "$normal" "client saw $(cat "$WORK/endless.status") (cut at max_upstream_body_bytes or the ${ENDLESS_SECS} s upstream timeout, whichever first)"
 
 # 3. Batches with huge ids.
 reset_peak
@@ -207,9 +230,9 @@ wait $ESC_JOB || true
 list_bytes=$(curl -s --max-time 30 "$PROXY/v1/escalations" -H 'authorization: Bearer bench-admin' | wc -c)
 report escalations "$normal" "$(sort "$WORK/esc.codes" | uniq -c | tr -s ' \n' ' ')list page ${list_bytes} B"
 
-# 5. Idle connections.
+# 5. Idle connections, from processes of at most 10,000 sockets each.
 reset_peak
-python3 - "${PROXY#http://}" "$IDLE" >"$WORK/idle.out" 2>&1 <<'PY' &
+cat >"$WORK/idle.py" <<'PY'
 import socket, sys, time
 host, port = sys.argv[1].rsplit(":", 1)
 socks = []
@@ -221,10 +244,22 @@ for _ in range(int(sys.argv[2])):
         break
     socks.append(s)
 print(len(socks), flush=True)
-time.sleep(8)
+time.sleep(float(sys.argv[3]))
 PY
-IDLE_JOB=$!
-sleep 4
+IDLE_JOBS=()
+left=$IDLE
+i=0
+while [ "$left" -gt 0 ]; do
+  n=$((left > 10000 ? 10000 : left))
+  python3 "$WORK/idle.py" "${PROXY#http://}" "$n" "$IDLE_SECS" >"$WORK/idle.$i.out" 2>&1 &
+  IDLE_JOBS+=($!)
+  left=$((left - n))
+  i=$((i + 1))
+done
+sleep 5
+held=$(ls "/proc/$PROXY_PID/fd" | wc -l)
+idle_peak=$(($(hwm_kb)))
 normal=$(chat normal)
-wait $IDLE_JOB || true
-report idle "$normal" "$(head -1 "$WORK/idle.out") connections opened"
+for job in "${IDLE_JOBS[@]}"; do wait "$job" || true; done
+opened=$(cat "$WORK"/idle.*.out | awk '{s += $1} END {print s + 0}')
+report idle "$normal" "$opened connections opened; the proxy held $held descriptors, peak $((idle_peak / 1024)) MB with them"

@@ -309,7 +309,9 @@ pub(crate) async fn chat(State(state): State<Shared>, request: Request) -> Respo
         .unwrap_or(ClientId(None));
     let mut response = chat_inner(&state, parts.headers, body, &client).await;
     crate::metrics::record_request(response.status(), started.elapsed());
-    response.extensions_mut().insert(client);
+    if crate::service::access_logged() {
+        response.extensions_mut().insert(client);
+    }
     response
 }
 
@@ -358,7 +360,8 @@ async fn chat_inner(
         Ok(answer) => respond(answer, model, prepared.stream),
         Err(e) => errors::from_service_error(&e),
     };
-    if let Some(name) = model_name {
+    // For the access log only (two allocations a request when nobody reads it).
+    if let Some(name) = model_name.filter(|_| crate::service::access_logged()) {
         response.extensions_mut().insert(LoggedModel(name));
     }
     response

@@ -150,7 +150,13 @@ impl BatchRunner {
             .classifier(ErrorOnlyClassifier);
         let ttl = crate::config::secs("batch.ttl_secs", config.ttl_secs)?;
         let mut builder = match redis {
-            Some(redis) => builder.store(redis.batch_store()?.ttl(ttl)),
+            Some(redis) => builder.store(
+                redis
+                    .batch_store()?
+                    .ttl(ttl)
+                    .max_records(config.max_records)
+                    .max_bytes(config.max_bytes),
+            ),
             None => builder.store(BoundedBatchStore::new(
                 ttl,
                 config.max_records,

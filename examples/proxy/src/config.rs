@@ -518,13 +518,13 @@ pub struct BatchConfig {
     /// How long a named batch's successes are kept after its last run.
     #[serde(default = "default_batch_ttl")]
     pub ttl_secs: f64,
-    /// The most item successes kept in memory, all batches together; the
-    /// batches run longest ago are dropped first (with Redis, `ttl_secs` bounds
-    /// them instead).
+    /// The most item successes kept, all batches together (in memory, or in
+    /// Redis with `[state] redis_url`, shared by every proxy on it); the
+    /// batches run longest ago are dropped first.
     #[serde(default = "default_batch_records")]
     pub max_records: usize,
-    /// The most bytes of answers kept in memory, all batches together (the
-    /// least recently run batches are dropped first).
+    /// The most bytes of answers kept, all batches together, in memory or in
+    /// Redis (the least recently run batches are dropped first).
     #[serde(default = "default_batch_bytes")]
     pub max_bytes: usize,
     /// The longest `batch_id` and item `key`, in bytes (letters, digits and

@@ -111,7 +111,7 @@ pub struct LoggedModel(pub Arc<str>);
 impl tower::Service<Request> for ProxyService {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxedResponse;
+    type Future = Logged;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Always ready: nothing in front of the handlers waits for capacity.
@@ -121,8 +121,8 @@ impl tower::Service<Request> for ProxyService {
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
         // Copied only when someone listens (the bench runs with it off).
-        let logged = tracing::enabled!(target: "llm_proxy::access", tracing::Level::INFO)
-            .then(|| (request.method().clone(), request.uri().path().to_owned()));
+        let logged =
+            access_logged().then(|| (request.method().clone(), request.uri().path().to_owned()));
         let client_side = self.cors.is_some()
             && crate::guard::route(request.method(), request.uri().path())
                 == crate::guard::Route::Client;
@@ -130,14 +130,41 @@ impl tower::Service<Request> for ProxyService {
             Some(cors) if client_side => Box::pin(cors.call(request)),
             _ => self.dispatch.call(request),
         };
-        Box::pin(async move {
-            let response = answer.await?;
-            if let Some((method, path)) = logged {
-                access_log(&method, &path, &response, started);
-            }
-            Ok(response)
-        })
+        Logged {
+            answer,
+            logged,
+            started,
+        }
     }
+}
+
+/// A response on its way, logged once it has its head (a named future: no
+/// second allocation per request around the handler's).
+pub struct Logged {
+    answer: BoxedResponse,
+    logged: Option<(http::Method, String)>,
+    started: Instant,
+}
+
+impl std::future::Future for Logged {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match self.answer.as_mut().poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some((method, path)) = self.logged.take() {
+            access_log(&method, &path, &response, self.started);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Whether access-log lines are written (`llm_proxy::access` at `INFO`).
+pub fn access_logged() -> bool {
+    tracing::enabled!(target: "llm_proxy::access", tracing::Level::INFO)
 }
 
 fn access_log(method: &http::Method, path: &str, response: &Response, started: Instant) {

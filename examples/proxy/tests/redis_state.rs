@@ -54,15 +54,23 @@ fn config(
 
 impl Pair {
     async fn start(escalation: &str) -> Pair {
+        Pair::start_with(escalation, |_| {}).await
+    }
+
+    /// Both proxies' configs changed by `tweak` first.
+    async fn start_with(escalation: &str, tweak: impl Fn(&mut Config)) -> Pair {
         let redis = RedisServer::start();
         let primary = mock("primary").await;
         let secondary = mock("secondary").await;
         let state = format!("redis_url = {:?}\nprefix = \"proxy-test\"", redis.url());
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-        let a = Proxy::start(&config(&primary, &secondary, &dirs[0], &state, escalation))
-            .expect("proxy A starts");
-        let b = Proxy::start(&config(&primary, &secondary, &dirs[1], &state, escalation))
-            .expect("proxy B starts");
+        let configs = [0, 1].map(|i| {
+            let mut config = config(&primary, &secondary, &dirs[i], &state, escalation);
+            tweak(&mut config);
+            config
+        });
+        let a = Proxy::start(&configs[0]).expect("proxy A starts");
+        let b = Proxy::start(&configs[1]).expect("proxy B starts");
         let pair = Pair {
             primary,
             secondary,
@@ -373,6 +381,30 @@ async fn a_batch_run_on_a_and_rerun_on_b_comes_back_cached() {
     other["batch_id"] = "nightly-other".into();
     assert_eq!(pair.batch(&pair.b, &other).await["cached"], 0);
     assert_eq!(pair.primary.requests(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_records_in_redis_are_bounded_by_the_batch_limits() {
+    // `[batch] max_records = 2`: two proxies share one bounded account.
+    let pair = Pair::start_with("", |config| config.batch.max_records = 2).await;
+    let batch = |id: &str| {
+        json!({
+            "batch_id": id,
+            "requests": [{"key": "a", "body": ask("smart")}, {"key": "b", "body": ask("smart")}]
+        })
+    };
+    assert_eq!(pair.batch(&pair.a, &batch("first")).await["ok"], 2);
+    // Recorded on B, the second batch evicts the first (run longest ago).
+    assert_eq!(pair.batch(&pair.b, &batch("second")).await["ok"], 2);
+    assert_eq!(pair.primary.requests(), 4);
+
+    let again = pair.batch(&pair.a, &batch("second")).await;
+    assert_eq!(again["cached"], 2, "{again}");
+    assert_eq!(pair.primary.requests(), 4, "the kept batch costs no call");
+    let first = pair.batch(&pair.a, &batch("first")).await;
+    assert_eq!(first["cached"], 0, "the evicted batch runs again: {first}");
+    assert_eq!(first["ok"], 2);
+    assert_eq!(pair.primary.requests(), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,6 +157,23 @@ async fn a_client_that_never_finishes_its_head_is_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_sends_a_byte_is_cut_off() {
+    let env = Bounded::start("client_header_timeout_secs = 0.3", "", "").await;
+    let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
+    // Closed by the proxy (bounded: the helper gives up after its deadline).
+    let answer = read_until_closed(&mut tcp).await;
+    assert_eq!(answer, "", "nothing is answered to nothing");
+    // One that talks is served.
+    let mut late = TcpStream::connect(env.addr()).await.unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut late).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    env.still_works().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_a_408() {
     let env = Bounded::start("client_body_timeout_secs = 0.3", "", "").await;
     let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
