@@ -17,5 +17,9 @@ if grep -E '^(examples/proxy/|\.ci/|\.cargo/|scripts/|target/)' <<<"$list" >&2; 
 fi
 [ "$fail" = 0 ] || exit 1
 cargo publish --dry-run -p tower-llm-resilience --allow-dirty --quiet
-crate=$(ls -t "${CARGO_TARGET_DIR:-target}"/package/tower-llm-resilience-*.crate | head -1)
+# `publish --dry-run` leaves the .crate in package/tmp-crate/ (cargo >= 1.84),
+# `cargo package` in package/.
+pkg="${CARGO_TARGET_DIR:-target}/package"
+crate=$(ls -t "$pkg"/tmp-crate/tower-llm-resilience-*.crate "$pkg"/tower-llm-resilience-*.crate 2>/dev/null | head -1 || true)
+[ -n "$crate" ] || { echo "cargo publish --dry-run left no .crate in $pkg" >&2; exit 1; }
 echo "package ok: $crate ($(grep -c . <<<"$list") files, $(du -k "$crate" | cut -f1) KiB)"
