@@ -1,0 +1,244 @@
+//! The escalation engine's bookkeeping, seen through the public API: every change
+//! of a record bumps its version once, expiry is written once, and several
+//! detached escalations in flight at once each keep their own reviewed response.
+mod escalation_util;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use escalation_util::*;
+use tower::util::BoxCloneService;
+use tower::Layer;
+use tower_llm_resilience::escalation::{
+    AuditAction, EscalationError, EscalationLayer, InvalidJsonAnswer, ResolveError, Status,
+};
+use tower_llm_resilience::BoxError;
+
+/// An LLM whose n-th answer (from 1) is `answer n`, never JSON, so every answer
+/// is held for review by `InvalidJsonAnswer`.
+fn numbered_llm() -> (Llm, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let service = tower::service_fn(move |_req: http::Request<Bytes>| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let body = serde_json::json!({
+            "choices": [{"message": {"role": "assistant", "content": format!("answer {n}")}}]
+        })
+        .to_string();
+        async move { Ok::<_, BoxError>(http::Response::new(Bytes::from(body))) }
+    });
+    (BoxCloneService::new(service), calls)
+}
+
+fn content(response: &http::Response<Bytes>) -> String {
+    let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_change_bumps_the_version_once() {
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, _) = llm("{}");
+    let mut svc = layer.layer(inner);
+
+    let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
+    let version = |record: Option<_>| -> u64 {
+        let record: tower_llm_resilience::escalation::EscalationRecord = record.unwrap();
+        record.version
+    };
+    assert_eq!(version(handle.get(&escalated.id).await.unwrap()), 0);
+    let approved = handle.approve(&escalated.id, "alice").await.unwrap();
+    assert_eq!(approved.version, 1);
+    assert_eq!(version(handle.get(&escalated.id).await.unwrap()), 1);
+    send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap();
+    let used = handle.get(&escalated.id).await.unwrap().unwrap();
+    assert_eq!(used.version, 2, "redeeming is one more change");
+    assert!(used.used_at.is_some());
+    // A refused second use writes nothing.
+    let again = send(
+        &mut svc,
+        with_header_token(chat_request("/forms"), &escalated.token),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        escalation_error(&again),
+        EscalationError::AlreadyUsed { .. }
+    ));
+    assert_eq!(version(handle.get(&escalated.id).await.unwrap()), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiry_is_written_once_with_one_version_bump() {
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = llm("{}");
+    let mut svc = layer.layer(inner);
+    let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
+
+    // Just before its expiry the record is still pending: nothing to expire.
+    tokio::time::advance(HOUR - std::time::Duration::from_millis(1)).await;
+    assert!(handle.expire_due().await.unwrap().is_empty());
+    assert_eq!(
+        handle.get(&escalated.id).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+
+    // Resuming past the expiry: `Expired`, never `StillPending`, and written down.
+    for _ in 0..2 {
+        let error = send(
+            &mut svc,
+            with_header_token(chat_request("/forms"), &escalated.token),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(escalation_error(&error), EscalationError::Expired { id } if *id == escalated.id),
+            "{error}"
+        );
+    }
+    let record = handle.get(&escalated.id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Expired);
+    assert_eq!(record.version, 1, "expired once, however often it is read");
+    let expiries = handle
+        .audit(Some(&escalated.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.action == AuditAction::Expired)
+        .count();
+    assert_eq!(expiries, 1);
+    // Already expired: a sweep finds nothing more to do.
+    assert!(handle.expire_due().await.unwrap().is_empty());
+    // A human is too late too, and that writes nothing.
+    assert!(matches!(
+        handle.approve(&escalated.id, "late").await,
+        Err(ResolveError::Expired(_))
+    ));
+    assert_eq!(handle.get(&escalated.id).await.unwrap().unwrap().version, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sweep_expires_what_is_due_and_a_late_resolution_is_refused() {
+    let layer = EscalationLayer::builder(form_gate())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, _) = llm("{}");
+    let mut svc = layer.layer(inner);
+    let old = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
+    tokio::time::advance(HOUR / 2).await;
+    let young = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
+    tokio::time::advance(HOUR / 2).await;
+
+    assert_eq!(handle.expire_due().await.unwrap(), vec![old.id.clone()]);
+    let record = handle.get(&old.id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.version), (Status::Expired, 1));
+    let record = handle.get(&young.id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.version), (Status::Pending, 0));
+
+    // Resolving a record whose expiry passed but that no sweep has written yet
+    // writes the expiry and refuses.
+    tokio::time::advance(HOUR / 2).await;
+    assert!(matches!(
+        handle.reject(&young.id, "bob", "too late").await,
+        Err(ResolveError::Expired(id)) if id == young.id
+    ));
+    let record = handle.get(&young.id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.version), (Status::Expired, 1));
+    assert!(record.resolution.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn several_detached_reviews_in_flight_each_return_their_own_response() {
+    let layer = EscalationLayer::builder(InvalidJsonAnswer)
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = numbered_llm();
+    let mut svc = layer.layer(inner);
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(escalated(
+            send(&mut svc, chat_request("/v1/chat")).await.unwrap_err(),
+        ));
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(handle.list_pending().await.unwrap().len(), 3);
+
+    // Approved and resumed out of order: each token returns the response that was
+    // reviewed under it, none is lost when a later one is held.
+    for index in [2, 0, 1] {
+        handle.approve(&held[index].id, "erin").await.unwrap();
+        let response = send(
+            &mut svc,
+            with_header_token(chat_request("/v1/chat"), &held[index].token),
+        )
+        .await
+        .unwrap();
+        assert_eq!(content(&response), format!("answer {}", index + 1));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "the reviewed responses, not new calls"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_held_past_its_expiry_is_dropped_for_later_ones() {
+    let layer = EscalationLayer::builder(InvalidJsonAnswer)
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = numbered_llm();
+    let mut svc = layer.layer(inner);
+
+    let first = escalated(send(&mut svc, chat_request("/v1/chat")).await.unwrap_err());
+    tokio::time::advance(HOUR * 2).await;
+    let second = escalated(send(&mut svc, chat_request("/v1/chat")).await.unwrap_err());
+    // The first expired; its token is refused and says so.
+    let error = send(
+        &mut svc,
+        with_header_token(chat_request("/v1/chat"), &first.token),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        escalation_error(&error),
+        EscalationError::Expired { .. }
+    ));
+    // The second still returns its own reviewed response.
+    handle.approve(&second.id, "erin").await.unwrap();
+    let response = send(
+        &mut svc,
+        with_header_token(chat_request("/v1/chat"), &second.token),
+    )
+    .await
+    .unwrap();
+    assert_eq!(content(&response), "answer 2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
