@@ -43,7 +43,7 @@ tests_for() {
     layers/partial_batch/driver/mod.rs)
       echo "--test partial_batch --test partial_batch_edges --test retry_after_cap" ;;
     layers/escalation/engine.rs)
-      echo "--test escalation_edges --test escalation_detach --test escalation_wait --test escalation_engine" ;;
+      echo "--test escalation_edges --test escalation_detach --test escalation_wait --test escalation_engine --test escalation_logs" ;;
     *)
       echo "scripts/mutants.sh: no test selection for $1; add one to tests_for" >&2
       return 1 ;;

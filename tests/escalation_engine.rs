@@ -5,13 +5,16 @@ mod escalation_util;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use escalation_util::*;
 use tower::util::BoxCloneService;
-use tower::Layer;
+use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::escalation::{
-    AuditAction, EscalationError, EscalationLayer, InvalidJsonAnswer, ResolveError, Status,
+    AuditAction, AuditEntry, EscalationError, EscalationId, EscalationLayer, EscalationRecord,
+    EscalationStore, Handle, InvalidJsonAnswer, MemoryStore, ResolveError, Status, StoreFuture,
+    TimeoutDefault, Update,
 };
 use tower_llm_resilience::BoxError;
 
@@ -93,13 +96,13 @@ async fn expiry_is_written_once_with_one_version_bump() {
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
 
     // Just before its expiry the record is still pending: nothing to expire.
-    tokio::time::advance(HOUR - std::time::Duration::from_millis(1)).await;
+    tokio::time::advance(HOUR - Duration::from_millis(1)).await;
     assert!(handle.expire_due().await.unwrap().is_empty());
     assert_eq!(
         handle.get(&escalated.id).await.unwrap().unwrap().status,
         Status::Pending
     );
-    tokio::time::advance(std::time::Duration::from_millis(1)).await;
+    tokio::time::advance(Duration::from_millis(1)).await;
 
     // Resuming past the expiry: `Expired`, never `StillPending`, and written down.
     for _ in 0..2 {
@@ -183,7 +186,7 @@ async fn several_detached_reviews_in_flight_each_return_their_own_response() {
         held.push(escalated(
             send(&mut svc, chat_request("/v1/chat")).await.unwrap_err(),
         ));
-        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        tokio::time::advance(Duration::from_secs(60)).await;
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(handle.list_pending().await.unwrap().len(), 3);
@@ -241,4 +244,189 @@ async fn a_response_held_past_its_expiry_is_dropped_for_later_ones() {
     .unwrap();
     assert_eq!(content(&response), "answer 2");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn debug_output_names_the_shared_state_without_secrets() {
+    let layer = EscalationLayer::builder(form_gate())
+        .review_url("https://review.example/escalations")
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let text = format!("{layer:?}");
+    assert!(text.contains("MemoryStore"), "{text}");
+    assert!(
+        text.contains("https://review.example/escalations"),
+        "{text}"
+    );
+}
+
+fn tool_gate(
+) -> tower_llm_resilience::escalation::RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
+    tower_llm_resilience::escalation::RequestPredicate::new(
+        "tool call needs approval",
+        |req: &http::Request<Bytes>| req.uri().path() == "/tools",
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_went_away_refuses_a_late_approval_at_once() {
+    let layer = EscalationLayer::builder(tool_gate())
+        .wait(HOUR, TimeoutDefault::Reject)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = llm("{}");
+    let mut svc = layer.layer(inner);
+    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
+    // Poll the call until it waits for a human, then drop it.
+    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
+        .await
+        .is_err());
+    let id = handle.list_pending().await.unwrap()[0].id.clone();
+    drop(call);
+    // The record is being marked abandoned in the background; an approval that
+    // lands meanwhile is refused, not applied to a call that will never run.
+    assert!(matches!(
+        handle.approve(&id, "late").await,
+        Err(ResolveError::Abandoned(abandoned)) if abandoned == id
+    ));
+    eventually("the record is abandoned", || {
+        let (handle, id) = (handle.clone(), id.clone());
+        async move { handle.get(&id).await.unwrap().unwrap().status == Status::Abandoned }
+    })
+    .await;
+    let record = handle.get(&id).await.unwrap().unwrap();
+    assert!(record.resolution.is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_timeout_default_applies_after_another_process_wrote_the_expiry() {
+    let store = Arc::new(MemoryStore::default());
+    let layer = EscalationLayer::builder(tool_gate())
+        .store(store.clone())
+        .wait(HOUR, TimeoutDefault::Approve)
+        .build()
+        .unwrap();
+    // Another process sharing the store, listing for its review page.
+    let other = Handle::new(store.clone());
+    let (inner, calls) = llm("{\"approved\":true}");
+    let mut svc = layer.layer(inner);
+    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
+    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
+        .await
+        .is_err());
+    let id = other.list_pending().await.unwrap()[0].id.clone();
+    // The wait runs out; before the waiting call gets to run, the other process
+    // lists and writes the expiry.
+    tokio::time::advance(HOUR).await;
+    assert!(other.list_pending().await.unwrap().is_empty());
+    assert_eq!(
+        other.get(&id).await.unwrap().unwrap().status,
+        Status::Expired
+    );
+    // A human is too late: only the waiter's own default may still resolve it.
+    assert!(matches!(
+        other.approve(&id, "late").await,
+        Err(ResolveError::Expired(_))
+    ));
+    // The waiting call still gets its configured default, and it is audited.
+    let response = call.await.unwrap();
+    assert!(std::str::from_utf8(response.body())
+        .unwrap()
+        .contains("approved"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let record = other.get(&id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Approved);
+    assert_eq!(
+        record.resolution.unwrap().resolved_by,
+        tower_llm_resilience::escalation::Resolution::TIMEOUT_DEFAULT
+    );
+}
+
+/// A store where every compare-and-swap loses to someone else.
+#[derive(Debug, Default)]
+struct AlwaysConflicting(MemoryStore);
+
+impl EscalationStore for AlwaysConflicting {
+    fn insert(&self, record: EscalationRecord, audit: AuditEntry) -> StoreFuture<'_, ()> {
+        self.0.insert(record, audit)
+    }
+
+    fn get<'a>(&'a self, id: &'a EscalationId) -> StoreFuture<'a, Option<EscalationRecord>> {
+        self.0.get(id)
+    }
+
+    fn update(&self, _: u64, _: EscalationRecord, _: AuditEntry) -> StoreFuture<'_, Update> {
+        Box::pin(std::future::ready(Ok(Update::Conflict(None))))
+    }
+
+    fn list(&self, status: Option<Status>) -> StoreFuture<'_, Vec<EscalationRecord>> {
+        self.0.list(status)
+    }
+
+    fn audit<'a>(&'a self, id: Option<&'a EscalationId>) -> StoreFuture<'a, Vec<AuditEntry>> {
+        self.0.audit(id)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn endless_conflicts_end_in_a_clear_store_error() {
+    let layer = EscalationLayer::builder(form_gate())
+        .store(AlwaysConflicting::default())
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, _) = llm("{}");
+    let mut svc = layer.layer(inner);
+    let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
+    match handle.approve(&escalated.id, "alice").await {
+        Err(ResolveError::Store(error)) => {
+            assert!(
+                error.to_string().contains("too many concurrent changes"),
+                "{error}"
+            );
+        }
+        other => panic!("expected a store error, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listing_in_the_waiters_process_leaves_the_expiry_to_the_waiter() {
+    let layer = EscalationLayer::builder(tool_gate())
+        .wait(HOUR, TimeoutDefault::Approve)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let (inner, calls) = llm("{\"approved\":true}");
+    let mut svc = layer.layer(inner);
+    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
+    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
+        .await
+        .is_err());
+    let id = handle.list_pending().await.unwrap()[0].id.clone();
+    tokio::time::advance(HOUR).await;
+    // Due, so not listed as pending; but its waiter applies the default at this
+    // very instant, so the listing writes nothing.
+    assert!(handle.list_pending().await.unwrap().is_empty());
+    let stored = handle.list(Some(Status::Pending)).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].version, 0);
+    call.await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let record = handle.get(&id).await.unwrap().unwrap();
+    assert_eq!((record.status, record.version), (Status::Approved, 1));
+    let actions: Vec<_> = handle
+        .audit(Some(&id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.action)
+        .collect();
+    assert!(
+        !actions.contains(&AuditAction::Expired),
+        "no expiry written: {actions:?}"
+    );
 }
