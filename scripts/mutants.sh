@@ -37,11 +37,11 @@ tests_for() {
     layers/classify/headers.rs)
       echo "--lib --test classify_edges --test retry_after_cap" ;;
     layers/classify/body.rs)
-      echo "--lib --test classify_providers --test classify_edges" ;;
+      echo "--lib --test classify_providers --test classify_edges --test classify_body" ;;
     layers/fallback/sse.rs)
-      echo "--lib --test fallback_stream --test fallback_whole" ;;
+      echo "--lib --test fallback_stream --test fallback_whole --test fallback_first_event" ;;
     layers/partial_batch/driver/mod.rs)
-      echo "--test partial_batch --test partial_batch_edges --test retry_after_cap" ;;
+      echo "--test partial_batch --test partial_batch_edges --test retry_after_cap --test partial_batch_driver" ;;
     layers/escalation/engine.rs)
       echo "--test escalation_edges --test escalation_detach --test escalation_wait --test escalation_engine --test escalation_logs" ;;
     *)

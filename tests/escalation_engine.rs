@@ -12,9 +12,9 @@ use escalation_util::*;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::escalation::{
-    AuditAction, AuditEntry, EscalationError, EscalationId, EscalationLayer, EscalationRecord,
-    EscalationStore, Handle, InvalidJsonAnswer, MemoryStore, ResolveError, Status, StoreFuture,
-    TimeoutDefault, Update,
+    AuditAction, AuditEntry, Escalation, EscalationError, EscalationId, EscalationLayer,
+    EscalationRecord, EscalationStore, Handle, HttpAdapter, InvalidJsonAnswer, MemoryStore,
+    ResolveError, Status, StoreFuture, TimeoutDefault, Update,
 };
 use tower_llm_resilience::BoxError;
 
@@ -34,6 +34,30 @@ fn numbered_llm() -> (Llm, Arc<AtomicUsize>) {
     (BoxCloneService::new(service), calls)
 }
 
+/// A detach-mode layer (an hour) with `policy` over `inner`, and its handle.
+fn detached<P>(policy: P, inner: Llm) -> (Handle, Escalation<Llm, P, HttpAdapter>) {
+    let layer = EscalationLayer::builder(policy)
+        .detach(HOUR)
+        .build()
+        .unwrap();
+    (layer.handle(), layer.layer(inner))
+}
+
+/// Sends a gated request and polls the call until it waits for a human.
+async fn waiting_call<S>(svc: &mut S) -> std::pin::Pin<Box<S::Future>>
+where
+    S: Service<http::Request<Bytes>, Response = http::Response<Bytes>, Error = BoxError>,
+{
+    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), &mut call)
+            .await
+            .is_err(),
+        "the call waits for a human"
+    );
+    call
+}
+
 fn content(response: &http::Response<Bytes>) -> String {
     let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
     body["choices"][0]["message"]["content"]
@@ -44,13 +68,8 @@ fn content(response: &http::Response<Bytes>) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn every_change_bumps_the_version_once() {
-    let layer = EscalationLayer::builder(form_gate())
-        .detach(HOUR)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, _) = llm("{}");
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = detached(form_gate(), inner);
 
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
     let version = |record: Option<_>| -> u64 {
@@ -86,13 +105,8 @@ async fn every_change_bumps_the_version_once() {
 
 #[tokio::test(start_paused = true)]
 async fn expiry_is_written_once_with_one_version_bump() {
-    let layer = EscalationLayer::builder(form_gate())
-        .detach(HOUR)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, calls) = llm("{}");
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = detached(form_gate(), inner);
     let escalated = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
 
     // Just before its expiry the record is still pending: nothing to expire.
@@ -141,13 +155,8 @@ async fn expiry_is_written_once_with_one_version_bump() {
 
 #[tokio::test(start_paused = true)]
 async fn a_sweep_expires_what_is_due_and_a_late_resolution_is_refused() {
-    let layer = EscalationLayer::builder(form_gate())
-        .detach(HOUR)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, _) = llm("{}");
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = detached(form_gate(), inner);
     let old = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
     tokio::time::advance(HOUR / 2).await;
     let young = escalated(send(&mut svc, chat_request("/forms")).await.unwrap_err());
@@ -173,13 +182,8 @@ async fn a_sweep_expires_what_is_due_and_a_late_resolution_is_refused() {
 
 #[tokio::test(start_paused = true)]
 async fn several_detached_reviews_in_flight_each_return_their_own_response() {
-    let layer = EscalationLayer::builder(InvalidJsonAnswer)
-        .detach(HOUR)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, calls) = numbered_llm();
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = detached(InvalidJsonAnswer, inner);
 
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -212,13 +216,8 @@ async fn several_detached_reviews_in_flight_each_return_their_own_response() {
 
 #[tokio::test(start_paused = true)]
 async fn a_response_held_past_its_expiry_is_dropped_for_later_ones() {
-    let layer = EscalationLayer::builder(InvalidJsonAnswer)
-        .detach(HOUR)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, calls) = numbered_llm();
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = detached(InvalidJsonAnswer, inner);
 
     let first = escalated(send(&mut svc, chat_request("/v1/chat")).await.unwrap_err());
     tokio::time::advance(HOUR * 2).await;
@@ -278,11 +277,7 @@ async fn a_waiter_that_went_away_refuses_a_late_approval_at_once() {
     let handle = layer.handle();
     let (inner, calls) = llm("{}");
     let mut svc = layer.layer(inner);
-    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
-    // Poll the call until it waits for a human, then drop it.
-    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
-        .await
-        .is_err());
+    let call = waiting_call(&mut svc).await;
     let id = handle.list_pending().await.unwrap()[0].id.clone();
     drop(call);
     // The record is being marked abandoned in the background; an approval that
@@ -313,10 +308,7 @@ async fn the_timeout_default_applies_after_another_process_wrote_the_expiry() {
     let other = Handle::new(store.clone());
     let (inner, calls) = llm("{\"approved\":true}");
     let mut svc = layer.layer(inner);
-    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
-    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
-        .await
-        .is_err());
+    let call = waiting_call(&mut svc).await;
     let id = other.list_pending().await.unwrap()[0].id.clone();
     // The wait runs out; before the waiting call gets to run, the other process
     // lists and writes the expiry.
@@ -402,10 +394,7 @@ async fn a_listing_in_the_waiters_process_leaves_the_expiry_to_the_waiter() {
     let handle = layer.handle();
     let (inner, calls) = llm("{\"approved\":true}");
     let mut svc = layer.layer(inner);
-    let mut call = Box::pin(svc.ready().await.unwrap().call(chat_request("/tools")));
-    assert!(tokio::time::timeout(Duration::from_millis(1), &mut call)
-        .await
-        .is_err());
+    let call = waiting_call(&mut svc).await;
     let id = handle.list_pending().await.unwrap()[0].id.clone();
     tokio::time::advance(HOUR).await;
     // Due, so not listed as pending; but its waiter applies the default at this

@@ -70,15 +70,21 @@ fn sent_at(calls: &Calls, key: &str, attempt: usize) -> Instant {
         .1
 }
 
-#[tokio::test(start_paused = true)]
-async fn dispatch_resumes_the_moment_a_pause_ends() {
-    let wait = Duration::from_secs(5);
-    let (inner, calls) = upstream([("a", vec![rate_limited(wait)])].into());
+/// Runs `keys` as one batch over `failures` (see `upstream`) with this backoff
+/// (base and max alike) and concurrency; every item must end well. Returns when
+/// each call was sent, and when the batch started.
+async fn run(
+    failures: HashMap<&'static str, Vec<FailureKind>>,
+    backoff: Duration,
+    concurrency: usize,
+    keys: &[&str],
+) -> (Calls, Instant) {
+    let (inner, calls) = upstream(failures);
     let mut service = PartialBatchLayer::builder()
         .classifier(ErrorOnlyClassifier)
-        .backoff(Duration::from_millis(100), Duration::from_millis(100))
-        .concurrency(1)
-        .seed(7)
+        .backoff(backoff, backoff)
+        .concurrency(concurrency)
+        .seed(3)
         .build()
         .unwrap()
         .layer(inner);
@@ -87,10 +93,18 @@ async fn dispatch_resumes_the_moment_a_pause_ends() {
         .ready()
         .await
         .unwrap()
-        .call(batch(&["a", "b", "c"]))
+        .call(batch(keys))
         .await
         .unwrap();
-    assert_eq!(report.ok, 3);
+    assert_eq!(report.ok, keys.len());
+    (calls, started)
+}
+
+#[tokio::test(start_paused = true)]
+async fn dispatch_resumes_the_moment_a_pause_ends() {
+    let wait = Duration::from_secs(5);
+    let failures = [("a", vec![rate_limited(wait)])].into();
+    let (calls, started) = run(failures, Duration::from_millis(100), 1, &["a", "b", "c"]).await;
     let pause_over = started + LATENCY + wait;
     // Nothing during the pause, the retried item the moment it ends, and the rest
     // one after another right behind it.
@@ -106,30 +120,13 @@ async fn fresh_items_go_out_when_the_pause_ends_while_backoffs_run_longer() {
     // retries wait out a backoff far longer than the pause (seeded); the item not
     // yet sent goes out as soon as the pause is over, not after those backoffs.
     let wait = Duration::from_secs(1);
-    let (inner, calls) = upstream(
-        [
-            ("limited", vec![rate_limited(wait)]),
-            ("broken", vec![FailureKind::ServerError]),
-        ]
-        .into(),
-    );
-    let mut service = PartialBatchLayer::builder()
-        .classifier(ErrorOnlyClassifier)
-        .backoff(Duration::from_secs(60), Duration::from_secs(60))
-        .concurrency(2)
-        .seed(3)
-        .build()
-        .unwrap()
-        .layer(inner);
-    let started = Instant::now();
-    let report = service
-        .ready()
-        .await
-        .unwrap()
-        .call(batch(&["limited", "broken", "fresh"]))
-        .await
-        .unwrap();
-    assert_eq!(report.ok, 3);
+    let failures = [
+        ("limited", vec![rate_limited(wait)]),
+        ("broken", vec![FailureKind::ServerError]),
+    ]
+    .into();
+    let keys = ["limited", "broken", "fresh"];
+    let (calls, started) = run(failures, Duration::from_secs(60), 2, &keys).await;
     let pause_over = started + LATENCY + wait;
     assert_eq!(sent_at(&calls, "fresh", 0), pause_over);
     for key in ["limited", "broken"] {

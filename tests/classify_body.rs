@@ -1,6 +1,6 @@
-//! The provider error-code table of `classify_error_body` on its own: every code
-//! and type tag decides the kind with an empty message, so the message heuristic
-//! cannot hide a wrong entry; then each message heuristic on its own.
+//! `classify_error_body`'s message heuristics one by one (the code table alone is
+//! in `classify_edges.rs`), and `classify_buffered`'s envelope check, the answers
+//! it does not read, and when a body refines the status's kind.
 use http::{HeaderMap, HeaderValue, StatusCode};
 use tower_llm_resilience::classify::{
     classify_buffered, classify_error_body, FailureKind, Outcome,
@@ -8,63 +8,6 @@ use tower_llm_resilience::classify::{
 
 const RATE: FailureKind = FailureKind::RateLimited { retry_after: None };
 const OVERLOADED: FailureKind = FailureKind::Overloaded { retry_after: None };
-
-/// Every tag the table knows, with its kind.
-const TAGS: [(&str, FailureKind); 23] = [
-    (
-        "context_length_exceeded",
-        FailureKind::ContextLengthExceeded,
-    ),
-    (
-        "string_above_max_length",
-        FailureKind::ContextLengthExceeded,
-    ),
-    ("content_filter", FailureKind::ContentFiltered),
-    ("content_policy_violation", FailureKind::ContentFiltered),
-    ("content_filtered", FailureKind::ContentFiltered),
-    ("insufficient_quota", FailureKind::QuotaExhausted),
-    ("billing_hard_limit_reached", FailureKind::QuotaExhausted),
-    ("billing_error", FailureKind::QuotaExhausted),
-    ("rate_limit_exceeded", RATE),
-    ("rate_limit_error", RATE),
-    ("requests", RATE),
-    ("tokens", RATE),
-    ("overloaded_error", OVERLOADED),
-    ("engine_overloaded", OVERLOADED),
-    ("server_overloaded", OVERLOADED),
-    ("authentication_error", FailureKind::Auth),
-    ("permission_error", FailureKind::Auth),
-    ("invalid_api_key", FailureKind::Auth),
-    ("api_error", FailureKind::ServerError),
-    ("server_error", FailureKind::ServerError),
-    ("internal_error", FailureKind::ServerError),
-    ("timeout_error", FailureKind::Timeout),
-    ("timeout", FailureKind::Timeout),
-];
-
-#[test]
-fn every_code_decides_alone_in_openai_envelopes() {
-    for (tag, kind) in TAGS {
-        let body = format!(r#"{{"error":{{"code":"{tag}","message":""}}}}"#);
-        assert_eq!(classify_error_body(body.as_bytes()), Some(kind), "{body}");
-    }
-}
-
-#[test]
-fn every_type_decides_alone_in_anthropic_envelopes() {
-    for (tag, kind) in TAGS {
-        let body = format!(r#"{{"type":"error","error":{{"type":"{tag}"}}}}"#);
-        assert_eq!(classify_error_body(body.as_bytes()), Some(kind), "{body}");
-    }
-}
-
-#[test]
-fn the_code_wins_over_the_type_and_the_message() {
-    let body = br#"{"error":{"code":"insufficient_quota","type":"requests","message":"rate limit reached"}}"#;
-    assert_eq!(classify_error_body(body), Some(FailureKind::QuotaExhausted));
-    let body = br#"{"error":{"code":"unknown_code","type":"server_error","message":"quota"}}"#;
-    assert_eq!(classify_error_body(body), Some(FailureKind::ServerError));
-}
 
 #[test]
 fn each_message_heuristic_on_its_own() {
