@@ -14,7 +14,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::escalation::{
     AuditAction, AuditEntry, Escalation, EscalationError, EscalationId, EscalationLayer,
     EscalationRecord, EscalationStore, Handle, HttpAdapter, InvalidJsonAnswer, MemoryStore,
-    ResolveError, Status, StoreFuture, TimeoutDefault, Update,
+    RequestPredicate, ResolveError, Status, StoreFuture, TimeoutDefault, Update,
 };
 use tower_llm_resilience::BoxError;
 
@@ -260,23 +260,29 @@ fn debug_output_names_the_shared_state_without_secrets() {
     );
 }
 
-fn tool_gate(
-) -> tower_llm_resilience::escalation::RequestPredicate<fn(&http::Request<Bytes>) -> bool> {
-    tower_llm_resilience::escalation::RequestPredicate::new(
-        "tool call needs approval",
-        |req: &http::Request<Bytes>| req.uri().path() == "/tools",
-    )
+/// A request gate, as `form_gate` builds one.
+type Gate = RequestPredicate<fn(&http::Request<Bytes>) -> bool>;
+
+fn tool_gate() -> Gate {
+    RequestPredicate::new("tool call needs approval", |req: &http::Request<Bytes>| {
+        req.uri().path() == "/tools"
+    })
+}
+
+/// A wait-mode layer (an hour, then `on_timeout`) gating `/tools` over `inner`,
+/// and its handle.
+fn waiting(on_timeout: TimeoutDefault, inner: Llm) -> (Handle, Escalation<Llm, Gate, HttpAdapter>) {
+    let layer = EscalationLayer::builder(tool_gate())
+        .wait(HOUR, on_timeout)
+        .build()
+        .unwrap();
+    (layer.handle(), layer.layer(inner))
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_waiter_that_went_away_refuses_a_late_approval_at_once() {
-    let layer = EscalationLayer::builder(tool_gate())
-        .wait(HOUR, TimeoutDefault::Reject)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, calls) = llm("{}");
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = waiting(TimeoutDefault::Reject, inner);
     let call = waiting_call(&mut svc).await;
     let id = handle.list_pending().await.unwrap()[0].id.clone();
     drop(call);
@@ -387,13 +393,8 @@ async fn endless_conflicts_end_in_a_clear_store_error() {
 
 #[tokio::test(start_paused = true)]
 async fn a_listing_in_the_waiters_process_leaves_the_expiry_to_the_waiter() {
-    let layer = EscalationLayer::builder(tool_gate())
-        .wait(HOUR, TimeoutDefault::Approve)
-        .build()
-        .unwrap();
-    let handle = layer.handle();
     let (inner, calls) = llm("{\"approved\":true}");
-    let mut svc = layer.layer(inner);
+    let (handle, mut svc) = waiting(TimeoutDefault::Approve, inner);
     let call = waiting_call(&mut svc).await;
     let id = handle.list_pending().await.unwrap()[0].id.clone();
     tokio::time::advance(HOUR).await;
