@@ -50,6 +50,9 @@ async fn no_secret_or_prompt_in_snapshots_or_logs() {
 
     let text = logs.text();
     assert!(text.contains("escalated to a human"), "{text}");
+    // The stage and mode are named in the event (and the metrics labels).
+    assert!(text.contains(r#"stage="request""#), "{text}");
+    assert!(text.contains(r#"mode="detach""#), "{text}");
     assert!(text.contains(escalated.id.as_str()));
     assert!(!text.contains(API_KEY));
     assert!(!text.contains("PROMPT-TEXT"));
