@@ -210,14 +210,18 @@ async fn an_idle_kept_alive_connection_is_closed() {
 }
 
 /// A chat request whose body stalls after its head: in flight (the proxy is
-/// reading its body) for as long as `client_body_timeout_secs`.
+/// reading its body) for as long as `client_body_timeout_secs`. Returns once
+/// the proxy reads the body (its `100 Continue` arrived).
 async fn stalled_request(env: &Bounded) -> TcpStream {
     let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n\
+         {{\"model\":"
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until(&mut tcp, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
     tcp
 }
 
