@@ -1,8 +1,8 @@
 //! Reclaiming idle client connections at `limits.max_connections`.
 //!
-//! Every open client connection is registered here with its [`Activity`] (when
+//! Every open client connection is registered here with its `Activity` (when
 //! it last read or wrote, and how many requests it has in flight). At the limit
-//! an accept loop asks [`Registry::reclaim_one`] to close the connection silent
+//! an accept loop asks `Registry::reclaim_one` to close the connection silent
 //! the longest among those with no request in flight, wherever its serving
 //! thread is; the chosen connection's task shuts it down (hyper's graceful
 //! shutdown closes an idle connection at once), which releases its permit.
