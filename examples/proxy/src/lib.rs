@@ -29,6 +29,7 @@ pub mod guard;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
+pub mod reclaim;
 pub mod request;
 pub mod resume;
 pub mod review;

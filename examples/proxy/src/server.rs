@@ -3,10 +3,18 @@
 //! nginx's client-side limits, on hyper's HTTP/1 server:
 //!
 //! - `[limits] max_connections` open client connections in all (nginx
-//!   `worker_connections`): at the limit each serving thread holds at most one
-//!   more accepted connection unanswered and stops accepting, so new connections
-//!   wait in the kernel's listen queue while the open ones keep being served,
-//!   and are served as soon as one closes;
+//!   `worker_connections`). At the limit a new connection takes the place of
+//!   the connection silent the longest among those with no request in flight
+//!   (one that never sent a byte, or kept alive after its answer), whichever
+//!   serving thread holds it: that one is closed at once (hyper's graceful
+//!   shutdown), counted in `llm_proxy_connections_reclaimed_total` and logged
+//!   once a minute at most, like Envoy's overload manager closing idle
+//!   connections under pressure and nginx's `reset_timedout_connection`. So
+//!   silent connections cannot lock normal clients out. Only when every open
+//!   connection has a request in flight does each serving thread hold one more
+//!   accepted connection unanswered and stop accepting: new connections then
+//!   wait in the kernel's listen queue until one closes or goes idle (see
+//!   [`crate::reclaim`]);
 //! - `client_header_timeout_secs` to send a request head (hyper's
 //!   `header_read_timeout`; hyper times the next request's head from the moment a
 //!   kept-alive connection goes idle, so it also bounds idleness);
@@ -22,7 +30,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,12 +47,15 @@ use tower::ServiceExt;
 
 use crate::app::ProxyService;
 use crate::config::{secs, ConfigError, LimitsConfig};
+use crate::reclaim::{Activity, Answer, Registry};
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
 #[derive(Clone, Debug)]
 pub struct ClientLimits {
     /// Open client connections, in all.
     pub connections: Arc<Semaphore>,
+    /// The open connections, to reclaim an idle one at the limit.
+    pub open: Arc<Registry>,
     /// To send a request head.
     pub header_timeout: Duration,
     /// Between two reads of a request body.
@@ -59,6 +69,7 @@ impl ClientLimits {
     pub fn from_config(limits: &LimitsConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            open: Arc::default(),
             header_timeout: secs(
                 "limits.client_header_timeout_secs",
                 limits.client_header_timeout_secs,
@@ -120,25 +131,16 @@ pub async fn serve(
             // A connection that failed before it was accepted concerns no one else.
             Err(_) => continue,
         };
-        // At the limit, this connection waits (and the next ones wait in the
-        // listen queue) until an open one closes.
+        // At the limit, the longest-idle connection is closed for this one; when
+        // every open one has a request in flight, this one waits (and the next
+        // ones wait in the listen queue) until one closes or goes idle.
         let permit = match limits.connections.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                if !at_limit {
-                    tracing::warn!(
-                        "limits.max_connections client connections are open; \
-                         new ones wait until one closes"
-                    );
-                    at_limit = true;
-                }
-                tokio::select! {
-                    permit = limits.connections.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    () = &mut stop => break,
-                }
+                let Some(permit) = permit_at_limit(&limits, &mut at_limit, &mut stop).await else {
+                    break;
+                };
+                permit
             }
         };
         if limits.connections.available_permits() > 0 {
@@ -169,11 +171,47 @@ pub async fn serve(
     }
 }
 
+/// A permit at the limit: reclaim an idle connection and take its permit, or
+/// wait for one; `None` when stopping.
+async fn permit_at_limit(
+    limits: &ClientLimits,
+    at_limit: &mut bool,
+    stop: &mut Pin<&mut impl Future<Output = ()>>,
+) -> Option<OwnedSemaphorePermit> {
+    loop {
+        let reclaimed = limits.open.reclaim_one();
+        if !reclaimed && !*at_limit {
+            tracing::warn!(
+                "limits.max_connections client connections are open, each with a \
+                 request in flight; new ones wait until one closes or goes idle"
+            );
+            *at_limit = true;
+        }
+        // A reclaimed permit may go to another thread's accept loop, and a busy
+        // connection may go idle: look again after a while.
+        let again = if reclaimed {
+            Duration::from_millis(50)
+        } else {
+            Duration::from_millis(250)
+        };
+        tokio::select! {
+            permit = limits.connections.clone().acquire_owned() => return permit.ok(),
+            () = tokio::time::sleep(again) => {}
+            () = stop.as_mut() => return None,
+        }
+    }
+}
+
 /// Whether to log running out of descriptors now: once a minute at most, for
 /// the whole process (it comes and goes as connections close and open).
 fn log_out_of_fds_now() -> bool {
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    once_a_minute(&LAST)
+}
+
+/// Whether a minute has passed since `last` (then updated) or it never was.
+pub(crate) fn once_a_minute(last: &std::sync::Mutex<Option<std::time::Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
     let now = std::time::Instant::now();
     match *last {
         Some(at) if now.duration_since(at) < Duration::from_secs(60) => false,
@@ -202,22 +240,24 @@ async fn connection(
     ),
 ) {
     let activity = Arc::new(Activity::new());
+    let _registered = limits.open.register(activity.clone());
     let io = TokioIo::new(Tracked {
         inner: tcp,
         activity: activity.clone(),
     });
     let body_timeout = limits.body_timeout;
+    let requests = activity.clone();
     let hyper_service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let service = service.clone();
+        let in_flight = requests.request();
         async move {
             let mut request = request.map(|body| Body::new(TimeoutBody::new(body, body_timeout)));
             request.extensions_mut().insert(ConnectInfo(peer));
-            Ok::<_, Infallible>(
-                service
-                    .oneshot(request)
-                    .await
-                    .unwrap_or_else(|e| match e {}),
-            )
+            let response = service
+                .oneshot(request)
+                .await
+                .unwrap_or_else(|e| match e {});
+            Ok::<_, Infallible>(response.map(|body| Answer::new(body, in_flight)))
         }
     });
     let conn = builder.serve_connection(io, hyper_service);
@@ -240,42 +280,18 @@ async fn connection(
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
+            () = activity.reclaim.notified(), if !closing => {
+                if activity.is_idle() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    activity.unchoose();
+                }
+            }
         }
     }
     drop(permit);
     drop(open);
-}
-
-/// When a connection last read or wrote, and which (for the keep-alive rule).
-#[derive(Debug)]
-struct Activity {
-    started: Instant,
-    /// Milliseconds since `started`, times two, plus one when the last I/O was a
-    /// write.
-    last: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            // A fresh connection counts as idle: hyper's header timeout bounds it.
-            last: AtomicU64::new(1),
-        }
-    }
-
-    fn mark(&self, write: bool) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX >> 1);
-        self.last
-            .store((ms << 1) | u64::from(write), Ordering::Relaxed);
-    }
-
-    /// When the connection becomes idle for too long: `None` while a request is
-    /// being read or answered (its last I/O was a read).
-    fn idle_deadline(&self, keepalive: Duration) -> Option<Instant> {
-        let last = self.last.load(Ordering::Relaxed);
-        (last & 1 == 1).then(|| self.started + Duration::from_millis(last >> 1) + keepalive)
-    }
 }
 
 pin_project_lite::pin_project! {

@@ -209,31 +209,114 @@ async fn an_idle_kept_alive_connection_is_closed() {
     env.still_works().await;
 }
 
+/// A chat request whose body stalls after its head: in flight (the proxy is
+/// reading its body) for as long as `client_body_timeout_secs`. Returns once
+/// the proxy reads the body (its `100 Continue` arrived).
+async fn stalled_request(env: &Bounded) -> TcpStream {
+    let mut tcp = TcpStream::connect(env.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {CLIENT_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n\
+         {{\"model\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_until(&mut tcp, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 100"), "{answer}");
+    tcp
+}
+
+/// Whether the proxy closed `tcp` (EOF or reset) within a short wait.
+async fn closed_soon(tcp: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_over_the_maximum_wait_until_one_closes() {
-    // One serving thread: connections are accepted in the order they came.
-    let env = Bounded::start_with(
-        "workers = 1",
-        "max_connections = 2\nclient_header_timeout_secs = 30\nkeepalive_timeout_secs = 30",
+async fn at_the_maximum_the_longest_idle_connection_makes_room() {
+    // Timeouts far longer than the test: only a reclaim can close anything.
+    let env = Bounded::start(
+        "max_connections = 4\nclient_header_timeout_secs = 600\n\
+         client_body_timeout_secs = 600\nkeepalive_timeout_secs = 600",
         "",
         "",
     )
     .await;
-    let silent_a = TcpStream::connect(env.addr()).await.unwrap();
-    let silent_b = TcpStream::connect(env.addr()).await.unwrap();
+    let mut busy = stalled_request(&env).await;
+    let mut kept_alive = TcpStream::connect(env.addr()).await.unwrap();
+    kept_alive
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut kept_alive, "ok").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(TcpStream::connect(env.addr()).await.unwrap());
+    }
+    // Four open: a request in flight, one kept alive, two that never talked.
+    // Each new client's request closes one idle connection (the kept-alive one,
+    // then the silent ones, longest silent first) and is answered promptly.
+    let started = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = reqwest::Client::new();
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            client
+                .post(format!("{}/v1/chat/completions", env.proxy.url()))
+                .bearer_auth(CLIENT_KEY)
+                .json(&ask("smart"))
+                .send(),
+        )
+        .await
+        .expect("answered at the maximum, long before any timeout")
+        .expect("proxy answers");
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        // Its connection stays open (and idle) until the end.
+        clients.push(client);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for tcp in &mut silent {
+        assert!(closed_soon(tcp).await, "a silent connection was reclaimed");
+    }
+    assert!(closed_soon(&mut kept_alive).await, "the kept-alive one too");
+    // The request in flight was never reclaimed: it still completes.
+    let mut buf = [0u8; 16];
+    let early = tokio::time::timeout(Duration::from_millis(300), busy.read(&mut buf)).await;
+    assert!(early.is_err(), "the request in flight was cut: {early:?}");
+    busy.write_all(&[b' '; 91]).await.unwrap();
+    let answer = read_until(&mut busy, "\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_connection_is_busy_new_ones_wait_until_one_closes() {
+    let env = Bounded::start(
+        "max_connections = 2\nclient_header_timeout_secs = 600\n\
+         client_body_timeout_secs = 600\nkeepalive_timeout_secs = 600",
+        "",
+        "",
+    )
+    .await;
+    let busy_a = stalled_request(&env).await;
+    let mut busy_b = stalled_request(&env).await;
     let mut third = TcpStream::connect(env.addr()).await.unwrap();
     third
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 256];
-    let early = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    let early = tokio::time::timeout(Duration::from_millis(600), third.read(&mut buf)).await;
     assert!(early.is_err(), "answered over the maximum: {early:?}");
-    drop(silent_a);
+    let early = tokio::time::timeout(Duration::from_millis(10), busy_b.read(&mut buf)).await;
+    assert!(early.is_err(), "a request in flight was cut: {early:?}");
+    drop(busy_a);
     let answer = read_until_closed(&mut third).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    drop(silent_b);
-    env.still_works().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
