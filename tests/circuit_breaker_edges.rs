@@ -164,6 +164,12 @@ async fn slow_calls_in_a_time_window_trip_are_forgotten_and_a_slow_probe_reopens
         call_timed(&mut svc, ms).await.unwrap();
     }
     assert_eq!(circuit.state(), CircuitState::Closed, "1 slow of 3");
+    let snapshot = circuit.snapshot();
+    assert_eq!(
+        (snapshot.window_calls, snapshot.window_slow_calls),
+        (3, 1),
+        "fast calls are not counted slow"
+    );
     call_timed(&mut svc, 200).await.unwrap();
     assert_eq!(circuit.state(), CircuitState::Open, "2 slow of 4 = 50%");
 
@@ -230,4 +236,33 @@ async fn the_calls_counter_counts_only_when_asked_and_skips_caller_bugs() {
         "two successes and a failure; the caller bug is neutral"
     );
     assert_eq!(snapshot.failures, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_empties_a_time_window_at_once() {
+    let layer = CircuitBreakerLayer::builder()
+        .without_consecutive_failures()
+        .failure_rate(0.5)
+        .window(Window::Time {
+            span: Duration::from_secs(60),
+            buckets: 6,
+        })
+        .minimum_calls(4)
+        .classifier(ErrorOnlyClassifier)
+        .build()
+        .unwrap();
+    let circuit = layer.handle().circuit();
+    let mut svc = layer.layer(timed());
+    // Three failures (`0` fails, see `timed`) within the span, below the minimum.
+    for _ in 0..3 {
+        assert!(call_timed(&mut svc, 0).await.is_err());
+    }
+    let snapshot = circuit.snapshot();
+    assert_eq!((snapshot.window_calls, snapshot.window_failures), (3, 3));
+    circuit.reset();
+    let snapshot = circuit.snapshot();
+    assert_eq!((snapshot.window_calls, snapshot.window_failures), (0, 0));
+    // The three failures are gone: one more does not reach the minimum.
+    assert!(call_timed(&mut svc, 0).await.is_err());
+    assert_eq!(circuit.state(), CircuitState::Closed);
 }
