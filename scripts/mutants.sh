@@ -35,7 +35,7 @@ tests_for() {
     layers/circuit_breaker/window.rs)
       echo "--lib --test circuit_breaker --test circuit_breaker_edges --test circuit_breaker_model" ;;
     layers/classify/headers.rs)
-      echo "--lib --test classify_edges --test retry_after_cap" ;;
+      echo "--lib --test classify_edges --test retry_after_cap --test retry_after_setting" ;;
     layers/classify/body.rs)
       echo "--lib --test classify_providers --test classify_edges --test classify_body" ;;
     layers/fallback/sse.rs)
