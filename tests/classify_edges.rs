@@ -184,10 +184,7 @@ fn retry_after_too_large_is_the_cap_but_infinite_is_ignored() {
     let now = SystemTime::now();
     // 10^30 seconds does not fit a Duration: the longest wait, then capped.
     let huge = format!("1{}", "0".repeat(30));
-    assert_eq!(
-        parse_retry_after_value(&huge, now),
-        Some(max_retry_after())
-    );
+    assert_eq!(parse_retry_after_value(&huge, now), Some(max_retry_after()));
     // 400 digits overflow f64 to infinity: not a number of seconds, ignored.
     let endless = "9".repeat(400);
     assert_eq!(parse_retry_after_value(&endless, now), None);
