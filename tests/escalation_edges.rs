@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use escalation_util::*;
 use tower::Layer;
+use tower_llm_resilience::escalation::store::{StoreFuture, Update};
 use tower_llm_resilience::escalation::{
     AuditAction, AuditEntry, EscalationError, EscalationId, EscalationLayer, EscalationRecord,
     EscalationStore, Handle, MemoryStore, ModeKind, RequestPredicate, Resolution, ResolveError,
-    Status, StoreFuture, TimeoutDefault, Update, MAX_LIFETIME,
+    Status, TimeoutDefault, MAX_LIFETIME,
 };
 
 const FIVE_MINUTES: Duration = Duration::from_secs(300);

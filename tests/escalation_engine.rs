@@ -11,10 +11,11 @@ use bytes::Bytes;
 use escalation_util::*;
 use tower::util::BoxCloneService;
 use tower::{Layer, Service, ServiceExt};
+use tower_llm_resilience::escalation::store::{StoreFuture, Update};
 use tower_llm_resilience::escalation::{
     AuditAction, AuditEntry, Escalation, EscalationError, EscalationId, EscalationLayer,
     EscalationRecord, EscalationStore, Handle, HttpAdapter, InvalidJsonAnswer, MemoryStore,
-    RequestPredicate, ResolveError, Status, StoreFuture, TimeoutDefault, Update,
+    RequestPredicate, ResolveError, Status, TimeoutDefault,
 };
 use tower_llm_resilience::BoxError;
 

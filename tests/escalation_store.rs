@@ -49,7 +49,7 @@ mod sqlite {
         let path = dir.path().join("poisoned.db");
         let store = SqliteStore::open(&path).unwrap();
         let ids = ["esc_1", "esc_2", "esc_3"];
-        let now = tower_llm_resilience::escalation::to_unix_ms(std::time::SystemTime::now());
+        let now = tower_llm_resilience::escalation::store::to_unix_ms(std::time::SystemTime::now());
         for (i, id) in ids.iter().enumerate() {
             let r = record(id, now + i as u64);
             store

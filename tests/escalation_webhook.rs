@@ -11,9 +11,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use support::{Reply, Upstream};
 use tower::Layer;
+use tower_llm_resilience::escalation::notify::{verify_signature, SIGNATURE_HEADER};
 use tower_llm_resilience::escalation::{
-    verify_signature, AuditAction, EscalationId, EscalationLayer, Handle, NotificationState,
-    NotifyRetry, RequestPredicate, Status, WebhookNotifier, SIGNATURE_HEADER,
+    AuditAction, EscalationId, EscalationLayer, Handle, NotificationState, NotifyRetry,
+    RequestPredicate, Status, WebhookNotifier,
 };
 
 const SECRET: &[u8] = b"webhook-shared-secret";

@@ -17,9 +17,10 @@ use escalation_util::contract::{
 use escalation_util::*;
 use redis_server::RedisServer;
 use tower::Layer;
+use tower_llm_resilience::escalation::store::to_unix_ms;
 use tower_llm_resilience::escalation::{
-    to_unix_ms, EscalationError, EscalationId, EscalationLayer, EscalationStore, Handle,
-    RequestPredicate, ResolveError, Status, TimeoutDefault,
+    EscalationError, EscalationId, EscalationLayer, EscalationStore, Handle, RequestPredicate,
+    ResolveError, Status, TimeoutDefault,
 };
 use tower_llm_resilience::redis::RedisEscalationStore;
 

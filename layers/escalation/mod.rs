@@ -50,11 +50,15 @@
 //!   background, retried with backoff ([`NotifyRetry`]). A notification that keeps
 //!   failing never loses the escalation: it stays pending and the failure is
 //!   recorded on it and in the audit trail. Built in: [`WebhookNotifier`] (feature
-//!   `reqwest`), which POSTs a Slack-compatible JSON [`WebhookPayload`] signed with
-//!   HMAC-SHA256 ([`sign_body`], [`verify_signature`]).
+//!   `reqwest`), which POSTs a Slack-compatible JSON [`notify::WebhookPayload`] signed with
+//!   HMAC-SHA256 ([`notify::sign_body`], [`notify::verify_signature`]).
 //! - **Store** ([`EscalationStore`]): [`MemoryStore`], and [`SqliteStore`] (feature
 //!   `sqlite`), durable across restarts. The trait is a versioned compare-and-swap,
 //!   so other backends (Redis) plug in.
+//!
+//! What the layer's users need is at this module's root. Writing a backend, a
+//! notifier or an adapter of your own takes the items of [`store`], [`notify`] and
+//! [`snapshot`].
 //!
 //! # Example
 //!
@@ -135,13 +139,13 @@ mod future;
 mod handle;
 mod id;
 mod layer;
-mod notify;
+pub mod notify;
 mod policy;
 mod record;
 mod service;
 mod slot;
-mod snapshot;
-mod store;
+pub mod snapshot;
+pub mod store;
 mod token;
 mod waiter;
 
@@ -154,30 +158,22 @@ pub use self::id::EscalationId;
 pub use self::layer::EscalationLayer;
 #[cfg(feature = "reqwest")]
 pub use self::notify::WebhookNotifier;
-pub use self::notify::{
-    sign_body, verify_signature, Notification, Notifier, NotifyError, NotifyFuture, NotifyRetry,
-    WebhookPayload, SIGNATURE_HEADER,
-};
+pub use self::notify::{Notification, Notifier, NotifyRetry};
 pub use self::policy::{
     answer_is_json, is_content_filtered, policy_fn, Check, ContentFiltered, EscalationPolicy,
     InvalidJsonAnswer, PolicyFn, RequestPredicate, ResponsePredicate, Verdict,
 };
 pub use self::record::{
-    from_unix_ms, to_unix_ms, AuditAction, AuditEntry, Decision, EscalationRecord, ModeKind,
-    NotificationState, Resolution, Stage, Status,
+    AuditAction, AuditEntry, Decision, EscalationRecord, ModeKind, NotificationState, Resolution,
+    Stage, Status,
 };
 pub use self::service::Escalation;
-pub use self::snapshot::{
-    fingerprint_http_request, is_sensitive_header, redact_headers, snapshot_http_request, Adapter,
-    HttpAdapter, RESUME_TOKEN_HEADER,
-};
+pub use self::snapshot::{Adapter, HttpAdapter, RESUME_TOKEN_HEADER};
 #[cfg(feature = "redis")]
 pub(crate) use self::store::store_unreadable;
 #[cfg(feature = "sqlite")]
 pub use self::store::SqliteStore;
-pub use self::store::{
-    ChangeFuture, Cursor, EscalationStore, MemoryStore, Page, StoreFuture, Update,
-};
+pub use self::store::{Cursor, EscalationStore, MemoryStore, Page};
 pub use self::token::{RandomUnavailable, ResumeToken, TokenHash};
 
 /// The kind of an error of one of this module's types, for the walk over a

@@ -1,3 +1,7 @@
+//! What the record keeps of a request and a response: the [`Adapter`] trait, the
+//! built-in [`HttpAdapter`], and the helpers to write an adapter of your own
+//! (snapshots without credentials, the fingerprint a resume token is bound to).
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
@@ -151,7 +155,7 @@ pub fn fingerprint_http_request<B>(request: &http::Request<B>, body: &[u8]) -> S
 /// `body` when given (JSON, or text when it is not JSON; cut at `max_body_bytes`).
 ///
 /// ```
-/// use tower_llm_resilience::escalation::snapshot_http_request;
+/// use tower_llm_resilience::escalation::snapshot::snapshot_http_request;
 ///
 /// let req = http::Request::post("https://api.example.com/v1/chat?key=abc123")
 ///     .header("authorization", "Bearer sk-secret")

@@ -8,9 +8,9 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::broadcast;
 
+use crate::escalation::store::{to_unix_ms, ChangeFuture, StoreFuture, Update};
 use crate::escalation::{
-    to_unix_ms, AuditEntry, ChangeFuture, Cursor, EscalationId, EscalationRecord, EscalationStore,
-    Page, Status, StoreError, StoreFuture, Update,
+    AuditEntry, Cursor, EscalationId, EscalationRecord, EscalationStore, Page, Status, StoreError,
 };
 
 use super::error::ConfigError;

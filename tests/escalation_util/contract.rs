@@ -3,9 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
+use tower_llm_resilience::escalation::store::{to_unix_ms, Update};
 use tower_llm_resilience::escalation::{
-    to_unix_ms, AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, EscalationStore,
-    Handle, Resolution, ResolveError, Status, StoreError, Update,
+    AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, EscalationStore, Handle,
+    Resolution, ResolveError, Status, StoreError,
 };
 
 pub fn record(id: &str, created_ms: u64) -> EscalationRecord {
@@ -240,7 +241,7 @@ pub async fn purge_contract(store: &dyn EscalationStore) {
     }
     let (approved, audit) = resolved(&old, "alice", Decision::Approve);
     store.update(0, approved, audit).await.unwrap();
-    let cutoff = tower_llm_resilience::escalation::from_unix_ms(1_700_000_005_000);
+    let cutoff = tower_llm_resilience::escalation::store::from_unix_ms(1_700_000_005_000);
     assert_eq!(store.purge(cutoff).await.unwrap(), 2);
     assert_eq!(ids(&store.list(None).await.unwrap()), ["esc_new"]);
     assert!(store.audit(Some(&old.id)).await.unwrap().is_empty());

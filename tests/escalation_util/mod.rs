@@ -161,9 +161,9 @@ impl tracing::Subscriber for CapturedLogs {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
+use tower_llm_resilience::escalation::store::{StoreFuture, Update};
 use tower_llm_resilience::escalation::{
-    AuditEntry, EscalationId, EscalationRecord, EscalationStore, MemoryStore, Status, StoreFuture,
-    Update,
+    AuditEntry, EscalationId, EscalationRecord, EscalationStore, MemoryStore, Status,
 };
 
 /// A memory store whose reads yield after reading, so that concurrent tasks all read

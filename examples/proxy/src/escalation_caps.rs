@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use http::StatusCode;
+use tower_llm_resilience::escalation::store::{ChangeFuture, StoreFuture, Update};
 use tower_llm_resilience::escalation::{
-    AuditEntry, ChangeFuture, Cursor, EscalationError, EscalationId, EscalationRecord,
-    EscalationStore, Page, Status, StoreError, StoreFuture, Update,
+    AuditEntry, Cursor, EscalationError, EscalationId, EscalationRecord, EscalationStore, Page,
+    Status, StoreError,
 };
 use tower_llm_resilience::BoxError;
 

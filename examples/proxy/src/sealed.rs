@@ -32,9 +32,10 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tower_llm_resilience::escalation::store::{ChangeFuture, StoreFuture, Update};
 use tower_llm_resilience::escalation::{
-    AuditAction, AuditEntry, ChangeFuture, Decision, EscalationId, EscalationRecord,
-    EscalationStore, Status, StoreError, StoreFuture, Update,
+    AuditAction, AuditEntry, Decision, EscalationId, EscalationRecord, EscalationStore, Status,
+    StoreError,
 };
 
 use crate::config::ConfigError;

@@ -1,4 +1,6 @@
-//! Telling humans that an escalation waits for them.
+//! Telling humans that an escalation waits for them: the [`Notifier`] trait, the
+//! built-in [`WebhookNotifier`] (feature `reqwest`), and what a webhook receiver
+//! needs to check a payload ([`verify_signature`], [`SIGNATURE_HEADER`]).
 
 use std::fmt;
 use std::future::Future;

@@ -77,7 +77,7 @@ pub fn sign_body(secret: &[u8], body: &[u8]) -> String {
 /// receivers.
 ///
 /// ```
-/// use tower_llm_resilience::escalation::{sign_body, verify_signature};
+/// use tower_llm_resilience::escalation::notify::{sign_body, verify_signature};
 ///
 /// let signature = sign_body(b"shared secret", b"{\"text\":\"hi\"}");
 /// assert!(verify_signature(b"shared secret", b"{\"text\":\"hi\"}", &signature));

@@ -9,6 +9,9 @@
 //! That maps onto SQLite (`UPDATE .. WHERE version = ?` in a transaction), Redis (a
 //! `WATCH`/`MULTI` or a Lua script that compares the version field, then `RPUSH`es
 //! the audit entry), or any SQL database.
+//!
+//! The layer's users need only [`MemoryStore`] or [`SqliteStore`] (re-exported by
+//! [`escalation`](super)); the rest of this module is for writing a backend.
 
 use std::fmt;
 use std::future::Future;
@@ -31,6 +34,7 @@ pub(crate) use self::page::unreadable as store_unreadable;
 pub use self::page::{Cursor, Page};
 #[cfg(feature = "sqlite")]
 pub use self::sqlite::SqliteStore;
+pub use super::record::{from_unix_ms, to_unix_ms};
 
 /// The boxed future every store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
