@@ -155,7 +155,7 @@ impl Drop for Registered {
 /// Whether to log a reclaim now: once a minute at most, for the whole process.
 fn log_reclaim_now() -> bool {
     static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
-    crate::server::once_a_minute(&LAST)
+    super::once_a_minute(&LAST)
 }
 
 pin_project_lite::pin_project! {

@@ -14,7 +14,7 @@
 //!   connection has a request in flight does each serving thread hold one more
 //!   accepted connection unanswered and stop accepting: new connections then
 //!   wait in the kernel's listen queue until one closes or goes idle (see
-//!   [`crate::reclaim`]);
+//!   [`super::reclaim`]);
 //! - `client_header_timeout_secs` to send a request head (hyper's
 //!   `header_read_timeout`; hyper times the next request's head from the moment a
 //!   kept-alive connection goes idle, so it also bounds idleness);
@@ -45,9 +45,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
+use super::reclaim::{Activity, Answer, Registry};
 use crate::app::ProxyService;
 use crate::config::{secs, ConfigError, LimitsConfig};
-use crate::reclaim::{Activity, Answer, Registry};
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
 #[derive(Clone, Debug)]
