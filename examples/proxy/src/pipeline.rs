@@ -93,7 +93,7 @@ impl Classify<Res, BoxError> for ProxyClassifier {
 }
 
 /// One upstream behind its circuit breaker.
-pub type Guarded = CircuitBreaker<Upstream, ProxyClassifier>;
+pub(crate) type Guarded = CircuitBreaker<Upstream, ProxyClassifier>;
 
 type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
 

@@ -1,13 +1,6 @@
-//! One provider as a tower service: `http::Request<Bytes>` (an OpenAI chat
-//! completion request) in, `http::Response<ProxyBody>` (in the OpenAI format) out.
-//!
-//! OpenAI-compatible upstreams get the request as it is (the model already set by
-//! the tier): over a plain hyper client for `http://` base URLs (self-hosted
-//! models, the mock; the proxy's hot path), over reqwest with rustls for
-//! `https://`. Anthropic upstreams go through the library's [`AnthropicClient`],
-//! and their answers and streams are translated back to the OpenAI format.
-//! Failure responses (429, 5xx...) are returned as responses, with their status
-//! and rate-limit headers, for the layers' classifier to judge.
+//! [`Upstream`]: one `[[upstreams]]` entry as a tower service, and the
+//! OpenAI-compatible call (the request as it is, the answer checked and
+//! bounded).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,22 +20,17 @@ use crate::body::{Closing, IdleTimeout, MaxBytes, ProxyBody};
 use crate::config::{secs, ConfigError, UpstreamConfig, UpstreamKind};
 use crate::pipeline::RequestMeta;
 
-mod anthropic;
-mod transport;
-
-use anthropic::call_anthropic;
-pub use anthropic::openai_completion;
-pub use transport::HttpClients;
-use transport::{host_header, Transport, UpstreamBody};
+use super::anthropic::call_anthropic;
+use super::transport::{host_header, HttpClients, Transport, UpstreamBody};
 
 /// A provider, cheap to clone.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    name: Arc<str>,
+pub(super) struct Inner {
+    pub(super) name: Arc<str>,
     endpoint: http::Uri,
     key: Option<HeaderValue>,
     transport: Transport,
@@ -51,7 +39,7 @@ struct Inner {
     /// `limits.max_upstream_body_bytes`.
     max_body: usize,
     /// Ends its streams when the proxy closes.
-    closing: Closing,
+    pub(super) closing: Closing,
     anthropic: Option<AnthropicClient>,
 }
 
@@ -69,7 +57,7 @@ impl Upstream {
     /// An answer over `max_body` bytes (a buffered one, or a whole stream) fails
     /// the tier as an invalid response.
     /// Its streams end with an error once `closing` is closed.
-    pub fn new(
+    pub(crate) fn new(
         config: &UpstreamConfig,
         clients: &HttpClients,
         max_body: usize,
@@ -142,11 +130,6 @@ impl Upstream {
                 anthropic,
             }),
         })
-    }
-
-    /// Its name.
-    pub fn name(&self) -> &Arc<str> {
-        &self.inner.name
     }
 }
 
