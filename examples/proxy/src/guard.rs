@@ -32,10 +32,10 @@ use axum::response::Response;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN};
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::app::AppState;
 use crate::client_id::ClientId;
 use crate::errors;
 use crate::sessions::{Session, SESSION_COOKIE};
+use crate::state::AppState;
 
 /// What a route needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,11 +14,8 @@
 // Handlers return a finished `Response` as their error: idiomatic in axum.
 #![allow(clippy::result_large_err)]
 
-pub mod admin;
-pub mod app;
 pub mod auth;
 pub mod batch;
-pub mod batch_store;
 pub mod body;
 pub mod client_id;
 pub mod config;
@@ -29,9 +26,10 @@ pub mod guard;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
+pub mod redis_state;
 pub mod request;
 pub mod resume;
-pub mod review;
+pub mod routes;
 pub mod sealed;
 mod server;
 pub mod service;

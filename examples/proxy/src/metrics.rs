@@ -24,7 +24,7 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_llm_resilience::circuit_breaker::CircuitState;
 
-use crate::app::Shared;
+use crate::state::Shared;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

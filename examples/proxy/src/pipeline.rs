@@ -12,7 +12,7 @@
 //! it. Batches go through the same `Core` (no escalation) under a
 //! `PartialBatchLayer`, see [`crate::batch`]. With `[state] redis_url`, the
 //! circuits, the escalation store and the batch store are shared through Redis,
-//! see [`crate::state`].
+//! see [`crate::redis_state`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,8 +42,8 @@ use crate::body::{completion_json, completion_sse, Closing, ProxyBody};
 use crate::config::{
     secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
 };
+use crate::redis_state::RedisState;
 use crate::request::TierBody;
-use crate::state::RedisState;
 use crate::upstream::{HttpClients, Upstream};
 
 /// A request inside the proxy: an OpenAI chat completion body.

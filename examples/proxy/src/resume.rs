@@ -12,9 +12,10 @@ use axum::response::Response;
 use http::{HeaderValue, StatusCode};
 use tower_llm_resilience::escalation::ResumeToken;
 
-use crate::app::{AppState, CLIENT_HEADER};
 use crate::client_id::ClientId;
 use crate::errors;
+use crate::routes::chat::CLIENT_HEADER;
+use crate::state::AppState;
 
 /// `Err` is the response for a token that belongs to another client.
 pub async fn check_owner(

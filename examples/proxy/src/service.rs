@@ -14,9 +14,10 @@ use http::{HeaderName, HeaderValue};
 use tower::Layer;
 use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
-use crate::app::{chat, Shared, DEGRADED_HEADER, TIER_HEADER};
 use crate::client_id::ClientId;
 use crate::config::ConfigError;
+use crate::routes::chat::{chat, DEGRADED_HEADER, TIER_HEADER};
+use crate::state::Shared;
 
 /// Every route, behind authentication ([`crate::guard`]), with
 /// `POST /v1/chat/completions` answered before routing (the hot path skips the

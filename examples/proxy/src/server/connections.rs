@@ -46,8 +46,8 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use super::reclaim::{Activity, Answer, Registry};
-use crate::app::ProxyService;
 use crate::config::{secs, ConfigError, LimitsConfig};
+use crate::service::ProxyService;
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
 #[derive(Clone, Debug)]

@@ -9,8 +9,9 @@ use tower_llm_resilience::BoxError;
 
 use super::connections::{serve, ClientLimits};
 use super::listeners::bind_listeners;
-use crate::app;
 use crate::config::{self, Config};
+use crate::routes;
+use crate::state::{AppState, Shared};
 
 /// A running proxy, built from a [`Config`].
 ///
@@ -38,7 +39,7 @@ use crate::config::{self, Config};
 pub struct Proxy {
     addr: SocketAddr,
     grace: Duration,
-    state: app::Shared,
+    state: Shared,
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
     control: Option<(
@@ -100,7 +101,7 @@ impl Proxy {
         // (once its thread starts) and stop with it.
         let built = {
             let _entered = control.enter();
-            app::build(config)
+            routes::build(config)
         };
         let (router, state) = match built {
             Ok(built) => built,
@@ -175,7 +176,7 @@ impl Proxy {
     }
 
     /// Its state: the layers' handles.
-    pub fn state(&self) -> &app::Shared {
+    pub fn state(&self) -> &Shared {
         &self.state
     }
 
@@ -234,7 +235,7 @@ fn discard(runtimes: Vec<tokio::runtime::Runtime>) {
 /// The proxy's periodic chores: the Prometheus recorder's upkeep (histogram
 /// samples are drained into their buckets, so a proxy nobody scrapes does not
 /// grow) and the escalation counts `/metrics` reports.
-async fn housekeeping(state: app::Shared, every: Duration) {
+async fn housekeeping(state: Shared, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_chores = tokio::time::Instant::now();
@@ -253,7 +254,7 @@ const STORE_CHORES_EVERY: Duration = Duration::from_secs(60);
 
 /// Re-read the pending escalation counts (other proxies may share the store)
 /// and purge records past their retention.
-async fn store_chores(state: &app::AppState) {
+async fn store_chores(state: &AppState) {
     let caps = &state.pipeline.escalation_caps;
     if let Err(e) = caps.sync().await {
         tracing::warn!(error = %e, "cannot re-read the pending escalations");

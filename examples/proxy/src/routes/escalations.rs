@@ -1,4 +1,4 @@
-//! Escalations for humans: the admin API and the review page.
+//! Escalations for humans: the admin API.
 //!
 //! - `GET /v1/escalations` (`?status=pending|approved|rejected|answered|expired|all`,
 //!   default pending; `limit` 1 to 500, default 50; `cursor`: the `next_cursor` of
@@ -9,27 +9,24 @@
 //!   `POST /v1/escalations/{id}/resolve` with
 //!   `{"decision": "approve"}`, `{"decision": "reject", "reason": "..."}` or
 //!   `{"decision": "answer", "answer": "text or JSON"}` (optional `"by"`).
-//! - `GET /escalations`: the review page. Without an admin it shows a sign-in
-//!   form, which starts a server-side session (see [`crate::admin`]).
 //!
-//! Every route needs an admin key (bearer or the page's cookie).
+//! Every route needs an admin key (bearer or the review page's cookie). The
+//! review page itself is [`super::review`].
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 use tower_llm_resilience::escalation::{
     Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
 };
 
-use crate::app::{self, Shared};
 use crate::errors;
-
-const PAGE: &str = include_str!("review.html");
+use crate::state::{AppState, Shared};
 
 /// The routes of this module.
 pub fn routes() -> Router<Shared> {
@@ -37,10 +34,9 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/escalations", get(list))
         .route("/v1/escalations/{id}", get(one))
         .route("/v1/escalations/{id}/resolve", post(resolve))
-        .route("/escalations", get(page))
 }
 
-fn check_admin(state: &app::AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     // `crate::guard` already let only admins through; checked again here so a
     // handler mounted elsewhere cannot forget it.
     if crate::guard::admin(state, headers).is_some() {
@@ -234,7 +230,7 @@ async fn resolve(
     if let Err(response) = check_admin(&state, &headers) {
         return response;
     }
-    let bytes = match app::read_body(&headers, body, state.max_body).await {
+    let bytes = match super::read_body(&headers, body, state.max_body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
     };
@@ -307,59 +303,6 @@ async fn resolve(
         ),
         Err(e) => store_failed(&e),
     }
-}
-
-const LOGIN: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>llm-proxy · sign in</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>body{font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem}
-input,button{font:inherit;padding:.4rem .6rem}p.error{color:#b00020}</style></head>
-<body><h1>Escalation review</h1>{{error}}
-<form method="post" action="/escalations/login">
-<label>Admin key <input id="admin-key" name="key" type="password" autocomplete="current-password" required autofocus></label>
-<button id="sign-in" type="submit">Sign in</button></form></body></html>"#;
-
-/// The sign-in form (with the page's security headers).
-pub fn login_page(status: StatusCode, error: &str) -> Response {
-    let error = if error.is_empty() {
-        String::new()
-    } else {
-        format!("<p class=\"error\">{error}</p>")
-    };
-    with_page_headers((status, Html(LOGIN.replace("{{error}}", &error))).into_response())
-}
-
-/// The review page may not be framed (clickjacking), loads nothing from
-/// elsewhere, and is never cached.
-fn with_page_headers(mut response: Response) -> Response {
-    let headers = response.headers_mut();
-    headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        ),
-    );
-    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert("cache-control", HeaderValue::from_static("no-store"));
-    response
-}
-
-async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if state.admin_keys.is_empty() {
-        return login_page(
-            StatusCode::FORBIDDEN,
-            "No admin key is configured ([auth] admin_keys): the review page is off.",
-        );
-    }
-    if crate::guard::admin(&state, &headers).is_none() {
-        return login_page(StatusCode::UNAUTHORIZED, "");
-    }
-    with_page_headers(Html(PAGE).into_response())
 }
 
 /// RFC 3339 text, UTC, whole seconds.

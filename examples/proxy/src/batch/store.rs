@@ -93,12 +93,14 @@ impl BoundedBatchStore {
     }
 
     /// Item successes held, all batches together.
-    pub fn records(&self) -> usize {
+    #[cfg(test)]
+    fn records(&self) -> usize {
         self.lock().records
     }
 
     /// Bytes of answers held.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.lock().bytes
     }
 }

@@ -25,11 +25,11 @@ use axum::{Extension, Form, Router};
 use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::app::{self, Shared};
+use super::review::login_page;
 use crate::errors;
 use crate::guard::{self, Admin};
-use crate::review::login_page;
 use crate::sessions::SESSION_COOKIE;
+use crate::state::{AppState, Shared};
 
 /// The routes of this module.
 pub fn routes() -> Router<Shared> {
@@ -39,7 +39,7 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/admin/session", get(session))
 }
 
-fn over_tls(state: &app::AppState, headers: &HeaderMap) -> bool {
+fn over_tls(state: &AppState, headers: &HeaderMap) -> bool {
     state.secure_cookies
         || headers
             .get("x-forwarded-proto")
