@@ -22,7 +22,6 @@ pub mod config;
 pub mod demo;
 pub mod errors;
 pub mod escalation_caps;
-pub mod guard;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
@@ -33,7 +32,6 @@ pub mod routes;
 pub mod sealed;
 mod server;
 pub mod service;
-pub mod sessions;
 pub mod state;
 pub mod upstream;
 

@@ -37,9 +37,9 @@ pub struct AppState {
     /// The layers' handles.
     pub pipeline: Pipeline,
     /// Client keys (empty: open).
-    pub client_keys: Keys,
+    pub(crate) client_keys: Keys,
     /// Admin keys (empty: the admin endpoints are closed).
-    pub admin_keys: Keys,
+    pub(crate) admin_keys: Keys,
     /// The body size limit.
     pub max_body: usize,
     /// Rules: the approval header, forwarded into the pipeline.
@@ -49,13 +49,13 @@ pub struct AppState {
     /// Prometheus rendering.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Review-page sessions.
-    pub sessions: crate::sessions::Sessions,
+    pub sessions: crate::auth::Sessions,
     /// Sign-in attempts per client address.
-    pub login_throttle: crate::sessions::LoginThrottle,
+    pub login_throttle: crate::auth::LoginThrottle,
     /// Failed client authentications (rate-limited log).
-    pub client_failures: crate::guard::FailureLog,
+    pub(crate) client_failures: crate::auth::FailureLog,
     /// Failed admin authentications (rate-limited log).
-    pub admin_failures: crate::guard::FailureLog,
+    pub(crate) admin_failures: crate::auth::FailureLog,
     /// `auth.secure_cookies`.
     pub secure_cookies: bool,
 }
@@ -126,13 +126,13 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         batch,
         metrics,
         pipeline,
-        sessions: crate::sessions::Sessions::new(
+        sessions: crate::auth::Sessions::new(
             crate::config::secs("auth.admin_session_secs", config.auth.admin_session_secs)?,
             config.auth.max_admin_sessions,
         ),
-        login_throttle: crate::sessions::LoginThrottle::new(config.auth.login_attempts_per_minute),
-        client_failures: crate::guard::FailureLog::new("client"),
-        admin_failures: crate::guard::FailureLog::new("admin"),
+        login_throttle: crate::auth::LoginThrottle::new(config.auth.login_attempts_per_minute),
+        client_failures: crate::auth::FailureLog::new("client"),
+        admin_failures: crate::auth::FailureLog::new("admin"),
         secure_cookies: config.auth.secure_cookies,
     });
     Ok(state)

@@ -1,7 +1,7 @@
 //! Review-page sign-in and sign-out, and the session's CSRF token.
 //!
 //! - `POST /escalations/login` (form field `key`): a right admin key starts a
-//!   session ([`crate::sessions`]) and sets its cookie (`HttpOnly`,
+//!   session ([`crate::auth`]) and sets its cookie (`HttpOnly`,
 //!   `SameSite=Strict`, `Max-Age` = `auth.admin_session_secs`, and `Secure` when
 //!   the request came over TLS (`X-Forwarded-Proto: https`) or
 //!   `auth.secure_cookies` is set). Attempts are throttled per client address
@@ -26,9 +26,9 @@ use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::review::login_page;
+use crate::auth::SESSION_COOKIE;
+use crate::auth::{self, Admin};
 use crate::errors;
-use crate::guard::{self, Admin};
-use crate::sessions::SESSION_COOKIE;
 use crate::state::{AppState, Shared};
 
 /// The routes of this module.
@@ -66,7 +66,7 @@ fn see_page(set_cookie: Option<HeaderValue>) -> Response {
 }
 
 async fn login(State(state): State<Shared>, request: Request) -> Response {
-    let addr = guard::client_addr(&request);
+    let addr = auth::client_addr(&request);
     if let Err(wait) = state.login_throttle.attempt(
         addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         Instant::now(),
@@ -84,7 +84,7 @@ async fn login(State(state): State<Shared>, request: Request) -> Response {
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         return response;
     }
-    if let Err(why) = guard::origin_of(request.headers()) {
+    if let Err(why) = auth::origin_of(request.headers()) {
         state.admin_failures.record(addr, why);
         return errors::error(
             StatusCode::FORBIDDEN,
@@ -131,7 +131,7 @@ async fn logout(
     Extension(admin): Extension<Admin>,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(token) = guard::cookie(&headers, SESSION_COOKIE) {
+    if let Some(token) = auth::cookie(&headers, SESSION_COOKIE) {
         state.sessions.end(token);
     }
     tracing::info!(target: "llm_proxy::audit", admin = %admin.admin_id, action = "sign_out", "admin signed out");

@@ -37,9 +37,6 @@ struct BatchEntry {
 
 /// `POST /v1/batch`.
 pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    if let Err(response) = crate::routes::check_client(&state, &headers) {
-        return response;
-    }
     let bytes: Bytes = match super::read_body(&headers, body, state.max_body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,

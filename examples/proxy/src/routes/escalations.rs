@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,8 +25,9 @@ use tower_llm_resilience::escalation::{
     Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
 };
 
+use crate::auth::Admin;
 use crate::errors;
-use crate::state::{AppState, Shared};
+use crate::state::Shared;
 
 /// The routes of this module.
 pub fn routes() -> Router<Shared> {
@@ -34,23 +35,6 @@ pub fn routes() -> Router<Shared> {
         .route("/v1/escalations", get(list))
         .route("/v1/escalations/{id}", get(one))
         .route("/v1/escalations/{id}/resolve", post(resolve))
-}
-
-fn check_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    // `crate::guard` already let only admins through; checked again here so a
-    // handler mounted elsewhere cannot forget it.
-    if crate::guard::admin(state, headers).is_some() {
-        Ok(())
-    } else if state.admin_keys.is_empty() {
-        Err(errors::error(
-            StatusCode::FORBIDDEN,
-            "invalid_request_error",
-            "admin_disabled",
-            "no admin key is configured ([auth] admin_keys)",
-        ))
-    } else {
-        Err(errors::unauthorized("an admin key is needed"))
-    }
 }
 
 /// An escalation as the API shows it: the record without its token hash, with
@@ -94,14 +78,7 @@ pub const DEFAULT_PAGE: usize = 50;
 /// The largest `limit`.
 pub const MAX_PAGE: usize = 500;
 
-async fn list(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Query(query): Query<ListQuery>,
-) -> Response {
-    if let Err(response) = check_admin(&state, &headers) {
-        return response;
-    }
+async fn list(State(state): State<Shared>, Query(query): Query<ListQuery>) -> Response {
     let status = match query.status.as_deref() {
         None | Some("pending") => Some(Status::Pending),
         Some("all") => None,
@@ -171,10 +148,7 @@ fn not_found(id: &str) -> Response {
     )
 }
 
-async fn one(State(state): State<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(response) = check_admin(&state, &headers) {
-        return response;
-    }
+async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     match state
         .pipeline
         .escalations
@@ -223,13 +197,11 @@ fn reviewer(by: Option<String>) -> String {
 
 async fn resolve(
     State(state): State<Shared>,
+    Extension(admin): Extension<Admin>,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
 ) -> Response {
-    if let Err(response) = check_admin(&state, &headers) {
-        return response;
-    }
     let bytes = match super::read_body(&headers, body, state.max_body).await {
         Ok(bytes) => bytes,
         Err(response) => return response,
@@ -264,10 +236,9 @@ async fn resolve(
         Ok(record) => {
             // The store's audit trail has the resolution under the reviewer's
             // name; this line ties it to the admin key that sent it.
-            let admin = crate::guard::admin(&state, &headers).map(|a| a.admin_id);
             tracing::info!(
                 target: "llm_proxy::audit",
-                admin = admin.as_deref().unwrap_or("-"),
+                admin = %admin.admin_id,
                 action = "resolve",
                 escalation_id = %record.id,
                 status = record.status.as_str(),

@@ -65,19 +65,6 @@ async fn not_found() -> Response {
     )
 }
 
-/// Checks the client key; `Err` is the 401 to send. Every request already
-/// passed [`crate::guard::authenticate`]: handlers that call this check twice.
-pub(crate) fn check_client(
-    state: &crate::state::AppState,
-    headers: &HeaderMap,
-) -> Result<(), Response> {
-    if state.client_keys.is_empty() || state.client_keys.bearer_ok(headers) {
-        Ok(())
-    } else {
-        Err(errors::unauthorized("Incorrect API key provided"))
-    }
-}
-
 /// Reads a body up to the limit; `Err` is the 413 or 400 to send.
 pub(crate) async fn read_body(
     headers: &HeaderMap,

@@ -64,7 +64,7 @@ async fn page(State(state): State<Shared>, headers: HeaderMap) -> Response {
             "No admin key is configured ([auth] admin_keys): the review page is off.",
         );
     }
-    if crate::guard::admin(&state, &headers).is_none() {
+    if crate::auth::admin(&state, &headers).is_none() {
         return login_page(StatusCode::UNAUTHORIZED, "");
     }
     with_page_headers(Html(PAGE).into_response())

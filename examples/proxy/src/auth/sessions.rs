@@ -34,7 +34,7 @@ impl std::error::Error for RandomUnavailable {}
 pub fn random_token() -> Result<String, RandomUnavailable> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| RandomUnavailable)?;
-    Ok(crate::auth::hex(&bytes))
+    Ok(super::keys::hex(&bytes))
 }
 
 /// A signed-in admin, as a request sees it. `Debug` hides the CSRF token.

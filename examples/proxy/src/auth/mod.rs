@@ -1,0 +1,263 @@
+//! Authentication, in one place: [`AuthLayer`], the middleware every request
+//! passes before it reaches a handler (the chat fast path included). It checks
+//! what the route needs and records who the caller is in the request's
+//! extensions ([`ClientId`], [`Admin`]), or answers the 401/403 itself.
+//!
+//! | route | needs |
+//! |---|---|
+//! | `POST /v1/chat/completions`, `GET /v1/models`, `POST /v1/batch`, `GET /v1/circuits` | a client key (`Authorization: Bearer`), unless the proxy runs without client keys |
+//! | `/v1/escalations...`, `/v1/admin/...`, `POST /escalations/logout` | an admin key (bearer) or a review-page session cookie |
+//! | `GET /escalations` | nothing: without an admin it shows the sign-in form |
+//! | `POST /escalations/login` | nothing; throttled per client address |
+//! | `/healthz`, `/metrics`, unknown paths | nothing |
+//!
+//! A request that changes state on the admin side (anything but `GET`/`HEAD`)
+//! must not come from another site: a `Sec-Fetch-Site` other than
+//! `same-origin`/`none`, or an `Origin` that is not this proxy's, is refused
+//! (403 `cross_origin`). When it is authenticated by the session cookie (which
+//! the browser attaches on its own) it must also *prove* where it comes from:
+//! `Sec-Fetch-Site: same-origin` or a matching `Origin`, and a JSON content type
+//! (which another site cannot send without a CORS preflight that fails) or the
+//! session's `x-csrf-token`. Bearer keys are never attached by a browser on its
+//! own, so API clients such as `curl` need neither.
+//!
+//! Failed client and admin authentications are logged on the target
+//! `llm_proxy::auth` (the client address and why; never a key), at most one
+//! line per second per kind, with the count of the lines left out.
+
+//!
+//! - [`keys`]: client and admin keys, kept as SHA-256 hashes and compared in
+//!   constant time;
+//! - [`sessions`]: the review page's server-side sessions and the sign-in
+//!   throttle;
+//! - [`origin`]: where a browser request comes from (the CSRF rules above);
+//! - [`failures`]: the rate-limited log of failed authentications.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use futures_util::future::{Either, Ready};
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method, StatusCode};
+use tower::{Layer, Service};
+
+use crate::client_id::ClientId;
+use crate::errors;
+use crate::state::{AppState, Shared};
+
+mod failures;
+mod keys;
+mod origin;
+mod sessions;
+
+pub(crate) use failures::FailureLog;
+pub(crate) use keys::{bearer, hex, Keys};
+use origin::check_same_origin;
+pub(crate) use origin::{cookie, origin_of};
+pub(crate) use sessions::{LoginThrottle, Session, Sessions, SESSION_COOKIE};
+
+/// The authentication middleware: [`authenticate`] in front of a service.
+#[derive(Clone, Debug)]
+pub(crate) struct AuthLayer {
+    state: Shared,
+}
+
+impl AuthLayer {
+    /// Authenticate against the keys and sessions of `state`.
+    pub(crate) fn new(state: Shared) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// A service behind [`AuthLayer`]: it sees only the requests their route lets
+/// through, with who sent them in their extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct Authenticated<S> {
+    inner: S,
+    state: Shared,
+}
+
+impl<S> Service<Request> for Authenticated<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        match authenticate(&self.state, &mut request) {
+            Ok(()) => Either::Right(self.inner.call(request)),
+            Err(refused) => Either::Left(futures_util::future::ready(Ok(refused))),
+        }
+    }
+}
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Nothing.
+    Open,
+    /// A client key.
+    Client,
+    /// An admin; `mutation`: it changes state.
+    Admin {
+        /// Not `GET`/`HEAD`.
+        mutation: bool,
+    },
+}
+
+/// What `path` needs.
+pub(crate) fn route(method: &Method, path: &str) -> Route {
+    let mutation = !(method == Method::GET || method == Method::HEAD);
+    match path {
+        "/v1/chat/completions" | "/v1/models" | "/v1/batch" | "/v1/circuits" => Route::Client,
+        "/escalations/logout" => Route::Admin { mutation },
+        _ if path == "/v1/escalations"
+            || path.starts_with("/v1/escalations/")
+            || path.starts_with("/v1/admin/") =>
+        {
+            Route::Admin { mutation }
+        }
+        _ => Route::Open,
+    }
+}
+
+/// An authenticated admin, in the extensions of admin requests.
+#[derive(Clone, Debug)]
+pub(crate) struct Admin {
+    /// The id of the admin key.
+    pub(crate) admin_id: String,
+    /// The session, when signed in through the review page (not a bearer key).
+    pub(crate) session: Option<Session>,
+}
+
+/// The client address of a request (when served with connect info).
+pub(crate) fn client_addr(request: &Request) -> Option<IpAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip())
+}
+
+/// Checks `request` for what its route needs, and records who it is in its
+/// extensions ([`ClientId`], [`Admin`]); `Err` is the response to send.
+fn authenticate(state: &AppState, request: &mut Request) -> Result<(), Response> {
+    match route(request.method(), request.uri().path()) {
+        Route::Open => Ok(()),
+        Route::Client => {
+            let id = client(state, request)?;
+            request.extensions_mut().insert(id);
+            Ok(())
+        }
+        Route::Admin { mutation } => {
+            let addr = client_addr(request);
+            let Some(admin) = admin(state, request.headers()) else {
+                if state.admin_keys.is_empty() {
+                    return Err(errors::error(
+                        StatusCode::FORBIDDEN,
+                        "invalid_request_error",
+                        "admin_disabled",
+                        "no admin key is configured ([auth] admin_keys)",
+                    ));
+                }
+                let reason = if request.headers().contains_key(AUTHORIZATION) {
+                    "wrong admin key"
+                } else {
+                    "no admin key or session"
+                };
+                state.admin_failures.record(addr, reason);
+                return Err(errors::unauthorized("an admin key is needed"));
+            };
+            if mutation {
+                if let Err(why) = check_same_origin(request.headers(), admin.session.as_ref()) {
+                    state.admin_failures.record(addr, why);
+                    return Err(errors::error(
+                        StatusCode::FORBIDDEN,
+                        "invalid_request_error",
+                        "cross_origin",
+                        why,
+                    ));
+                }
+            }
+            request.extensions_mut().insert(admin);
+            Ok(())
+        }
+    }
+}
+
+fn client(state: &AppState, request: &Request) -> Result<ClientId, Response> {
+    if state.client_keys.is_empty() {
+        return Ok(ClientId(None));
+    }
+    let headers = request.headers();
+    if let Some(id) = bearer(headers).and_then(|key| state.client_keys.id_of(key)) {
+        return Ok(ClientId(Some(id)));
+    }
+    let addr = client_addr(request);
+    if headers.contains_key(AUTHORIZATION) {
+        state.client_failures.record(addr, "wrong client key");
+        Err(errors::unauthorized("Incorrect API key provided"))
+    } else {
+        state.client_failures.record(addr, "no client key");
+        Err(errors::unauthorized(
+            "You didn't provide an API key: send it as `Authorization: Bearer KEY`",
+        ))
+    }
+}
+
+/// The admin a request is authenticated as: an admin bearer key, or a live
+/// review-page session.
+pub(crate) fn admin(state: &AppState, headers: &HeaderMap) -> Option<Admin> {
+    if let Some(id) = bearer(headers).and_then(|key| state.admin_keys.id_of(key)) {
+        return Some(Admin {
+            admin_id: id,
+            session: None,
+        });
+    }
+    let token = cookie(headers, SESSION_COOKIE)?;
+    let session = state.sessions.get(token, Instant::now())?;
+    Some(Admin {
+        admin_id: session.admin_id.clone(),
+        session: Some(session),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_path() {
+        assert_eq!(route(&Method::POST, "/v1/chat/completions"), Route::Client);
+        assert_eq!(
+            route(&Method::POST, "/v1/escalations/x/resolve"),
+            Route::Admin { mutation: true }
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/escalations"),
+            Route::Admin { mutation: false }
+        );
+        assert_eq!(route(&Method::GET, "/escalations"), Route::Open);
+        assert_eq!(route(&Method::POST, "/escalations/login"), Route::Open);
+    }
+}
