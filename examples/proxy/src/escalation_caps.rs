@@ -59,14 +59,14 @@ impl std::fmt::Display for PendingCapReached {
 impl std::error::Error for PendingCapReached {}
 
 /// The 429 for an escalation refused by a cap, if `err` is one.
-pub fn cap_response(err: &BoxError) -> Option<axum::response::Response> {
+pub(crate) fn cap_error(err: &BoxError) -> Option<crate::error::ApiError> {
     let Some(EscalationError::Store(StoreError::Backend(inner))) =
         err.downcast_ref::<EscalationError>()
     else {
         return None;
     };
     let cap = inner.downcast_ref::<PendingCapReached>()?;
-    Some(crate::errors::error(
+    Some(crate::error::ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_error",
         "too_many_pending_escalations",

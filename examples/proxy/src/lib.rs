@@ -11,8 +11,6 @@
 //! the proxy and the mock upstream in process: [`Proxy`] and
 //! [`mock::MockUpstream`].
 #![warn(missing_docs, rust_2018_idioms)]
-// Handlers return a finished `Response` as their error: idiomatic in axum.
-#![allow(clippy::result_large_err)]
 
 pub mod auth;
 pub mod batch;
@@ -20,7 +18,7 @@ pub mod body;
 pub mod client_id;
 pub mod config;
 pub mod demo;
-pub mod errors;
+pub mod error;
 pub mod escalation_caps;
 pub mod metrics;
 pub mod mock;

@@ -39,14 +39,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::future::{Either, Ready};
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 use tower::{Layer, Service};
 
 use crate::client_id::ClientId;
-use crate::errors;
+use crate::error::ApiError;
 use crate::state::{AppState, Shared};
 
 mod failures;
@@ -107,7 +107,7 @@ where
     fn call(&mut self, mut request: Request) -> Self::Future {
         match authenticate(&self.state, &mut request) {
             Ok(()) => Either::Right(self.inner.call(request)),
-            Err(refused) => Either::Left(futures_util::future::ready(Ok(refused))),
+            Err(refused) => Either::Left(futures_util::future::ready(Ok(refused.into_response()))),
         }
     }
 }
@@ -161,7 +161,7 @@ pub(crate) fn client_addr(request: &Request) -> Option<IpAddr> {
 
 /// Checks `request` for what its route needs, and records who it is in its
 /// extensions ([`ClientId`], [`Admin`]); `Err` is the response to send.
-fn authenticate(state: &AppState, request: &mut Request) -> Result<(), Response> {
+fn authenticate(state: &AppState, request: &mut Request) -> Result<(), ApiError> {
     match route(request.method(), request.uri().path()) {
         Route::Open => Ok(()),
         Route::Client => {
@@ -173,12 +173,7 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), Response>
             let addr = client_addr(request);
             let Some(admin) = admin(state, request.headers()) else {
                 if state.admin_keys.is_empty() {
-                    return Err(errors::error(
-                        StatusCode::FORBIDDEN,
-                        "invalid_request_error",
-                        "admin_disabled",
-                        "no admin key is configured ([auth] admin_keys)",
-                    ));
+                    return Err(ApiError::admin_disabled());
                 }
                 let reason = if request.headers().contains_key(AUTHORIZATION) {
                     "wrong admin key"
@@ -186,17 +181,12 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), Response>
                     "no admin key or session"
                 };
                 state.admin_failures.record(addr, reason);
-                return Err(errors::unauthorized("an admin key is needed"));
+                return Err(ApiError::unauthorized("an admin key is needed"));
             };
             if mutation {
                 if let Err(why) = check_same_origin(request.headers(), admin.session.as_ref()) {
                     state.admin_failures.record(addr, why);
-                    return Err(errors::error(
-                        StatusCode::FORBIDDEN,
-                        "invalid_request_error",
-                        "cross_origin",
-                        why,
-                    ));
+                    return Err(ApiError::cross_origin(why));
                 }
             }
             request.extensions_mut().insert(admin);
@@ -205,7 +195,7 @@ fn authenticate(state: &AppState, request: &mut Request) -> Result<(), Response>
     }
 }
 
-fn client(state: &AppState, request: &Request) -> Result<ClientId, Response> {
+fn client(state: &AppState, request: &Request) -> Result<ClientId, ApiError> {
     if state.client_keys.is_empty() {
         return Ok(ClientId(None));
     }
@@ -216,10 +206,10 @@ fn client(state: &AppState, request: &Request) -> Result<ClientId, Response> {
     let addr = client_addr(request);
     if headers.contains_key(AUTHORIZATION) {
         state.client_failures.record(addr, "wrong client key");
-        Err(errors::unauthorized("Incorrect API key provided"))
+        Err(ApiError::unauthorized("Incorrect API key provided"))
     } else {
         state.client_failures.record(addr, "no client key");
-        Err(errors::unauthorized(
+        Err(ApiError::unauthorized(
             "You didn't provide an API key: send it as `Authorization: Bearer KEY`",
         ))
     }

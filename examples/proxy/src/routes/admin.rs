@@ -21,14 +21,14 @@ use std::time::Instant;
 use axum::extract::{FromRequest, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Form, Router};
+use axum::{Extension, Form, Json, Router};
 use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::review::login_page;
 use crate::auth::SESSION_COOKIE;
 use crate::auth::{self, Admin};
-use crate::errors;
+use crate::error::ApiError;
 use crate::state::{AppState, Shared};
 
 /// The routes of this module.
@@ -65,7 +65,7 @@ fn see_page(set_cookie: Option<HeaderValue>) -> Response {
     response
 }
 
-async fn login(State(state): State<Shared>, request: Request) -> Response {
+async fn login(State(state): State<Shared>, request: Request) -> Result<Response, ApiError> {
     let addr = auth::client_addr(&request);
     if let Err(wait) = state.login_throttle.attempt(
         addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
@@ -82,48 +82,42 @@ async fn login(State(state): State<Shared>, request: Request) -> Response {
         response
             .headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        return response;
+        return Ok(response);
     }
     if let Err(why) = auth::origin_of(request.headers()) {
         state.admin_failures.record(addr, why);
-        return errors::error(
-            StatusCode::FORBIDDEN,
-            "invalid_request_error",
-            "cross_origin",
-            why,
-        );
+        return Err(ApiError::cross_origin(why));
     }
     let secure = over_tls(&state, request.headers());
-    let form = match Form::<HashMap<String, String>>::from_request(request, &state).await {
-        Ok(Form(form)) => form,
-        Err(rejection) => return errors::bad_request(rejection.body_text()),
-    };
+    let Form(form) = Form::<HashMap<String, String>>::from_request(request, &state)
+        .await
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let key = form.get("key").map(String::as_str).unwrap_or_default();
     if state.admin_keys.is_empty() {
-        return login_page(
+        return Ok(login_page(
             StatusCode::FORBIDDEN,
             "No admin key is configured ([auth] admin_keys): the review page is off.",
-        );
+        ));
     }
     let Some(admin_id) = state.admin_keys.id_of(key) else {
         state
             .admin_failures
             .record(addr, "wrong admin key at sign-in");
-        return login_page(StatusCode::UNAUTHORIZED, "That key is not an admin key.");
+        return Ok(login_page(
+            StatusCode::UNAUTHORIZED,
+            "That key is not an admin key.",
+        ));
     };
-    let (token, _) = match state.sessions.create(admin_id.clone(), Instant::now()) {
-        Ok(created) => created,
-        Err(e) => {
-            return errors::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "session_failed",
-                e.to_string(),
-            )
-        }
-    };
+    let (token, _) = state
+        .sessions
+        .create(admin_id.clone(), Instant::now())
+        .map_err(|e| ApiError::internal("session_failed", e.to_string()))?;
     tracing::info!(target: "llm_proxy::audit", admin = %admin_id, action = "sign_in", "admin signed in");
-    see_page(cookie(&token, state.sessions.lifetime().as_secs(), secure))
+    Ok(see_page(cookie(
+        &token,
+        state.sessions.lifetime().as_secs(),
+        secure,
+    )))
 }
 
 async fn logout(
@@ -138,7 +132,7 @@ async fn logout(
     see_page(cookie("", 0, over_tls(&state, &headers)))
 }
 
-async fn session(Extension(admin): Extension<Admin>) -> Response {
+async fn session(Extension(admin): Extension<Admin>) -> Json<serde_json::Value> {
     let now = Instant::now();
     let body = match &admin.session {
         Some(session) => serde_json::json!({
@@ -148,5 +142,5 @@ async fn session(Extension(admin): Extension<Admin>) -> Response {
         }),
         None => serde_json::json!({"admin_id": admin.admin_id, "csrf_token": null}),
     };
-    errors::json_response(StatusCode::OK, &body)
+    Json(body)
 }

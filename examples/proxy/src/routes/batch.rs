@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::Response;
+use axum::Json;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use tower::Service;
 use tower_llm_resilience::partial_batch::{Batch, BatchError, BatchItem, ItemOutcome};
 
 use crate::batch::ItemRequest;
-use crate::errors;
+use crate::error::ApiError;
 use crate::state::Shared;
 
 #[derive(Deserialize)]
@@ -36,25 +36,24 @@ struct BatchEntry {
 }
 
 /// `POST /v1/batch`.
-pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
-    let bytes: Bytes = match super::read_body(&headers, body, state.max_body).await {
-        Ok(bytes) => bytes,
-        Err(response) => return response,
-    };
-    let parsed: BatchBody = match serde_json::from_slice(&bytes) {
-        Ok(parsed) => parsed,
-        Err(e) => return errors::bad_request(format!("malformed batch request: {e}")),
-    };
+pub(crate) async fn handler(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes: Bytes = super::read_body(&headers, body, state.max_body).await?;
+    let parsed: BatchBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed batch request: {e}")))?;
     if parsed.requests.len() > state.batch.max_items {
-        return errors::bad_request(format!(
+        return Err(ApiError::bad_request(format!(
             "a batch may have at most {} requests",
             state.batch.max_items
-        ));
+        )));
     }
     let max_id = state.batch.max_id_bytes;
     if let Some(id) = &parsed.batch_id {
         if let Err(why) = check_name(id, max_id) {
-            return errors::bad_request(format!("batch_id {why}"));
+            return Err(ApiError::bad_request(format!("batch_id {why}")));
         }
     }
     // Each item is stored under its key and the digest of its request: a
@@ -64,20 +63,20 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
     let mut items = Vec::with_capacity(parsed.requests.len());
     for entry in parsed.requests {
         if let Err(why) = check_name(&entry.key, max_id) {
-            return errors::bad_request(format!("the key of an item {why}"));
+            return Err(ApiError::bad_request(format!("the key of an item {why}")));
         }
         let body = entry.body.get().as_bytes();
         if !seen.insert(entry.key.clone()) {
-            return errors::bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "the key {:?} is used twice in this batch",
                 entry.key
-            ));
+            )));
         }
         let stored_key = format!("{}#{}", entry.key, digest(body));
         keys.insert(stored_key.clone(), entry.key);
         let request = match super::chat::prepare(&state.models, body, true) {
             Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
-            Err(response) => ItemRequest::Invalid(invalid_reason(response.status()).into()),
+            Err(refused) => ItemRequest::Invalid(invalid_reason(refused.status()).into()),
         };
         items.push(BatchItem::new(stored_key, request));
     }
@@ -101,16 +100,11 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
         Ok(report) => report,
         Err(BatchError::DuplicateKey { key }) => {
             let key = keys.get(&key).unwrap_or(&key);
-            return errors::bad_request(format!("the key {key:?} is used twice in this batch"));
+            return Err(ApiError::bad_request(format!(
+                "the key {key:?} is used twice in this batch"
+            )));
         }
-        Err(e) => {
-            return errors::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "batch_failed",
-                e.to_string(),
-            )
-        }
+        Err(e) => return Err(ApiError::internal("batch_failed", e.to_string())),
     };
     let items: Vec<Value> = report
         .items
@@ -149,19 +143,16 @@ pub async fn handler(State(state): State<Shared>, headers: HeaderMap, body: Body
         })
         .collect();
     crate::metrics::record_batch(report.ok, report.failed, report.cached);
-    errors::json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "object": "batch.report",
-            "batch_id": parsed.batch_id,
-            "ok": report.ok,
-            "failed": report.failed,
-            "cached": report.cached,
-            "unfinished": report.unfinished,
-            "duration_ms": report.duration.as_millis() as u64,
-            "items": items,
-        }),
-    )
+    Ok(Json(serde_json::json!({
+        "object": "batch.report",
+        "batch_id": parsed.batch_id,
+        "ok": report.ok,
+        "failed": report.failed,
+        "cached": report.cached,
+        "unfinished": report.unfinished,
+        "duration_ms": report.duration.as_millis() as u64,
+        "items": items,
+    })))
 }
 
 /// Why a `batch_id` or item key is refused, if it is.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -18,7 +18,7 @@ use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 use super::read_body;
 use crate::body::{completion_to_sse, ClientStream, ProxyBody};
 use crate::client_id::ClientId;
-use crate::errors;
+use crate::error::ApiError;
 use crate::pipeline::{answered_by, RequestMeta, Res};
 use crate::request::{ChatBody, Invalid};
 use crate::service::LoggedModel;
@@ -40,12 +40,12 @@ pub struct Prepared {
 }
 
 /// Parse and check a chat completion body, and build the request for its model.
-/// `Err` is the 400 or 404 to send.
+/// `Err` is the 400 or 404 to answer.
 pub fn prepare<'m>(
     models: &'m HashMap<Arc<str>, Model>,
     body: &[u8],
     force_no_stream: bool,
-) -> Result<(&'m Model, Prepared), Response> {
+) -> Result<(&'m Model, Prepared), ApiError> {
     prepare_bytes(models, &Bytes::copy_from_slice(body), force_no_stream)
 }
 
@@ -55,15 +55,15 @@ pub fn prepare_bytes<'m>(
     models: &'m HashMap<Arc<str>, Model>,
     body: &Bytes,
     force_no_stream: bool,
-) -> Result<(&'m Model, Prepared), Response> {
+) -> Result<(&'m Model, Prepared), ApiError> {
     let chat = ChatBody::parse(body).map_err(|invalid| match invalid {
-        Invalid::Json(e) => errors::bad_request(format!(
+        Invalid::Json(e) => ApiError::bad_request(format!(
             "We could not parse the JSON body of your request: {e}"
         )),
-        Invalid::Shape(why) => errors::bad_request(why),
+        Invalid::Shape(why) => ApiError::bad_request(why),
     })?;
     let Some((key, model)) = models.get_key_value(&*chat.model) else {
-        return Err(errors::unknown_model(&chat.model));
+        return Err(ApiError::unknown_model(&chat.model));
     };
     let stream = chat.stream && !force_no_stream;
     let tier_body = chat.tier_body(force_no_stream);
@@ -92,7 +92,9 @@ pub(crate) async fn chat(State(state): State<Shared>, request: Request) -> Respo
         .get::<ClientId>()
         .cloned()
         .unwrap_or(ClientId(None));
-    let mut response = chat_inner(&state, parts.headers, body, &client).await;
+    let mut response = chat_inner(&state, parts.headers, body, &client)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     crate::metrics::record_request(response.status(), started.elapsed());
     if crate::service::access_logged() {
         response.extensions_mut().insert(client);
@@ -109,15 +111,9 @@ async fn chat_inner(
     headers: HeaderMap,
     body: Body,
     client: &ClientId,
-) -> Response {
-    let bytes = match read_body(&headers, body, state.max_body).await {
-        Ok(bytes) => bytes,
-        Err(response) => return response,
-    };
-    let (model, mut prepared) = match prepare_bytes(&state.models, &bytes, false) {
-        Ok(ok) => ok,
-        Err(response) => return response,
-    };
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, state.max_body).await?;
+    let (model, mut prepared) = prepare_bytes(&state.models, &bytes, false)?;
     let model_name = prepared
         .request
         .extensions()
@@ -130,9 +126,7 @@ async fn chat_inner(
         }
     }
     if let Some(token) = headers.get(RESUME_TOKEN_HEADER) {
-        if let Err(response) = crate::resume::check_owner(state, token, client).await {
-            return response;
-        }
+        crate::resume::check_owner(state, token, client).await?;
     }
     if let Some(id) = client
         .0
@@ -143,13 +137,13 @@ async fn chat_inner(
     }
     let mut response = match model.service.clone().oneshot(prepared.request).await {
         Ok(answer) => respond(answer, model, prepared.stream),
-        Err(e) => errors::from_service_error(&e),
+        Err(e) => ApiError::from_service(&e).into_response(),
     };
     // For the access log only (two allocations a request when nobody reads it).
     if let Some(name) = model_name.filter(|_| crate::service::access_logged()) {
         response.extensions_mut().insert(LoggedModel(name));
     }
-    response
+    Ok(response)
 }
 
 /// The client's response for a model's answer.

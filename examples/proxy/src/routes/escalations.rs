@@ -15,9 +15,8 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::{Extension, Json, Router};
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -26,7 +25,7 @@ use tower_llm_resilience::escalation::{
 };
 
 use crate::auth::Admin;
-use crate::errors;
+use crate::error::ApiError;
 use crate::state::Shared;
 
 /// The routes of this module.
@@ -78,36 +77,43 @@ pub const DEFAULT_PAGE: usize = 50;
 /// The largest `limit`.
 pub const MAX_PAGE: usize = 500;
 
-async fn list(State(state): State<Shared>, Query(query): Query<ListQuery>) -> Response {
+async fn list(
+    State(state): State<Shared>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
     let status = match query.status.as_deref() {
         None | Some("pending") => Some(Status::Pending),
         Some("all") => None,
         Some(name) => match Status::parse(name) {
             Some(status) => Some(status),
-            None => return errors::bad_request(format!("unknown status {name:?}")),
+            None => return Err(ApiError::bad_request(format!("unknown status {name:?}"))),
         },
     };
     let limit = match query.limit.as_deref().map(str::parse::<usize>) {
         None => DEFAULT_PAGE,
         Some(Ok(limit)) if (1..=MAX_PAGE).contains(&limit) => limit,
-        Some(_) => return errors::bad_request(format!("limit must be between 1 and {MAX_PAGE}")),
+        Some(_) => {
+            return Err(ApiError::bad_request(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )))
+        }
     };
     let after = match query.cursor.as_deref() {
         None | Some("") => None,
         Some(text) => match Cursor::parse(text) {
             Some(cursor) => Some(cursor),
             None => {
-                return errors::bad_request(
+                return Err(ApiError::bad_request(
                     "cursor is not one this endpoint returned (use next_cursor)",
-                )
+                ))
             }
         },
     };
     let store = state.pipeline.escalations.store();
-    let page = match store.list_page(status, after, limit).await {
-        Ok(page) => page,
-        Err(e) => return store_failed(&e),
-    };
+    let page = store
+        .list_page(status, after, limit)
+        .await
+        .map_err(|e| store_failed(&e))?;
     let now = std::time::SystemTime::now();
     let data: Vec<Value> = page
         .records
@@ -127,37 +133,27 @@ async fn list(State(state): State<Shared>, Query(query): Query<ListQuery>) -> Re
     if status == Some(Status::Pending) {
         body["pending_total"] = state.pipeline.escalation_caps.pending().into();
     }
-    errors::json_response(StatusCode::OK, &body)
+    Ok(Json(body))
 }
 
-fn store_failed(e: &dyn std::fmt::Display) -> Response {
-    errors::error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        "store_failed",
-        format!("escalation store: {e}"),
-    )
+fn store_failed(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::internal("store_failed", format!("escalation store: {e}"))
 }
 
-fn not_found(id: &str) -> Response {
-    errors::error(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "escalation_not_found",
-        format!("no escalation {id}"),
-    )
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("escalation_not_found", format!("no escalation {id}"))
 }
 
-async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     match state
         .pipeline
         .escalations
         .get(&EscalationId::new(&id))
         .await
     {
-        Ok(Some(record)) => errors::json_response(StatusCode::OK, &view(&record)),
-        Ok(None) => not_found(&id),
-        Err(e) => store_failed(&e),
+        Ok(Some(record)) => Ok(Json(view(&record))),
+        Ok(None) => Err(not_found(&id)),
+        Err(e) => Err(store_failed(&e)),
     }
 }
 
@@ -201,19 +197,13 @@ async fn resolve(
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Body,
-) -> Response {
-    let bytes = match super::read_body(&headers, body, state.max_body).await {
-        Ok(bytes) => bytes,
-        Err(response) => return response,
-    };
-    let parsed: ResolveBody = match serde_json::from_slice(&bytes) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            return errors::bad_request(format!(
-                "expected {{\"decision\": \"approve\" | \"reject\" | \"answer\", ...}}: {e}"
-            ))
-        }
-    };
+) -> Result<Json<Value>, ApiError> {
+    let bytes = super::read_body(&headers, body, state.max_body).await?;
+    let parsed: ResolveBody = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"decision\": \"approve\" | \"reject\" | \"answer\", ...}}: {e}"
+        ))
+    })?;
     let (decision, by) = match parsed {
         ResolveBody::Approve { by } => (Decision::Approve, by),
         ResolveBody::Reject { reason, by } => (
@@ -227,12 +217,12 @@ async fn resolve(
         ResolveBody::Answer { answer, by } => (Decision::Answer { payload: answer }, by),
     };
     let id = EscalationId::new(id);
-    match state
+    let resolved = state
         .pipeline
         .escalations
         .resolve(&id, &reviewer(by), decision)
-        .await
-    {
+        .await;
+    match resolved {
         Ok(record) => {
             // The store's audit trail has the resolution under the reviewer's
             // name; this line ties it to the admin key that sent it.
@@ -246,10 +236,10 @@ async fn resolve(
             );
             metrics::counter!("llm_proxy_escalations_resolved_total", "status" => record.status.as_str())
                 .increment(1);
-            errors::json_response(StatusCode::OK, &view(&record))
+            Ok(Json(view(&record)))
         }
-        Err(ResolveError::NotFound(id)) => not_found(id.as_str()),
-        Err(ResolveError::AlreadyResolved(record)) => errors::error(
+        Err(ResolveError::NotFound(id)) => Err(not_found(id.as_str())),
+        Err(ResolveError::AlreadyResolved(record)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "already_resolved",
@@ -257,22 +247,17 @@ async fn resolve(
                 "escalation {} was already resolved ({})",
                 record.id, record.status
             ),
-        ),
-        Err(ResolveError::Expired(id)) => errors::error(
-            StatusCode::GONE,
-            "invalid_request_error",
-            "escalation_expired",
-            format!("escalation {id} expired"),
-        ),
-        Err(ResolveError::Abandoned(id)) => errors::error(
+        )),
+        Err(ResolveError::Expired(id)) => Err(crate::error::escalation_expired(id)),
+        Err(ResolveError::Abandoned(id)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "escalation_abandoned",
             format!(
                 "the client waiting for escalation {id} went away: nobody would get the decision"
             ),
-        ),
-        Err(e) => store_failed(&e),
+        )),
+        Err(e) => Err(store_failed(&e)),
     }
 }
 

@@ -5,18 +5,16 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::Response;
-use http::StatusCode;
+use axum::Json;
 use serde_json::Value;
 
-use crate::errors;
 use crate::state::Shared;
 
-pub(crate) async fn healthz() -> Response {
-    errors::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(serde_json::json!({"status": "ok"}))
 }
 
-pub(crate) async fn list_models(State(state): State<Shared>) -> Response {
+pub(crate) async fn list_models(State(state): State<Shared>) -> Json<Value> {
     let mut names: Vec<&Arc<str>> = state.models.keys().collect();
     names.sort();
     let data: Vec<Value> = names
@@ -31,13 +29,10 @@ pub(crate) async fn list_models(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
-    errors::json_response(
-        StatusCode::OK,
-        &serde_json::json!({"object": "list", "data": data}),
-    )
+    Json(serde_json::json!({"object": "list", "data": data}))
 }
 
-pub(crate) async fn circuits(State(state): State<Shared>) -> Response {
+pub(crate) async fn circuits(State(state): State<Shared>) -> Json<Value> {
     let data: Vec<Value> = state
         .pipeline
         .circuits
@@ -56,8 +51,5 @@ pub(crate) async fn circuits(State(state): State<Shared>) -> Response {
             })
         })
         .collect();
-    errors::json_response(
-        StatusCode::OK,
-        &serde_json::json!({"object": "list", "data": data}),
-    )
+    Json(serde_json::json!({"object": "list", "data": data}))
 }

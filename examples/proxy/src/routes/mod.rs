@@ -13,7 +13,6 @@
 //! authentication middleware ([`crate::auth`]).
 
 use axum::body::Body;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::{Bytes, BytesMut};
@@ -22,7 +21,7 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::config::{Config, ConfigError};
-use crate::errors;
+use crate::error::ApiError;
 use crate::service::ProxyService;
 use crate::state::Shared;
 
@@ -56,13 +55,8 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
     Ok((service, state))
 }
 
-async fn not_found() -> Response {
-    errors::error(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
-        "not_found",
-        "no such endpoint",
-    )
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such endpoint")
 }
 
 /// Reads a body up to the limit; `Err` is the 413 or 400 to send.
@@ -70,13 +64,13 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
-) -> Result<Bytes, Response> {
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(errors::too_large(limit));
+        return Err(ApiError::too_large(limit));
     }
     let mut body = Limited::new(body, limit);
     // Most bodies come in one piece: kept as it is, without a copy.
@@ -88,10 +82,10 @@ pub(crate) async fn read_body(
                 Err(_) => continue,
             },
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(errors::too_large(limit))
+                return Err(ApiError::too_large(limit))
             }
             Err(e) if crate::server::is_body_timeout(&*e) => {
-                return Err(errors::error(
+                return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "invalid_request_error",
                     "request_timeout",
@@ -99,7 +93,7 @@ pub(crate) async fn read_body(
                 ))
             }
             Err(e) => {
-                return Err(errors::bad_request(format!(
+                return Err(ApiError::bad_request(format!(
                     "cannot read the request body: {e}"
                 )))
             }
