@@ -425,7 +425,7 @@ pub struct EscalationConfig {
     pub retention_secs: f64,
     /// The environment variable holding the key (32 bytes, base64) that
     /// encrypts escalation snapshots at rest; unset: stored in clear. See
-    /// [`crate::sealed`] for rotation.
+    /// the `sealed` module for rotation.
     #[serde(default)]
     pub encryption_key_env: Option<String>,
     /// The environment variable holding older keys (comma separated), still

@@ -7,31 +7,71 @@
 //! and `/v1/batch` runs through a `PartialBatchLayer`. See the crate's README for
 //! the endpoints and the configuration.
 //!
-//! The library half of the crate exists so tests (and other programs) can run
-//! the proxy and the mock upstream in process: [`Proxy`] and
-//! [`mock::MockUpstream`].
-#![warn(missing_docs, rust_2018_idioms)]
+//! The library half of the crate exists so the binary, the tests (and other
+//! programs) can run the proxy and the mock upstream in process: [`Config`],
+//! [`Proxy`] and [`mock::MockUpstream`]. Everything else is private to the
+//! crate.
+//!
+//! # Where things live
+//!
+//! In the order a request meets them:
+//!
+//! - [`config`]: the TOML file, parsed and checked once into typed values
+//!   (durations as `Duration`; an error names its setting).
+//! - `server`: [`Proxy`], the serving threads with their runtimes and
+//!   listening sockets ([`bind_listeners`]), the accept loop and the client
+//!   connection limits, the graceful stop.
+//! - `service`: the service in front of the routes: the access log, CORS, the
+//!   authentication middleware, and `POST /v1/chat/completions` answered
+//!   before routing (the hot path).
+//! - `auth`: authentication as one middleware: which route needs a client key,
+//!   an admin key or a review-page session; keys, sessions, the CSRF rules.
+//! - `routes`: the handlers (`chat`, `batch`, `info`, `escalations`, `review`,
+//!   `admin`) and the router; `state`: what they share.
+//! - `request`: reading a chat request without rebuilding it.
+//! - `pipeline`: the layers stacked for each model (escalation, fallback
+//!   tiers, one circuit breaker per upstream) and how answers are classified.
+//! - `upstream`: one provider as a tower service: the service, the HTTP
+//!   transport, the Anthropic translation.
+//! - `body`: response bodies (buffered answers, event streams, their bounds).
+//! - `error`: `ApiError`, every error answer in the OpenAI format.
+//! - Escalations: `escalation_caps` (caps on pending escalations), `resume`
+//!   (a resume token works only for its client), `sealed` (snapshots
+//!   encrypted at rest).
+//! - `batch`: the batch runner and its bounded store; `redis_state`: the
+//!   state shared through Redis (`[state] redis_url`).
+//! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
+//!   the id records and logs carry instead of a key.
+//! - [`mock`]: the mock upstream (`llm-proxy mock-upstream`); [`demo`]: the
+//!   demo `llm-proxy` runs without arguments.
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
-pub mod auth;
-pub mod batch;
-pub mod body;
-pub mod client_id;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod escalation_caps;
-pub mod metrics;
-pub mod mock;
-pub mod pipeline;
-pub mod redis_state;
-pub mod request;
-pub mod resume;
-pub mod routes;
-pub mod sealed;
 mod server;
-pub mod service;
-pub mod state;
-pub mod upstream;
+
+mod auth;
+mod routes;
+mod service;
+mod state;
+
+mod body;
+mod error;
+mod pipeline;
+mod request;
+mod upstream;
+
+mod escalation_caps;
+mod resume;
+mod sealed;
+
+mod batch;
+mod redis_state;
+
+pub mod client_id;
+pub mod metrics;
+
+pub mod demo;
+pub mod mock;
 
 pub use crate::config::Config;
 pub use crate::server::{bind_listeners, Proxy};

@@ -47,36 +47,36 @@ use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
 
 /// A request inside the proxy: an OpenAI chat completion body.
-pub type Req = http::Request<Bytes>;
+pub(crate) type Req = http::Request<Bytes>;
 /// A response inside the proxy.
-pub type Res = http::Response<ProxyBody>;
+pub(crate) type Res = http::Response<ProxyBody>;
 
 /// What the proxy learned from a client request, carried in its extensions.
 #[derive(Clone, Debug)]
-pub struct RequestMeta {
+pub(crate) struct RequestMeta {
     /// The client asked for an event stream.
-    pub stream: bool,
+    pub(crate) stream: bool,
     /// The client asked for JSON output (`response_format`).
-    pub wants_json: bool,
+    pub(crate) wants_json: bool,
     /// The model name the client asked for.
-    pub model: Arc<str>,
+    pub(crate) model: Arc<str>,
 }
 
 /// On a response whose request asked for JSON (read by the escalation rule).
 #[derive(Clone, Copy, Debug)]
-pub struct WantsJson;
+pub(crate) struct WantsJson;
 
 /// On a response that did not come from a model tier.
 #[derive(Clone, Debug)]
-pub struct AnsweredBy(pub &'static str);
+pub(crate) struct AnsweredBy(pub(crate) &'static str);
 
 /// The name of the template tier, in markers and `x-llm-proxy-tier`.
-pub const TEMPLATE_TIER: &str = "template";
+pub(crate) const TEMPLATE_TIER: &str = "template";
 
 /// Classifies upstream results: buffered bodies by status, headers and provider
 /// error body; streams by status and headers; errors by their kind.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ProxyClassifier;
+pub(crate) struct ProxyClassifier;
 
 impl Classify<Res, BoxError> for ProxyClassifier {
     fn classify(&self, result: &Result<Res, BoxError>) -> Outcome {
@@ -100,7 +100,7 @@ type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, Firs
 /// A model's tiers: the fallback chain, with buffered answers collected again so
 /// the escalation rules can read them.
 #[derive(Clone)]
-pub struct Core {
+pub(crate) struct Core {
     fallback: ModelFallback,
     primary: Arc<str>,
 }
@@ -115,7 +115,7 @@ impl std::fmt::Debug for Core {
 
 impl Core {
     /// The first tier's upstream name.
-    pub fn primary(&self) -> &Arc<str> {
+    pub(crate) fn primary(&self) -> &Arc<str> {
         &self.primary
     }
 }
@@ -161,7 +161,7 @@ impl Service<Req> for Core {
 
 /// The escalation rules of the config.
 #[derive(Clone, Debug)]
-pub struct ProxyPolicy {
+pub(crate) struct ProxyPolicy {
     enabled: bool,
     approval_header: Option<http::HeaderName>,
     invalid_json_answer: bool,
@@ -217,7 +217,7 @@ impl EscalationPolicy<Req, Res> for ProxyPolicy {
 /// (a JSON string is the assistant's message; an object with `choices` is sent
 /// as it is).
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ProxyAdapter;
+pub(crate) struct ProxyAdapter;
 
 impl Adapter<Req, Res> for ProxyAdapter {
     fn snapshot_request(&self, request: &Req) -> serde_json::Value {
@@ -265,28 +265,28 @@ impl Adapter<Req, Res> for ProxyAdapter {
 }
 
 /// A model, as clients call it.
-pub type ModelService = Escalation<Core, ProxyPolicy, ProxyAdapter>;
+pub(crate) type ModelService = Escalation<Core, ProxyPolicy, ProxyAdapter>;
 
 /// Everything built from the config.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     /// Each model's service, by name.
-    pub models: HashMap<Arc<str>, ModelService>,
+    pub(crate) models: HashMap<Arc<str>, ModelService>,
     /// Each model's tiers without escalation (for batches), by name.
-    pub cores: HashMap<Arc<str>, Core>,
+    pub(crate) cores: HashMap<Arc<str>, Core>,
     /// Each upstream's circuits, in config order.
-    pub circuits: Vec<(Arc<str>, Handle<()>)>,
+    pub(crate) circuits: Vec<(Arc<str>, Handle<()>)>,
     /// The escalations.
-    pub escalations: tower_llm_resilience::escalation::Handle,
+    pub(crate) escalations: tower_llm_resilience::escalation::Handle,
     /// The escalation store's caps and pending counts.
-    pub escalation_caps: Arc<crate::escalation_caps::CappedStore>,
+    pub(crate) escalation_caps: Arc<crate::escalation_caps::CappedStore>,
     /// `[state] redis_url`: the shared Redis (`None`: embedded state).
-    pub redis: Option<RedisState>,
+    pub(crate) redis: Option<RedisState>,
     /// With Redis: each upstream's circuit sync, kept running as long as the
     /// pipeline lives.
-    pub circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
+    pub(crate) circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
     /// Closed at the end of a shutdown: upstream streams still open end with an
     /// error event.
-    pub closing: Closing,
+    pub(crate) closing: Closing,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -405,14 +405,14 @@ fn tier_request(model: &str) -> impl Fn(Req) -> Req + Clone + Send + Sync + 'sta
 }
 
 /// The name of the placeholder tier of single-tier models without a template.
-pub const NO_TIER: &str = "(none)";
+pub(crate) const NO_TIER: &str = "(none)";
 
 async fn no_tier(_: Req) -> Result<Res, BoxError> {
     Err("no further tier".into())
 }
 
 /// Build every layer from the config.
-pub fn build(config: &Config) -> Result<Pipeline, ConfigError> {
+pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let http = HttpClients::new(1024, Duration::from_secs(10))?;
     let redis = RedisState::from_config(&config.state)?;
     let closing = Closing::new();
@@ -553,7 +553,7 @@ fn escalation_layer(
 }
 
 /// The name of the tier that answered.
-pub fn answered_by<'a>(response: &'a Res, primary: &'a str) -> &'a str {
+pub(crate) fn answered_by<'a>(response: &'a Res, primary: &'a str) -> &'a str {
     if let Some(by) = response.extensions().get::<AnsweredBy>() {
         return by.0;
     }

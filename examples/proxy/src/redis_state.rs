@@ -24,7 +24,7 @@ use crate::config::{ConfigError, StateConfig};
 
 /// The Redis behind `[state] redis_url`, with the key prefix.
 #[derive(Clone)]
-pub struct RedisState {
+pub(crate) struct RedisState {
     client: redis::Client,
     prefix: String,
 }
@@ -46,7 +46,7 @@ impl RedisState {
     /// The Redis of `config`, if `redis_url` is set (the URL is parsed, nothing is
     /// connected). The backends spawn their tasks on the current tokio runtime, so
     /// the proxy must be built inside the runtime that serves it.
-    pub fn from_config(config: &StateConfig) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_config(config: &StateConfig) -> Result<Option<Self>, ConfigError> {
         let Some(client) = config.redis_client()? else {
             return Ok(None);
         };
@@ -67,14 +67,9 @@ impl RedisState {
         Ok(Some(state))
     }
 
-    /// The key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Share the circuits of `handle` (upstream `upstream`) with every proxy on
     /// this Redis and prefix, until the returned guard is dropped.
-    pub fn attach_circuit(
+    pub(crate) fn attach_circuit(
         &self,
         upstream: &str,
         handle: &Handle<()>,
@@ -87,7 +82,7 @@ impl RedisState {
     }
 
     /// The escalation store.
-    pub fn escalation_store(&self) -> Result<RedisEscalationStore, ConfigError> {
+    pub(crate) fn escalation_store(&self) -> Result<RedisEscalationStore, ConfigError> {
         RedisEscalationStore::builder(self.client.clone())
             .prefix(self.prefix.as_str())
             .build()
@@ -95,7 +90,7 @@ impl RedisState {
     }
 
     /// The batch store.
-    pub fn batch_store(&self) -> Result<RedisBatchStore, ConfigError> {
+    pub(crate) fn batch_store(&self) -> Result<RedisBatchStore, ConfigError> {
         Ok(RedisBatchStore::new(self.client.clone())
             .map_err(|e| ConfigError(format!("batch store: {e}")))?
             .prefix(self.prefix.as_str()))

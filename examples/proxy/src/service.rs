@@ -35,14 +35,14 @@ use crate::state::Shared;
 /// [client key id](crate::client_id::client_key_id), `-` when none). Route or
 /// silence it like any target, e.g. `RUST_LOG=info,llm_proxy::access=off`.
 #[derive(Clone)]
-pub struct ProxyService {
+pub(crate) struct ProxyService {
     dispatch: Authenticated<Dispatch>,
     cors: Option<tower_http::cors::Cors<Authenticated<Dispatch>>>,
 }
 
 impl ProxyService {
     /// `router` behind authentication, with CORS for `cors_origins` (none: off).
-    pub fn new(
+    pub(crate) fn new(
         router: Router,
         state: Shared,
         cors_origins: &[String],
@@ -106,7 +106,7 @@ impl tower::Service<Request> for Dispatch {
 
 /// The model a chat response answered for, for the access log.
 #[derive(Clone, Debug)]
-pub struct LoggedModel(pub Arc<str>);
+pub(crate) struct LoggedModel(pub(crate) Arc<str>);
 
 impl tower::Service<Request> for ProxyService {
     type Response = Response;
@@ -142,7 +142,7 @@ impl tower::Service<Request> for ProxyService {
 
 /// A response on its way, logged once it has its head (a named future: no
 /// second allocation per request around the handler's).
-pub struct Logged {
+pub(crate) struct Logged {
     answer: Either<BoxedResponse, <Authenticated<Dispatch> as tower::Service<Request>>::Future>,
     logged: Option<(http::Method, String)>,
     started: Instant,
@@ -165,7 +165,7 @@ impl std::future::Future for Logged {
 }
 
 /// Whether access-log lines are written (`llm_proxy::access` at `INFO`).
-pub fn access_logged() -> bool {
+pub(crate) fn access_logged() -> bool {
     tracing::enabled!(target: "llm_proxy::access", tracing::Level::INFO)
 }
 

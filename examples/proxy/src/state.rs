@@ -12,52 +12,52 @@ use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, ModelService, Pipeline};
 
 /// One model, as the routes see it.
-pub struct Model {
+pub(crate) struct Model {
     /// Its service.
-    pub service: ModelService,
+    pub(crate) service: ModelService,
     /// The upstream of its first tier.
-    pub primary: Arc<str>,
+    pub(crate) primary: Arc<str>,
     /// The model name sent to the first tier.
-    pub primary_model: String,
+    pub(crate) primary_model: String,
     /// `upstream/model` of each tier, and `template` if it has one.
-    pub tiers: Vec<String>,
+    pub(crate) tiers: Vec<String>,
     /// The model's name, as the header the pipeline reads (`None`: not
     /// expressible in a header).
-    pub name_header: Option<HeaderValue>,
+    pub(crate) name_header: Option<HeaderValue>,
     /// `primary`, as the `x-llm-proxy-tier` header (`None`: not expressible).
-    pub primary_header: Option<HeaderValue>,
+    pub(crate) primary_header: Option<HeaderValue>,
     /// Answers from the first tier.
-    pub primary_answers: metrics::Counter,
+    pub(crate) primary_answers: metrics::Counter,
 }
 
 /// What every handler shares.
-pub struct AppState {
+pub(crate) struct AppState {
     /// Models by the name clients use.
-    pub models: HashMap<Arc<str>, Model>,
+    pub(crate) models: HashMap<Arc<str>, Model>,
     /// The layers' handles.
-    pub pipeline: Pipeline,
+    pub(crate) pipeline: Pipeline,
     /// Client keys (empty: open).
     pub(crate) client_keys: Keys,
     /// Admin keys (empty: the admin endpoints are closed).
     pub(crate) admin_keys: Keys,
     /// The body size limit.
-    pub max_body: usize,
+    pub(crate) max_body: usize,
     /// Rules: the approval header, forwarded into the pipeline.
-    pub approval_header: Option<HeaderName>,
+    pub(crate) approval_header: Option<HeaderName>,
     /// The batch endpoint.
-    pub batch: BatchRunner,
+    pub(crate) batch: BatchRunner,
     /// Prometheus rendering.
-    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Review-page sessions.
-    pub sessions: crate::auth::Sessions,
+    pub(crate) sessions: crate::auth::Sessions,
     /// Sign-in attempts per client address.
-    pub login_throttle: crate::auth::LoginThrottle,
+    pub(crate) login_throttle: crate::auth::LoginThrottle,
     /// Failed client authentications (rate-limited log).
     pub(crate) client_failures: crate::auth::FailureLog,
     /// Failed admin authentications (rate-limited log).
     pub(crate) admin_failures: crate::auth::FailureLog,
     /// `auth.secure_cookies`.
-    pub secure_cookies: bool,
+    pub(crate) secure_cookies: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -69,7 +69,7 @@ impl std::fmt::Debug for AppState {
 }
 
 /// Shared state.
-pub type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// Build the shared state from a config.
 ///

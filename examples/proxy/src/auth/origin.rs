@@ -9,7 +9,7 @@ use super::keys::equal;
 use super::sessions::Session;
 
 /// The value of cookie `name`.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -22,7 +22,7 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Whether the request says it comes from this proxy's own pages: `Ok(true)`
 /// proven, `Ok(false)` no browser header says either way, `Err` another site.
-pub fn origin_of(headers: &HeaderMap) -> Result<bool, &'static str> {
+pub(crate) fn origin_of(headers: &HeaderMap) -> Result<bool, &'static str> {
     let mut proven = false;
     if let Some(site) = headers.get("sec-fetch-site") {
         match site.as_bytes() {

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 /// The cookie holding the session token.
-pub const SESSION_COOKIE: &str = "llm_proxy_session";
+pub(crate) const SESSION_COOKIE: &str = "llm_proxy_session";
 
 /// The operating system's random source failed.
 #[derive(Debug)]
-pub struct RandomUnavailable;
+pub(crate) struct RandomUnavailable;
 
 impl std::fmt::Display for RandomUnavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,7 +31,7 @@ impl std::fmt::Display for RandomUnavailable {
 impl std::error::Error for RandomUnavailable {}
 
 /// 32 random bytes as 64 hex digits.
-pub fn random_token() -> Result<String, RandomUnavailable> {
+pub(crate) fn random_token() -> Result<String, RandomUnavailable> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| RandomUnavailable)?;
     Ok(super::keys::hex(&bytes))
@@ -39,14 +39,14 @@ pub fn random_token() -> Result<String, RandomUnavailable> {
 
 /// A signed-in admin, as a request sees it. `Debug` hides the CSRF token.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Session {
+pub(crate) struct Session {
     /// The id of the admin key that signed in (see
     /// [`client_key_id`](crate::client_id::client_key_id)).
-    pub admin_id: String,
+    pub(crate) admin_id: String,
     /// The token state-changing requests may carry in `x-csrf-token`.
-    pub csrf_token: String,
+    pub(crate) csrf_token: String,
     /// When it ends.
-    pub expires_at: Instant,
+    pub(crate) expires_at: Instant,
 }
 
 impl std::fmt::Debug for Session {
@@ -59,7 +59,7 @@ impl std::fmt::Debug for Session {
 }
 
 /// The sessions of this process. `Debug` shows how many, never a token.
-pub struct Sessions {
+pub(crate) struct Sessions {
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
     lifetime: Duration,
     max: usize,
@@ -81,7 +81,7 @@ fn token_hash(token: &str) -> [u8; 32] {
 
 impl Sessions {
     /// Sessions lasting `lifetime`, at most `max` at once.
-    pub fn new(lifetime: Duration, max: usize) -> Self {
+    pub(crate) fn new(lifetime: Duration, max: usize) -> Self {
         Self {
             by_hash: Mutex::new(HashMap::new()),
             lifetime,
@@ -90,12 +90,12 @@ impl Sessions {
     }
 
     /// How long a session lasts.
-    pub fn lifetime(&self) -> Duration {
+    pub(crate) fn lifetime(&self) -> Duration {
         self.lifetime
     }
 
     /// A new session for `admin_id`: its token (the cookie value) and itself.
-    pub fn create(
+    pub(crate) fn create(
         &self,
         admin_id: String,
         now: Instant,
@@ -124,7 +124,7 @@ impl Sessions {
     }
 
     /// The live session of `token`; an expired one is removed.
-    pub fn get(&self, token: &str, now: Instant) -> Option<Session> {
+    pub(crate) fn get(&self, token: &str, now: Instant) -> Option<Session> {
         let hash = token_hash(token);
         let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(&hash) {
@@ -138,13 +138,14 @@ impl Sessions {
     }
 
     /// Ends the session of `token`; whether there was one.
-    pub fn end(&self, token: &str) -> bool {
+    pub(crate) fn end(&self, token: &str) -> bool {
         let mut map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(&token_hash(token)).is_some()
     }
 
     /// Sessions alive now.
-    pub fn live(&self, now: Instant) -> usize {
+    #[cfg(test)]
+    fn live(&self, now: Instant) -> usize {
         let map = self.by_hash.lock().unwrap_or_else(|e| e.into_inner());
         map.values().filter(|s| s.expires_at > now).count()
     }
@@ -153,7 +154,7 @@ impl Sessions {
 /// Sign-in attempts per client address: at most `per_minute` in each
 /// one-minute window, then 429 with the time left in the window.
 #[derive(Debug)]
-pub struct LoginThrottle {
+pub(crate) struct LoginThrottle {
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     per_minute: u32,
 }
@@ -161,13 +162,13 @@ pub struct LoginThrottle {
 /// The most addresses tracked at once; when every slot holds an address whose
 /// window is still running, new addresses wait for a slot (sign-ins fail
 /// closed rather than letting a flood of addresses reset the counts).
-pub const MAX_THROTTLED_ADDRESSES: usize = 10_000;
+pub(crate) const MAX_THROTTLED_ADDRESSES: usize = 10_000;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
 impl LoginThrottle {
     /// `per_minute` attempts per address per minute.
-    pub fn new(per_minute: u32) -> Self {
+    pub(crate) fn new(per_minute: u32) -> Self {
         Self {
             windows: Mutex::new(HashMap::new()),
             per_minute: per_minute.max(1),
@@ -175,7 +176,7 @@ impl LoginThrottle {
     }
 
     /// Counts an attempt from `addr`; `Err` is how long until it may try again.
-    pub fn attempt(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn attempt(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut map = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(&addr) && map.len() >= MAX_THROTTLED_ADDRESSES {
             map.retain(|_, (start, _)| now.saturating_duration_since(*start) < WINDOW);

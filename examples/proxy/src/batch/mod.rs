@@ -35,7 +35,7 @@ use store::BoundedBatchStore;
 
 /// One item, ready or already known to be invalid.
 #[derive(Clone, Debug)]
-pub enum ItemRequest {
+pub(crate) enum ItemRequest {
     /// A request for a model's tiers.
     Ready(Box<Req>),
     /// Why it cannot be sent (reported as a fatal `bad_request`).
@@ -44,18 +44,18 @@ pub enum ItemRequest {
 
 /// A successful item, as stored for re-runs.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ItemAnswer {
+pub(crate) struct ItemAnswer {
     /// The tier that answered.
-    pub tier: String,
+    pub(crate) tier: String,
     /// Not from the first tier.
-    pub degraded: bool,
+    pub(crate) degraded: bool,
     /// The `chat.completion`.
-    pub response: Value,
+    pub(crate) response: Value,
 }
 
 /// Routes each item to its model's tiers.
 #[derive(Clone)]
-pub struct ItemService {
+pub(crate) struct ItemService {
     cores: Arc<HashMap<Arc<str>, Core>>,
 }
 
@@ -124,7 +124,7 @@ fn failure_message(status: StatusCode, body: &[u8]) -> String {
 type Runner = PartialBatch<ItemService, ErrorOnlyClassifier, WithStore>;
 
 /// The batch service, shared by requests.
-pub struct BatchRunner {
+pub(crate) struct BatchRunner {
     pub(crate) service: Mutex<Runner>,
     pub(crate) max_items: usize,
     pub(crate) max_id_bytes: usize,
@@ -133,7 +133,7 @@ pub struct BatchRunner {
 impl BatchRunner {
     /// Build the layer from `[batch]`; successes of named batches are kept in
     /// `redis` when given (shared by every proxy on it), else in memory.
-    pub fn new(
+    pub(crate) fn new(
         config: &BatchConfig,
         cores: HashMap<Arc<str>, Core>,
         redis: Option<&RedisState>,

@@ -69,7 +69,7 @@ impl Inner {
 
 /// Batch successes in memory, with a TTL and a total size (see the module docs).
 #[derive(Debug)]
-pub struct BoundedBatchStore {
+pub(crate) struct BoundedBatchStore {
     inner: Mutex<Inner>,
     ttl: Duration,
     max_records: usize,
@@ -78,7 +78,7 @@ pub struct BoundedBatchStore {
 
 impl BoundedBatchStore {
     /// An empty store.
-    pub fn new(ttl: Duration, max_records: usize, max_bytes: usize) -> Self {
+    pub(crate) fn new(ttl: Duration, max_records: usize, max_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             ttl,

@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::state::{AppState, Shared};
 
 /// The routes of this module.
-pub fn routes() -> Router<Shared> {
+pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/escalations/login", post(login))
         .route("/escalations/logout", post(logout))

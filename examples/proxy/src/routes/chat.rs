@@ -25,23 +25,23 @@ use crate::service::LoggedModel;
 use crate::state::{AppState, Model, Shared};
 
 /// The header naming the tier that answered.
-pub const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
+pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
 /// The header saying whether the answer is degraded (not from the first tier).
-pub const DEGRADED_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-degraded");
+pub(crate) const DEGRADED_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-degraded");
 /// The client's model name, on requests inside the proxy (and in escalation snapshots).
-pub const MODEL_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-model");
+pub(crate) const MODEL_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-model");
 
 /// A chat request the proxy understood.
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// The request for the model's service.
-    pub request: http::Request<Bytes>,
+    pub(crate) request: http::Request<Bytes>,
     /// The client asked for a stream.
-    pub stream: bool,
+    pub(crate) stream: bool,
 }
 
 /// Parse and check a chat completion body, and build the request for its model.
 /// `Err` is the 400 or 404 to answer.
-pub fn prepare<'m>(
+pub(crate) fn prepare<'m>(
     models: &'m HashMap<Arc<str>, Model>,
     body: &[u8],
     force_no_stream: bool,
@@ -51,7 +51,7 @@ pub fn prepare<'m>(
 
 /// [`prepare`] for a body already in a `Bytes`: kept without a copy, and what
 /// every tier is sent is made from it (see [`crate::request::TierBody`]).
-pub fn prepare_bytes<'m>(
+pub(crate) fn prepare_bytes<'m>(
     models: &'m HashMap<Arc<str>, Model>,
     body: &Bytes,
     force_no_stream: bool,
@@ -104,7 +104,7 @@ pub(crate) async fn chat(State(state): State<Shared>, request: Request) -> Respo
 
 /// The header carrying the client key id into the pipeline, where the
 /// escalation snapshot keeps it: the record of who may resume.
-pub const CLIENT_HEADER: HeaderName = crate::escalation_caps::CLIENT_HEADER;
+pub(crate) const CLIENT_HEADER: HeaderName = crate::escalation_caps::CLIENT_HEADER;
 
 async fn chat_inner(
     state: &AppState,
@@ -147,7 +147,7 @@ async fn chat_inner(
 }
 
 /// The client's response for a model's answer.
-pub fn respond(answer: Res, model: &Model, stream: bool) -> Response {
+pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
     let tier = answered_by(&answer, &model.primary);
     let degraded = tier != &*model.primary && tier != "human";
     let tier_header = if tier == &*model.primary {

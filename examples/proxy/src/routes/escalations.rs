@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::state::Shared;
 
 /// The routes of this module.
-pub fn routes() -> Router<Shared> {
+pub(crate) fn routes() -> Router<Shared> {
     Router::new()
         .route("/v1/escalations", get(list))
         .route("/v1/escalations/{id}", get(one))
@@ -38,7 +38,7 @@ pub fn routes() -> Router<Shared> {
 
 /// An escalation as the API shows it: the record without its token hash, with
 /// readable times, the client's model and the draft answer pulled out.
-pub fn view(record: &EscalationRecord) -> Value {
+pub(crate) fn view(record: &EscalationRecord) -> Value {
     let mut out = serde_json::to_value(record).unwrap_or_default();
     if let Some(object) = out.as_object_mut() {
         object.remove("token_hash");
@@ -73,9 +73,9 @@ struct ListQuery {
 }
 
 /// Records per page unless `limit` says otherwise.
-pub const DEFAULT_PAGE: usize = 50;
+pub(crate) const DEFAULT_PAGE: usize = 50;
 /// The largest `limit`.
-pub const MAX_PAGE: usize = 500;
+pub(crate) const MAX_PAGE: usize = 500;
 
 async fn list(
     State(state): State<Shared>,

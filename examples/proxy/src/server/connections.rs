@@ -51,22 +51,22 @@ use crate::service::ProxyService;
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
 #[derive(Clone, Debug)]
-pub struct ClientLimits {
+pub(crate) struct ClientLimits {
     /// Open client connections, in all.
-    pub connections: Arc<Semaphore>,
+    pub(crate) connections: Arc<Semaphore>,
     /// The open connections, to reclaim an idle one at the limit.
-    pub open: Arc<Registry>,
+    pub(crate) open: Arc<Registry>,
     /// To send a request head.
-    pub header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// Between two reads of a request body.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Silence after an answer before the connection is closed.
-    pub keepalive_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
 }
 
 impl ClientLimits {
     /// From `[limits]`.
-    pub fn from_config(limits: &LimitsConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn from_config(limits: &LimitsConfig) -> Result<Self, ConfigError> {
         Ok(Self {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             open: Arc::default(),
@@ -88,7 +88,7 @@ impl ClientLimits {
 
 /// Serve `service` on `listener` until `stop` resolves, then stop accepting and
 /// give open connections up to `grace` to finish their requests.
-pub async fn serve(
+pub(crate) async fn serve(
     service: ProxyService,
     listener: TcpListener,
     limits: ClientLimits,
@@ -362,7 +362,7 @@ impl AsyncWrite for Tracked {
 /// A request body that stalled longer than `client_body_timeout_secs` between
 /// two reads.
 #[derive(Debug)]
-pub struct BodyTimeout(pub Duration);
+pub(crate) struct BodyTimeout(pub(crate) Duration);
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -377,7 +377,7 @@ impl std::fmt::Display for BodyTimeout {
 impl std::error::Error for BodyTimeout {}
 
 /// Whether `error` (or one of its sources) is a [`BodyTimeout`].
-pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
     while let Some(e) = current {
         if e.is::<BodyTimeout>() {
@@ -391,7 +391,7 @@ pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 pin_project_lite::pin_project! {
     /// The request body, failing with [`BodyTimeout`] when the client stops
     /// sending it.
-    pub struct TimeoutBody {
+    pub(crate) struct TimeoutBody {
         #[pin]
         inner: Incoming,
         timeout: Duration,

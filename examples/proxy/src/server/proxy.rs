@@ -2,9 +2,11 @@
 //! control thread for the background chores, and the graceful stop.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
 use super::connections::{serve, ClientLimits};
@@ -175,9 +177,10 @@ impl Proxy {
         self.workers.len()
     }
 
-    /// Its state: the layers' handles.
-    pub fn state(&self) -> &Shared {
-        &self.state
+    /// With `[state] redis_url`: each upstream's circuit sync (its name and
+    /// the sync), to see whether they reach Redis. Empty without Redis.
+    pub fn circuit_syncs(&self) -> &[(Arc<str>, RedisCircuitSync)] {
+        &self.state.pipeline.circuit_syncs
     }
 
     /// Shut down gracefully and wait for the threads.

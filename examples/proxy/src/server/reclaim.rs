@@ -92,7 +92,7 @@ impl Drop for InFlight {
 
 /// The open client connections of every serving thread.
 #[derive(Debug, Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Activity>>>,
 }
