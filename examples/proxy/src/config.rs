@@ -96,22 +96,22 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub api_key_env: Option<String>,
     /// The longest wait for a whole non-streamed answer, or for a stream's head.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: f64,
+    #[serde(default = "default_timeout_secs", deserialize_with = "seconds")]
+    pub timeout_secs: Duration,
     /// The longest silence inside a stream once it started.
-    #[serde(default = "default_idle_secs")]
-    pub stream_idle_timeout_secs: f64,
+    #[serde(default = "default_idle_secs", deserialize_with = "seconds")]
+    pub stream_idle_timeout_secs: Duration,
     /// Overrides of the `[circuit]` defaults for this upstream.
     #[serde(default)]
     pub circuit: Option<CircuitConfig>,
 }
 
-fn default_timeout_secs() -> f64 {
-    60.0
+fn default_timeout_secs() -> Duration {
+    Duration::from_secs(60)
 }
 
-fn default_idle_secs() -> f64 {
-    30.0
+fn default_idle_secs() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One tier of a model.
@@ -160,8 +160,8 @@ pub struct AuthConfig {
     #[serde(default)]
     pub allow_unauthenticated: bool,
     /// How long a review-page sign-in lasts.
-    #[serde(default = "default_session_secs")]
-    pub admin_session_secs: f64,
+    #[serde(default = "default_session_secs", deserialize_with = "seconds")]
+    pub admin_session_secs: Duration,
     /// The most review-page sessions at once (the oldest is ended first).
     #[serde(default = "default_max_sessions")]
     pub max_admin_sessions: usize,
@@ -191,8 +191,8 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
-fn default_session_secs() -> f64 {
-    8.0 * 3600.0
+fn default_session_secs() -> Duration {
+    Duration::from_secs(8 * 3600)
 }
 
 fn default_max_sessions() -> usize {
@@ -228,11 +228,11 @@ pub struct LimitsConfig {
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     /// A stream that sends no event for this long after its head falls back.
-    #[serde(default = "default_first_event_secs")]
-    pub first_event_timeout_secs: f64,
+    #[serde(default = "default_first_event_secs", deserialize_with = "seconds")]
+    pub first_event_timeout_secs: Duration,
     /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
-    #[serde(default = "default_grace_secs")]
-    pub shutdown_grace_secs: f64,
+    #[serde(default = "default_grace_secs", deserialize_with = "seconds")]
+    pub shutdown_grace_secs: Duration,
     /// Open client connections, in all (nginx `worker_connections`); over it,
     /// new connections wait in the listen queue while the open ones are served.
     #[serde(default = "default_max_connections")]
@@ -240,20 +240,20 @@ pub struct LimitsConfig {
     /// The longest a client may take to send a request head (nginx
     /// `client_header_timeout`); also the longest a kept-alive connection waits
     /// for its next request.
-    #[serde(default = "default_client_timeout_secs")]
-    pub client_header_timeout_secs: f64,
+    #[serde(default = "default_client_timeout_secs", deserialize_with = "seconds")]
+    pub client_header_timeout_secs: Duration,
     /// The longest silence between two reads of a request body (nginx
     /// `client_body_timeout`): a 408 then.
-    #[serde(default = "default_client_timeout_secs")]
-    pub client_body_timeout_secs: f64,
+    #[serde(default = "default_client_timeout_secs", deserialize_with = "seconds")]
+    pub client_body_timeout_secs: Duration,
     /// An idle kept-alive connection is closed after this (nginx
     /// `keepalive_timeout`; `client_header_timeout_secs` when shorter).
-    #[serde(default = "default_keepalive_secs")]
-    pub keepalive_timeout_secs: f64,
+    #[serde(default = "default_keepalive_secs", deserialize_with = "seconds")]
+    pub keepalive_timeout_secs: Duration,
     /// How often the metrics recorder drains its samples, whether or not
     /// `/metrics` is scraped.
-    #[serde(default = "default_upkeep_secs")]
-    pub metrics_upkeep_secs: f64,
+    #[serde(default = "default_upkeep_secs", deserialize_with = "seconds")]
+    pub metrics_upkeep_secs: Duration,
     /// The most an upstream may answer, in bytes (a buffered answer, or a whole
     /// stream): over it the tier fails as an invalid response and falls back.
     #[serde(default = "default_max_upstream_body")]
@@ -264,16 +264,16 @@ fn default_max_connections() -> usize {
     1024
 }
 
-fn default_client_timeout_secs() -> f64 {
-    60.0
+fn default_client_timeout_secs() -> Duration {
+    Duration::from_secs(60)
 }
 
-fn default_keepalive_secs() -> f64 {
-    75.0
+fn default_keepalive_secs() -> Duration {
+    Duration::from_secs(75)
 }
 
-fn default_upkeep_secs() -> f64 {
-    5.0
+fn default_upkeep_secs() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_max_upstream_body() -> usize {
@@ -284,12 +284,12 @@ fn default_max_body() -> usize {
     1024 * 1024
 }
 
-fn default_first_event_secs() -> f64 {
-    10.0
+fn default_first_event_secs() -> Duration {
+    Duration::from_secs(10)
 }
 
-fn default_grace_secs() -> f64 {
-    10.0
+fn default_grace_secs() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for LimitsConfig {
@@ -316,11 +316,11 @@ pub struct CircuitConfig {
     #[serde(default = "default_consecutive")]
     pub consecutive_failures: u32,
     /// How long it stays open before a probe (grows on re-trips).
-    #[serde(default = "default_cooldown")]
-    pub cooldown_secs: f64,
+    #[serde(default = "default_cooldown", deserialize_with = "seconds")]
+    pub cooldown_secs: Duration,
     /// The longest cooldown.
-    #[serde(default = "default_max_cooldown")]
-    pub max_cooldown_secs: f64,
+    #[serde(default = "default_max_cooldown", deserialize_with = "seconds")]
+    pub max_cooldown_secs: Duration,
     /// Also open when this share of the recent calls failed (0 to 1).
     #[serde(default)]
     pub failure_rate: Option<f64>,
@@ -330,12 +330,12 @@ fn default_consecutive() -> u32 {
     5
 }
 
-fn default_cooldown() -> f64 {
-    30.0
+fn default_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 
-fn default_max_cooldown() -> f64 {
-    300.0
+fn default_max_cooldown() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for CircuitConfig {
@@ -390,8 +390,8 @@ pub struct EscalationConfig {
     #[serde(default = "default_mode")]
     pub mode: EscalationMode,
     /// Wait: how long a request waits; detach: how long its token is valid.
-    #[serde(default = "default_escalation_timeout")]
-    pub timeout_secs: f64,
+    #[serde(default = "default_escalation_timeout", deserialize_with = "seconds")]
+    pub timeout_secs: Duration,
     /// Wait mode: the outcome when nobody answers in time.
     #[serde(default = "default_on_timeout")]
     pub on_timeout: OnTimeout,
@@ -411,8 +411,8 @@ pub struct EscalationConfig {
     pub invalid_json_answer: bool,
     /// Wait mode: how often a waiting request re-reads the store for
     /// resolutions made by another process.
-    #[serde(default = "default_poll_secs")]
-    pub poll_interval_secs: f64,
+    #[serde(default = "default_poll_secs", deserialize_with = "seconds")]
+    pub poll_interval_secs: Duration,
     /// The most escalations pending at once, all clients together; over it a
     /// request that would escalate gets a 429 and nothing is stored.
     #[serde(default = "default_max_pending")]
@@ -421,8 +421,8 @@ pub struct EscalationConfig {
     #[serde(default = "default_max_pending_per_client")]
     pub max_pending_per_client: usize,
     /// Resolved and expired escalations are deleted this long after they expire.
-    #[serde(default = "default_retention")]
-    pub retention_secs: f64,
+    #[serde(default = "default_retention", deserialize_with = "seconds")]
+    pub retention_secs: Duration,
     /// The environment variable holding the key (32 bytes, base64) that
     /// encrypts escalation snapshots at rest; unset: stored in clear. See
     /// the `sealed` module for rotation.
@@ -442,8 +442,8 @@ fn default_max_pending_per_client() -> usize {
     100
 }
 
-fn default_retention() -> f64 {
-    7.0 * 24.0 * 3600.0
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn yes() -> bool {
@@ -454,8 +454,8 @@ fn default_mode() -> EscalationMode {
     EscalationMode::Wait
 }
 
-fn default_escalation_timeout() -> f64 {
-    300.0
+fn default_escalation_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_on_timeout() -> OnTimeout {
@@ -474,8 +474,8 @@ fn default_approval_header() -> String {
     "x-require-approval".into()
 }
 
-fn default_poll_secs() -> f64 {
-    2.0
+fn default_poll_secs() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for EscalationConfig {
@@ -516,8 +516,8 @@ pub struct BatchConfig {
     #[serde(default)]
     pub seed: Option<u64>,
     /// How long a named batch's successes are kept after its last run.
-    #[serde(default = "default_batch_ttl")]
-    pub ttl_secs: f64,
+    #[serde(default = "default_batch_ttl", deserialize_with = "seconds")]
+    pub ttl_secs: Duration,
     /// The most item successes kept, all batches together (in memory, or in
     /// Redis with `[state] redis_url`, shared by every proxy on it); the
     /// batches run longest ago are dropped first.
@@ -533,8 +533,8 @@ pub struct BatchConfig {
     pub max_id_bytes: usize,
 }
 
-fn default_batch_ttl() -> f64 {
-    24.0 * 3600.0
+fn default_batch_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_batch_records() -> usize {
@@ -660,19 +660,60 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(message.into()))
 }
 
-/// A positive, finite number of seconds as a duration.
-pub(crate) fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
-    if value.is_finite() && value > 0.0 && value < 1e9 {
+/// The longest duration a `*_secs` setting may hold (about 31 years).
+const MAX_SECS: f64 = 1e9;
+
+/// A `*_secs` setting: a positive, finite number of seconds (an integer or a
+/// decimal) in the file, a `Duration` once read. The error says what is wrong;
+/// [`Config::from_toml`] puts the setting's name in front.
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.is_finite() && value > 0.0 && value < MAX_SECS {
         Ok(Duration::from_secs_f64(value))
     } else {
-        err(format!("{setting} must be a positive number of seconds"))
+        Err(serde::de::Error::custom(format!(
+            "must be > 0 and < {MAX_SECS} (a number of seconds), not {value}"
+        )))
+    }
+}
+
+/// `Ok` when `value`, the duration of `setting`, is positive: a config built
+/// or edited in code has not been through [`seconds`].
+fn positive(setting: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        err(format!("{setting}: must be > 0"))
+    } else {
+        Ok(())
     }
 }
 
 impl Config {
     /// Parse and check a TOML text.
+    ///
+    /// An error in a setting names it (`limits.client_body_timeout_secs: must
+    /// be > 0 ...`), with the line it is on.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        let parsed = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError(e.to_string()))
+            .and_then(|deserializer| {
+                serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                    let path = e.path().to_string();
+                    let inner = e.into_inner();
+                    if path == "." {
+                        return ConfigError(inner.to_string());
+                    }
+                    let line = inner
+                        .span()
+                        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                    match line {
+                        Some(line) => {
+                            ConfigError(format!("{path}: {} (line {line})", inner.message()))
+                        }
+                        None => ConfigError(format!("{path}: {}", inner.message())),
+                    }
+                })
+            });
+        let config: Config = parsed?;
         config.validate()?;
         Ok(config)
     }
@@ -721,13 +762,17 @@ impl Config {
                     upstream.name
                 ));
             }
-            secs("timeout_secs", upstream.timeout_secs)?;
-            secs(
-                "stream_idle_timeout_secs",
+            let name = &upstream.name;
+            positive(
+                &format!("upstream {name:?}: timeout_secs"),
+                upstream.timeout_secs,
+            )?;
+            positive(
+                &format!("upstream {name:?}: stream_idle_timeout_secs"),
                 upstream.stream_idle_timeout_secs,
             )?;
             if let Some(circuit) = &upstream.circuit {
-                circuit.validate()?;
+                circuit.validate(&format!("upstream {name:?}: circuit"))?;
             }
         }
         if self.models.is_empty() {
@@ -766,35 +811,36 @@ impl Config {
         if self.limits.max_upstream_body_bytes == 0 {
             return err("limits.max_upstream_body_bytes must be positive");
         }
-        secs(
-            "limits.first_event_timeout_secs",
-            self.limits.first_event_timeout_secs,
-        )?;
-        secs(
-            "limits.shutdown_grace_secs",
-            self.limits.shutdown_grace_secs,
-        )?;
+        let limits = &self.limits;
         for (setting, value) in [
             (
+                "limits.first_event_timeout_secs",
+                limits.first_event_timeout_secs,
+            ),
+            ("limits.shutdown_grace_secs", limits.shutdown_grace_secs),
+            (
                 "limits.client_header_timeout_secs",
-                self.limits.client_header_timeout_secs,
+                limits.client_header_timeout_secs,
             ),
             (
                 "limits.client_body_timeout_secs",
-                self.limits.client_body_timeout_secs,
+                limits.client_body_timeout_secs,
             ),
             (
                 "limits.keepalive_timeout_secs",
-                self.limits.keepalive_timeout_secs,
+                limits.keepalive_timeout_secs,
             ),
-            (
-                "limits.metrics_upkeep_secs",
-                self.limits.metrics_upkeep_secs,
-            ),
+            ("limits.metrics_upkeep_secs", limits.metrics_upkeep_secs),
             ("batch.ttl_secs", self.batch.ttl_secs),
+            ("escalation.timeout_secs", self.escalation.timeout_secs),
+            (
+                "escalation.poll_interval_secs",
+                self.escalation.poll_interval_secs,
+            ),
             ("escalation.retention_secs", self.escalation.retention_secs),
+            ("auth.admin_session_secs", self.auth.admin_session_secs),
         ] {
-            secs(setting, value)?;
+            positive(setting, value)?;
         }
         if !(1..=1_000_000).contains(&self.limits.max_connections) {
             return err("limits.max_connections must be between 1 and 1000000");
@@ -806,12 +852,7 @@ impl Config {
         if self.escalation.max_pending == 0 || self.escalation.max_pending_per_client == 0 {
             return err("escalation.max_pending and max_pending_per_client must be positive");
         }
-        self.circuit.validate()?;
-        secs("escalation.timeout_secs", self.escalation.timeout_secs)?;
-        secs(
-            "escalation.poll_interval_secs",
-            self.escalation.poll_interval_secs,
-        )?;
+        self.circuit.validate("circuit")?;
         if self.batch.concurrency == 0 || self.batch.max_attempts == 0 || self.batch.max_items == 0
         {
             return err("batch.concurrency, max_attempts and max_items must be positive");
@@ -878,7 +919,6 @@ impl Config {
                 self.listen
             ));
         }
-        secs("auth.admin_session_secs", self.auth.admin_session_secs)?;
         if self.auth.max_admin_sessions == 0 || self.auth.login_attempts_per_minute == 0 {
             return err("auth.max_admin_sessions and login_attempts_per_minute must be positive");
         }
@@ -936,15 +976,19 @@ fn read_keys(
 }
 
 impl CircuitConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// `table`: where it is in the file, for the errors.
+    fn validate(&self, table: &str) -> Result<(), ConfigError> {
         if self.consecutive_failures == 0 {
-            return err("circuit.consecutive_failures must be positive");
+            return err(format!("{table}.consecutive_failures must be positive"));
         }
-        secs("circuit.cooldown_secs", self.cooldown_secs)?;
-        secs("circuit.max_cooldown_secs", self.max_cooldown_secs)?;
+        positive(&format!("{table}.cooldown_secs"), self.cooldown_secs)?;
+        positive(
+            &format!("{table}.max_cooldown_secs"),
+            self.max_cooldown_secs,
+        )?;
         if let Some(rate) = self.failure_rate {
             if !(rate > 0.0 && rate <= 1.0) {
-                return err("circuit.failure_rate must be in (0, 1]");
+                return err(format!("{table}.failure_rate must be in (0, 1]"));
             }
         }
         Ok(())
@@ -993,7 +1037,8 @@ template = "We are experiencing issues; please try again shortly."
         let bad = FIXED.replace("http://127.0.0.1:9001/v1", "not a url");
         assert!(Config::from_toml(&bad).is_err());
         let bad = format!("{FIXED}\n[circuit]\ncooldown_secs = -1\n");
-        assert!(Config::from_toml(&bad).is_err());
+        let e = Config::from_toml(&bad).unwrap_err().0;
+        assert!(e.starts_with("circuit.cooldown_secs: must be > 0"), "{e}");
         assert!(Config::from_toml("listen = 3").is_err());
         for workers in ["0", "100000", "-1", "\"two\""] {
             let bad = format!("workers = {workers}\n{FIXED}");
@@ -1002,6 +1047,51 @@ template = "We are experiencing issues; please try again shortly."
         let two = Config::from_toml(&format!("workers = 2\n{FIXED}")).unwrap();
         assert_eq!(two.worker_threads(), 2);
         assert!(Config::from_toml(FIXED).unwrap().worker_threads() >= 1);
+    }
+
+    #[test]
+    fn durations_are_read_once_and_errors_name_the_setting() {
+        let text = format!(
+            "{FIXED}\n[limits]\nclient_body_timeout_secs = 0.25\nshutdown_grace_secs = 2\n"
+        );
+        let config = Config::from_toml(&text).unwrap();
+        assert_eq!(
+            config.limits.client_body_timeout_secs,
+            Duration::from_millis(250)
+        );
+        assert_eq!(config.limits.shutdown_grace_secs, Duration::from_secs(2));
+        for bad in ["0", "-1", "nan", "inf", "1e10", "\"ten\""] {
+            let text = format!("{FIXED}\n[limits]\nclient_body_timeout_secs = {bad}\n");
+            let e = Config::from_toml(&text).unwrap_err().0;
+            assert!(
+                e.starts_with("limits.client_body_timeout_secs: "),
+                "{bad}: {e}"
+            );
+        }
+        let text = FIXED.replace(
+            "name = \"secondary\"",
+            "name = \"secondary\"\ntimeout_secs = 0",
+        );
+        let e = Config::from_toml(&text).unwrap_err().0;
+        assert!(
+            e.starts_with("upstreams[1].timeout_secs: must be > 0"),
+            "{e}"
+        );
+        // Built or edited in code: still checked, by name.
+        let mut config = Config::from_toml(FIXED).unwrap();
+        config.escalation.poll_interval_secs = Duration::ZERO;
+        let e = config.validate().unwrap_err().0;
+        assert_eq!(e, "escalation.poll_interval_secs: must be > 0");
+        config.escalation.poll_interval_secs = Duration::from_secs(1);
+        config.upstreams[0].circuit = Some(CircuitConfig {
+            cooldown_secs: Duration::ZERO,
+            ..CircuitConfig::default()
+        });
+        let e = config.validate().unwrap_err().0;
+        assert_eq!(
+            e,
+            "upstream \"primary\": circuit.cooldown_secs: must be > 0"
+        );
     }
 
     #[test]

@@ -39,9 +39,7 @@ use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
 use crate::body::{completion_json, completion_sse, Closing, ProxyBody};
-use crate::config::{
-    secs, CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout,
-};
+use crate::config::{CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout};
 use crate::redis_state::RedisState;
 use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
@@ -304,8 +302,8 @@ fn circuit_layer(
     let mut builder = CircuitBreakerLayer::builder()
         .name(name)
         .consecutive_failures(config.consecutive_failures)
-        .cooldown(secs("circuit.cooldown_secs", config.cooldown_secs)?)
-        .max_cooldown(secs("circuit.max_cooldown_secs", config.max_cooldown_secs)?)
+        .cooldown(config.cooldown_secs)
+        .max_cooldown(config.max_cooldown_secs)
         .classifier(ProxyClassifier);
     if let Some(rate) = config.failure_rate {
         builder = builder.failure_rate(rate);
@@ -437,10 +435,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         let service = layer.layer(upstream_service);
         guarded.insert(upstream.name.as_str(), service);
     }
-    let first_event = secs(
-        "limits.first_event_timeout_secs",
-        config.limits.first_event_timeout_secs,
-    )?;
+    let first_event = config.limits.first_event_timeout_secs;
     let (escalation, escalation_caps) = escalation_layer(config, redis.as_ref())?;
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
@@ -492,13 +487,10 @@ fn escalation_layer(
         approval_header,
         invalid_json_answer: settings.invalid_json_answer,
     };
-    let timeout = secs("escalation.timeout_secs", settings.timeout_secs)?;
+    let timeout = settings.timeout_secs;
     let mut builder = EscalationLayer::builder(policy)
         .adapter(ProxyAdapter)
-        .poll_interval(secs(
-            "escalation.poll_interval_secs",
-            settings.poll_interval_secs,
-        )?);
+        .poll_interval(settings.poll_interval_secs);
     builder = match settings.mode {
         EscalationMode::Wait => builder.wait(
             timeout,
@@ -509,7 +501,7 @@ fn escalation_layer(
         ),
         EscalationMode::Detach => builder.detach(timeout),
     };
-    let keep_for = timeout + secs("escalation.retention_secs", settings.retention_secs)?;
+    let keep_for = timeout + settings.retention_secs;
     let capped = |store: Arc<dyn tower_llm_resilience::escalation::EscalationStore>| {
         Arc::new(crate::escalation_caps::CappedStore::new(
             store,

@@ -75,9 +75,11 @@ pub(crate) type Shared = Arc<AppState>;
 ///
 /// With `[state] redis_url` this must run inside the tokio runtime that serves
 /// the router: the Redis backends spawn their tasks on it (they run as long as
-/// the returned state lives).
+/// the returned state lives). `config` has been validated ([`Proxy::start`]
+/// does it once); the secrets it names are read here.
+///
+/// [`Proxy::start`]: crate::Proxy::start
 pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
-    config.validate()?;
     config.check_secrets()?;
     // The recorder first: the models register their counters with it.
     let metrics = crate::metrics::handle();
@@ -127,7 +129,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         metrics,
         pipeline,
         sessions: crate::auth::Sessions::new(
-            crate::config::secs("auth.admin_session_secs", config.auth.admin_session_secs)?,
+            config.auth.admin_session_secs,
             config.auth.max_admin_sessions,
         ),
         login_throttle: crate::auth::LoginThrottle::new(config.auth.login_attempts_per_minute),

@@ -315,7 +315,7 @@ async fn a_body_that_trickles_forever_is_bounded_by_the_upstream_timeout() {
     .await;
     let second = healthy().await;
     let mut config = two_tier_config(&first.base_url(), &second.base_url(), "");
-    config.upstreams[0].timeout_secs = 0.3;
+    config.upstreams[0].timeout_secs = Duration::from_millis(300);
     let proxy = llm_proxy::Proxy::start(&config).unwrap();
     let response = post(&proxy.url(), &ask("one", false)).await;
     assert_eq!(response.status(), 502);
@@ -330,8 +330,8 @@ async fn a_stream_that_opens_then_stays_silent_is_a_timeout_not_a_connect_failur
     let first = RawUpstream::start(|_, _| Reply::Hold(SSE_HEAD.as_bytes().to_vec())).await;
     let second = healthy().await;
     let mut config = two_tier_config(&first.base_url(), &second.base_url(), "");
-    config.upstreams[0].stream_idle_timeout_secs = 0.2;
-    config.limits.first_event_timeout_secs = 30.0;
+    config.upstreams[0].stream_idle_timeout_secs = Duration::from_millis(200);
+    config.limits.first_event_timeout_secs = Duration::from_secs(30);
     let proxy = llm_proxy::Proxy::start(&config).unwrap();
     let response = post(&proxy.url(), &ask("one", true)).await;
     assert_eq!(response.status(), 502);

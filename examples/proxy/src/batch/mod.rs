@@ -142,7 +142,7 @@ impl BatchRunner {
             .concurrency(config.concurrency)
             .max_attempts(config.max_attempts)
             .classifier(ErrorOnlyClassifier);
-        let ttl = crate::config::secs("batch.ttl_secs", config.ttl_secs)?;
+        let ttl = config.ttl_secs;
         let mut builder = match redis {
             Some(redis) => builder.store(
                 redis

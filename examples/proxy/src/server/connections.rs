@@ -46,7 +46,7 @@ use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
 use super::reclaim::{Activity, Answer, Registry};
-use crate::config::{secs, ConfigError, LimitsConfig};
+use crate::config::LimitsConfig;
 use crate::service::ProxyService;
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
@@ -66,23 +66,14 @@ pub(crate) struct ClientLimits {
 
 impl ClientLimits {
     /// From `[limits]`.
-    pub(crate) fn from_config(limits: &LimitsConfig) -> Result<Self, ConfigError> {
-        Ok(Self {
+    pub(crate) fn from_config(limits: &LimitsConfig) -> Self {
+        Self {
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             open: Arc::default(),
-            header_timeout: secs(
-                "limits.client_header_timeout_secs",
-                limits.client_header_timeout_secs,
-            )?,
-            body_timeout: secs(
-                "limits.client_body_timeout_secs",
-                limits.client_body_timeout_secs,
-            )?,
-            keepalive_timeout: secs(
-                "limits.keepalive_timeout_secs",
-                limits.keepalive_timeout_secs,
-            )?,
-        })
+            header_timeout: limits.client_header_timeout_secs,
+            body_timeout: limits.client_body_timeout_secs,
+            keepalive_timeout: limits.keepalive_timeout_secs,
+        }
     }
 }
 

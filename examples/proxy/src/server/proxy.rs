@@ -11,7 +11,7 @@ use tower_llm_resilience::BoxError;
 
 use super::connections::{serve, ClientLimits};
 use super::listeners::bind_listeners;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::routes;
 use crate::state::{AppState, Shared};
 
@@ -63,15 +63,9 @@ impl Proxy {
     /// Bind `config.listen` (port 0 picks a free port) and start serving.
     pub fn start(config: &Config) -> Result<Self, BoxError> {
         config.validate()?;
-        let grace = config::secs(
-            "limits.shutdown_grace_secs",
-            config.limits.shutdown_grace_secs,
-        )?;
-        let limits = ClientLimits::from_config(&config.limits)?;
-        let upkeep = config::secs(
-            "limits.metrics_upkeep_secs",
-            config.limits.metrics_upkeep_secs,
-        )?;
+        let grace = config.limits.shutdown_grace_secs;
+        let limits = ClientLimits::from_config(&config.limits);
+        let upkeep = config.limits.metrics_upkeep_secs;
         let workers = config.worker_threads();
         let listeners = bind_listeners(config.listen, workers).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {

@@ -17,7 +17,7 @@ use tower_llm_resilience::fallback::DEFAULT_MAX_EVENT_BYTES;
 use tower_llm_resilience::BoxError;
 
 use crate::body::{Closing, IdleTimeout, MaxBytes, ProxyBody};
-use crate::config::{secs, ConfigError, UpstreamConfig, UpstreamKind};
+use crate::config::{ConfigError, UpstreamConfig, UpstreamKind};
 use crate::pipeline::RequestMeta;
 
 use super::anthropic::call_anthropic;
@@ -64,8 +64,8 @@ impl Upstream {
         closing: &Closing,
     ) -> Result<Self, ConfigError> {
         let http = clients.reqwest.clone();
-        let timeout = secs("timeout_secs", config.timeout_secs)?;
-        let idle = secs("stream_idle_timeout_secs", config.stream_idle_timeout_secs)?;
+        let timeout = config.timeout_secs;
+        let idle = config.stream_idle_timeout_secs;
         let key = match &config.api_key_env {
             Some(var) => Some(std::env::var(var).map_err(|_| {
                 ConfigError(format!(
