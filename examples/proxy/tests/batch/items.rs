@@ -1,8 +1,6 @@
 //! `POST /v1/batch`: per-item reports and cached re-runs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn post_batch(env: &Env, body: Value) -> reqwest::Response {

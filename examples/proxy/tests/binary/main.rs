@@ -4,7 +4,9 @@
 //! (the request finishes, new connections are refused, the process exits
 //! cleanly).
 
+#[path = "../common/mod.rs"]
 mod common;
+mod shutdown;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +17,7 @@ use serde_json::Value;
 
 /// Run the binary with `args`; returns the child (killed on drop), the first
 /// `http://...` it prints, and the whole line.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -24,12 +26,12 @@ impl Drop for Running {
     }
 }
 
-fn run_binary(args: &[&str]) -> (Running, String, String) {
+pub(crate) fn run_binary(args: &[&str]) -> (Running, String, String) {
     run_binary_in(args, None).0
 }
 
 /// As [`run_binary`], in `dir`; also returns the rest of its standard output.
-fn run_binary_in(
+pub(crate) fn run_binary_in(
     args: &[&str],
     dir: Option<&std::path::Path>,
 ) -> (

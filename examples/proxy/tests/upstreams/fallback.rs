@@ -1,8 +1,6 @@
 //! Non-streamed requests through the tiers, the circuits, and every error case.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use llm_proxy::mock::MockUpstream;
 use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};

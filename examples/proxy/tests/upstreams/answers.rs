@@ -3,13 +3,12 @@
 //! a close, answers over `limits.max_upstream_body_bytes`, bodies that never
 //! end, and silence, each from a hand-written upstream on loopback.
 
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use raw::{completion, json_answer, sse_chunk, two_tier_config, RawUpstream, Reply, SSE_HEAD};
+use crate::common::raw::{
+    self, completion, json_answer, sse_chunk, two_tier_config, RawUpstream, Reply, SSE_HEAD,
+};
 use serde_json::{json, Value};
 
 fn ask(model: &str, stream: bool) -> Value {

@@ -4,14 +4,10 @@
 //! would approve an escalation. The proxy must refuse it; the same approval
 //! from the review page itself must work.
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
-
 use std::time::Duration;
 
-use browser::Browser;
-use common::*;
+use crate::common::browser::{click_in, Browser};
+use crate::common::*;
 use fantoccini::Locator;
 use serde_json::Value;
 
@@ -50,19 +46,7 @@ async fn a_cross_site_form_cannot_approve_but_the_review_page_can() {
         .await;
 
     // A client waits for approval.
-    let waiting = {
-        let http = env.http.clone();
-        let url = env.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header("x-require-approval", "true")
-                .json(&ask("smart"))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = env.waiting_for_approval(ask("smart"));
     let id = env.pending(1).await[0]["id"].as_str().unwrap().to_owned();
 
     // The reviewer, still signed in, opens the other site's page: its form
@@ -100,22 +84,9 @@ async fn a_cross_site_form_cannot_approve_but_the_review_page_can() {
 
     // The same approval from the review page works.
     browser.goto(&env.url("/escalations")).await.unwrap();
-    let card = browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("article.escalation"))
-        .await
-        .expect("the pending escalation on the page");
-    card.find(Locator::Css("button.approve"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let response = tokio::time::timeout(wait, waiting)
-        .await
-        .expect("the client got an answer")
-        .unwrap();
+    let card = browser.shown("article.escalation", wait).await;
+    click_in(&card, "button.approve").await;
+    let response = answer_within(wait, waiting).await;
     assert_eq!(response.status(), 200);
     let approved: Value = env
         .admin_get(&format!("/v1/escalations/{id}"))
@@ -134,11 +105,6 @@ async fn a_cross_site_form_cannot_approve_but_the_review_page_can() {
         .click()
         .await
         .unwrap();
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("#admin-key"))
-        .await
-        .expect("the sign-in form after signing out");
+    browser.shown("#admin-key", wait).await;
     browser.close().await.unwrap();
 }

@@ -1,13 +1,12 @@
 //! `POST /v1/batch` retries an item whose only tier failed with a retryable
 //! error, up to `[batch] max_attempts`, and never retries a caller error.
 
-#[path = "common/raw.rs"]
-mod raw;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use raw::{completion, json_answer, server_error, two_tier_config, RawUpstream, Reply};
+use crate::common::raw::{
+    self, completion, json_answer, server_error, two_tier_config, RawUpstream, Reply,
+};
 use serde_json::{json, Value};
 
 async fn post_batch(base: &str, body: &Value) -> Value {

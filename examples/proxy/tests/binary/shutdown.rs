@@ -4,48 +4,22 @@
 //! an error event, and after a restart the decision is picked up with the
 //! token; an escalation whose waiting client went away reads `abandoned`.
 
-#[path = "common/raw.rs"]
-mod raw;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use raw::{
+use crate::common::raw::{
     completion, json_answer, sse_chunk, two_tier_config, two_tier_text, RawUpstream, Reply,
     ADMIN_KEY, CLIENT_KEY, SSE_HEAD,
 };
 use serde_json::{json, Value};
 
-/// The binary, killed on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use super::{run_binary, Running};
+use crate::common::{get_json, wait_pending};
 
 /// `llm-proxy --config PATH`; its base URL.
 fn run(path: &std::path::Path) -> (Running, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
-        .args(["--config", path.to_str().unwrap(), "--workers", "1"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("llm-proxy starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|word| word.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (Running(child), url)
+    let (running, url, _) = run_binary(&["--config", path.to_str().unwrap(), "--workers", "1"]);
+    (running, url)
 }
 
 /// Answers a stream with one chunk and then holds it open; other requests whole.
@@ -63,26 +37,6 @@ async fn upstream() -> RawUpstream {
 
 fn ask(stream: bool) -> Value {
     json!({"model": "two", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
-}
-
-async fn pending(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    for _ in 0..500 {
-        let list: Value = http
-            .get(format!("{base}/v1/escalations"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let data = list["data"].as_array().cloned().unwrap_or_default();
-        if !data.is_empty() {
-            return data;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no escalation became pending");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +66,7 @@ async fn sigterm_answers_waiters_with_their_token_ends_streams_and_the_decision_
 
     // A request waiting for a human, and a stream in flight.
     let waiter = tokio::spawn(chat(false).header("x-require-approval", "true").send());
-    let escalation = pending(&http, &base).await.remove(0);
+    let escalation = wait_pending(&http, &base, 1).await.remove(0);
     let id = escalation["id"].as_str().unwrap().to_owned();
     let mut stream = chat(true).send().await.unwrap();
     assert_eq!(stream.status(), 200);
@@ -161,15 +115,7 @@ async fn sigterm_answers_waiters_with_their_token_ends_streams_and_the_decision_
 
     // After a restart: still pending, resolvable, and the client picks it up.
     let (_running, base) = run(&path);
-    let record: Value = http
-        .get(format!("{base}/v1/escalations/{id}"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = get_json(&http, &format!("{base}/v1/escalations/{id}"), ADMIN_KEY).await;
     assert_eq!(record["status"], "pending", "{record}");
     let resolved = http
         .post(format!("{base}/v1/escalations/{id}/resolve"))
@@ -211,7 +157,7 @@ async fn an_escalation_whose_waiting_client_went_away_reads_abandoned() {
             .json(&ask(false))
             .send(),
     );
-    let id = pending(&http, &base).await[0]["id"]
+    let id = wait_pending(&http, &base, 1).await[0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -220,15 +166,8 @@ async fn an_escalation_whose_waiting_client_went_away_reads_abandoned() {
     let _ = waiter.await;
     let mut status = Value::Null;
     for _ in 0..500 {
-        let record: Value = http
-            .get(format!("{base}/v1/escalations/{id}"))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let record: Value =
+            get_json(&http, &format!("{base}/v1/escalations/{id}"), ADMIN_KEY).await;
         status = record["status"].clone();
         if status == "abandoned" {
             break;
@@ -237,25 +176,14 @@ async fn an_escalation_whose_waiting_client_went_away_reads_abandoned() {
     }
     assert_eq!(status, "abandoned");
     // Nobody waits: it is not listed as pending, and the list says so.
-    let list: Value = http
-        .get(format!("{base}/v1/escalations?status=abandoned"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(
+        &http,
+        &format!("{base}/v1/escalations?status=abandoned"),
+        ADMIN_KEY,
+    )
+    .await;
     assert_eq!(list["data"][0]["id"], id.as_str());
-    let list: Value = http
-        .get(format!("{base}/v1/escalations"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&http, &format!("{base}/v1/escalations"), ADMIN_KEY).await;
     assert_eq!(list["data"].as_array().map(Vec::len), Some(0), "{list}");
     // Resolving it is refused, clearly.
     let resolved = http

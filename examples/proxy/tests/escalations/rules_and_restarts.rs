@@ -1,8 +1,6 @@
 //! Escalations: rules, the admin API, and restarts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};
 
@@ -11,19 +9,7 @@ const APPROVAL: (&str, &str) = ("x-require-approval", "true");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waits_for_approval_and_gets_the_human_answer() {
     let env = Env::start().await;
-    let waiting = {
-        let http = env.http.clone();
-        let url = env.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header(APPROVAL.0, APPROVAL.1)
-                .json(&ask("smart"))
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = env.waiting_for_approval(ask("smart"));
     let pending = env.pending(1).await;
     let escalation = &pending[0];
     assert_eq!(escalation["reason"], "the client asked for human approval");
@@ -58,7 +44,7 @@ async fn a_request_waits_for_approval_and_gets_the_human_answer() {
     assert_eq!(record["status"], "answered");
     assert_eq!(record["resolution"]["resolved_by"], "alice");
 
-    let response = waiting.await.unwrap();
+    let response = waiting.await.unwrap().expect("proxy answers");
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-llm-proxy-tier"), "human");
     let body: Value = response.json().await.unwrap();
@@ -199,18 +185,7 @@ fn restart(config: &Config) -> Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_escalations_survive_a_restart_and_can_be_resolved() {
     let env = Env::start().await;
-    let waiting = {
-        let http = env.http.clone();
-        let url = env.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header(APPROVAL.0, APPROVAL.1)
-                .json(&ask("smart"))
-                .send()
-                .await
-        })
-    };
+    let waiting = env.waiting_for_approval(ask("smart"));
     let id = env.pending(1).await[0]["id"].as_str().unwrap().to_owned();
     let Env {
         proxy,

@@ -2,12 +2,10 @@
 //! behind an upstream of `kind = "anthropic"`, in front of an OpenAI secondary;
 //! clients see the OpenAI format either way.
 
-mod common;
-
 use std::sync::Once;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use llm_proxy::mock::{MockFormat, MockOptions, MockUpstream};
 use llm_proxy::{Config, Proxy};
 use serde_json::{json, Value};
@@ -43,7 +41,7 @@ async fn anthropic_mock(name: &str) -> MockUpstream {
 /// into an Anthropic upstream named `claude` (`timeout_secs` to answer, its key
 /// from `KEY_ENV`, model `CLAUDE`) in front of the OpenAI secondary.
 fn config_text(claude: &str, secondary: &str, timeout_secs: &str, db: &std::path::Path) -> String {
-    common::config_text(claude, secondary, db, "")
+    crate::common::config_text(claude, secondary, db, "")
         .replace("\"primary\"", "\"claude\"")
         .replacen(
             "kind = \"openai\"",

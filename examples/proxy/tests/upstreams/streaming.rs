@@ -1,8 +1,6 @@
 //! Streamed (SSE) requests: first-event fallback and interrupted streams.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn ask_stream(model: &str) -> serde_json::Value {

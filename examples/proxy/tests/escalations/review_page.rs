@@ -2,14 +2,10 @@
 //! `chromium-driver`): a request waits for approval, the page shows it, a human
 //! types an answer, and the waiting client receives it.
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
-
 use std::time::Duration;
 
-use browser::Browser;
-use common::*;
+use crate::common::browser::{click_in, Browser};
+use crate::common::*;
 use fantoccini::Locator;
 use serde_json::{json, Value};
 
@@ -25,31 +21,14 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
         .await;
 
     // A client asks for something that needs approval, and waits.
-    let waiting = {
-        let http = env.http.clone();
-        let url = env.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            let request = json!({
-                "model": "smart",
-                "messages": [{"role": "user", "content": "Refund order 1234?"}],
-            });
-            http.post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header("x-require-approval", "true")
-                .json(&request)
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let request = json!({
+        "model": "smart",
+        "messages": [{"role": "user", "content": "Refund order 1234?"}],
+    });
+    let waiting = env.waiting_for_approval(request);
 
     // The page shows it (it polls the API).
-    let card = browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("article.escalation"))
-        .await
-        .expect("the pending escalation on the page");
+    let card = browser.shown("article.escalation", wait).await;
     let text = card.text().await.unwrap();
     assert!(
         text.contains("the client asked for human approval"),
@@ -66,18 +45,10 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
         .send_keys(answer)
         .await
         .unwrap();
-    card.find(Locator::Css("button.send-answer"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click_in(&card, "button.send-answer").await;
 
     // The waiting client receives exactly that answer.
-    let response = tokio::time::timeout(wait, waiting)
-        .await
-        .expect("the client got an answer")
-        .unwrap();
+    let response = answer_within(wait, waiting).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-llm-proxy-tier"), "human");
     let body: Value = response.json().await.unwrap();
@@ -95,22 +66,11 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
 
     // A second client waits, then goes away: the page says so instead of
     // letting the card vanish as if someone had decided.
-    let leaving = {
-        let http = env.http.clone();
-        let url = env.url("/v1/chat/completions");
-        tokio::spawn(async move {
-            let request = json!({
-                "model": "smart",
-                "messages": [{"role": "user", "content": "Cancel order 99?"}],
-            });
-            http.post(url)
-                .bearer_auth(CLIENT_KEY)
-                .header("x-require-approval", "true")
-                .json(&request)
-                .send()
-                .await
-        })
-    };
+    let request = json!({
+        "model": "smart",
+        "messages": [{"role": "user", "content": "Cancel order 99?"}],
+    });
+    let leaving = env.waiting_for_approval(request);
     let card = browser
         .wait()
         .at_most(wait)
@@ -121,12 +81,7 @@ async fn a_human_answers_from_the_review_page_and_the_waiting_client_gets_it() {
         .expect("the second escalation on the page");
     leaving.abort();
     let _ = leaving.await;
-    browser
-        .wait()
-        .at_most(wait)
-        .for_element(Locator::Css("article.escalation.abandoned"))
-        .await
-        .expect("the card marked as abandoned");
+    browser.shown("article.escalation.abandoned", wait).await;
     let text = card.text().await.unwrap();
     assert!(text.contains("The waiting client went away"), "{text}");
     let approve = card.find(Locator::Css("button.approve")).await.unwrap();

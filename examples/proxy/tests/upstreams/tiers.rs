@@ -2,12 +2,11 @@
 //! replaced, for the first tier and every later one, checked at hand-written
 //! upstreams; bodies that cannot be rewritten are a 400 before any tier is called.
 
-#[path = "common/raw.rs"]
-mod raw;
-
+use crate::common::raw::{
+    self, completion, json_answer, server_error, two_tier_config, RawUpstream, Reply,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, RngAlgorithm, TestRng, TestRunner};
-use raw::{completion, json_answer, server_error, two_tier_config, RawUpstream, Reply};
 
 /// A failing first tier and an answering second one, both recording.
 async fn upstreams() -> (RawUpstream, RawUpstream) {
