@@ -23,7 +23,7 @@
 //! `examples/proxy/README.md`.
 //!
 //! The file is read once ([`Config::load`], [`Config::from_toml`]) into typed
-//! values: every `*_secs` setting is a [`Duration`](std::time::Duration), and
+//! values: every `*_secs` setting is a [`Duration`], and
 //! a wrong value is an error naming its setting (`limits.client_body_timeout_secs:
 //! must be > 0 ...`). One file per table: `upstreams` (with `[[models]]` and
 //! `[circuit]`), `auth`, `limits`, `escalation`, `batch`, `state`; `check`
