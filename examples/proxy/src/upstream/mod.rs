@@ -4,7 +4,7 @@
 //! OpenAI-compatible upstreams get the request as it is (the model already set by
 //! the tier): over a plain hyper client for `http://` base URLs (self-hosted
 //! models, the mock; the proxy's hot path), over reqwest with rustls for
-//! `https://`. Anthropic upstreams go through the library's [`AnthropicClient`],
+//! `https://`. Anthropic upstreams go through the library's [`AnthropicClient`](tower_llm_resilience::client::AnthropicClient),
 //! and their answers and streams are translated back to the OpenAI format.
 //! Failure responses (429, 5xx...) are returned as responses, with their status
 //! and rate-limit headers, for the layers' classifier to judge.
