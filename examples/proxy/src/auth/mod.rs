@@ -250,4 +250,116 @@ mod tests {
         assert_eq!(route(&Method::GET, "/escalations"), Route::Open);
         assert_eq!(route(&Method::POST, "/escalations/login"), Route::Open);
     }
+
+    /// The middleware alone decides: the service behind it sees only the
+    /// requests their route lets through, with who sent them.
+    #[tokio::test]
+    async fn only_what_the_route_allows_reaches_the_service_behind() {
+        let config = crate::Config::from_toml(
+            r#"
+[[upstreams]]
+name = "up"
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+
+[[models]]
+name = "m"
+tiers = [ { upstream = "up", model = "x" } ]
+
+[auth]
+client_keys = ["the-client-key"]
+admin_keys = ["the-admin-key"]
+
+[escalation]
+store = "memory"
+"#,
+        )
+        .unwrap();
+        let state = crate::state::build(&config).unwrap();
+        type Seen = (String, Option<ClientId>, Option<String>);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+        let inner = tower::service_fn({
+            let seen = seen.clone();
+            move |request: Request| {
+                let who = (
+                    request.uri().path().to_owned(),
+                    request.extensions().get::<ClientId>().cloned(),
+                    request
+                        .extensions()
+                        .get::<Admin>()
+                        .map(|a| a.admin_id.clone()),
+                );
+                seen.lock().unwrap().push(who);
+                std::future::ready(Ok::<_, Infallible>(
+                    Response::new(axum::body::Body::empty()),
+                ))
+            }
+        });
+        let mut service = AuthLayer::new(state).layer(inner);
+        let request = |method: Method, path: &str, key: Option<&str>| {
+            let mut request = http::Request::builder().method(method).uri(path);
+            if let Some(key) = key {
+                request = request.header(AUTHORIZATION, format!("Bearer {key}"));
+            }
+            request.body(axum::body::Body::empty()).unwrap()
+        };
+        let refusals = [
+            (
+                Method::GET,
+                "/v1/models",
+                None,
+                "You didn't provide an API key",
+            ),
+            (
+                Method::POST,
+                "/v1/batch",
+                Some("the-admin-key"),
+                "Incorrect API key",
+            ),
+            (
+                Method::GET,
+                "/v1/escalations",
+                Some("the-client-key"),
+                "an admin key",
+            ),
+            (Method::GET, "/v1/admin/session", None, "an admin key"),
+        ];
+        for (method, path, key, message) in refusals {
+            let refused = service.call(request(method, path, key)).await.unwrap();
+            assert_eq!(refused.status(), 401, "{path}");
+            assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+            let body = axum::body::to_bytes(refused.into_body(), 4096)
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+            assert!(body["error"]["param"].is_null());
+            assert!(
+                body["error"]["message"].as_str().unwrap().contains(message),
+                "{body}"
+            );
+        }
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "nothing refused got through"
+        );
+
+        for (method, path, key) in [
+            (Method::POST, "/v1/chat/completions", Some("the-client-key")),
+            (Method::GET, "/v1/escalations", Some("the-admin-key")),
+            (Method::GET, "/healthz", None),
+        ] {
+            let answer = service.call(request(method, path, key)).await.unwrap();
+            assert_eq!(answer.status(), 200, "{path}");
+        }
+        let seen = seen.lock().unwrap();
+        let client = crate::client_id::client_key_id("the-client-key");
+        let admin = crate::client_id::client_key_id("the-admin-key");
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0].0, "/v1/chat/completions");
+        assert_eq!(seen[0].1.as_ref().and_then(|c| c.0.clone()), Some(client));
+        assert_eq!(seen[1].2.as_deref(), Some(admin.as_str()));
+        assert!(seen[2].1.is_none() && seen[2].2.is_none(), "an open route");
+    }
 }

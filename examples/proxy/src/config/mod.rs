@@ -90,7 +90,7 @@ pub struct Config {
 }
 
 /// The most serving threads a config may ask for.
-pub const MAX_WORKERS: usize = 256;
+pub(crate) const MAX_WORKERS: usize = 256;
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -156,7 +156,8 @@ impl Config {
                     }
                     let line = inner
                         .span()
-                        .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+                        .and_then(|span| text.get(..span.start))
+                        .map(|before| before.matches('\n').count() + 1);
                     match line {
                         Some(line) => {
                             ConfigError(format!("{path}: {} (line {line})", inner.message()))

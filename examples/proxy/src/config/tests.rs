@@ -77,6 +77,9 @@ fn durations_are_read_once_and_errors_name_the_setting() {
         e.starts_with("upstreams[1].timeout_secs: must be > 0"),
         "{e}"
     );
+    // With the line it is on.
+    let line = text.lines().position(|l| l == "timeout_secs = 0").unwrap() + 1;
+    assert!(e.ends_with(&format!("(line {line})")), "{e}");
     // Built or edited in code: still checked, by name.
     let mut config = Config::from_toml(FIXED).unwrap();
     config.escalation.poll_interval_secs = Duration::ZERO;
