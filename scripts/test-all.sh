@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests need:
 # - redis-server: tests/redis_*.rs (and the Redis group of the circuit breaker bench);
-# - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/review_page.rs);
-# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary.rs).
+# - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/escalations/);
+# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/).
 need=(redis-server chromium chromium-driver curl)
 missing=()
 for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done

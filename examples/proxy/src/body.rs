@@ -13,14 +13,14 @@ use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
 use tower_llm_resilience::BoxError;
 
 /// A streamed body.
-pub type StreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type StreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The body of every response inside the proxy: a buffered answer (non-streamed
 /// requests, errors, templates) or an event stream.
 ///
 /// Buffered bodies let the classifier read provider error bodies and the
 /// escalation policy read the answer.
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     /// A whole answer; empty once sent.
     Full(Bytes),
     /// An event stream (or any body not read yet).
@@ -38,7 +38,7 @@ impl std::fmt::Debug for ProxyBody {
 
 impl ProxyBody {
     /// The buffered bytes; empty for a stream.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             ProxyBody::Full(bytes) => bytes,
             ProxyBody::Stream(_) => &[],
@@ -46,7 +46,7 @@ impl ProxyBody {
     }
 
     /// Whether this is a buffered body.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         matches!(self, ProxyBody::Full(_))
     }
 }
@@ -102,14 +102,14 @@ impl Body for ProxyBody {
 /// A client-facing event stream: a break in the stream becomes a final
 /// `event: error` in the OpenAI error format, so a client sees why its stream
 /// ended instead of a truncated answer.
-pub struct ClientStream<B> {
+pub(crate) struct ClientStream<B> {
     inner: B,
     done: bool,
 }
 
 impl<B> ClientStream<B> {
     /// Wrap an event stream.
-    pub fn new(inner: B) -> Self {
+    pub(crate) fn new(inner: B) -> Self {
         Self { inner, done: false }
     }
 }
@@ -117,7 +117,7 @@ impl<B> ClientStream<B> {
 /// The event sent when an upstream stream breaks after it started. It opens
 /// with a blank line: an event the break cut in two is ended there (and fails to
 /// parse), so the error event is read on its own.
-pub fn error_event(message: &str) -> Bytes {
+pub(crate) fn error_event(message: &str) -> Bytes {
     let payload = serde_json::json!({
         "error": {
             "message": message,
@@ -169,7 +169,7 @@ where
 
 /// An upstream stream with an idle limit: a silence longer than `idle` is a body
 /// error (reported to the client as an error event).
-pub struct IdleTimeout<B> {
+pub(crate) struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
@@ -177,7 +177,7 @@ pub struct IdleTimeout<B> {
 
 impl<B> IdleTimeout<B> {
     /// Limit the silence between two frames of `inner` to `idle`.
-    pub fn new(inner: B, idle: Duration) -> Self {
+    pub(crate) fn new(inner: B, idle: Duration) -> Self {
         Self {
             inner,
             idle,
@@ -225,7 +225,7 @@ where
 /// An upstream stream of at most `max` bytes in all: past it, the stream ends
 /// with an [`InvalidResponse`](FailureKind::InvalidResponse) error and nothing
 /// more is read (dropping the body closes the upstream connection).
-pub struct MaxBytes<B> {
+pub(crate) struct MaxBytes<B> {
     inner: B,
     left: usize,
     max: usize,
@@ -235,7 +235,7 @@ pub struct MaxBytes<B> {
 
 impl<B> MaxBytes<B> {
     /// Limit `inner`, the answer of `upstream`, to `max` bytes.
-    pub fn new(inner: B, max: usize, upstream: std::sync::Arc<str>) -> Self {
+    pub(crate) fn new(inner: B, max: usize, upstream: std::sync::Arc<str>) -> Self {
         Self {
             inner,
             left: max,
@@ -293,7 +293,7 @@ where
 /// so every upstream stream still open ends with an error event the client
 /// reads (instead of a connection cut without a word). Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Closing(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+pub(crate) struct Closing(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
 
 impl Default for Closing {
     fn default() -> Self {
@@ -303,22 +303,22 @@ impl Default for Closing {
 
 impl Closing {
     /// Not closing yet.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// End every stream guarded by this (and every one guarded later).
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.0.send_replace(true);
     }
 
     /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
+    pub(crate) fn is_closed(&self) -> bool {
         *self.0.borrow()
     }
 
     /// `body`, ended by an error once the proxy closes.
-    pub fn guard<B>(&self, body: B) -> UntilClosing<B> {
+    pub(crate) fn guard<B>(&self, body: B) -> UntilClosing<B> {
         let mut closed = self.0.subscribe();
         UntilClosing {
             inner: body,
@@ -333,7 +333,7 @@ impl Closing {
 }
 
 /// A stream that ends with an error when the proxy closes; see [`Closing`].
-pub struct UntilClosing<B> {
+pub(crate) struct UntilClosing<B> {
     inner: B,
     closed: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     done: bool,
@@ -376,7 +376,7 @@ where
 }
 
 /// An OpenAI `chat.completion` object with one assistant message.
-pub fn completion_json(id: &str, model: &str, content: &str) -> serde_json::Value {
+pub(crate) fn completion_json(id: &str, model: &str, content: &str) -> serde_json::Value {
     serde_json::json!({
         "id": id,
         "object": "chat.completion",
@@ -392,7 +392,7 @@ pub fn completion_json(id: &str, model: &str, content: &str) -> serde_json::Valu
 }
 
 /// A complete OpenAI event stream for one assistant message.
-pub fn completion_sse(id: &str, model: &str, content: &str) -> Bytes {
+pub(crate) fn completion_sse(id: &str, model: &str, content: &str) -> Bytes {
     let created = unix_now();
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         serde_json::json!({
@@ -422,7 +422,7 @@ pub fn completion_sse(id: &str, model: &str, content: &str) -> Bytes {
 
 /// Turn a buffered `chat.completion` into an event stream, for a client that
 /// asked to stream an answer that arrived whole (a human's, a template's).
-pub fn completion_to_sse(body: &[u8]) -> Option<Bytes> {
+pub(crate) fn completion_to_sse(body: &[u8]) -> Option<Bytes> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let content = value.pointer("/choices/0/message/content")?.as_str()?;
     let id = value
@@ -434,7 +434,7 @@ pub fn completion_to_sse(body: &[u8]) -> Option<Bytes> {
 }
 
 /// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -11,7 +11,7 @@ pub fn client_key_id(key: &str) -> String {
 }
 
 /// The first 8 bytes of `digest` as 16 lower-case hex characters.
-pub fn hex16(digest: &[u8]) -> String {
+pub(crate) fn hex16(digest: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(16);
     for byte in digest.iter().take(8) {
@@ -24,17 +24,17 @@ pub fn hex16(digest: &[u8]) -> String {
 /// The client a request was authenticated as, in its extensions (`None`
 /// inside: the proxy runs without client keys).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientId(pub Option<String>);
+pub(crate) struct ClientId(pub(crate) Option<String>);
 
 impl ClientId {
     /// The id, or `-` for an open proxy (as the access log shows it).
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         self.0.as_deref().unwrap_or("-")
     }
 }
 
 /// The client key id of a request's `Authorization: Bearer KEY`, if any.
-pub fn from_headers(headers: &http::HeaderMap) -> Option<String> {
+pub(crate) fn from_headers(headers: &http::HeaderMap) -> Option<String> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let key = value
         .strip_prefix("Bearer ")

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::mock::{MockOptions, MockUpstream};
 
 /// The demo's configuration, with the mocks' addresses.
-pub fn config(
+pub(crate) fn config(
     listen: SocketAddr,
     primary: &str,
     secondary: &str,

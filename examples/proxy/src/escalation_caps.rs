@@ -27,18 +27,19 @@ use tower_llm_resilience::escalation::{
 use tower_llm_resilience::BoxError;
 
 /// The request header carrying the client key id into the escalation snapshot.
-pub const CLIENT_HEADER: http::HeaderName = http::HeaderName::from_static("x-llm-proxy-client");
+pub(crate) const CLIENT_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-llm-proxy-client");
 
 /// The owner of escalations whose request named no client.
 const ANONYMOUS: &str = "anonymous";
 
 /// A new escalation was refused: too many are pending.
 #[derive(Debug)]
-pub struct PendingCapReached {
+pub(crate) struct PendingCapReached {
     /// Which cap: `max_pending` or `max_pending_per_client`.
-    pub setting: &'static str,
+    pub(crate) setting: &'static str,
     /// Its value.
-    pub cap: usize,
+    pub(crate) cap: usize,
 }
 
 impl std::fmt::Display for PendingCapReached {
@@ -60,14 +61,14 @@ impl std::fmt::Display for PendingCapReached {
 impl std::error::Error for PendingCapReached {}
 
 /// The 429 for an escalation refused by a cap, if `err` is one.
-pub fn cap_response(err: &BoxError) -> Option<axum::response::Response> {
+pub(crate) fn cap_error(err: &BoxError) -> Option<crate::error::ApiError> {
     let Some(EscalationError::Store(StoreError::Backend(inner))) =
         err.downcast_ref::<EscalationError>()
     else {
         return None;
     };
     let cap = inner.downcast_ref::<PendingCapReached>()?;
-    Some(crate::errors::error(
+    Some(crate::error::ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limit_error",
         "too_many_pending_escalations",
@@ -89,7 +90,7 @@ impl Counts {
 
 /// An escalation store with caps on pending escalations (see the module docs).
 #[derive(Debug)]
-pub struct CappedStore {
+pub(crate) struct CappedStore {
     inner: Arc<dyn EscalationStore>,
     max_total: usize,
     max_per_client: usize,
@@ -101,7 +102,7 @@ pub struct CappedStore {
 
 impl CappedStore {
     /// `inner`, capped; records are purged `keep_for` after their creation.
-    pub fn new(
+    pub(crate) fn new(
         inner: impl EscalationStore,
         max_total: usize,
         max_per_client: usize,
@@ -119,7 +120,7 @@ impl CappedStore {
     /// Delete the records created more than `keep_for` ago: every record
     /// expires `[escalation] timeout_secs` after its creation, so these are the
     /// resolved and expired ones past `retention_secs`.
-    pub async fn purge_old(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn purge_old(&self) -> Result<usize, StoreError> {
         match SystemTime::now().checked_sub(self.keep_for) {
             Some(cutoff) => self.inner.purge(cutoff).await,
             None => Ok(0),
@@ -132,14 +133,14 @@ impl CappedStore {
     }
 
     /// Pending escalations (not expired), from the in-memory counts.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         let mut counts = self.lock();
         counts.prune(SystemTime::now());
         counts.pending.len()
     }
 
     /// Re-read the pending escalations from the store, page by page.
-    pub async fn sync(&self) -> Result<(), StoreError> {
+    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
         let mut fresh = HashMap::new();
         let mut after = None;
         loop {

@@ -7,364 +7,71 @@
 //! and `/v1/batch` runs through a `PartialBatchLayer`. See the crate's README for
 //! the endpoints and the configuration.
 //!
-//! The library half of the crate exists so tests (and other programs) can run
-//! the proxy and the mock upstream in process: [`Proxy`] and
-//! [`mock::MockUpstream`].
-#![warn(missing_docs, rust_2018_idioms)]
-// Handlers return a finished `Response` as their error: idiomatic in axum.
-#![allow(clippy::result_large_err)]
+//! The library half of the crate exists so the binary, the tests (and other
+//! programs) can run the proxy and the mock upstream in process: [`Config`],
+//! [`Proxy`] and [`mock::MockUpstream`]. Everything else is private to the
+//! crate.
+//!
+//! # Where things live
+//!
+//! In the order a request meets them:
+//!
+//! - [`config`]: the TOML file, parsed and checked once into typed values
+//!   (durations as `Duration`; an error names its setting).
+//! - `server`: [`Proxy`], the serving threads with their runtimes and
+//!   listening sockets ([`bind_listeners`]), the accept loop and the client
+//!   connection limits, the graceful stop.
+//! - `service`: the service in front of the routes: the access log, CORS, the
+//!   authentication middleware, and `POST /v1/chat/completions` answered
+//!   before routing (the hot path).
+//! - `auth`: authentication as one middleware: which route needs a client key,
+//!   an admin key or a review-page session; keys, sessions, the CSRF rules.
+//! - `routes`: the handlers (`chat`, `batch`, `info`, `escalations`, `review`,
+//!   `admin`) and the router; `state`: what they share.
+//! - `request`: reading a chat request without rebuilding it.
+//! - `pipeline`: the layers stacked for each model (escalation, fallback
+//!   tiers, one circuit breaker per upstream) and how answers are classified.
+//! - `upstream`: one provider as a tower service: the service, the HTTP
+//!   transport, the Anthropic translation.
+//! - `body`: response bodies (buffered answers, event streams, their bounds).
+//! - `error`: `ApiError`, every error answer in the OpenAI format.
+//! - Escalations: `escalation_caps` (caps on pending escalations), `resume`
+//!   (a resume token works only for its client), `sealed` (snapshots
+//!   encrypted at rest).
+//! - `batch`: the batch runner and its bounded store; `redis_state`: the
+//!   state shared through Redis (`[state] redis_url`).
+//! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
+//!   the id records and logs carry instead of a key.
+//! - [`mock`]: the mock upstream (`llm-proxy mock-upstream`); [`demo`]: the
+//!   demo `llm-proxy` runs without arguments.
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 
-pub mod admin;
-pub mod app;
-pub mod auth;
-pub mod batch;
-pub mod batch_store;
-pub mod body;
-pub mod client_id;
 pub mod config;
-pub mod demo;
-pub mod errors;
-pub mod escalation_caps;
-pub mod guard;
+mod server;
+
+mod auth;
+mod routes;
+mod service;
+mod state;
+
+mod body;
+mod error;
+mod pipeline;
+mod request;
+mod upstream;
+
+mod escalation_caps;
+mod resume;
+mod sealed;
+
+mod batch;
+mod redis_state;
+
+pub mod client_id;
 pub mod metrics;
+
+pub mod demo;
 pub mod mock;
-pub mod pipeline;
-pub mod reclaim;
-pub mod request;
-pub mod resume;
-pub mod review;
-pub mod sealed;
-pub mod server;
-pub mod service;
-pub mod sessions;
-pub mod state;
-pub mod upstream;
-
-use std::future::Future;
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::net::TcpListener;
-use tower_llm_resilience::BoxError;
 
 pub use crate::config::Config;
-
-/// Serve `service` on `listener` until `shutdown` resolves; then stop accepting,
-/// and give in-flight requests up to `grace` to finish. Escalations still
-/// pending stay in their store. Client connections are bounded by `limits` (see
-/// [`server`]).
-pub async fn serve(
-    service: app::ProxyService,
-    listener: TcpListener,
-    limits: server::ClientLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> Result<(), BoxError> {
-    server::serve(service, listener, limits, shutdown, grace).await;
-    Ok(())
-}
-
-/// A running proxy, built from a [`Config`].
-///
-/// It serves on [`Config::worker_threads`] threads, each with a single-threaded
-/// tokio runtime, an upstream connection pool and a listening socket of its own
-/// on the same address (`SO_REUSEPORT` on Linux, where the kernel spreads the
-/// connections; elsewhere the threads share one socket). A request, its upstream
-/// call and its answer stay on one thread, with no hand-off between threads.
-/// What the layers keep running in the background (the Redis backends' tasks)
-/// runs on one more thread.
-///
-/// Stopping it (or dropping it) stops accepting, gives in-flight requests
-/// `limits.shutdown_grace_secs`, then drops everything it ran, requests still
-/// waiting included, as a process exit would; what it stored stays.
-///
-/// ```no_run
-/// # fn main() -> Result<(), tower_llm_resilience::BoxError> {
-/// let config = llm_proxy::Config::load("llm-proxy.toml".as_ref())?;
-/// let proxy = llm_proxy::Proxy::start(&config)?;
-/// println!("listening on {}", proxy.url());
-/// proxy.stop();
-/// # Ok(())
-/// # }
-/// ```
-pub struct Proxy {
-    addr: SocketAddr,
-    grace: Duration,
-    state: app::Shared,
-    stop: tokio::sync::watch::Sender<bool>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    control: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        std::thread::JoinHandle<()>,
-    )>,
-}
-
-impl std::fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("addr", &self.addr)
-            .field("workers", &self.workers.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Proxy {
-    /// Bind `config.listen` (port 0 picks a free port) and start serving.
-    pub fn start(config: &Config) -> Result<Self, BoxError> {
-        config.validate()?;
-        let grace = config::secs(
-            "limits.shutdown_grace_secs",
-            config.limits.shutdown_grace_secs,
-        )?;
-        let limits = server::ClientLimits::from_config(&config.limits)?;
-        let upkeep = config::secs(
-            "limits.metrics_upkeep_secs",
-            config.limits.metrics_upkeep_secs,
-        )?;
-        let workers = config.worker_threads();
-        let listeners = bind_listeners(config.listen, workers).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                format!(
-                    "cannot listen on {}: another process already listens there \
-                     (stop it, or choose another `listen` address)",
-                    config.listen
-                )
-            } else {
-                format!("cannot listen on {}: {e}", config.listen)
-            }
-        })?;
-        let addr = listeners[0].local_addr()?;
-        let mut runtimes = Vec::with_capacity(workers + 1);
-        for _ in 0..=workers {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtimes.push(runtime),
-                Err(e) => {
-                    discard(runtimes);
-                    return Err(e.into());
-                }
-            }
-        }
-        let control = runtimes.pop().expect("workers + 1 runtimes were built");
-        // Built inside the control runtime: the Redis backends' tasks run there
-        // (once its thread starts) and stop with it.
-        let built = {
-            let _entered = control.enter();
-            app::build(config)
-        };
-        let (router, state) = match built {
-            Ok(built) => built,
-            Err(e) => {
-                runtimes.push(control);
-                discard(runtimes);
-                return Err(e.into());
-            }
-        };
-        let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-        let background = state.clone();
-        let control = std::thread::Builder::new()
-            .name("llm-proxy-control".into())
-            .spawn(move || {
-                control.block_on(async move {
-                    // Housekeeping on its own schedule, not only when scraped.
-                    let chores = tokio::spawn(housekeeping(background, upkeep));
-                    let _ = control_stopped.await;
-                    chores.abort();
-                });
-            })?;
-        let mut proxy = Self {
-            addr,
-            grace,
-            state,
-            stop: tokio::sync::watch::channel(false).0,
-            workers: Vec::with_capacity(workers),
-            control: Some((stop_control, control)),
-        };
-        for (i, (listener, runtime)) in listeners.into_iter().zip(runtimes).enumerate() {
-            let router = router.clone();
-            let limits = limits.clone();
-            let mut stopped = proxy.stop.subscribe();
-            let worker = std::thread::Builder::new()
-                .name(format!("llm-proxy-{i}"))
-                .spawn(move || {
-                    let served = runtime.block_on(async move {
-                        let listener = TcpListener::from_std(listener)?;
-                        let stop = async move {
-                            let _ = stopped.wait_for(|stop| *stop).await;
-                        };
-                        serve(router, listener, limits, stop, grace).await
-                    });
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "a proxy worker stopped with an error");
-                    }
-                    runtime.shutdown_timeout(Duration::from_secs(5));
-                });
-            match worker {
-                Ok(worker) => proxy.workers.push(worker),
-                // Dropping `proxy` stops the workers already started.
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(proxy)
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The number of serving threads.
-    pub fn workers(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Its state: the layers' handles.
-    pub fn state(&self) -> &app::Shared {
-        &self.state
-    }
-
-    /// Shut down gracefully and wait for the threads.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        let _ = self.stop.send(true);
-        self.drain();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        if let Some((stop, control)) = self.control.take() {
-            let _ = stop.send(());
-            let _ = control.join();
-        }
-    }
-}
-
-impl Proxy {
-    /// While the workers finish: requests waiting for a human are answered at
-    /// once (an error with their escalation id and resume token; the escalation
-    /// stays resolvable), and again for any that start waiting meanwhile; a
-    /// little before the grace period ends, upstream streams still open end with
-    /// an error event, sent while their connections are still served.
-    fn drain(&self) {
-        let started = std::time::Instant::now();
-        let close_at = self.grace - (self.grace / 4).min(Duration::from_millis(500));
-        let pipeline = &self.state.pipeline;
-        while self.workers.iter().any(|worker| !worker.is_finished()) {
-            pipeline.escalations.release_waiters();
-            if started.elapsed() >= close_at && !pipeline.closing.is_closed() {
-                pipeline.closing.close();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// Runtimes that never ran: shut down without blocking (dropping one may block,
-/// which is not allowed when the caller is async).
-fn discard(runtimes: Vec<tokio::runtime::Runtime>) {
-    for runtime in runtimes {
-        runtime.shutdown_background();
-    }
-}
-
-/// The proxy's periodic chores: the Prometheus recorder's upkeep (histogram
-/// samples are drained into their buckets, so a proxy nobody scrapes does not
-/// grow) and the escalation counts `/metrics` reports.
-async fn housekeeping(state: app::Shared, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_chores = tokio::time::Instant::now();
-    loop {
-        tick.tick().await;
-        state.metrics.run_upkeep();
-        if tokio::time::Instant::now() >= next_chores {
-            next_chores = tokio::time::Instant::now() + STORE_CHORES_EVERY;
-            store_chores(&state).await;
-        }
-    }
-}
-
-/// How often the escalation counts are re-read and old records purged.
-const STORE_CHORES_EVERY: Duration = Duration::from_secs(60);
-
-/// Re-read the pending escalation counts (other proxies may share the store)
-/// and purge records past their retention.
-async fn store_chores(state: &app::AppState) {
-    let caps = &state.pipeline.escalation_caps;
-    if let Err(e) = caps.sync().await {
-        tracing::warn!(error = %e, "cannot re-read the pending escalations");
-    }
-    match caps.purge_old().await {
-        Ok(0) => {}
-        Ok(purged) => tracing::info!(purged, "escalations past their retention purged"),
-        Err(e) => tracing::warn!(error = %e, "cannot purge old escalations"),
-    }
-}
-
-/// `count` non-blocking listening sockets on `addr` (its port resolved once
-/// when 0), one per serving thread: `SO_REUSEPORT` sockets on Linux, where the
-/// kernel spreads connections between them; clones of one socket elsewhere.
-///
-/// Fails with [`std::io::ErrorKind::AddrInUse`] when another process already
-/// listens on `addr`, even one that set `SO_REUSEPORT` itself: only these
-/// sockets share the port.
-pub fn bind_listeners(
-    addr: SocketAddr,
-    count: usize,
-) -> std::io::Result<Vec<std::net::TcpListener>> {
-    #[cfg(target_os = "linux")]
-    {
-        // A stranger listening with SO_REUSEPORT would silently share the port
-        // with ours: a plain bind first fails if anyone listens there.
-        if addr.port() != 0 {
-            drop(std::net::TcpListener::bind(addr)?);
-        }
-        // One socket per worker; the kernel balances connections between them.
-        let first = reuse_port_listener(addr)?;
-        let bound = first.local_addr()?;
-        let mut all = vec![first];
-        for _ in 1..count {
-            all.push(reuse_port_listener(bound)?);
-        }
-        Ok(all)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        // One socket, shared: each worker accepts from it.
-        let first = std::net::TcpListener::bind(addr)?;
-        first.set_nonblocking(true)?;
-        let mut all = Vec::with_capacity(count);
-        for _ in 1..count {
-            all.push(first.try_clone()?);
-        }
-        all.insert(0, first);
-        Ok(all)
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
+pub use crate::server::{bind_listeners, Proxy};

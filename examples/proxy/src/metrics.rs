@@ -7,7 +7,7 @@
 //! `llm_proxy_escalations_refused_total{cap}`, and, at each scrape,
 //! `llm_proxy_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) and
 //! `llm_proxy_escalations_pending` (from in-memory counts, see
-//! [`escalation_caps`](crate::escalation_caps): a scrape reads no record).
+//! the escalation caps: a scrape reads no record).
 //!
 //! The recorder's upkeep (draining histogram samples into buckets) runs every
 //! `[limits] metrics_upkeep_secs`, scraped or not, so memory stays flat when
@@ -24,7 +24,7 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower_llm_resilience::circuit_breaker::CircuitState;
 
-use crate::app::Shared;
+use crate::state::Shared;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -34,7 +34,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// The process-wide recorder (installed on first use; one per process, shared
 /// by every proxy it runs).
-pub fn handle() -> PrometheusHandle {
+pub(crate) fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
@@ -80,7 +80,7 @@ pub fn record_request(status: StatusCode, took: Duration) {
 }
 
 /// The counter of answers from a model's first tier (registered once per model).
-pub fn primary_answers(tier: &str) -> Counter {
+pub(crate) fn primary_answers(tier: &str) -> Counter {
     metrics::counter!(
         "llm_proxy_answers_total",
         "tier" => tier.to_owned(),
@@ -108,7 +108,7 @@ fn status_label(status: StatusCode) -> &'static str {
 }
 
 /// Which tier answered.
-pub fn record_answer(tier: &str, degraded: bool) {
+pub(crate) fn record_answer(tier: &str, degraded: bool) {
     metrics::counter!(
         "llm_proxy_answers_total",
         "tier" => tier.to_owned(),
@@ -118,7 +118,7 @@ pub fn record_answer(tier: &str, degraded: bool) {
 }
 
 /// The items of one batch.
-pub fn record_batch(ok: usize, failed: usize, cached: usize) {
+pub(crate) fn record_batch(ok: usize, failed: usize, cached: usize) {
     let fresh = ok.saturating_sub(cached);
     metrics::counter!("llm_proxy_batch_items_total", "result" => "ok").increment(fresh as u64);
     metrics::counter!("llm_proxy_batch_items_total", "result" => "cached").increment(cached as u64);
@@ -126,7 +126,7 @@ pub fn record_batch(ok: usize, failed: usize, cached: usize) {
 }
 
 /// `GET /metrics`.
-pub async fn render(State(state): State<Shared>) -> Response {
+pub(crate) async fn render(State(state): State<Shared>) -> Response {
     for (name, handle) in &state.pipeline.circuits {
         let value = match handle.circuit().state() {
             CircuitState::Closed => 0.0,

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 /// Why a body is not a chat completion request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalid {
+pub(crate) enum Invalid {
     /// Not JSON at all: serde_json's message.
     Json(String),
     /// JSON, but not a request: what is wrong with it.
@@ -30,15 +30,15 @@ pub enum Invalid {
 
 /// A chat completion request, as read from its body.
 #[derive(Debug)]
-pub struct ChatBody<'a> {
+pub(crate) struct ChatBody<'a> {
     body: &'a Bytes,
     members: Vec<Member<'a>>,
     /// The model the client asked for.
-    pub model: Cow<'a, str>,
+    pub(crate) model: Cow<'a, str>,
     /// `stream: true`.
-    pub stream: bool,
+    pub(crate) stream: bool,
     /// `response_format` asked for JSON (`json_object` or `json_schema`).
-    pub wants_json: bool,
+    pub(crate) wants_json: bool,
 }
 
 /// A top-level member: its key and where it lies in the body.
@@ -55,7 +55,7 @@ struct Member<'a> {
 
 impl<'a> ChatBody<'a> {
     /// Read `body`: a JSON object with a string `model` and an array `messages`.
-    pub fn parse(source: &'a Bytes) -> Result<Self, Invalid> {
+    pub(crate) fn parse(source: &'a Bytes) -> Result<Self, Invalid> {
         let body: &'a [u8] = source;
         let starts_object = body
             .iter()
@@ -107,7 +107,7 @@ impl<'a> ChatBody<'a> {
 
     /// The body every tier is sent, `model` aside: the client's bytes as they
     /// are, without the `stream` and `stream_options` members when `drop_stream`.
-    pub fn tier_body(&self, drop_stream: bool) -> TierBody {
+    pub(crate) fn tier_body(&self, drop_stream: bool) -> TierBody {
         let mut pieces = Vec::with_capacity(self.members.len() + 2);
         let mut copied_from = 0;
         let mut any_kept = false;
@@ -178,7 +178,7 @@ fn locate<'a>(
 /// tier exactly as the client wrote them. A duplicated `model` has every copy
 /// replaced, so the tier's model wins whichever copy the upstream reads.
 #[derive(Clone, Debug)]
-pub struct TierBody {
+pub(crate) struct TierBody {
     body: Bytes,
     pieces: Arc<[Piece]>,
 }
@@ -193,7 +193,7 @@ enum Piece {
 
 impl TierBody {
     /// The body for a tier whose model is `model`.
-    pub fn for_model(&self, model: &str) -> Bytes {
+    pub(crate) fn for_model(&self, model: &str) -> Bytes {
         let models = self
             .pieces
             .iter()

@@ -8,20 +8,21 @@
 //! `invalid_resume_token`), before the escalation layer sees it: the token is
 //! not used up and the answer does not tell that the escalation exists.
 
-use axum::response::Response;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use tower_llm_resilience::escalation::ResumeToken;
 
-use crate::app::{AppState, CLIENT_HEADER};
 use crate::client_id::ClientId;
-use crate::errors;
+use crate::error::ApiError;
+use crate::routes::chat::CLIENT_HEADER;
+use crate::state::AppState;
 
-/// `Err` is the response for a token that belongs to another client.
-pub async fn check_owner(
+/// `Err` is the answer for a token that belongs to another client (the same
+/// one the escalation layer gives for an invalid token).
+pub(crate) async fn check_owner(
     state: &AppState,
     token: &HeaderValue,
     client: &ClientId,
-) -> Result<(), Response> {
+) -> Result<(), ApiError> {
     let token = ResumeToken::from_string(token.to_str().unwrap_or_default());
     // A token that names no escalation, or an escalation that is not there,
     // is the escalation layer's to refuse.
@@ -44,17 +45,6 @@ pub async fn check_owner(
             client = client.as_str(),
             "resume token presented by another client; refused"
         );
-        Err(invalid_token())
+        Err(ApiError::invalid_resume_token())
     }
-}
-
-/// The answer for an unknown or foreign resume token (the same one the
-/// escalation layer gives for an invalid token).
-pub fn invalid_token() -> Response {
-    errors::error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_resume_token",
-        "invalid resume token",
-    )
 }

@@ -45,7 +45,7 @@ const MARK: &str = "$sealed";
 const ALGORITHM: &str = "xchacha20poly1305";
 
 /// The keys: one to seal with, older ones to open with.
-pub struct Keyring {
+pub(crate) struct Keyring {
     current: (String, XChaCha20Poly1305),
     previous: Vec<(String, XChaCha20Poly1305)>,
 }
@@ -83,7 +83,7 @@ fn parse_key(setting: &str, text: &str) -> Result<(String, XChaCha20Poly1305), C
 
 impl Keyring {
     /// A keyring from base64 keys: `current`, and `previous` still readable.
-    pub fn new(current: &str, previous: &[&str]) -> Result<Self, ConfigError> {
+    pub(crate) fn new(current: &str, previous: &[&str]) -> Result<Self, ConfigError> {
         Ok(Self {
             current: parse_key("escalation.encryption_key_env", current)?,
             previous: previous
@@ -94,7 +94,7 @@ impl Keyring {
     }
 
     /// The keyring the environment variables name (`None`: encryption off).
-    pub fn from_env(
+    pub(crate) fn from_env(
         current_env: Option<&str>,
         previous_env: Option<&str>,
     ) -> Result<Option<Self>, ConfigError> {
@@ -245,14 +245,14 @@ impl Keyring {
 
 /// An [`EscalationStore`] that seals snapshots before `inner` stores them.
 #[derive(Debug)]
-pub struct SealedStore<S> {
+pub(crate) struct SealedStore<S> {
     inner: S,
     keys: Arc<Keyring>,
 }
 
 impl<S: EscalationStore> SealedStore<S> {
     /// Seal what goes into `inner` with `keys`.
-    pub fn new(inner: S, keys: Keyring) -> Self {
+    pub(crate) fn new(inner: S, keys: Keyring) -> Self {
         Self {
             inner,
             keys: Arc::new(keys),
@@ -336,7 +336,7 @@ impl<S: EscalationStore> EscalationStore for SealedStore<S> {
 }
 
 /// `store`, sealed when the config names an encryption key.
-pub fn seal_if_configured<S: EscalationStore>(
+pub(crate) fn seal_if_configured<S: EscalationStore>(
     store: S,
     config: &crate::config::EscalationConfig,
 ) -> Result<Arc<dyn EscalationStore>, ConfigError> {

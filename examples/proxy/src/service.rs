@@ -9,16 +9,19 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::Router;
+use futures_util::future::Either;
 use http::header::CONTENT_TYPE;
 use http::{HeaderName, HeaderValue};
 use tower::Layer;
 use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
-use crate::app::{chat, Shared, DEGRADED_HEADER, TIER_HEADER};
+use crate::auth::{AuthLayer, Authenticated};
 use crate::client_id::ClientId;
 use crate::config::ConfigError;
+use crate::routes::chat::{chat, DEGRADED_HEADER, TIER_HEADER};
+use crate::state::Shared;
 
-/// Every route, behind authentication ([`crate::guard`]), with
+/// Every route, behind the authentication middleware ([`crate::auth`]), with
 /// `POST /v1/chat/completions` answered before routing (the hot path skips the
 /// router's matching and extractors), CORS on the client endpoints when
 /// `auth.cors_allowed_origins` is set, and one access-log line per request.
@@ -32,19 +35,19 @@ use crate::config::ConfigError;
 /// [client key id](crate::client_id::client_key_id), `-` when none). Route or
 /// silence it like any target, e.g. `RUST_LOG=info,llm_proxy::access=off`.
 #[derive(Clone)]
-pub struct ProxyService {
-    dispatch: Dispatch,
-    cors: Option<tower_http::cors::Cors<Dispatch>>,
+pub(crate) struct ProxyService {
+    dispatch: Authenticated<Dispatch>,
+    cors: Option<tower_http::cors::Cors<Authenticated<Dispatch>>>,
 }
 
 impl ProxyService {
     /// `router` behind authentication, with CORS for `cors_origins` (none: off).
-    pub fn new(
+    pub(crate) fn new(
         router: Router,
         state: Shared,
         cors_origins: &[String],
     ) -> Result<Self, ConfigError> {
-        let dispatch = Dispatch { router, state };
+        let dispatch = AuthLayer::new(state.clone()).layer(Dispatch { router, state });
         let cors = cors_layer(cors_origins)?.map(|layer| layer.layer(dispatch.clone()));
         Ok(Self { dispatch, cors })
     }
@@ -56,7 +59,7 @@ impl std::fmt::Debug for ProxyService {
     }
 }
 
-/// Authentication, then the chat fast path or the router.
+/// The chat fast path or the router (behind [`AuthLayer`]).
 #[derive(Clone)]
 struct Dispatch {
     router: Router,
@@ -74,10 +77,7 @@ impl tower::Service<Request> for Dispatch {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        if let Err(response) = crate::guard::authenticate(&self.state, &mut request) {
-            return Box::pin(std::future::ready(Ok(response)));
-        }
+    fn call(&mut self, request: Request) -> Self::Future {
         if request.method() == http::Method::POST && request.uri().path() == "/v1/chat/completions"
         {
             // `chat` puts the client id on its response itself.
@@ -87,7 +87,7 @@ impl tower::Service<Request> for Dispatch {
         // Who it was, for the access log.
         let who = match (
             request.extensions().get::<ClientId>(),
-            request.extensions().get::<crate::guard::Admin>(),
+            request.extensions().get::<crate::auth::Admin>(),
         ) {
             (Some(client), _) => Some(client.clone()),
             (None, Some(admin)) => Some(ClientId(Some(format!("admin:{}", admin.admin_id)))),
@@ -106,7 +106,7 @@ impl tower::Service<Request> for Dispatch {
 
 /// The model a chat response answered for, for the access log.
 #[derive(Clone, Debug)]
-pub struct LoggedModel(pub Arc<str>);
+pub(crate) struct LoggedModel(pub(crate) Arc<str>);
 
 impl tower::Service<Request> for ProxyService {
     type Response = Response;
@@ -124,11 +124,13 @@ impl tower::Service<Request> for ProxyService {
         let logged =
             access_logged().then(|| (request.method().clone(), request.uri().path().to_owned()));
         let client_side = self.cors.is_some()
-            && crate::guard::route(request.method(), request.uri().path())
-                == crate::guard::Route::Client;
-        let answer: BoxedResponse = match &mut self.cors {
-            Some(cors) if client_side => Box::pin(cors.call(request)),
-            _ => self.dispatch.call(request),
+            && crate::auth::route(request.method(), request.uri().path())
+                == crate::auth::Route::Client;
+        let answer = match &mut self.cors {
+            Some(cors) if client_side => {
+                Either::Left(Box::pin(cors.call(request)) as BoxedResponse)
+            }
+            _ => Either::Right(self.dispatch.call(request)),
         };
         Logged {
             answer,
@@ -140,8 +142,8 @@ impl tower::Service<Request> for ProxyService {
 
 /// A response on its way, logged once it has its head (a named future: no
 /// second allocation per request around the handler's).
-pub struct Logged {
-    answer: BoxedResponse,
+pub(crate) struct Logged {
+    answer: Either<BoxedResponse, <Authenticated<Dispatch> as tower::Service<Request>>::Future>,
     logged: Option<(http::Method, String)>,
     started: Instant,
 }
@@ -150,7 +152,7 @@ impl std::future::Future for Logged {
     type Output = Result<Response, Infallible>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = match self.answer.as_mut().poll(cx) {
+        let response = match std::pin::Pin::new(&mut self.answer).poll(cx) {
             Poll::Ready(Ok(response)) => response,
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => return Poll::Pending,
@@ -163,7 +165,7 @@ impl std::future::Future for Logged {
 }
 
 /// Whether access-log lines are written (`llm_proxy::access` at `INFO`).
-pub fn access_logged() -> bool {
+pub(crate) fn access_logged() -> bool {
     tracing::enabled!(target: "llm_proxy::access", tracing::Level::INFO)
 }
 

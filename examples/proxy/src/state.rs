@@ -1,103 +1,141 @@
-//! `[state]`: where circuits, escalations and batch records live.
-//!
-//! Without `redis_url` everything is embedded: each upstream's circuit is per
-//! process, escalations are in `[escalation]`'s store (SQLite or memory), batch
-//! records in memory. With it, several proxies configured with the same Redis and
-//! prefix share one state:
-//!
-//! - each upstream's `CircuitBreakerLayer` is attached with a
-//!   [`RedisCircuitSync`] named after the upstream: an open decision on one proxy
-//!   opens the circuit on every other (the closed path stays local);
-//! - escalations are kept in a [`RedisEscalationStore`]: created on one proxy,
-//!   listed and resolved through any, a waiting request woken wherever it waits;
-//! - batch records are kept in a [`RedisBatchStore`]: a batch re-run on another
-//!   proxy gets its successes back as cached.
-//!
-//! Nothing connects at startup: the backends connect lazily and reconnect on
-//! their own. While Redis is unreachable the circuits decide on local state and
-//! the stores fail their operations (see the README).
+//! The state every handler shares: the models, the layers' handles, the keys,
+//! the review page's sessions; built once from the config.
 
-use tower_llm_resilience::circuit_breaker::Handle;
-use tower_llm_resilience::redis::{RedisBatchStore, RedisCircuitSync, RedisEscalationStore};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use crate::config::{ConfigError, StateConfig};
+use http::{HeaderName, HeaderValue};
 
-/// The Redis behind `[state] redis_url`, with the key prefix.
-#[derive(Clone)]
-pub struct RedisState {
-    client: redis::Client,
-    prefix: String,
+use crate::auth::Keys;
+use crate::batch::BatchRunner;
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{self, ModelService, Pipeline};
+
+/// One model, as the routes see it.
+pub(crate) struct Model {
+    /// Its service.
+    pub(crate) service: ModelService,
+    /// The upstream of its first tier.
+    pub(crate) primary: Arc<str>,
+    /// The model name sent to the first tier.
+    pub(crate) primary_model: String,
+    /// `upstream/model` of each tier, and `template` if it has one.
+    pub(crate) tiers: Vec<String>,
+    /// The model's name, as the header the pipeline reads (`None`: not
+    /// expressible in a header).
+    pub(crate) name_header: Option<HeaderValue>,
+    /// `primary`, as the `x-llm-proxy-tier` header (`None`: not expressible).
+    pub(crate) primary_header: Option<HeaderValue>,
+    /// Answers from the first tier.
+    pub(crate) primary_answers: metrics::Counter,
 }
 
-impl std::fmt::Debug for RedisState {
+/// What every handler shares.
+pub(crate) struct AppState {
+    /// Models by the name clients use.
+    pub(crate) models: HashMap<Arc<str>, Model>,
+    /// The layers' handles.
+    pub(crate) pipeline: Pipeline,
+    /// Client keys (empty: open).
+    pub(crate) client_keys: Keys,
+    /// Admin keys (empty: the admin endpoints are closed).
+    pub(crate) admin_keys: Keys,
+    /// The body size limit.
+    pub(crate) max_body: usize,
+    /// Rules: the approval header, forwarded into the pipeline.
+    pub(crate) approval_header: Option<HeaderName>,
+    /// The batch endpoint.
+    pub(crate) batch: BatchRunner,
+    /// Prometheus rendering.
+    pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Review-page sessions.
+    pub(crate) sessions: crate::auth::Sessions,
+    /// Sign-in attempts per client address.
+    pub(crate) login_throttle: crate::auth::LoginThrottle,
+    /// Failed client authentications (rate-limited log).
+    pub(crate) client_failures: crate::auth::FailureLog,
+    /// Failed admin authentications (rate-limited log).
+    pub(crate) admin_failures: crate::auth::FailureLog,
+    /// `auth.secure_cookies`.
+    pub(crate) secure_cookies: bool,
+}
+
+impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The connection info may hold a password: only the address is shown.
-        f.debug_struct("RedisState")
-            .field(
-                "addr",
-                &self.client.get_connection_info().addr().to_string(),
-            )
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("AppState")
+            .field("pipeline", &self.pipeline)
+            .finish_non_exhaustive()
     }
 }
 
-impl RedisState {
-    /// The Redis of `config`, if `redis_url` is set (the URL is parsed, nothing is
-    /// connected). The backends spawn their tasks on the current tokio runtime, so
-    /// the proxy must be built inside the runtime that serves it.
-    pub fn from_config(config: &StateConfig) -> Result<Option<Self>, ConfigError> {
-        let Some(client) = config.redis_client()? else {
-            return Ok(None);
-        };
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ConfigError(
-                "state.redis_url: the proxy must be built inside a tokio runtime".into(),
-            ));
+/// Shared state.
+pub(crate) type Shared = Arc<AppState>;
+
+/// Build the shared state from a config.
+///
+/// With `[state] redis_url` this must run inside the tokio runtime that serves
+/// the router: the Redis backends spawn their tasks on it (they run as long as
+/// the returned state lives). `config` has been validated ([`Proxy::start`]
+/// does it once); the secrets it names are read here.
+///
+/// [`Proxy::start`]: crate::Proxy::start
+pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
+    config.check_secrets()?;
+    // The recorder first: the models register their counters with it.
+    let metrics = crate::metrics::handle();
+    let pipeline = pipeline::build(config)?;
+    let mut models = HashMap::new();
+    for model in &config.models {
+        let name: Arc<str> = model.name.as_str().into();
+        let mut tiers: Vec<String> = model
+            .tiers
+            .iter()
+            .map(|t| format!("{}/{}", t.upstream, t.model))
+            .collect();
+        if model.template.is_some() {
+            tiers.push(pipeline::TEMPLATE_TIER.into());
         }
-        let state = Self {
-            client,
-            prefix: config.prefix.clone(),
-        };
-        tracing::info!(
-            redis = %state.client.get_connection_info().addr(),
-            prefix = %state.prefix,
-            "shared state on Redis: circuits, escalations and batch records"
+        let service = pipeline.models[&name].clone();
+        let primary = model.tiers[0].upstream.as_str();
+        models.insert(
+            name,
+            Model {
+                service,
+                primary: primary.into(),
+                primary_model: model.tiers[0].model.clone(),
+                tiers,
+                name_header: HeaderValue::try_from(model.name.as_str()).ok(),
+                primary_header: HeaderValue::try_from(primary).ok(),
+                primary_answers: crate::metrics::primary_answers(primary),
+            },
         );
-        Ok(Some(state))
     }
-
-    /// The key prefix.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
-    /// Share the circuits of `handle` (upstream `upstream`) with every proxy on
-    /// this Redis and prefix, until the returned guard is dropped.
-    pub fn attach_circuit(
-        &self,
-        upstream: &str,
-        handle: &Handle<()>,
-    ) -> Result<RedisCircuitSync, ConfigError> {
-        RedisCircuitSync::builder(self.client.clone())
-            .name(upstream)
-            .prefix(self.prefix.as_str())
-            .attach(handle)
-            .map_err(|e| ConfigError(format!("circuit of upstream {upstream:?}: {e}")))
-    }
-
-    /// The escalation store.
-    pub fn escalation_store(&self) -> Result<RedisEscalationStore, ConfigError> {
-        RedisEscalationStore::builder(self.client.clone())
-            .prefix(self.prefix.as_str())
-            .build()
-            .map_err(|e| ConfigError(format!("escalation store: {e}")))
-    }
-
-    /// The batch store.
-    pub fn batch_store(&self) -> Result<RedisBatchStore, ConfigError> {
-        Ok(RedisBatchStore::new(self.client.clone())
-            .map_err(|e| ConfigError(format!("batch store: {e}")))?
-            .prefix(self.prefix.as_str()))
-    }
+    let approval_header = match config.escalation.approval_header.as_str() {
+        "" => None,
+        name => HeaderName::try_from(name).ok(),
+    };
+    let batch = BatchRunner::new(
+        &config.batch,
+        pipeline.cores.clone(),
+        pipeline.redis.as_ref(),
+    )?;
+    let state = Arc::new(AppState {
+        models,
+        client_keys: Keys::new(&config.client_keys()?),
+        admin_keys: Keys::new(&config.admin_keys()?),
+        max_body: config.limits.max_body_bytes,
+        approval_header,
+        batch,
+        metrics,
+        pipeline,
+        sessions: crate::auth::Sessions::new(
+            config.auth.admin_session_secs,
+            config.auth.max_admin_sessions,
+        ),
+        login_throttle: crate::auth::LoginThrottle::new(config.auth.login_attempts_per_minute),
+        client_failures: crate::auth::FailureLog::new("client"),
+        admin_failures: crate::auth::FailureLog::new("admin"),
+        secure_cookies: config.auth.secure_cookies,
+    });
+    Ok(state)
 }

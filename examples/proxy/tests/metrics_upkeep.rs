@@ -66,7 +66,7 @@ async fn histogram_samples_are_drained_without_any_scrape() {
     let mut config = Config::from_toml(&text).expect("test config is valid");
     // Long enough that the samples below pile up between two upkeeps, short
     // enough for a quick test.
-    config.limits.metrics_upkeep_secs = 0.5;
+    config.limits.metrics_upkeep_secs = Duration::from_millis(500);
     let proxy = Proxy::start(&config).expect("proxy starts");
     // One real request on the way, so the recorder is the proxy's and in use.
     let answer = reqwest::Client::new()

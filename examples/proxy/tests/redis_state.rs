@@ -82,7 +82,7 @@ impl Pair {
         };
         // Both proxies' circuit syncs are subscribed before anything happens.
         for proxy in [&pair.a, &pair.b] {
-            let syncs = &proxy.state().pipeline.circuit_syncs;
+            let syncs = proxy.circuit_syncs();
             let names: Vec<&str> = syncs.iter().map(|(name, _)| &**name).collect();
             assert_eq!(names, ["primary", "secondary"], "one sync per upstream");
             poll_until("the circuit syncs reach Redis", || {
@@ -452,9 +452,7 @@ async fn an_unreachable_redis_keeps_calls_working_and_fails_store_operations() {
         .unwrap();
     assert_eq!(circuits["data"][0]["state"], "open", "{circuits}");
     assert!(proxy
-        .state()
-        .pipeline
-        .circuit_syncs
+        .circuit_syncs()
         .iter()
         .all(|(_, sync)| !sync.is_connected()));
 

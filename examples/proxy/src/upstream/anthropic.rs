@@ -18,7 +18,7 @@ use tower_llm_resilience::client::{
 };
 use tower_llm_resilience::BoxError;
 
-use super::Inner;
+use super::service::Inner;
 use crate::body::{unix_now, ProxyBody};
 
 pub(super) async fn call_anthropic(
@@ -246,7 +246,7 @@ fn anthropic_request(body: &[u8]) -> serde_json::Result<ChatRequest> {
 }
 
 /// A provider-neutral answer as an OpenAI `chat.completion`.
-pub fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
+pub(crate) fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
     let finish = answer
         .finish_reason
         .and_then(|r| serde_json::to_value(r).ok())

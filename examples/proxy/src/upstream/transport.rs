@@ -22,7 +22,7 @@ use crate::config::ConfigError;
 /// keeps its own upstream connections, driven by its own runtime, so a request
 /// never waits on another thread. HTTPS upstreams share one reqwest client.
 #[derive(Clone, Debug)]
-pub struct HttpClients {
+pub(crate) struct HttpClients {
     pub(super) plain: PoolSettings,
     pub(super) reqwest: reqwest::Client,
 }
@@ -74,7 +74,7 @@ impl PoolSettings {
 impl HttpClients {
     /// Pools of up to `max_idle` idle connections per host; `connect_timeout` for
     /// new connections.
-    pub fn new(max_idle: usize, connect_timeout: Duration) -> Result<Self, ConfigError> {
+    pub(crate) fn new(max_idle: usize, connect_timeout: Duration) -> Result<Self, ConfigError> {
         let reqwest = reqwest::Client::builder()
             .pool_max_idle_per_host(max_idle)
             .tcp_nodelay(true)

@@ -7,6 +7,7 @@ use std::ops::Deref;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -63,6 +64,16 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// The first element matching the CSS `selector`, once the page shows it
+    /// (the review page polls the API), within `wait`.
+    pub async fn shown(&self, selector: &str, wait: Duration) -> Element {
+        self.wait()
+            .at_most(wait)
+            .for_element(Locator::Css(selector))
+            .await
+            .unwrap_or_else(|e| panic!("{selector} on the page: {e}"))
+    }
+
     pub async fn start() -> Browser {
         let driver = ChromeDriver::start();
         driver.ready().await;
@@ -133,4 +144,15 @@ impl Deref for Browser {
     fn deref(&self) -> &Client {
         &self.client
     }
+}
+
+/// Click the element matching the CSS `selector` inside `element`.
+pub async fn click_in(element: &Element, selector: &str) {
+    element
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|e| panic!("{selector}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("clicking {selector}: {e}"));
 }

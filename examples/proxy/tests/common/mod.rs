@@ -1,6 +1,9 @@
 //! Shared set-up: two mock upstreams on loopback and a proxy in front of them.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod raw;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -99,22 +102,40 @@ impl Env {
 
     /// With extra keys in the `[escalation]` table.
     pub async fn with_escalation(escalation: &str) -> Env {
+        Env::build(escalation, |text| text, reqwest::Client::new()).await
+    }
+
+    /// With the shared config edited by `edit`, and an HTTP client that does
+    /// not follow redirects (to see the review page's own).
+    pub async fn start_edited(edit: impl Fn(String) -> String) -> Env {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client");
+        Env::build("", edit, http).await
+    }
+
+    async fn build(
+        escalation: &str,
+        edit: impl Fn(String) -> String,
+        http: reqwest::Client,
+    ) -> Env {
         let primary = mock("primary").await;
         let secondary = mock("secondary").await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = config_text(
+        let text = edit(config_text(
             &primary.base_url(),
             &secondary.base_url(),
             &dir.path().join("escalations.db"),
             escalation,
-        );
+        ));
         let config = Config::from_toml(&text).expect("test config is valid");
         let proxy = Proxy::start(&config).expect("proxy starts");
         Env {
             primary,
             secondary,
             proxy,
-            http: reqwest::Client::new(),
+            http,
             dir,
             config,
         }
@@ -141,6 +162,21 @@ impl Env {
         request.send().await.expect("proxy answers")
     }
 
+    /// A client that asks for approval (`x-require-approval: true`) and waits
+    /// for the human, in the background: its answer, once there is one.
+    pub fn waiting_for_approval(
+        &self,
+        body: Value,
+    ) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let request = self
+            .http
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .header("x-require-approval", "true")
+            .json(&body);
+        tokio::spawn(request.send())
+    }
+
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
@@ -164,6 +200,19 @@ impl Env {
     pub async fn pending(&self, n: usize) -> Vec<Value> {
         wait_pending(&self.http, &self.proxy.url(), n).await
     }
+}
+
+/// The answer of a client started with [`Env::waiting_for_approval`], which
+/// must come within `wait`.
+pub async fn answer_within(
+    wait: Duration,
+    waiting: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) -> reqwest::Response {
+    tokio::time::timeout(wait, waiting)
+        .await
+        .expect("the client got an answer")
+        .expect("the client's task ran")
+        .expect("proxy answers")
 }
 
 pub async fn wait_pending(http: &reqwest::Client, base: &str, n: usize) -> Vec<Value> {

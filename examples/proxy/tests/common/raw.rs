@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+pub use super::{ADMIN_KEY, CLIENT_KEY};
+
 /// What the upstream does with one request.
 #[derive(Clone, Debug)]
 pub enum Reply {
@@ -209,11 +211,6 @@ pub fn sse_chunk(text: &str) -> String {
     });
     format!("data: {chunk}\n\n")
 }
-
-/// The client key of [`two_tier_config`].
-pub const CLIENT_KEY: &str = "client-key";
-/// The admin key of [`two_tier_config`].
-pub const ADMIN_KEY: &str = "admin-key";
 
 /// A proxy config with upstreams `first` and `second` (their base URLs), the
 /// model `two` (first/model-a, then second/model-b), the model `one` (first

@@ -1,0 +1,186 @@
+//! `POST /v1/batch`: many chat requests in one, each reported on its own (see
+//! [`crate::batch`] for how they run).
+//!
+//! ```json
+//! {"batch_id": "nightly-42", "requests": [{"key": "a", "body": {"model": "smart", "messages": [...]}}]}
+//! ```
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::Json;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Digest as _;
+use tower::Service;
+use tower_llm_resilience::partial_batch::{Batch, BatchError, BatchItem, ItemOutcome};
+
+use crate::batch::ItemRequest;
+use crate::error::ApiError;
+use crate::state::Shared;
+
+#[derive(Deserialize)]
+struct BatchBody {
+    #[serde(default)]
+    batch_id: Option<String>,
+    requests: Vec<BatchEntry>,
+}
+
+#[derive(Deserialize)]
+struct BatchEntry {
+    key: String,
+    body: Box<serde_json::value::RawValue>,
+}
+
+/// `POST /v1/batch`.
+pub(crate) async fn handler(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes: Bytes = super::read_body(&headers, body, state.max_body).await?;
+    let parsed: BatchBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed batch request: {e}")))?;
+    if parsed.requests.len() > state.batch.max_items {
+        return Err(ApiError::bad_request(format!(
+            "a batch may have at most {} requests",
+            state.batch.max_items
+        )));
+    }
+    let max_id = state.batch.max_id_bytes;
+    if let Some(id) = &parsed.batch_id {
+        if let Err(why) = check_name(id, max_id) {
+            return Err(ApiError::bad_request(format!("batch_id {why}")));
+        }
+    }
+    // Each item is stored under its key and the digest of its request: a
+    // changed request is a different item and runs again.
+    let mut keys = HashMap::with_capacity(parsed.requests.len());
+    let mut seen = std::collections::HashSet::with_capacity(parsed.requests.len());
+    let mut items = Vec::with_capacity(parsed.requests.len());
+    for entry in parsed.requests {
+        if let Err(why) = check_name(&entry.key, max_id) {
+            return Err(ApiError::bad_request(format!("the key of an item {why}")));
+        }
+        let body = entry.body.get().as_bytes();
+        if !seen.insert(entry.key.clone()) {
+            return Err(ApiError::bad_request(format!(
+                "the key {:?} is used twice in this batch",
+                entry.key
+            )));
+        }
+        let stored_key = format!("{}#{}", entry.key, digest(body));
+        keys.insert(stored_key.clone(), entry.key);
+        let request = match super::chat::prepare(&state.models, body, true) {
+            Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
+            Err(refused) => ItemRequest::Invalid(invalid_reason(refused.status()).into()),
+        };
+        items.push(BatchItem::new(stored_key, request));
+    }
+    let mut batch = Batch::new(items);
+    if let Some(id) = &parsed.batch_id {
+        // Scoped to the client key: another client's same batch_id is another
+        // batch, and never sees these results.
+        let owner = crate::client_id::from_headers(&headers);
+        let owner = owner.as_deref().unwrap_or("anonymous");
+        batch = batch.with_id(format!("{owner}/{id}"));
+    }
+    let running = {
+        let mut service = state
+            .batch
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        service.call(batch)
+    };
+    let report = match running.await {
+        Ok(report) => report,
+        Err(BatchError::DuplicateKey { key }) => {
+            let key = keys.get(&key).unwrap_or(&key);
+            return Err(ApiError::bad_request(format!(
+                "the key {key:?} is used twice in this batch"
+            )));
+        }
+        Err(e) => return Err(ApiError::internal("batch_failed", e.to_string())),
+    };
+    let items: Vec<Value> = report
+        .items
+        .iter()
+        .map(|item| {
+            let mut out = serde_json::json!({
+                "key": keys.get(&item.key).unwrap_or(&item.key),
+                "attempts": item.attempts,
+                "cached": item.from_store,
+            });
+            match &item.outcome {
+                ItemOutcome::Success(answer) => {
+                    out["status"] = "ok".into();
+                    out["tier"] = answer.tier.clone().into();
+                    out["degraded"] = answer.degraded.into();
+                    out["response"] = answer.response.clone();
+                }
+                ItemOutcome::Failed(failure) => {
+                    out["status"] = "failed".into();
+                    out["error"] = serde_json::json!({
+                        "type": failure.kind.name(),
+                        "message": failure.message,
+                        "fatal": failure.fatal,
+                    });
+                }
+                other => {
+                    out["status"] = if matches!(other, ItemOutcome::NotAttempted) {
+                        "not_attempted"
+                    } else {
+                        "timed_out"
+                    }
+                    .into();
+                }
+            }
+            out
+        })
+        .collect();
+    crate::metrics::record_batch(report.ok, report.failed, report.cached);
+    Ok(Json(serde_json::json!({
+        "object": "batch.report",
+        "batch_id": parsed.batch_id,
+        "ok": report.ok,
+        "failed": report.failed,
+        "cached": report.cached,
+        "unfinished": report.unfinished,
+        "duration_ms": report.duration.as_millis() as u64,
+        "items": items,
+    })))
+}
+
+/// Why a `batch_id` or item key is refused, if it is.
+fn check_name(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() || name.len() > max_bytes {
+        return Err(format!(
+            "must be 1 to {max_bytes} bytes long (batch.max_id_bytes), not {}",
+            name.len()
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err("may hold only letters, digits and - _ . :".into());
+    }
+    Ok(())
+}
+
+/// The first 16 hex characters of the SHA-256 of an item's request bytes.
+fn digest(body: &[u8]) -> String {
+    crate::client_id::hex16(&sha2::Sha256::digest(body))
+}
+
+fn invalid_reason(status: StatusCode) -> &'static str {
+    if status == StatusCode::NOT_FOUND {
+        "unknown model"
+    } else {
+        "malformed chat request (a JSON object with `model` and `messages` is needed)"
+    }
+}

@@ -1,0 +1,55 @@
+//! What the proxy tells about itself: `GET /v1/models`, `GET /v1/circuits`
+//! (client key) and `GET /healthz` (open); `GET /metrics` is in
+//! [`crate::metrics`].
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::Value;
+
+use crate::state::Shared;
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub(crate) async fn list_models(State(state): State<Shared>) -> Json<Value> {
+    let mut names: Vec<&Arc<str>> = state.models.keys().collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|name| {
+            serde_json::json!({
+                "id": &**name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llm-proxy",
+                "tiers": state.models[name].tiers,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"object": "list", "data": data}))
+}
+
+pub(crate) async fn circuits(State(state): State<Shared>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .pipeline
+        .circuits
+        .iter()
+        .map(|(name, handle)| {
+            let snapshot = handle.circuit().snapshot();
+            serde_json::json!({
+                "upstream": &**name,
+                "state": snapshot.state.name(),
+                "forced": snapshot.forced,
+                "retry_after_ms": snapshot.retry_after.map(|d| d.as_millis() as u64),
+                "consecutive_failures": snapshot.consecutive_failures,
+                "failures": snapshot.failures,
+                "rejected": snapshot.rejected,
+                "trips": snapshot.trips,
+            })
+        })
+        .collect();
+    Json(serde_json::json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,203 @@
+//! Reclaiming idle client connections at `limits.max_connections`.
+//!
+//! Every open client connection is registered here with its `Activity` (when
+//! it last read or wrote, and how many requests it has in flight). At the limit
+//! an accept loop asks `Registry::reclaim_one` to close the connection silent
+//! the longest among those with no request in flight, wherever its serving
+//! thread is; the chosen connection's task shuts it down (hyper's graceful
+//! shutdown closes an idle connection at once), which releases its permit.
+//!
+//! The hot path stays cheap: a request costs two relaxed atomic operations on
+//! its own connection; the registry's lock is taken when a connection opens or
+//! closes, and scanned only at the limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// When a connection last read or wrote, its requests in flight, and its
+/// reclaim signal.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    started: Instant,
+    /// Milliseconds since `started`, times two, plus one when the last I/O was a
+    /// write.
+    last: AtomicU64,
+    in_flight: AtomicU32,
+    /// Chosen by a reclaim and not yet closed (so it is not chosen twice).
+    chosen: AtomicBool,
+    /// Signalled when this connection is chosen.
+    pub(crate) reclaim: Notify,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            // A fresh connection counts as idle: hyper's header timeout bounds it.
+            last: AtomicU64::new(1),
+            in_flight: AtomicU32::new(0),
+            chosen: AtomicBool::new(false),
+            reclaim: Notify::new(),
+        }
+    }
+
+    pub(crate) fn mark(&self, write: bool) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX >> 1);
+        self.last
+            .store((ms << 1) | u64::from(write), Ordering::Relaxed);
+    }
+
+    /// When the connection becomes idle for too long: `None` while a request is
+    /// being read or answered (its last I/O was a read).
+    pub(crate) fn idle_deadline(&self, keepalive: Duration) -> Option<Instant> {
+        let last = self.last.load(Ordering::Relaxed);
+        (last & 1 == 1).then(|| self.last_io() + keepalive)
+    }
+
+    fn last_io(&self) -> Instant {
+        self.started + Duration::from_millis(self.last.load(Ordering::Relaxed) >> 1)
+    }
+
+    /// A request starts: held until its answer is written (or dropped).
+    pub(crate) fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Whether no request is in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// A reclaim found a request in flight after all: choosable again.
+    pub(crate) fn unchoose(&self) {
+        self.chosen.store(false, Ordering::Release);
+    }
+}
+
+/// A request in flight on its connection (see [`Activity::request`]).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open client connections of every serving thread.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+}
+
+impl Registry {
+    /// Register an open connection until the returned guard drops.
+    pub(crate) fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registered {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, activity);
+        Registered {
+            id,
+            registry: self.clone(),
+        }
+    }
+
+    /// Signal the connection silent the longest among those with no request in
+    /// flight to close; `false` when every open connection has one.
+    pub(crate) fn reclaim_one(&self) -> bool {
+        let open = self.lock();
+        let chosen = open
+            .values()
+            .filter(|a| a.is_idle() && !a.chosen.load(Ordering::Acquire))
+            .min_by_key(|a| a.last_io())
+            .filter(|a| !a.chosen.swap(true, Ordering::AcqRel))
+            .cloned();
+        drop(open);
+        let Some(chosen) = chosen else {
+            return false;
+        };
+        chosen.reclaim.notify_one();
+        metrics::counter!("llm_proxy_connections_reclaimed_total").increment(1);
+        if log_reclaim_now() {
+            tracing::warn!(
+                "limits.max_connections client connections are open; closing the \
+                 longest-idle ones to serve new ones (logged once a minute; see \
+                 llm_proxy_connections_reclaimed_total)"
+            );
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// An open connection's registration (see [`Registry::register`]).
+#[derive(Debug)]
+pub(crate) struct Registered {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// Whether to log a reclaim now: once a minute at most, for the whole process.
+fn log_reclaim_now() -> bool {
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    super::once_a_minute(&LAST)
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body, holding its request [`InFlight`] until hyper has
+    /// read it all (or dropped it).
+    pub(crate) struct Answer<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> Answer<B> {
+    pub(crate) fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Answer<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            *this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
