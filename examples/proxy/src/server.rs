@@ -15,13 +15,19 @@
 //!   accepted connection unanswered and stop accepting: new connections then
 //!   wait in the kernel's listen queue until one closes or goes idle (see
 //!   [`crate::reclaim`]);
-//! - `client_header_timeout_secs` to send a request head (hyper's
-//!   `header_read_timeout`; hyper times the next request's head from the moment a
-//!   kept-alive connection goes idle, so it also bounds idleness);
+//! - `client_header_timeout_secs` to send a request head, timed from the moment
+//!   the connection went idle (opened, or its last answer ended), so it also
+//!   bounds idleness; a connection past it with a head under way is closed
+//!   (as hyper's `header_read_timeout` would, without its timer per request);
 //! - `client_body_timeout_secs` between two reads of a request body: a body that
 //!   stalls gets a 408;
 //! - `keepalive_timeout_secs`: a connection whose last exchange was the end of
 //!   an answer, silent that long, is closed;
+//!
+//!   both idle limits share one timer per connection, re-armed only when it
+//!   fires (a request costs no timer operation), and the connection's task polls
+//!   that timer, the stop signal and the reclaim signal only when one of them
+//!   woke it, not at every read and write of its requests;
 //! - running out of file descriptors (`EMFILE`, `ENFILE`) never stops the
 //!   listener: it logs (once a minute at most), backs off (up to a second) and
 //!   keeps accepting.
@@ -30,15 +36,16 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -47,7 +54,7 @@ use tower::ServiceExt;
 
 use crate::app::ProxyService;
 use crate::config::{secs, ConfigError, LimitsConfig};
-use crate::reclaim::{Activity, Answer, Registry};
+use crate::reclaim::{Activity, Answer, IdleDeadline, Registry};
 
 /// The client connection limits of `[limits]`, shared by every serving thread.
 #[derive(Clone, Debug)]
@@ -95,11 +102,10 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    // No hyper timer: `connection` times the request heads (hyper's
+    // `header_read_timeout` costs a timer per request).
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    builder.keep_alive(true);
     let builder = Arc::new(builder);
     // Every connection task holds a clone; all dropped = all connections closed.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -262,40 +268,91 @@ async fn connection(
     });
     let conn = builder.serve_connection(io, hyper_service);
     let mut conn = std::pin::pin!(conn);
-    let keepalive = limits.keepalive_timeout;
+    let (header, keepalive) = (limits.header_timeout, limits.keepalive_timeout);
+    // The idle timer, the stop signal and the reclaim signal are polled with
+    // their own waker: only when one of them woke the task.
+    let aux = Arc::new(AuxWake {
+        task: futures_util::task::AtomicWaker::new(),
+        // Polled once to start with.
+        fired: AtomicBool::new(true),
+    });
+    let aux_waker = Waker::from(aux.clone());
+    let mut timer = std::pin::pin!(tokio::time::sleep(header.min(keepalive)));
+    let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
+    let mut reclaim = std::pin::pin!(activity.reclaim.notified());
     let mut closing = false;
-    loop {
-        let idle_deadline = activity.idle_deadline(keepalive);
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(|| Instant::now() + keepalive)), if !closing => {
-                if idle_deadline.is_some_and(|d| d <= Instant::now())
-                    && activity.idle_deadline(keepalive) == idle_deadline
-                {
+    std::future::poll_fn(|cx| {
+        aux.task.register(cx.waker());
+        loop {
+            if conn.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            if !aux.fired.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut aux_cx = Context::from_waker(&aux_waker);
+            while timer.as_mut().poll(&mut aux_cx).is_ready() {
+                let now = Instant::now();
+                let next = match activity.idle_deadline(header, keepalive) {
+                    // Still open after a graceful shutdown, idle: cut.
+                    Some(_) if closing => return Poll::Ready(()),
+                    // A request head under way for too long: cut.
+                    Some(IdleDeadline { at, heard: true }) if at <= now => return Poll::Ready(()),
+                    Some(IdleDeadline { at, .. }) if at <= now => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        now + header
+                    }
+                    Some(IdleDeadline { at, .. }) => at,
+                    None => now + header.min(keepalive),
+                };
+                // At least a tick ahead: the loop ends even for the tiniest timeouts.
+                timer
+                    .as_mut()
+                    .reset(next.max(now + Duration::from_millis(1)));
+            }
+            if !closing {
+                if stop.as_mut().poll(&mut aux_cx).is_ready() {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
-                }
-            }
-            _ = stopping.wait_for(|stop| *stop), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = activity.reclaim.notified(), if !closing => {
-                if activity.is_idle() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    activity.unchoose();
+                } else if reclaim.as_mut().poll(&mut aux_cx).is_ready() {
+                    if activity.is_idle() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else {
+                        activity.unchoose();
+                        reclaim.set(activity.reclaim.notified());
+                        aux.fired.store(true, Ordering::Release);
+                    }
                 }
             }
         }
-    }
+    })
+    .await;
     drop(permit);
     drop(open);
 }
 
+/// Wakes a connection's task for its idle timer, stop or reclaim signal, and
+/// records that one of them is to be polled.
+struct AuxWake {
+    task: futures_util::task::AtomicWaker,
+    fired: AtomicBool,
+}
+
+impl Wake for AuxWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A socket that records its last read and write.
+    /// A socket that records that it read a byte (see [`Activity::heard`]).
     struct Tracked {
         #[pin]
         inner: TcpStream,
@@ -313,7 +370,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.mark(false);
+            this.activity.heard();
         }
         polled
     }
@@ -325,12 +382,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark(true);
-        }
-        polled
+        self.project().inner.poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -338,12 +390,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark(true);
-        }
-        polled
+        self.project().inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
