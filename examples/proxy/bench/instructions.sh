@@ -26,28 +26,7 @@ fi
 source "examples/proxy/bench/common.sh"
 
 start MOCK "$WORK/mock.out" "$1" mock-upstream --listen 127.0.0.1:0 --name bench
-cat >"$WORK/proxy.toml" <<TOML
-listen = "127.0.0.1:0"
-workers = 1
-
-[[upstreams]]
-name = "primary"
-kind = "openai"
-base_url = "$MOCK/v1"
-
-[[upstreams]]
-name = "secondary"
-kind = "openai"
-base_url = "$MOCK/v1"
-
-[[models]]
-name = "bench"
-tiers = [ { upstream = "primary", model = "gpt-4o" }, { upstream = "secondary", model = "gpt-4o-mini" } ]
-template = "busy"
-
-[escalation]
-store = "memory"
-TOML
+load_config "$MOCK" "workers = 1" >"$WORK/proxy.toml"
 echo '{"model":"bench","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json"
 ask() { # url count
   "$OHA" --no-tui -n "$2" -c "$CONNECTIONS" -m POST -T application/json -D "$WORK/body.json" \
