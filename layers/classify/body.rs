@@ -239,7 +239,8 @@ fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
+        // A byte scan: `split(';')` costs a searcher set-up per call, on every answer.
+        .map(|v| &v[..v.bytes().position(|b| b == b';').unwrap_or(v.len())])
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 

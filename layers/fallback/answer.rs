@@ -129,7 +129,9 @@ fn is_json(headers: &http::HeaderMap) -> bool {
 /// The media type of the `Content-Type`, without parameters.
 fn media_type(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
-    Some(value.split(';').next().unwrap_or("").trim())
+    // A byte scan: `split(';')` costs a searcher set-up per call, on every answer.
+    let end = value.bytes().position(|b| b == b';').unwrap_or(value.len());
+    Some(value[..end].trim())
 }
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {

@@ -26,3 +26,30 @@ start() {
   done
   echo "did not start: $*" >&2; cat "$out.err" >&2; exit 1
 }
+
+# load_config MOCK_URL [LINES]: load.sh's proxy config (a model with two tiers on
+# the mock and a template), LINES added at the top (e.g. `workers = 1`).
+load_config() {
+  cat <<TOML
+listen = "127.0.0.1:0"
+${2:-}
+
+[[upstreams]]
+name = "primary"
+kind = "openai"
+base_url = "$1/v1"
+
+[[upstreams]]
+name = "secondary"
+kind = "openai"
+base_url = "$1/v1"
+
+[[models]]
+name = "bench"
+tiers = [ { upstream = "primary", model = "gpt-4o" }, { upstream = "secondary", model = "gpt-4o-mini" } ]
+template = "busy"
+
+[escalation]
+store = "memory"
+TOML
+}

@@ -54,27 +54,7 @@ source "examples/proxy/bench/common.sh"
 
 start MOCK "$WORK/mock.out" "$BIN" mock-upstream --listen 127.0.0.1:0 --name bench
 start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"
-cat >"$WORK/proxy.toml" <<TOML
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "primary"
-kind = "openai"
-base_url = "$MOCK/v1"
-
-[[upstreams]]
-name = "secondary"
-kind = "openai"
-base_url = "$MOCK/v1"
-
-[[models]]
-name = "bench"
-tiers = [ { upstream = "primary", model = "gpt-4o" }, { upstream = "secondary", model = "gpt-4o-mini" } ]
-template = "busy"
-
-[escalation]
-store = "memory"
-TOML
+load_config "$MOCK" >"$WORK/proxy.toml"
 RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
 PROXY_PID=$LAST_PID
 TARGETS="mock bare proxy"

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
-use tokio::time::{sleep, Sleep};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
 use tower_llm_resilience::BoxError;
 
@@ -169,19 +169,26 @@ where
 
 /// An upstream stream with an idle limit: a silence longer than `idle` is a body
 /// error (reported to the client as an error event).
+///
+/// A frame only pushes the deadline back (one clock reading); the timer is moved
+/// when it fires before the deadline, not at every frame (a timer reset takes
+/// the timer wheel's lock).
 pub(crate) struct IdleTimeout<B> {
     inner: B,
     idle: Duration,
+    deadline: Instant,
     timer: Pin<Box<Sleep>>,
 }
 
 impl<B> IdleTimeout<B> {
     /// Limit the silence between two frames of `inner` to `idle`.
     pub(crate) fn new(inner: B, idle: Duration) -> Self {
+        let deadline = Instant::now() + idle;
         Self {
             inner,
             idle,
-            timer: Box::pin(sleep(idle)),
+            deadline,
+            timer: Box::pin(sleep_until(deadline)),
         }
     }
 }
@@ -201,18 +208,25 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                this.deadline = Instant::now() + this.idle;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                // A silence is a timeout, whichever layer reads the error.
-                Poll::Ready(()) => Poll::Ready(Some(Err(ClassifiedError::new(
-                    FailureKind::Timeout,
-                    format!("no data from the upstream for {:?}", this.idle),
-                )
-                .into()))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                match this.timer.as_mut().poll(cx) {
+                    // Fired at a deadline a frame has pushed back since.
+                    Poll::Ready(()) if this.timer.deadline() < this.deadline => {
+                        this.timer.as_mut().reset(this.deadline);
+                    }
+                    // A silence is a timeout, whichever layer reads the error.
+                    Poll::Ready(()) => {
+                        return Poll::Ready(Some(Err(ClassifiedError::new(
+                            FailureKind::Timeout,
+                            format!("no data from the upstream for {:?}", this.idle),
+                        )
+                        .into())))
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
             },
         }
     }
@@ -451,6 +465,36 @@ mod tests {
         assert_eq!(body.bytes(), b"hello");
         let collected = body.collect().await.unwrap().to_bytes();
         assert_eq!(collected.as_ref(), b"hello");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_push_the_idle_deadline_back_and_a_silence_ends_the_stream() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let frames = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+                .map(|b| b.map(|b| Ok::<_, BoxError>(Frame::data(b))))
+        });
+        let idle = Duration::from_millis(100);
+        let mut body = IdleTimeout::new(http_body_util::StreamBody::new(frames), idle);
+        let started = Instant::now();
+        tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                tx.send(Bytes::from_static(b"x")).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        // 300 ms of frames 60 ms apart: three times the limit, never silent that long.
+        for _ in 0..5 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("no data from the upstream"), "{e}");
+        // Cut `idle` after the last frame, not earlier, not much later.
+        let at = started.elapsed();
+        assert!(at >= Duration::from_millis(400), "{at:?}");
+        assert!(at < Duration::from_millis(410), "{at:?}");
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //!
 //! - `[limits] max_connections` open client connections in all (nginx
 //!   `worker_connections`). At the limit a new connection takes the place of
-//!   the connection silent the longest among those with no request in flight
-//!   (one that never sent a byte, or kept alive after its answer), whichever
-//!   serving thread holds it: that one is closed at once (hyper's graceful
-//!   shutdown), counted in `llm_proxy_connections_reclaimed_total` and logged
+//!   the connection idle the longest among those with no request in flight
+//!   (one that never sent a byte, or kept alive after its answer; silent ones
+//!   before those that started a new head), whichever serving thread holds it:
+//!   that one is closed at once (hyper's graceful shutdown), counted in `llm_proxy_connections_reclaimed_total` and logged
 //!   once a minute at most, like Envoy's overload manager closing idle
 //!   connections under pressure and nginx's `reset_timedout_connection`. So
 //!   silent connections cannot lock normal clients out. Only when every open
@@ -15,13 +15,20 @@
 //!   accepted connection unanswered and stop accepting: new connections then
 //!   wait in the kernel's listen queue until one closes or goes idle (see
 //!   [`super::reclaim`]);
-//! - `client_header_timeout_secs` to send a request head (hyper's
-//!   `header_read_timeout`; hyper times the next request's head from the moment a
-//!   kept-alive connection goes idle, so it also bounds idleness);
+//! - `client_header_timeout_secs` to send a request head, timed from the moment
+//!   the connection went idle (opened, or its last answer ended), so it also
+//!   bounds idleness; a connection past it with a head under way is closed
+//!   (as hyper's `header_read_timeout` would, without its timer per request);
 //! - `client_body_timeout_secs` between two reads of a request body: a body that
 //!   stalls gets a 408;
 //! - `keepalive_timeout_secs`: a connection whose last exchange was the end of
 //!   an answer, silent that long, is closed;
+//!
+//!   both idle limits share one timer per connection, re-armed only when it
+//!   fires (a request costs no timer operation), and the connection's task polls
+//!   that timer, the stop signal and the reclaim signal only when one of them
+//!   woke it, not at every read and write of its requests; a connection that
+//!   has not sent a byte yet holds no HTTP state (2.3 KB instead of 12.5 KB);
 //! - running out of file descriptors (`EMFILE`, `ENFILE`) never stops the
 //!   listener: it logs (once a minute at most), backs off (up to a second) and
 //!   keeps accepting.
@@ -30,22 +37,23 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
 
-use super::reclaim::{Activity, Answer, Registry};
+use super::reclaim::{Activity, Answer, IdleDeadline, Registry};
 use crate::config::LimitsConfig;
 use crate::service::ProxyService;
 
@@ -86,11 +94,10 @@ pub(crate) async fn serve(
     stop: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    // No hyper timer: `connection` times the request heads (hyper's
+    // `header_read_timeout` costs a timer per request).
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
+    builder.keep_alive(true);
     let builder = Arc::new(builder);
     // Every connection task holds a clone; all dropped = all connections closed.
     let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -232,61 +239,165 @@ async fn connection(
 ) {
     let activity = Arc::new(Activity::new());
     let _registered = limits.open.register(activity.clone());
-    let io = TokioIo::new(Tracked {
-        inner: tcp,
-        activity: activity.clone(),
-    });
-    let body_timeout = limits.body_timeout;
-    let requests = activity.clone();
-    let hyper_service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
-        let service = service.clone();
-        let in_flight = requests.request();
-        async move {
-            let mut request = request.map(|body| Body::new(TimeoutBody::new(body, body_timeout)));
-            request.extensions_mut().insert(ConnectInfo(peer));
-            let response = service
-                .oneshot(request)
-                .await
-                .unwrap_or_else(|e| match e {});
-            Ok::<_, Infallible>(response.map(|body| Answer::new(body, in_flight)))
-        }
-    });
-    let conn = builder.serve_connection(io, hyper_service);
-    let mut conn = std::pin::pin!(conn);
-    let keepalive = limits.keepalive_timeout;
-    let mut closing = false;
-    loop {
-        let idle_deadline = activity.idle_deadline(keepalive);
-        tokio::select! {
-            _ = conn.as_mut() => break,
-            () = tokio::time::sleep_until(idle_deadline.unwrap_or_else(|| Instant::now() + keepalive)), if !closing => {
-                if idle_deadline.is_some_and(|d| d <= Instant::now())
-                    && activity.idle_deadline(keepalive) == idle_deadline
-                {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-            _ = stopping.wait_for(|stop| *stop), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = activity.reclaim.notified(), if !closing => {
-                if activity.is_idle() {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    activity.unchoose();
-                }
-            }
-        }
+    // A silent connection holds no HTTP state until its first byte (hyper's
+    // write buffer alone is 8 KiB, its state and this task's another 4): the
+    // idle limits, the stop and the reclaim apply meanwhile.
+    // (`readable` would not do: a new socket counts as ready until a read fails.)
+    let mut first = [0u8; 1];
+    let talked = tokio::select! {
+        // A reclaim first: its notification is not lost to a byte arriving with it.
+        biased;
+        () = activity.reclaim.notified() => false,
+        _ = stopping.wait_for(|stop| *stop) => false,
+        () = tokio::time::sleep(limits.header_timeout.min(limits.keepalive_timeout)) => false,
+        peeked = tcp.peek(&mut first) => peeked.is_ok_and(|n| n > 0),
+    };
+    if talked {
+        let http = Http {
+            service,
+            builder,
+            limits,
+            activity,
+        };
+        Box::pin(http.serve(tcp, peer, &mut stopping)).await;
     }
     drop(permit);
     drop(open);
 }
 
+/// A connection's HTTP side, set up at its first byte.
+struct Http {
+    service: ProxyService,
+    builder: Arc<hyper::server::conn::http1::Builder>,
+    limits: ClientLimits,
+    activity: Arc<Activity>,
+}
+
+impl Http {
+    async fn serve(
+        self,
+        tcp: TcpStream,
+        peer: std::net::SocketAddr,
+        stopping: &mut tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Http {
+            service,
+            builder,
+            limits,
+            activity,
+        } = self;
+        let io = TokioIo::new(Tracked {
+            inner: tcp,
+            activity: activity.clone(),
+        });
+        let body_timeout = limits.body_timeout;
+        let requests = activity.clone();
+        let hyper_service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let service = service.clone();
+            let in_flight = requests.request();
+            async move {
+                let mut request =
+                    request.map(|body| Body::new(TimeoutBody::new(body, body_timeout)));
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let response = service
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|e| match e {});
+                Ok::<_, Infallible>(response.map(|body| Answer::new(body, in_flight)))
+            }
+        });
+        let conn = builder.serve_connection(io, hyper_service);
+        let mut conn = std::pin::pin!(conn);
+        let (header, keepalive) = (limits.header_timeout, limits.keepalive_timeout);
+        // The idle timer, the stop signal and the reclaim signal are polled with
+        // their own waker: only when one of them woke the task.
+        let aux = Arc::new(AuxWake {
+            task: futures_util::task::AtomicWaker::new(),
+            // Polled once to start with.
+            fired: AtomicBool::new(true),
+        });
+        let aux_waker = Waker::from(aux.clone());
+        // Due when the connection's first head is (timed from its opening).
+        let first_due = activity
+            .idle_deadline(header, keepalive)
+            .map_or_else(|| Instant::now() + header, |due| due.at);
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(first_due));
+        let mut stop = std::pin::pin!(stopping.wait_for(|stop| *stop));
+        let mut reclaim = std::pin::pin!(activity.reclaim.notified());
+        let mut closing = false;
+        std::future::poll_fn(|cx| {
+            aux.task.register(cx.waker());
+            loop {
+                if conn.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                if !aux.fired.swap(false, Ordering::AcqRel) {
+                    return Poll::Pending;
+                }
+                let mut aux_cx = Context::from_waker(&aux_waker);
+                while timer.as_mut().poll(&mut aux_cx).is_ready() {
+                    let now = Instant::now();
+                    let next = match activity.idle_deadline(header, keepalive) {
+                        // Still open after a graceful shutdown, idle: cut.
+                        Some(_) if closing => return Poll::Ready(()),
+                        // A request head under way for too long: cut.
+                        Some(IdleDeadline { at, heard: true }) if at <= now => {
+                            return Poll::Ready(())
+                        }
+                        Some(IdleDeadline { at, .. }) if at <= now => {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            now + header
+                        }
+                        Some(IdleDeadline { at, .. }) => at,
+                        None => now + header.min(keepalive),
+                    };
+                    // At least a tick ahead: the loop ends even for the tiniest timeouts.
+                    timer
+                        .as_mut()
+                        .reset(next.max(now + Duration::from_millis(1)));
+                }
+                if !closing {
+                    if stop.as_mut().poll(&mut aux_cx).is_ready() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else if reclaim.as_mut().poll(&mut aux_cx).is_ready() {
+                        if activity.is_idle() {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        } else {
+                            activity.unchoose();
+                            reclaim.set(activity.reclaim.notified());
+                            aux.fired.store(true, Ordering::Release);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Wakes a connection's task for its idle timer, stop or reclaim signal, and
+/// records that one of them is to be polled.
+struct AuxWake {
+    task: futures_util::task::AtomicWaker,
+    fired: AtomicBool,
+}
+
+impl Wake for AuxWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// A socket that records its last read and write.
+    /// A socket that records that it read a byte (see [`Activity::heard`]).
     struct Tracked {
         #[pin]
         inner: TcpStream,
@@ -304,7 +415,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.activity.mark(false);
+            this.activity.heard();
         }
         polled
     }
@@ -316,12 +427,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark(true);
-        }
-        polled
+        self.project().inner.poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -329,12 +435,7 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let polled = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.mark(true);
-        }
-        polled
+        self.project().inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

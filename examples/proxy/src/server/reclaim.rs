@@ -1,15 +1,17 @@
 //! Reclaiming idle client connections at `limits.max_connections`.
 //!
 //! Every open client connection is registered here with its `Activity` (when
-//! it last read or wrote, and how many requests it has in flight). At the limit
-//! an accept loop asks `Registry::reclaim_one` to close the connection silent
-//! the longest among those with no request in flight, wherever its serving
-//! thread is; the chosen connection's task shuts it down (hyper's graceful
-//! shutdown closes an idle connection at once), which releases its permit.
+//! it last went idle, whether it has read a byte since, and how many requests
+//! it has in flight). At the limit an accept loop asks `Registry::reclaim_one`
+//! to close the connection idle the longest among those with no request in
+//! flight, wherever its serving thread is; the chosen connection's task shuts it
+//! down (hyper's graceful shutdown closes an idle connection at once), which
+//! releases its permit.
 //!
-//! The hot path stays cheap: a request costs two relaxed atomic operations on
-//! its own connection; the registry's lock is taken when a connection opens or
-//! closes, and scanned only at the limit.
+//! The hot path stays cheap: a request costs two atomic operations and one clock
+//! reading (when it ends) on its own connection, a read one relaxed load; the
+//! registry's lock is taken when a connection opens or closes, and scanned only
+//! at the limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -19,14 +21,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// When a connection last read or wrote, its requests in flight, and its
-/// reclaim signal.
+/// When a connection last went idle, whether it read since, its requests in
+/// flight, and its reclaim signal.
 #[derive(Debug)]
 pub(crate) struct Activity {
     started: Instant,
-    /// Milliseconds since `started`, times two, plus one when the last I/O was a
-    /// write.
-    last: AtomicU64,
+    /// Milliseconds since `started` when the connection last went idle (opened,
+    /// or its last answer ended), times two, plus one once it read a byte since.
+    idle: AtomicU64,
     in_flight: AtomicU32,
     /// Chosen by a reclaim and not yet closed (so it is not chosen twice).
     chosen: AtomicBool,
@@ -34,33 +36,65 @@ pub(crate) struct Activity {
     pub(crate) reclaim: Notify,
 }
 
+/// When an idle connection is due to close (see [`Activity::idle_deadline`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct IdleDeadline {
+    pub(crate) at: Instant,
+    /// It read a byte since it went idle: a request head is under way.
+    pub(crate) heard: bool,
+}
+
 impl Activity {
     pub(crate) fn new() -> Self {
         Self {
             started: Instant::now(),
-            // A fresh connection counts as idle: hyper's header timeout bounds it.
-            last: AtomicU64::new(1),
+            // A fresh connection is idle: the header and keep-alive timeouts bound it.
+            idle: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             chosen: AtomicBool::new(false),
             reclaim: Notify::new(),
         }
     }
 
-    pub(crate) fn mark(&self, write: bool) {
+    /// A byte was read: no clock reading, one relaxed load (a store the first
+    /// time after the connection went idle).
+    pub(crate) fn heard(&self) {
+        if self.idle.load(Ordering::Relaxed) & 1 == 0 {
+            self.idle.fetch_or(1, Ordering::Relaxed);
+        }
+    }
+
+    fn went_idle(&self) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX >> 1);
-        self.last
-            .store((ms << 1) | u64::from(write), Ordering::Relaxed);
+        self.idle.store(ms << 1, Ordering::Relaxed);
     }
 
-    /// When the connection becomes idle for too long: `None` while a request is
-    /// being read or answered (its last I/O was a read).
-    pub(crate) fn idle_deadline(&self, keepalive: Duration) -> Option<Instant> {
-        let last = self.last.load(Ordering::Relaxed);
-        (last & 1 == 1).then(|| self.last_io() + keepalive)
+    /// When the connection, idle, is due to close: `None` while a request is in
+    /// flight. A connection silent since it went idle may stay so for the
+    /// shorter of `header` and `keepalive`; one that started a request head has
+    /// `header` from the moment it went idle to finish it (nginx's
+    /// `keepalive_timeout` and `client_header_timeout`).
+    pub(crate) fn idle_deadline(
+        &self,
+        header: Duration,
+        keepalive: Duration,
+    ) -> Option<IdleDeadline> {
+        if !self.is_idle() {
+            return None;
+        }
+        let idle = self.idle.load(Ordering::Relaxed);
+        let heard = idle & 1 == 1;
+        let limit = if heard { header } else { header.min(keepalive) };
+        Some(IdleDeadline {
+            at: self.started + Duration::from_millis(idle >> 1) + limit,
+            heard,
+        })
     }
 
-    fn last_io(&self) -> Instant {
-        self.started + Duration::from_millis(self.last.load(Ordering::Relaxed) >> 1)
+    /// The reclaim order: silent ones first, then idle the longest.
+    fn idle_key(&self) -> (u64, u64) {
+        let idle = self.idle.load(Ordering::Relaxed);
+        (idle & 1, idle >> 1)
     }
 
     /// A request starts: held until its answer is written (or dropped).
@@ -86,7 +120,9 @@ pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.went_idle();
+        }
     }
 }
 
@@ -108,14 +144,15 @@ impl Registry {
         }
     }
 
-    /// Signal the connection silent the longest among those with no request in
-    /// flight to close; `false` when every open connection has one.
+    /// Signal the connection idle the longest among those with no request in
+    /// flight (silent ones first) to close; `false` when every open connection
+    /// has one.
     pub(crate) fn reclaim_one(&self) -> bool {
         let open = self.lock();
         let chosen = open
             .values()
             .filter(|a| a.is_idle() && !a.chosen.load(Ordering::Acquire))
-            .min_by_key(|a| a.last_io())
+            .min_by_key(|a| a.idle_key())
             .filter(|a| !a.chosen.swap(true, Ordering::AcqRel))
             .cloned();
         drop(open);

@@ -4,6 +4,7 @@
 mod common;
 mod escalations;
 mod fds;
+mod idle;
 
 use std::net::SocketAddr;
 use std::time::Duration;
