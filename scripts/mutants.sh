@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 tests_for() {
   case "$1" in
     layers/circuit_breaker/circuit.rs)
-      echo "--test circuit_breaker --test circuit_breaker_edges --test circuit_breaker_model" ;;
+      echo "--test circuit_breaker --test circuit_breaker_edges --test circuit_breaker_model --test circuit_breaker_rates --test circuit_breaker_logs" ;;
     layers/circuit_breaker/window.rs)
       echo "--lib --test circuit_breaker --test circuit_breaker_edges --test circuit_breaker_model" ;;
     layers/classify/headers.rs)

@@ -66,12 +66,16 @@ async fn forced_states_survive_eviction() {
     let handle = layer.handle();
     let mut svc = layer.layer(upstream());
     handle.get_or_create(7).force_open();
+    // Forced closed: as closed as a pristine circuit, but kept all the same.
+    handle.get_or_create(8).force_closed();
     for n in 2..40 {
         let _ = call(&mut svc, n).await;
     }
     let open = call(&mut svc, 7).await.unwrap_err();
     assert!(open.is::<CircuitOpen>());
     assert!(handle.get(&7).unwrap().snapshot().forced);
+    let closed = handle.get(&8).expect("key 8 kept").snapshot();
+    assert!(closed.forced && closed.state == CircuitState::Closed);
 }
 
 #[tokio::test(start_paused = true)]
@@ -227,15 +231,17 @@ async fn the_calls_counter_counts_only_when_asked_and_skips_caller_bugs() {
     let _ = call(&mut svc, 2).await;
     assert_eq!(handle.circuit().snapshot().calls, 0, "off by default");
     handle.count_calls(true);
-    for n in [2, 3, 0, 1] {
+    // As many failures as successes, and one caller bug: a counter that took
+    // the caller bug instead of the failures would also read 3 with one failure.
+    for n in [2, 3, 0, 0, 1] {
         let _ = call(&mut svc, n).await;
     }
     let snapshot = handle.circuit().snapshot();
     assert_eq!(
-        snapshot.calls, 3,
-        "two successes and a failure; the caller bug is neutral"
+        snapshot.calls, 4,
+        "two successes and two failures; the caller bug is neutral"
     );
-    assert_eq!(snapshot.failures, 1);
+    assert_eq!(snapshot.failures, 2);
 }
 
 #[tokio::test(start_paused = true)]

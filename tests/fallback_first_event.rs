@@ -1,5 +1,5 @@
 //! `FirstEvent` settings through the public `SettleResponse` API: the default
-//! limits are the documented ones, zero values mean what the docs say, and
+//! limits (prefix, event, answer) are the documented ones, zero values mean what the docs say, and
 //! `try_settle` settles at once exactly when nothing needs reading.
 use std::convert::Infallible;
 use std::error::Error as _;
@@ -10,8 +10,8 @@ use futures_util::stream;
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower_llm_resilience::fallback::{
-    FirstEvent, FirstEventError, SettleResponse, Settlement, StreamFault, StreamInterrupted,
-    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_PREFIX_BYTES,
+    FirstEvent, FirstEventError, IncompleteAnswer, SettleResponse, Settlement, StreamFault,
+    StreamInterrupted, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_PREFIX_BYTES,
 };
 
 type Frames = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
@@ -124,6 +124,44 @@ async fn the_default_event_limit_is_1_mib() {
     assert!(
         matches!(fault, Some(StreamFault::EventTooLarge(limit)) if limit == 1024 * 1024),
         "{fault:?}"
+    );
+}
+
+/// A plain (not JSON) answer of `len` bytes, in frames of 1 MiB.
+fn plain_answer(len: usize) -> http::Response<Frames> {
+    let mut chunks = Vec::new();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(1024 * 1024);
+        chunks.push(vec![b'z'; n]);
+        left -= n;
+    }
+    http::Response::builder()
+        .header("content-type", "text/plain")
+        .body(frames(chunks))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_default_answer_limit_is_16_mib() {
+    assert_eq!(DEFAULT_MAX_ANSWER_BYTES, 16 * 1024 * 1024);
+    let settle = FirstEvent::new(Duration::from_secs(10));
+    assert_eq!(settle.limits().2, DEFAULT_MAX_ANSWER_BYTES);
+    // Exactly 16 MiB, unannounced: read whole and passed on.
+    let response = settle.settle(plain_answer(16 * 1024 * 1024)).await.unwrap();
+    let bytes = response.into_body().into_buffered().unwrap();
+    assert_eq!(bytes.len(), 16 * 1024 * 1024);
+    // One byte more: refused while reading.
+    let error = settle
+        .settle(plain_answer(16 * 1024 * 1024 + 1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.downcast_ref::<IncompleteAnswer>(),
+            Some(IncompleteAnswer::TooLarge(limit)) if *limit == 16 * 1024 * 1024
+        ),
+        "{error}"
     );
 }
 
