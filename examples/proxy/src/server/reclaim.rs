@@ -91,10 +91,12 @@ impl Activity {
         })
     }
 
-    /// The reclaim order: silent ones first, then idle the longest.
-    fn idle_key(&self) -> (u64, u64) {
+    /// The reclaim order: silent ones first, then idle the longest. The moment
+    /// is absolute: `idle` counts from this connection's own `started`, so two
+    /// connections' counts cannot be compared (each new one starts at 0).
+    fn idle_key(&self) -> (u64, Instant) {
         let idle = self.idle.load(Ordering::Relaxed);
-        (idle & 1, idle >> 1)
+        (idle & 1, self.started + Duration::from_millis(idle >> 1))
     }
 
     /// A request starts: held until its answer is written (or dropped).
@@ -236,5 +238,32 @@ impl<B: http_body::Body> http_body::Body for Answer<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The connection idle the longest is reclaimed, not one opened later (a
+    /// fresh connection whose request is on its way must not be the victim of a
+    /// flood of silent ones).
+    #[tokio::test(start_paused = true)]
+    async fn the_connection_silent_the_longest_is_reclaimed() {
+        let registry = Arc::new(Registry::default());
+        let mut open = Vec::new();
+        for _ in 0..50 {
+            let activity = Arc::new(Activity::new());
+            open.push((registry.register(activity.clone()), activity));
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        for (_, activity) in &open {
+            assert!(registry.reclaim_one());
+            assert!(
+                activity.chosen.load(Ordering::Acquire),
+                "the oldest silent connection still open must be chosen first"
+            );
+        }
+        assert!(!registry.reclaim_one(), "every connection was chosen once");
     }
 }
