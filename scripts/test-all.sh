@@ -7,13 +7,18 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need:
 # - redis-server: tests/redis_*.rs (and the Redis group of the circuit breaker bench);
 # - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/escalations/);
-# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/).
-need=(redis-server chromium chromium-driver curl)
+# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/);
+# - prometheus: promtool for the alert rules (scripts/check-alerts.sh) and a real
+#   Prometheus scraping a proxy (examples/proxy/tests/alerts.rs).
+need=(redis-server chromium chromium-driver curl prometheus)
 missing=()
 for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+
+# The alert rules: promtool check + unit tests.
+./scripts/check-alerts.sh
 
 # The library's package: what `cargo publish` would upload.
 ./scripts/check-package.sh

@@ -76,15 +76,34 @@ pub(crate) fn cap_error(err: &BoxError) -> Option<crate::error::ApiError> {
     ))
 }
 
+/// What the counts keep of one pending escalation.
+#[derive(Debug)]
+struct Pending {
+    /// The client key id its request named (`anonymous` for none).
+    owner: Arc<str>,
+    created_at: SystemTime,
+    expires_at: SystemTime,
+}
+
+impl Pending {
+    fn of(record: &EscalationRecord) -> Self {
+        Self {
+            owner: owner(record),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counts {
-    /// Every pending escalation this process knows of: its owner and expiry.
-    pending: HashMap<EscalationId, (Arc<str>, SystemTime)>,
+    /// Every pending escalation this process knows of.
+    pending: HashMap<EscalationId, Pending>,
 }
 
 impl Counts {
     fn prune(&mut self, now: SystemTime) {
-        self.pending.retain(|_, (_, expires_at)| *expires_at > now);
+        self.pending.retain(|_, p| p.expires_at > now);
     }
 }
 
@@ -139,6 +158,21 @@ impl CappedStore {
         counts.pending.len()
     }
 
+    /// How long the oldest pending escalation (not expired) has waited, from
+    /// the in-memory counts; zero when none is pending. At most
+    /// `[escalation] max_pending` entries are looked at.
+    pub(crate) fn oldest_pending_age(&self) -> Duration {
+        let now = SystemTime::now();
+        let mut counts = self.lock();
+        counts.prune(now);
+        counts
+            .pending
+            .values()
+            .map(|p| now.duration_since(p.created_at).unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Re-read the pending escalations from the store, page by page.
     pub(crate) async fn sync(&self) -> Result<(), StoreError> {
         let mut fresh = HashMap::new();
@@ -149,7 +183,7 @@ impl CappedStore {
                 .list_page(Some(Status::Pending), after.take(), 500)
                 .await?;
             for record in &page.records {
-                fresh.insert(record.id.clone(), (owner(record), record.expires_at));
+                fresh.insert(record.id.clone(), Pending::of(record));
             }
             match page.next {
                 Some(next) => after = Some(next),
@@ -164,7 +198,7 @@ impl CappedStore {
 
     /// Reserve a place for `record`, or say which cap refuses it.
     fn reserve(&self, record: &EscalationRecord) -> Result<(), PendingCapReached> {
-        let owner = owner(record);
+        let entry = Pending::of(record);
         let mut counts = self.lock();
         counts.prune(SystemTime::now());
         if counts.pending.len() >= self.max_total {
@@ -173,16 +207,16 @@ impl CappedStore {
                 cap: self.max_total,
             });
         }
-        let mine = counts.pending.values().filter(|(o, _)| *o == owner).count();
+        let mine = (counts.pending.values())
+            .filter(|p| p.owner == entry.owner)
+            .count();
         if mine >= self.max_per_client {
             return Err(PendingCapReached {
                 setting: "max_pending_per_client",
                 cap: self.max_per_client,
             });
         }
-        counts
-            .pending
-            .insert(record.id.clone(), (owner, record.expires_at));
+        counts.pending.insert(record.id.clone(), entry);
         Ok(())
     }
 }
@@ -266,5 +300,83 @@ impl EscalationStore for CappedStore {
 
     fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
         self.inner.watch(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tower_llm_resilience::escalation::store::to_unix_ms;
+    use tower_llm_resilience::escalation::{AuditAction, MemoryStore};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A pending record created `age` ago, expiring `left` from now.
+    fn record(id: &str, age: Duration, left: Duration) -> EscalationRecord {
+        let now = SystemTime::now();
+        serde_json::from_value(json!({
+            "id": id, "version": 0, "stage": "request", "mode": "detach",
+            "reason": "needs a human", "request": {"method": "POST"}, "result": null,
+            "created_at": to_unix_ms(now - age), "expires_at": to_unix_ms(now + left),
+            "status": "pending", "resolution": null, "token_hash": "00".repeat(32),
+            "used_at": null,
+            "notification": {"attempts": 0, "delivered": null, "last_error": null}
+        }))
+        .expect("a valid record")
+    }
+
+    fn created(record: &EscalationRecord) -> AuditEntry {
+        let reason = record.reason.clone();
+        AuditEntry::new(
+            record.id.clone(),
+            record.created_at,
+            "system",
+            AuditAction::Created { reason },
+        )
+    }
+
+    /// Within a minute of `expected` (the test's own run time).
+    fn about(age: Duration, expected: Duration) -> bool {
+        age >= expected && age < expected + Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn the_oldest_pending_age_follows_creations_resolutions_and_expiries() {
+        let store = CappedStore::new(MemoryStore::new(), 10, 10, 24 * HOUR);
+        assert_eq!(store.oldest_pending_age(), Duration::ZERO);
+        let old = record("old", 3 * HOUR, HOUR);
+        let newer = record("newer", HOUR, HOUR);
+        let stale = record("stale", 5 * HOUR, Duration::ZERO);
+        for r in [&old, &newer, &stale] {
+            store.insert(r.clone(), created(r)).await.unwrap();
+        }
+        // The expired one does not count, however old.
+        assert!(
+            about(store.oldest_pending_age(), 3 * HOUR),
+            "{:?}",
+            store.oldest_pending_age()
+        );
+        assert_eq!(store.pending(), 2);
+        // Resolving the oldest leaves the next one.
+        let mut resolved = old.clone();
+        resolved.status = Status::Approved;
+        let audit = created(&resolved);
+        assert_eq!(
+            store.update(0, resolved, audit).await.unwrap(),
+            Update::Applied
+        );
+        assert!(
+            about(store.oldest_pending_age(), HOUR),
+            "{:?}",
+            store.oldest_pending_age()
+        );
+        // A re-read from the store keeps the creation times.
+        store.sync().await.unwrap();
+        assert!(
+            about(store.oldest_pending_age(), HOUR),
+            "{:?}",
+            store.oldest_pending_age()
+        );
     }
 }

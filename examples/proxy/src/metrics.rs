@@ -6,8 +6,10 @@
 //! `llm_proxy_answers_total{tier,degraded}`, `llm_proxy_batch_items_total{result}`,
 //! `llm_proxy_escalations_refused_total{cap}`, and, at each scrape,
 //! `llm_proxy_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) and
-//! `llm_proxy_escalations_pending` (from in-memory counts, see
-//! the escalation caps: a scrape reads no record).
+//! `llm_proxy_escalations_pending` and
+//! `llm_proxy_escalation_oldest_pending_seconds` (how long the oldest pending
+//! escalation has waited; 0 when none) (from in-memory counts, see the
+//! escalation caps: a scrape reads no record).
 //!
 //! The recorder's upkeep (draining histogram samples into buckets) runs every
 //! `[limits] metrics_upkeep_secs`, scraped or not, so memory stays flat when
@@ -138,6 +140,13 @@ pub(crate) async fn render(State(state): State<Shared>) -> Response {
     // From the counts the caps keep: a scrape reads no escalation record.
     metrics::gauge!("llm_proxy_escalations_pending")
         .set(state.pipeline.escalation_caps.pending() as f64);
+    metrics::gauge!("llm_proxy_escalation_oldest_pending_seconds").set(
+        state
+            .pipeline
+            .escalation_caps
+            .oldest_pending_age()
+            .as_secs_f64(),
+    );
     state.metrics.run_upkeep();
     let mut response = Response::new(state.metrics.render().into());
     response.headers_mut().insert(
