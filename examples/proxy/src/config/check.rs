@@ -124,6 +124,9 @@ impl Config {
         if self.escalation.max_pending == 0 || self.escalation.max_pending_per_client == 0 {
             return err("escalation.max_pending and max_pending_per_client must be positive");
         }
+        if let Some(webhook) = &self.escalation.webhook {
+            webhook.validate()?;
+        }
         self.circuit.validate("circuit")?;
         if self.batch.concurrency == 0 || self.batch.max_attempts == 0 || self.batch.max_items == 0
         {

@@ -86,6 +86,77 @@ pub struct EscalationConfig {
     /// used to read records sealed before a rotation.
     #[serde(default)]
     pub previous_encryption_keys_env: Option<String>,
+    /// `[escalation.webhook]`: who is told when a request waits for a human.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// `[escalation.webhook]`: each new escalation is POSTed to a webhook as signed
+/// JSON whose `text` makes it a Slack incoming-webhook message (the library's
+/// `WebhookNotifier`): its reason, expiry and a link to the review page; never
+/// the request, the answer or a token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The environment variable holding the receiver's URL (`https`; plain
+    /// `http` only on loopback). From the environment: a Slack webhook URL is
+    /// a secret.
+    pub url_env: String,
+    /// The environment variable holding the shared secret that signs each
+    /// body (`x-escalation-signature: sha256=<hex HMAC-SHA256>`).
+    pub secret_env: String,
+    /// The proxy's address as reviewers reach it (e.g.
+    /// `https://llm-proxy.example.com`); notifications link to
+    /// `{public_base_url}/escalations/{id}`. Unset: no link.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
+    /// Delivery attempts per escalation, the first included (backoff from 1 s,
+    /// doubling to 60 s). Failures count in
+    /// `escalation_notifications_total{outcome="failed"}`.
+    #[serde(default = "default_webhook_attempts")]
+    pub attempts: u32,
+    /// The longest one attempt may take.
+    #[serde(default = "default_webhook_timeout", deserialize_with = "seconds")]
+    pub attempt_timeout_secs: Duration,
+}
+
+impl WebhookConfig {
+    /// Checks the settings that need no environment.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str| Err(ConfigError(format!("escalation.webhook.{what}")));
+        if !(1..=20).contains(&self.attempts) {
+            return bad("attempts must be between 1 and 20");
+        }
+        if self.attempt_timeout_secs.is_zero() {
+            return bad("attempt_timeout_secs must be positive");
+        }
+        if self.url_env.is_empty() || self.secret_env.is_empty() {
+            return bad("url_env and secret_env must name environment variables");
+        }
+        if let Some(base) = &self.public_base_url {
+            let uri: http::Uri = match base.parse() {
+                Ok(uri) => uri,
+                Err(_) => return bad("public_base_url is not a URL"),
+            };
+            let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+            let plain = uri.query().is_none() && !base.contains('#');
+            if !scheme_ok || uri.authority().is_none() || !plain {
+                return bad(
+                    "public_base_url must be an http(s) URL without query or fragment, \
+                     e.g. https://llm-proxy.example.com",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_webhook_attempts() -> u32 {
+    5
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_max_pending() -> usize {
@@ -149,6 +220,7 @@ impl Default for EscalationConfig {
             retention_secs: default_retention(),
             encryption_key_env: None,
             previous_encryption_keys_env: None,
+            webhook: None,
         }
     }
 }

@@ -49,7 +49,7 @@ mod upstreams;
 
 pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
-pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind};
+pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind, WebhookConfig};
 pub use self::limits::LimitsConfig;
 pub use self::state::StateConfig;
 pub use self::upstreams::{CircuitConfig, ModelConfig, TierConfig, UpstreamConfig, UpstreamKind};

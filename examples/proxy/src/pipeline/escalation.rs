@@ -4,6 +4,7 @@
 //! memory or on Redis).
 
 use super::*;
+use tower_llm_resilience::escalation::notify::{NotifyRetry, WebhookNotifier};
 
 /// The escalation rules of the config.
 #[derive(Clone, Debug)]
@@ -139,6 +140,13 @@ pub(super) fn escalation_layer(
     let mut builder = EscalationLayer::builder(policy)
         .adapter(ProxyAdapter)
         .poll_interval(settings.poll_interval_secs);
+    if let Some(webhook) = &settings.webhook {
+        let (notifier, retry) = webhook_notifier(webhook)?;
+        builder = builder.notifier(notifier).notify_retry(retry);
+        if let Some(base) = &webhook.public_base_url {
+            builder = builder.review_url(format!("{}/escalations", base.trim_end_matches('/')));
+        }
+    }
     builder = match settings.mode {
         EscalationMode::Wait => builder.wait(
             timeout,
@@ -190,4 +198,39 @@ pub(super) fn escalation_layer(
         .build()
         .map_err(|e| ConfigError(e.to_string()))?;
     Ok((layer, store))
+}
+
+/// The notifier of `[escalation.webhook]`, with its URL and secret read from
+/// the environment. Errors name the variable, never its value (a Slack webhook
+/// URL is a secret).
+fn webhook_notifier(
+    webhook: &crate::config::WebhookConfig,
+) -> Result<(WebhookNotifier, NotifyRetry), ConfigError> {
+    let read = |var: &str| match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
+        _ => Err(ConfigError(format!(
+            "escalation.webhook: environment variable {var} is not set"
+        ))),
+    };
+    let url = read(&webhook.url_env)?;
+    let secret = read(&webhook.secret_env)?;
+    let client = reqwest::Client::builder()
+        .timeout(webhook.attempt_timeout_secs)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ConfigError(format!("escalation.webhook: HTTP client: {e}")))?;
+    let notifier = WebhookNotifier::with_client(&url, secret, client).map_err(|e| {
+        ConfigError(format!(
+            "escalation.webhook: the URL in {}: {e}",
+            webhook.url_env
+        ))
+    })?;
+    let retry = NotifyRetry::new(
+        webhook.attempts,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        webhook.attempt_timeout_secs,
+    )
+    .map_err(|e| ConfigError(format!("escalation.webhook: {e}")))?;
+    Ok((notifier, retry))
 }

@@ -1,6 +1,8 @@
 //! `GET /escalations`: the review page, where a human lists and resolves
 //! escalations (through [`super::escalations`]). Without an admin it shows a
 //! sign-in form, which starts a server-side session (see [`super::admin`]).
+//! `GET /escalations/{id}` is the same page with that escalation's card
+//! marked: the link `[escalation.webhook]` notifications carry.
 
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
@@ -14,7 +16,9 @@ const PAGE: &str = include_str!("review.html");
 
 /// The routes of this module.
 pub(crate) fn routes() -> Router<Shared> {
-    Router::new().route("/escalations", get(page))
+    Router::new()
+        .route("/escalations", get(page))
+        .route("/escalations/{id}", get(page))
 }
 
 const LOGIN: &str = r#"<!doctype html>
