@@ -433,6 +433,16 @@ async fn an_unreachable_redis_keeps_calls_working_and_fails_store_operations() {
         request.send()
     };
 
+    // Not ready: the store does not answer (the check is bounded to 2 s).
+    let ready = http
+        .get(format!("{}/readyz", proxy.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(ready["failing"], serde_json::json!(["store"]), "{ready}");
+
     // Calls and circuits work on local state.
     let response = chat(&[]).await.unwrap();
     assert_eq!(response.status(), 200);

@@ -9,7 +9,7 @@
 //! | `/v1/escalations...`, `/v1/admin/...`, `POST /escalations/logout` | an admin key (bearer) or a review-page session cookie |
 //! | `GET /escalations` | nothing: without an admin it shows the sign-in form |
 //! | `POST /escalations/login` | nothing; throttled per client address |
-//! | `/healthz`, `/metrics`, unknown paths | nothing |
+//! | `/healthz`, `/readyz`, `/metrics`, unknown paths | nothing |
 //!
 //! A request that changes state on the admin side (anything but `GET`/`HEAD`)
 //! must not come from another site: a `Sec-Fetch-Site` other than

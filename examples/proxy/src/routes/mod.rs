@@ -4,7 +4,7 @@
 //!   [`crate::service`]);
 //! - [`batch`]: `POST /v1/batch`;
 //! - [`info`]: `GET /v1/models`, `GET /v1/circuits`, `GET /healthz`,
-//!   `GET /metrics`;
+//!   `GET /metrics`; [`ready`]: `GET /readyz`;
 //! - [`escalations`]: the admin API for escalations (`/v1/escalations...`);
 //! - [`review`]: the review page (`GET /escalations`) and its sign-in form;
 //! - [`admin`]: the review page's sign-in, sign-out and session.
@@ -30,6 +30,7 @@ pub(crate) mod batch;
 pub(crate) mod chat;
 pub(crate) mod escalations;
 pub(crate) mod info;
+pub(crate) mod ready;
 pub(crate) mod review;
 
 /// Build the state and the service that serves every route from a config.
@@ -45,6 +46,7 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
         .route("/v1/batch", post(batch::handler))
         .route("/v1/circuits", get(info::circuits))
         .route("/healthz", get(info::healthz))
+        .route("/readyz", get(ready::readyz))
         .route("/metrics", get(crate::metrics::render))
         .merge(escalations::routes())
         .merge(review::routes())
