@@ -40,6 +40,8 @@
 //!   encrypted at rest).
 //! - `batch`: the batch runner and its bounded store; `redis_state`: the
 //!   state shared through Redis (`[state] redis_url`).
+//! - [`telemetry`]: the log subscriber and the OTLP trace export
+//!   (`[telemetry]`), the request's and each upstream call's spans.
 //! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
 //!   the id records and logs carry instead of a key.
 //! - [`mock`]: the mock upstream (`llm-proxy mock-upstream`); [`demo`]: the
@@ -69,6 +71,7 @@ mod redis_state;
 
 pub mod client_id;
 pub mod metrics;
+pub mod telemetry;
 
 pub mod demo;
 pub mod mock;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use llm_proxy::config::TelemetryConfig;
 use llm_proxy::mock::{MockOptions, MockUpstream};
+use llm_proxy::telemetry::Telemetry;
 use llm_proxy::{Config, Proxy};
 use tower_llm_resilience::BoxError;
 
@@ -36,15 +38,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // Serving a config file, its `[telemetry]` decides (installed once read).
+    let serves_config = cli.command.is_none() && cli.config.is_some();
+    let _telemetry = match serves_config {
+        true => None,
+        false => match Telemetry::install(&TelemetryConfig::default()) {
+            Ok(telemetry) => Some(telemetry),
+            Err(e) => {
+                eprintln!("llm-proxy: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let result = match (cli.command, cli.config) {
         (Some(Command::MockUpstream(options)), _) => multi_thread().and_then(|runtime| {
             runtime.block_on(async move {
@@ -82,6 +88,7 @@ fn serve_config(
     workers: Option<usize>,
 ) -> Result<(), BoxError> {
     let mut config = Config::load(path)?;
+    let telemetry = Telemetry::install(&config.telemetry)?;
     if let Some(listen) = listen {
         config.listen = listen;
     }
@@ -100,6 +107,7 @@ fn serve_config(
         .block_on(shutdown_signal());
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     proxy.stop();
+    telemetry.flush();
     Ok(())
 }
 

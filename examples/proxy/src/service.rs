@@ -18,6 +18,8 @@ use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 use crate::auth::{AuthLayer, Authenticated};
 use crate::client_id::ClientId;
 use crate::config::ConfigError;
+use tracing::Instrument;
+
 use crate::routes::chat::{chat, DEGRADED_HEADER, TIER_HEADER};
 use crate::state::Shared;
 
@@ -82,7 +84,18 @@ impl tower::Service<Request> for Dispatch {
         {
             // `chat` puts the client id on its response itself.
             let state = self.state.clone();
-            return Box::pin(async move { Ok(chat(State(state), request).await) });
+            let span = crate::telemetry::request_span(request.headers());
+            if span.is_disabled() {
+                return Box::pin(async move { Ok(chat(State(state), request).await) });
+            }
+            return Box::pin(
+                async move {
+                    let response = chat(State(state), request).await;
+                    crate::telemetry::record_response(&tracing::Span::current(), &response);
+                    Ok(response)
+                }
+                .instrument(span),
+            );
         }
         // Who it was, for the access log.
         let who = match (

@@ -43,6 +43,7 @@ mod check;
 mod escalation;
 mod limits;
 mod state;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 mod upstreams;
@@ -52,6 +53,7 @@ pub use self::batch::BatchConfig;
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind, WebhookConfig};
 pub use self::limits::LimitsConfig;
 pub use self::state::StateConfig;
+pub use self::telemetry::TelemetryConfig;
 pub use self::upstreams::{CircuitConfig, ModelConfig, TierConfig, UpstreamConfig, UpstreamKind};
 
 /// The whole configuration file.
@@ -87,6 +89,9 @@ pub struct Config {
     /// Where circuits, escalations and batch records live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Traces.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 /// The most serving threads a config may ask for.

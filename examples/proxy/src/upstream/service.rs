@@ -15,6 +15,7 @@ use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
 use tower_llm_resilience::client::AnthropicClient;
 use tower_llm_resilience::fallback::DEFAULT_MAX_EVENT_BYTES;
 use tower_llm_resilience::BoxError;
+use tracing::Instrument;
 
 use crate::body::{Closing, IdleTimeout, MaxBytes, ProxyBody};
 use crate::config::{ConfigError, UpstreamConfig, UpstreamKind};
@@ -148,10 +149,38 @@ impl Service<http::Request<Bytes>> for Upstream {
             .extensions()
             .get::<RequestMeta>()
             .is_some_and(|meta| meta.stream);
-        match inner.anthropic.clone() {
-            None => Box::pin(call_openai(inner, request.into_body(), stream)),
-            Some(client) => Box::pin(call_anthropic(inner, client, request.into_body(), stream)),
+        let system = if inner.anthropic.is_some() {
+            "anthropic"
+        } else {
+            "openai"
+        };
+        let span = crate::telemetry::upstream_span(&inner.name, system, request.body());
+        if span.is_disabled() {
+            return dispatch(inner, request.into_body(), stream);
         }
+        let server = inner.endpoint.authority().map(|a| a.as_str().to_owned());
+        let call = dispatch(inner, request.into_body(), stream);
+        Box::pin(
+            async move {
+                let result = call.await;
+                let span = tracing::Span::current();
+                crate::telemetry::record_upstream(&span, server.as_deref(), &result);
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The call for this upstream's wire format.
+fn dispatch(
+    inner: Arc<Inner>,
+    body: Bytes,
+    stream: bool,
+) -> BoxFuture<'static, Result<http::Response<ProxyBody>, BoxError>> {
+    match inner.anthropic.clone() {
+        None => Box::pin(call_openai(inner, body, stream)),
+        Some(client) => Box::pin(call_anthropic(inner, client, body, stream)),
     }
 }
 
@@ -177,6 +206,7 @@ async fn call_openai(
     if let Some(key) = &inner.key {
         request.headers_mut().insert(AUTHORIZATION, key.clone());
     }
+    crate::telemetry::inject(request.headers_mut());
     if stream {
         request
             .headers_mut()
