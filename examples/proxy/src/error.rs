@@ -172,6 +172,7 @@ impl IntoResponse for ApiError {
             resume_token,
             challenge,
         } = *self.0;
+        crate::telemetry::report_server_error(status, kind, &code);
         let mut body = serde_json::json!({
             "error": {
                 "message": message,

@@ -85,17 +85,16 @@ impl tower::Service<Request> for Dispatch {
             // `chat` puts the client id on its response itself.
             let state = self.state.clone();
             let span = crate::telemetry::request_span(request.headers());
-            if span.is_disabled() {
+            let hub = crate::telemetry::request_hub(request.headers(), &span);
+            if span.is_disabled() && hub.is_none() {
                 return Box::pin(async move { Ok(chat(State(state), request).await) });
             }
-            return Box::pin(
-                async move {
-                    let response = chat(State(state), request).await;
-                    crate::telemetry::record_response(&tracing::Span::current(), &response);
-                    Ok(response)
-                }
-                .instrument(span),
-            );
+            let traced = async move {
+                let response = chat(State(state), request).await;
+                crate::telemetry::record_response(&tracing::Span::current(), &response);
+                Ok(response)
+            };
+            return crate::telemetry::bind_hub(hub, traced.instrument(span));
         }
         // Who it was, for the access log.
         let who = match (

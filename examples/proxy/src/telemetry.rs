@@ -1,6 +1,7 @@
-//! Logs and traces: the process-wide `tracing` subscriber, and with
-//! `[telemetry] otlp_endpoint` (cargo feature `otel`, on by default) traces
-//! exported over OTLP/HTTP.
+//! Logs, traces and error reports: the process-wide `tracing` subscriber;
+//! with `[telemetry] otlp_endpoint` (cargo feature `otel`, on by default)
+//! traces exported over OTLP/HTTP; with `sentry_dsn_env` (cargo feature
+//! `sentry`, on by default) server errors and panics reported to Sentry.
 //!
 //! A chat request is one trace: a server span for the request, continuing the
 //! client's W3C `traceparent` when it sends one, and a client span for each
@@ -17,6 +18,12 @@
 //! answer) are `tracing` events, exported as events of the request's span.
 //! Without an endpoint, no span is built: the request path pays one relaxed
 //! atomic load.
+//!
+//! Sentry gets one event per server error the proxy answers (5xx: every tier
+//! failed, a store outage, an escalation failure), with its status and error
+//! code (not its message, which may quote an upstream) and the request's trace
+//! id (`trace_id` tag: the exported trace's, else the client's `traceparent`'s),
+//! and one per panic. No request data, prompt, answer or key is attached.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -29,6 +36,8 @@ use crate::config::{ConfigError, TelemetryConfig};
 
 /// Spans are built only when traces are exported.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Server errors are reported only when Sentry is configured.
+static SENTRY: AtomicBool = AtomicBool::new(false);
 
 /// The target of this module's spans (the exporter takes only these and the
 /// events inside them).
@@ -44,6 +53,8 @@ fn enabled() -> bool {
 pub struct Telemetry {
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    #[cfg(feature = "sentry")]
+    sentry: Option<sentry::ClientInitGuard>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -75,13 +86,29 @@ impl Telemetry {
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
         let registry = tracing_subscriber::registry().with(filter).with(logs);
+        #[cfg(feature = "sentry")]
+        let sentry = match &config.sentry_dsn_env {
+            Some(var) => Some(report::init(var, config.sentry_environment.as_deref())?),
+            None => None,
+        };
+        #[cfg(not(feature = "sentry"))]
+        if config.sentry_dsn_env.is_some() {
+            return Err(ConfigError(
+                "telemetry.sentry_dsn_env: this llm-proxy was built without the `sentry` feature"
+                    .into(),
+            ));
+        }
         let Some(endpoint) = &config.otlp_endpoint else {
             registry
                 .try_init()
                 .map_err(|e| ConfigError(format!("cannot install the log subscriber: {e}")))?;
+            #[cfg(feature = "sentry")]
+            SENTRY.store(sentry.is_some(), Ordering::Relaxed);
             return Ok(Telemetry {
                 #[cfg(feature = "otel")]
                 provider: None,
+                #[cfg(feature = "sentry")]
+                sentry,
             });
         };
         #[cfg(feature = "otel")]
@@ -92,8 +119,12 @@ impl Telemetry {
                 .try_init()
                 .map_err(|e| ConfigError(format!("cannot install the trace subscriber: {e}")))?;
             ENABLED.store(true, Ordering::Relaxed);
+            #[cfg(feature = "sentry")]
+            SENTRY.store(sentry.is_some(), Ordering::Relaxed);
             Ok(Telemetry {
                 provider: Some(provider),
+                #[cfg(feature = "sentry")]
+                sentry,
             })
         }
         #[cfg(not(feature = "otel"))]
@@ -106,8 +137,13 @@ impl Telemetry {
         }
     }
 
-    /// Export the finished spans now (they are otherwise sent in batches).
+    /// Export the finished spans and send the pending error reports now
+    /// (they are otherwise sent in batches, in the background).
     pub fn flush(&self) {
+        #[cfg(feature = "sentry")]
+        if let Some(sentry) = &self.sentry {
+            sentry.flush(Some(std::time::Duration::from_secs(5)));
+        }
         #[cfg(feature = "otel")]
         if let Some(provider) = &self.provider {
             if let Err(e) = provider.force_flush() {
@@ -119,6 +155,7 @@ impl Telemetry {
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
+        SENTRY.store(false, Ordering::Relaxed);
         #[cfg(feature = "otel")]
         if let Some(provider) = self.provider.take() {
             ENABLED.store(false, Ordering::Relaxed);
@@ -382,8 +419,166 @@ mod otel {
         let _ = span.set_parent(parent);
     }
 
+    /// The trace id of `span`'s exported context (hex), if valid.
+    pub(super) fn trace_id(span: &Span) -> Option<String> {
+        use opentelemetry::trace::TraceContextExt;
+        let context = span.context();
+        let id = context.span().span_context().trace_id();
+        (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+    }
+
     pub(super) fn inject(headers: &mut HeaderMap) {
         let context = Span::current().context();
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    }
+}
+
+/// A request's own Sentry hub (its reports carry its trace id).
+pub(crate) struct RequestHub {
+    #[cfg(feature = "sentry")]
+    hub: std::sync::Arc<sentry::Hub>,
+}
+
+/// The hub for one request when Sentry is configured: tagged with the trace id
+/// of `span` (when traces are exported) or of the client's `traceparent`.
+#[inline]
+pub(crate) fn request_hub(headers: &HeaderMap, span: &Span) -> Option<RequestHub> {
+    if !SENTRY.load(Ordering::Relaxed) {
+        return None;
+    }
+    #[cfg(feature = "sentry")]
+    {
+        #[cfg(feature = "otel")]
+        let exported = (!span.is_disabled())
+            .then(|| otel::trace_id(span))
+            .flatten();
+        #[cfg(not(feature = "otel"))]
+        let exported: Option<String> = {
+            let _ = span;
+            None
+        };
+        let trace_id = exported.or_else(|| client_trace_id(headers));
+        Some(RequestHub {
+            hub: report::hub(trace_id),
+        })
+    }
+    #[cfg(not(feature = "sentry"))]
+    {
+        let _ = (headers, span);
+        None
+    }
+}
+
+/// The future, run with `hub` as its Sentry hub.
+pub(crate) fn bind_hub<F>(
+    hub: Option<RequestHub>,
+    future: F,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = F::Output> + Send>>
+where
+    F: std::future::Future + Send + 'static,
+{
+    match hub {
+        #[cfg(feature = "sentry")]
+        Some(hub) => Box::pin(sentry::SentryFutureExt::bind_hub(future, hub.hub)),
+        _ => Box::pin(future),
+    }
+}
+
+/// The trace id of a W3C `traceparent` header, if it is well formed.
+#[cfg(feature = "sentry")]
+fn client_trace_id(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    let valid = trace_id.len() == 32
+        && trace_id.bytes().all(|b| b.is_ascii_hexdigit())
+        && trace_id.bytes().any(|b| b != b'0');
+    valid.then(|| trace_id.to_ascii_lowercase())
+}
+
+/// Report a server error the proxy answers (a no-op without Sentry): its
+/// status and error code, never its message.
+pub(crate) fn report_server_error(status: http::StatusCode, kind: &str, code: &str) {
+    if !SENTRY.load(Ordering::Relaxed) || !status.is_server_error() {
+        return;
+    }
+    #[cfg(feature = "sentry")]
+    report::server_error(status, kind, code);
+    #[cfg(not(feature = "sentry"))]
+    let _ = (kind, code);
+}
+
+#[cfg(feature = "sentry")]
+mod report {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Start the Sentry client from the DSN in `var`.
+    pub(super) fn init(
+        var: &str,
+        environment: Option<&str>,
+    ) -> Result<sentry::ClientInitGuard, ConfigError> {
+        let dsn = std::env::var(var).map_err(|_| {
+            ConfigError(format!(
+                "telemetry.sentry_dsn_env: environment variable {var} is not set"
+            ))
+        })?;
+        // The DSN holds a key: never echoed.
+        let dsn: sentry::types::Dsn = dsn.trim().parse().map_err(|_| {
+            ConfigError(format!(
+                "telemetry.sentry_dsn_env: {var} does not hold a valid Sentry DSN"
+            ))
+        })?;
+        let mut options = sentry::ClientOptions::default();
+        options.dsn = Some(dsn);
+        options.release = Some(concat!("llm-proxy@", env!("CARGO_PKG_VERSION")).into());
+        options.environment = environment.map(|e| e.to_owned().into());
+        options.send_default_pii = false;
+        // Reports name a status and a code: no request, no user, no
+        // breadcrumbs from logs.
+        options.before_send = Some(Arc::new(|mut event| {
+            event.request = None;
+            event.user = None;
+            event.breadcrumbs = Default::default();
+            Some(event)
+        }));
+        Ok(sentry::init(options))
+    }
+
+    pub(super) fn hub(trace_id: Option<String>) -> Arc<sentry::Hub> {
+        let hub = Arc::new(sentry::Hub::new_from_top(sentry::Hub::current()));
+        if let Some(trace_id) = trace_id {
+            // Sentry's own trace context too, so its trace links match.
+            let parsed = trace_id.parse::<sentry::protocol::TraceId>().ok();
+            hub.configure_scope(|scope| {
+                if let Some(parsed) = parsed {
+                    let context = sentry::protocol::TraceContext {
+                        trace_id: parsed,
+                        ..Default::default()
+                    };
+                    scope.set_context("trace", sentry::protocol::Context::from(context));
+                }
+                scope.set_tag("trace_id", trace_id);
+            });
+        }
+        hub
+    }
+
+    pub(super) fn server_error(status: http::StatusCode, kind: &str, code: &str) {
+        sentry::with_scope(
+            |scope| {
+                scope.set_tag("http.status_code", status.as_u16());
+                scope.set_tag("error.code", code);
+                scope.set_tag("error.type", kind);
+                scope.set_fingerprint(Some(&["llm-proxy", code]));
+            },
+            || {
+                sentry::capture_message(
+                    &format!("llm-proxy answered {} ({code})", status.as_u16()),
+                    sentry::Level::Error,
+                )
+            },
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! `opentelemetry-proto`): the server span continues the client's
 //! `traceparent`, one client span per tier attempted with the GenAI
 //! attributes, and each upstream received a `traceparent` of the same trace.
-//! No prompt, answer or key in any span.
+//! No prompt, answer or key in any span. With `sentry_dsn_env`, a request
+//! where every tier failed is reported to a Sentry receiver on 127.0.0.1 with
+//! its trace id, without the prompt or the upstream key.
 //!
 //! Its own test binary: the subscriber is process-wide.
 
@@ -27,6 +29,7 @@ use prost::Message;
 use serde_json::{json, Value};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const FAILED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 const PROMPT: &str = "what the client asked, never in a span";
 const ANSWER: &str = "what the model said, never in a span";
@@ -47,6 +50,17 @@ async fn receive_traces(State(spans): State<Spans>, body: Bytes) -> (StatusCode,
     }
     let answer = ExportTraceServiceResponse::default().encode_to_vec();
     (StatusCode::OK, answer)
+}
+
+/// Every envelope a Sentry receiver got.
+type Envelopes = Arc<Mutex<Vec<String>>>;
+
+async fn receive_envelope(State(envelopes): State<Envelopes>, body: Bytes) -> StatusCode {
+    envelopes
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&body).into_owned());
+    StatusCode::OK
 }
 
 /// The `traceparent` each upstream call carried.
@@ -118,8 +132,18 @@ async fn a_fallback_is_one_trace_continuing_the_clients_and_reaching_the_upstrea
             .with_state(spans.clone()),
     )
     .await;
+    let envelopes = Envelopes::default();
+    let sentry = serve(
+        Router::new()
+            .route("/api/42/envelope/", post(receive_envelope))
+            .with_state(envelopes.clone()),
+    )
+    .await;
+    let dsn = sentry.replace("http://", "http://publickey@") + "/42";
+    std::env::set_var("TELEMETRY_TEST_SENTRY_DSN", dsn);
     let telemetry = Telemetry::install(&TelemetryConfig {
         otlp_endpoint: Some(format!("{receiver}/v1/traces")),
+        sentry_dsn_env: Some("TELEMETRY_TEST_SENTRY_DSN".into()),
         ..TelemetryConfig::default()
     })
     .expect("the subscriber installs");
@@ -154,6 +178,9 @@ base_url = "{secondary}/v1"
 [[models]]
 name = "smart"
 tiers = [ {{ upstream = "primary", model = "big" }}, {{ upstream = "secondary", model = "small" }} ]
+[[models]]
+name = "solo"
+tiers = [ {{ upstream = "primary", model = "big" }} ]
 [escalation]
 store = "memory"
 "#
@@ -252,6 +279,60 @@ store = "memory"
     let dump = format!("{got:?}");
     for secret in [PROMPT, ANSWER, UPSTREAM_KEY] {
         assert!(!dump.contains(secret), "a span holds {secret:?}");
+    }
+    // The fallback answered: nothing for Sentry.
+    telemetry.flush();
+    assert!(
+        envelopes.lock().unwrap().is_empty(),
+        "{:?}",
+        envelopes.lock().unwrap()
+    );
+
+    // Every tier fails: a 502, reported with the request's trace id.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .header(
+            "traceparent",
+            format!("00-{FAILED_TRACE_ID}-{PARENT_ID}-01"),
+        )
+        .json(&json!({"model": "solo", "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let mut event = None;
+    for _ in 0..100 {
+        telemetry.flush();
+        let all = envelopes.lock().unwrap().clone();
+        event = all
+            .iter()
+            .find(|e| e.contains("\"type\":\"event\""))
+            .cloned();
+        if event.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let envelope = event.expect("a Sentry event");
+    let payload: Value = envelope
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|item| item.get("event_id").is_some() && item.get("message").is_some())
+        .unwrap_or_else(|| panic!("the event item: {envelope}"));
+    // `error` is Sentry's default level: not written.
+    assert!(payload["level"].is_null() || payload["level"] == "error");
+    assert_eq!(payload["contexts"]["trace"]["trace_id"], FAILED_TRACE_ID);
+    assert_eq!(
+        payload["message"],
+        "llm-proxy answered 502 (all_tiers_failed)"
+    );
+    assert_eq!(payload["tags"]["trace_id"], FAILED_TRACE_ID, "{payload}");
+    assert_eq!(payload["tags"]["error.code"], "all_tiers_failed");
+    for secret in [PROMPT, UPSTREAM_KEY, "publickey"] {
+        assert!(
+            !envelope.contains(secret),
+            "the report holds {secret:?}: {envelope}"
+        );
     }
     proxy.stop();
 }

@@ -23,6 +23,15 @@ pub struct TelemetryConfig {
     /// decides for the traces it continues.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: f64,
+    /// The environment variable holding a Sentry DSN (it holds a key): server
+    /// errors the proxy answers (every tier failed, store outages, escalation
+    /// failures) and panics are reported, tagged with the request's trace id;
+    /// never a prompt, an answer or a key. Unset: nothing is reported.
+    #[serde(default)]
+    pub sentry_dsn_env: Option<String>,
+    /// Sentry's `environment` (e.g. `production`).
+    #[serde(default)]
+    pub sentry_environment: Option<String>,
 }
 
 fn default_service_name() -> String {
@@ -40,6 +49,8 @@ impl Default for TelemetryConfig {
             otlp_headers_env: None,
             service_name: default_service_name(),
             sample_ratio: default_sample_ratio(),
+            sentry_dsn_env: None,
+            sentry_environment: None,
         }
     }
 }
