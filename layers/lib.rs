@@ -9,6 +9,8 @@
 //! - [`escalation`]: pause a call that needs a human, notify, resume with a token.
 //! - [`partial_batch`]: run a batch item by item, retry only what can succeed,
 //!   report every item, and skip what already succeeded on a re-run.
+//! - [`retry`]: retry only the failures worth it, after the server's
+//!   `Retry-After` or a jittered backoff, within a budget that caps amplification.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -56,6 +58,7 @@ pub mod partial_batch;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod retry;
 
 #[cfg(feature = "reqwest")]
 pub use client::{
