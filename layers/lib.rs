@@ -11,6 +11,8 @@
 //!   report every item, and skip what already succeeded on a re-run.
 //! - [`retry`]: retry only the failures worth it, after the server's
 //!   `Retry-After` or a jittered backoff, within a budget that caps amplification.
+//! - [`rate_limit`]: learn an upstream's limits from its headers and wait (or
+//!   fail fast) before sending a request sure to get a `429`.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -55,6 +57,7 @@ mod dyn_error;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;
+pub mod rate_limit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;

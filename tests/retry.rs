@@ -2,20 +2,19 @@
 //! it (attempts, deadline, budget), against real loopback upstreams where the
 //! count of upstream calls is the point and paused time where a wait is.
 
+#[path = "support/scripted.rs"]
+mod scripted;
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
+use scripted::{count, response, scripted};
 use support::client::{chat, http_tier};
 use support::{Reply, Step, Upstream};
 use tokio::time::Instant;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_llm_resilience::retry::{BuildError, RetryLayer};
-use tower_llm_resilience::BoxError;
 
 /// A layer that retries at once when the server says `retry-after: 0`.
 fn quick_retry(attempts: u32) -> RetryLayer {
@@ -79,38 +78,6 @@ async fn attempts_are_bounded_and_the_last_answer_is_returned() {
     assert_eq!(upstream.hits(), 4);
 }
 
-/// An in-process upstream answering with `replies` in order (the last repeats),
-/// counting calls: for tests whose point is a timer, with no I/O in flight.
-fn scripted(
-    replies: Vec<http::Response<Bytes>>,
-) -> (
-    impl Service<
-            http::Request<Bytes>,
-            Response = http::Response<Bytes>,
-            Error = BoxError,
-            Future = impl Send,
-        > + Clone,
-    Arc<AtomicUsize>,
-) {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let replies = Arc::new(replies);
-    let service = service_fn(move |_req: http::Request<Bytes>| {
-        let n = counted.fetch_add(1, Ordering::SeqCst);
-        let reply = replies[n.min(replies.len() - 1)].clone();
-        async move { Ok::<_, BoxError>(reply) }
-    });
-    (service, calls)
-}
-
-fn response(status: u16, headers: &[(&str, &str)]) -> http::Response<Bytes> {
-    let mut builder = http::Response::builder().status(status);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    builder.body(Bytes::new()).unwrap()
-}
-
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured() {
     let (upstream, calls) = scripted(vec![
@@ -123,7 +90,7 @@ async fn retry_after_is_honoured() {
     let started = Instant::now();
     let answer = client.ready().await.unwrap().call(chat("m")).await.unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(count(&calls), 2);
     assert_eq!(started.elapsed(), Duration::from_secs(7));
 }
 
@@ -142,7 +109,7 @@ async fn a_long_retry_after_is_cut_to_the_cap() {
     let started = Instant::now();
     let answer = client.ready().await.unwrap().call(chat("m")).await.unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(count(&calls), 2);
     assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
 
@@ -162,7 +129,7 @@ async fn without_retry_after_the_backoff_is_jittered_and_seeded() {
         let started = Instant::now();
         let answer = client.ready().await.unwrap().call(chat("m")).await.unwrap();
         assert_eq!(answer.status(), 500);
-        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        assert_eq!(count(&calls), 4);
         started.elapsed()
     };
     let (a, again, b) = (run(1).await, run(1).await, run(2).await);
@@ -186,7 +153,7 @@ async fn the_deadline_stops_retrying() {
     let answer = client.ready().await.unwrap().call(chat("m")).await.unwrap();
     assert_eq!(answer.status(), 503);
     // Attempts at 0 s, 10 s, 20 s; a fourth would start at 30 s, past 25 s.
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(count(&calls), 3);
     assert_eq!(started.elapsed(), Duration::from_secs(20));
 }
 
