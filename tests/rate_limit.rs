@@ -132,59 +132,52 @@ async fn a_reset_beyond_max_wait_fails_at_once() {
     assert_eq!((count(&calls), handle.rejected()), (1, 1));
 }
 
+/// Over loopback, with a fail-fast limiter: one call whose answer is `reply`,
+/// then one that must be rejected without being sent; returns its wait.
+async fn fail_fast_after(reply: Reply) -> Duration {
+    let upstream = Upstream::always(reply).await;
+    let mut client = ServiceBuilder::new()
+        .layer(RateLimitLayer::builder().fail_fast().build().unwrap())
+        .service(http_tier(upstream.url()).buffered());
+    client.ready().await.unwrap().call(chat("m")).await.unwrap();
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(chat("m"))
+        .await
+        .unwrap_err();
+    assert_eq!(upstream.hits(), 1, "the rejected call was not sent");
+    rejection(&err)
+}
+
 #[tokio::test]
 async fn fail_fast_over_loopback_with_openai_token_headers() {
-    let upstream = Upstream::always(
+    let wait = fail_fast_after(
         Reply::ok_json("{}")
             .with_header("x-ratelimit-remaining-tokens", "0")
             .with_header("x-ratelimit-reset-tokens", "45s"),
     )
     .await;
-    let mut client = ServiceBuilder::new()
-        .layer(RateLimitLayer::builder().fail_fast().build().unwrap())
-        .service(http_tier(upstream.url()).buffered());
-    client.ready().await.unwrap().call(chat("m")).await.unwrap();
-    let err = client
-        .ready()
-        .await
-        .unwrap()
-        .call(chat("m"))
-        .await
-        .unwrap_err();
-    let wait = rejection(&err);
     assert!(
         wait > Duration::from_secs(44) && wait <= Duration::from_secs(45),
         "{wait:?}"
     );
-    assert_eq!(upstream.hits(), 1, "the rejected call was not sent");
 }
 
 #[tokio::test]
 async fn fail_fast_over_loopback_with_anthropic_headers() {
     let reset = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(30));
-    let upstream = Upstream::always(
+    let wait = fail_fast_after(
         Reply::ok_json("{}")
             .with_header("anthropic-ratelimit-requests-remaining", "0")
             .with_header("anthropic-ratelimit-requests-reset", &reset.to_string()),
     )
     .await;
-    let mut client = ServiceBuilder::new()
-        .layer(RateLimitLayer::builder().fail_fast().build().unwrap())
-        .service(http_tier(upstream.url()).buffered());
-    client.ready().await.unwrap().call(chat("m")).await.unwrap();
-    let err = client
-        .ready()
-        .await
-        .unwrap()
-        .call(chat("m"))
-        .await
-        .unwrap_err();
-    let wait = rejection(&err);
     assert!(
         wait > Duration::from_secs(27) && wait <= Duration::from_secs(30),
         "{wait:?}"
     );
-    assert_eq!(upstream.hits(), 1);
 }
 
 #[tokio::test(start_paused = true)]
