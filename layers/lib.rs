@@ -13,6 +13,8 @@
 //!   `Retry-After` or a jittered backoff, within a budget that caps amplification.
 //! - [`rate_limit`]: learn an upstream's limits from its headers and wait (or
 //!   fail fast) before sending a request sure to get a `429`.
+//! - [`balance`]: spread one model's calls over several deployments (p2c over
+//!   peak-EWMA latency), none to one whose circuit is open.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -48,6 +50,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod balance;
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]

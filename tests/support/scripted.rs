@@ -14,7 +14,7 @@ use tower::Service;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Answers with its replies in order (the last one repeats), counting calls.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Scripted {
     replies: Arc<Vec<http::Response<Bytes>>>,
     calls: Arc<AtomicUsize>,
