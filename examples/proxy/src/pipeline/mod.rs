@@ -8,6 +8,8 @@
 //!       └ template
 //! ```
 //!
+//! Inside each breaker, optional retries and rate limits: see [`guard`].
+//!
 //! Each upstream has one `CircuitBreakerLayer`, shared by every model that uses
 //! it. Batches go through the same `Core` (no escalation) under a
 //! `PartialBatchLayer`, see [`crate::batch`]. With `[state] redis_url`, the
@@ -45,6 +47,7 @@ use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
 
 mod escalation;
+mod guard;
 
 use escalation::escalation_layer;
 pub(crate) use escalation::{ProxyAdapter, ProxyPolicy};
@@ -95,8 +98,9 @@ impl Classify<Res, BoxError> for ProxyClassifier {
     }
 }
 
-/// One upstream behind its circuit breaker.
-pub(crate) type Guarded = CircuitBreaker<Upstream, ProxyClassifier>;
+/// One upstream behind its circuit breaker (and its retries and limits, see [`guard`]).
+pub(crate) type Guarded = CircuitBreaker<guard::Retried, ProxyClassifier>;
+pub(crate) use guard::Extras;
 
 type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
 
@@ -173,6 +177,8 @@ pub(crate) struct Pipeline {
     pub(crate) cores: HashMap<Arc<str>, Core>,
     /// Each upstream's circuits, in config order.
     pub(crate) circuits: Vec<(Arc<str>, Handle<()>)>,
+    /// Each upstream's retry and rate-limit handles, in config order.
+    pub(crate) extras: Extras,
     /// The escalations.
     pub(crate) escalations: tower_llm_resilience::escalation::Handle,
     /// The escalation store's caps and pending counts.
@@ -317,6 +323,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
     let mut circuit_syncs = Vec::new();
+    let mut extras = Vec::new();
     for upstream in &config.upstreams {
         let circuit = upstream.circuit.as_ref().unwrap_or(&config.circuit);
         let layer = circuit_layer(&upstream.name, circuit)?;
@@ -332,7 +339,15 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             config.limits.max_upstream_body_bytes,
             &closing,
         )?;
-        let service = layer.layer(upstream_service);
+        let retry = upstream.retry.as_ref().unwrap_or(&config.retry);
+        let (stacked, upstream_extras) = guard::stack(
+            &upstream.name,
+            upstream_service,
+            retry,
+            upstream.rate_limit.as_ref(),
+        )?;
+        extras.push((upstream.name.as_str().into(), upstream_extras));
+        let service = layer.layer(stacked);
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = config.limits.first_event_timeout_secs;
@@ -354,6 +369,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         models,
         cores,
         circuits,
+        extras,
         escalations: escalation.handle(),
         escalation_caps,
         redis,

@@ -12,5 +12,6 @@ mod anthropic;
 #[path = "../common/mod.rs"]
 mod common;
 mod fallback;
+mod retry;
 mod streaming;
 mod tiers;
