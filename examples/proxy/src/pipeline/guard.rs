@@ -1,22 +1,25 @@
 //! One upstream as its tiers call it:
 //!
 //! ```text
-//! CircuitBreaker (one per upstream, [circuit])
-//!   └ Retry        ([retry] / the upstream's retry table; absent with max_attempts = 1)
-//!       └ RateLimit (the upstream's rate_limit table; absent without one)
+//! RateLimit          (the upstream's rate_limit table; absent without one)
+//!   └ CircuitBreaker (one per upstream, [circuit])
+//!       └ Retry      ([retry] / the upstream's retry table; absent with max_attempts = 1)
 //!           └ Upstream
 //! ```
 //!
-//! The retry sits inside the breaker, so the circuit sees one outcome per
-//! request (the last attempt's), and outside the limiter, so a retry waits for
-//! (or is refused by) the limits like any call. A limiter that refuses fails the
-//! attempt as `RateLimited`, and the model's next tier answers.
+//! The limiter is outside the breaker: a request it refuses (a limit exhausted,
+//! failed at once as `RateLimited` so the model's next tier answers) was never
+//! sent, and does not count against the upstream's circuit; the answers it
+//! learns limits from are the breaker's (a `CircuitOpen` teaches it nothing).
+//! The retry is inside the breaker, so the circuit sees one outcome per request
+//! (the last attempt's).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tower::util::Either;
 use tower::Layer;
+use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use tower_llm_resilience::rate_limit::{self, RateLimit, RateLimitLayer};
 use tower_llm_resilience::retry::{self, Retry, RetryLayer};
 
@@ -31,11 +34,14 @@ fn body_tokens(request: &Req) -> u64 {
     request.body().len() as u64 / 4
 }
 
-/// An upstream behind its limiter, if it has one.
-pub(crate) type Limited = Either<RateLimit<Upstream, ProxyClassifier, TokenEstimate>, Upstream>;
+/// An upstream, retried if retries are on.
+pub(crate) type Retried = Either<Retry<Upstream, ProxyClassifier>, Upstream>;
 
-/// That, retried, if retries are on.
-pub(crate) type Retried = Either<Retry<Limited, ProxyClassifier>, Limited>;
+/// That behind its circuit breaker.
+pub(crate) type Breaker = CircuitBreaker<Retried, ProxyClassifier>;
+
+/// That behind its limiter, if it has one: what the tiers call.
+pub(crate) type Limited = Either<RateLimit<Breaker, ProxyClassifier, TokenEstimate>, Breaker>;
 
 /// What `/v1/circuits` and `/metrics` show of an upstream besides its circuit.
 #[derive(Clone, Debug, Default)]
@@ -44,30 +50,32 @@ pub(crate) struct UpstreamExtras {
     pub(crate) rate_limit: Option<rate_limit::Handle>,
 }
 
-/// `upstream` behind its limiter and retries, as configured.
+/// `upstream` behind its retries, `breaker` and limiter, as configured.
 pub(crate) fn stack(
     name: &str,
     upstream: Upstream,
+    breaker: &CircuitBreakerLayer<ProxyClassifier>,
     retry: &RetryConfig,
     rate_limit: Option<&RateLimitConfig>,
-) -> Result<(Retried, UpstreamExtras), ConfigError> {
+) -> Result<(Limited, UpstreamExtras), ConfigError> {
     let mut extras = UpstreamExtras::default();
+    let retried = if retry.max_attempts > 1 {
+        let layer = retrier(name, retry)?;
+        extras.retry = Some(layer.handle());
+        Either::Left(layer.layer(upstream))
+    } else {
+        Either::Right(upstream)
+    };
+    let guarded = breaker.layer(retried);
     let limited = match rate_limit {
         Some(config) => {
             let layer = limiter(name, config)?;
             extras.rate_limit = Some(layer.handle());
-            Either::Left(layer.layer(upstream))
+            Either::Left(layer.layer(guarded))
         }
-        None => Either::Right(upstream),
+        None => Either::Right(guarded),
     };
-    let retried = if retry.max_attempts > 1 {
-        let layer = retrier(name, retry)?;
-        extras.retry = Some(layer.handle());
-        Either::Left(layer.layer(limited))
-    } else {
-        Either::Right(limited)
-    };
-    Ok((retried, extras))
+    Ok((limited, extras))
 }
 
 fn retrier(name: &str, config: &RetryConfig) -> Result<RetryLayer<ProxyClassifier>, ConfigError> {

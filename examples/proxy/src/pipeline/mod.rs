@@ -8,7 +8,8 @@
 //!       └ template
 //! ```
 //!
-//! Inside each breaker, optional retries and rate limits: see [`guard`].
+//! Around each upstream, optional retries (inside its breaker) and rate limits
+//! (outside it): see [`guard`].
 //!
 //! Each upstream has one `CircuitBreakerLayer`, shared by every model that uses
 //! it. Batches go through the same `Core` (no escalation) under a
@@ -26,7 +27,7 @@ use futures_util::future::BoxFuture;
 use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
-use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Handle};
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Handle};
 use tower_llm_resilience::classify::{
     classify_buffered, classify_status, Classify, ClassifyError, Outcome,
 };
@@ -99,7 +100,7 @@ impl Classify<Res, BoxError> for ProxyClassifier {
 }
 
 /// One upstream behind its circuit breaker (and its retries and limits, see [`guard`]).
-pub(crate) type Guarded = CircuitBreaker<guard::Retried, ProxyClassifier>;
+pub(crate) type Guarded = guard::Limited;
 pub(crate) use guard::Extras;
 
 type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
@@ -340,14 +341,14 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             &closing,
         )?;
         let retry = upstream.retry.as_ref().unwrap_or(&config.retry);
-        let (stacked, upstream_extras) = guard::stack(
+        let (service, upstream_extras) = guard::stack(
             &upstream.name,
             upstream_service,
+            &layer,
             retry,
             upstream.rate_limit.as_ref(),
         )?;
         extras.push((upstream.name.as_str().into(), upstream_extras));
-        let service = layer.layer(stacked);
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = config.limits.first_event_timeout_secs;

@@ -145,6 +145,10 @@ async fn an_exhausted_upstream_is_skipped_without_a_call() {
         "nothing sent while the limit is exhausted"
     );
     let listed = circuits(&http, &proxy.url()).await;
+    assert_eq!(
+        listed[0]["failures"], 0,
+        "a refusal of the limiter is not a failure of the upstream"
+    );
     let limits = &listed[0]["rate_limit"];
     assert_eq!(limits["rejected"], 1);
     assert_eq!(
