@@ -52,7 +52,7 @@
 //! is open, `poll_ready` waits until the first cooldown ends; bound the wait
 //! with a timeout (or put a fallback tier with its own readiness in front)
 //! when that is not what callers want. The balancer is not `Clone`: share it
-//! through [`tower::buffer`] (or build one per worker).
+//! through `tower::buffer::Buffer` (or build one per worker).
 //!
 //! # Cost and observability
 //!
