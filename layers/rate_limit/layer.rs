@@ -93,6 +93,15 @@ impl<C, T> Builder<C, T> {
     }
 }
 
+impl<S, C, T> RateLimit<S, C, T> {
+    /// The limits this service shares with its layer.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 /// Read access to what one [`RateLimitLayer`] knows and did.
 #[derive(Clone)]
 pub struct Handle {

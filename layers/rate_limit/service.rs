@@ -118,13 +118,6 @@ impl<S, C, T> RateLimit<S, C, T> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    /// The limits this service shares with its layer.
-    pub fn handle(&self) -> super::Handle {
-        super::Handle {
-            shared: self.shared.clone(),
-        }
-    }
 }
 
 impl<S: Clone, C: Clone, T: Clone> Clone for RateLimit<S, C, T> {
