@@ -26,7 +26,7 @@
 //! # At the crate root
 //!
 //! Each layer and its service ([`CircuitBreakerLayer`], [`FallbackLayer`],
-//! [`EscalationLayer`], [`PartialBatchLayer`]), the marker of a degraded answer
+//! [`EscalationLayer`], [`PartialBatchLayer`], [`RetryLayer`], [`RateLimitLayer`]), the marker of a degraded answer
 //! ([`Degraded`], read through [`MarkDegraded`]), the failure taxonomy
 //! ([`FailureKind`], [`Outcome`]) and, with `reqwest`, the clients and their
 //! request and answer types (`OpenAiClient`, `ChatRequest`, `Message`,
@@ -76,6 +76,8 @@ pub use classify::{FailureKind, Outcome};
 pub use escalation::{Escalation, EscalationLayer};
 pub use fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded, Marked};
 pub use partial_batch::{PartialBatch, PartialBatchLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use retry::{Retry, RetryLayer};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(all(doctest, feature = "reqwest"))]

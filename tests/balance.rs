@@ -6,11 +6,17 @@
 mod scripted;
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use scripted::{count, response, scripted};
 use support::client::{chat, http_tier};
 use support::{Reply, Upstream};
+use tower::buffer::Buffer;
+use tower::util::Either;
 use tower::{Service, ServiceExt};
 use tower_llm_resilience::balance;
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
@@ -160,4 +166,55 @@ fn bad_settings_are_refused_at_build_time() {
         .build::<_, http::Request<bytes::Bytes>, _>([("x", one)])
         .unwrap_err();
     assert!(matches!(err, balance::BuildError::Breaker(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn while_a_probe_is_in_flight_other_calls_go_elsewhere() {
+    let (steady, _) = scripted(vec![response(200, &[])]);
+    let flaky_calls = Arc::new(AtomicUsize::new(0));
+    let counted = flaky_calls.clone();
+    // Three failures open the circuit; the fourth call (the probe) takes 5 s.
+    let flaky = tower::service_fn(move |_: http::Request<Bytes>| {
+        let n = counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 3 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let status = if n < 3 { 500 } else { 200 };
+            Ok::<_, scripted::BoxError>(response(status, &[]))
+        }
+    });
+    let (balancer, handle) = balance::Builder::new()
+        .breaker(breaker())
+        .seed(9)
+        .build([
+            ("steady", Either::Left(steady)),
+            ("flaky", Either::Right(flaky)),
+        ])
+        .unwrap();
+    let balancer = Buffer::new(balancer, 64);
+    while flaky_calls.load(Ordering::SeqCst) < 3 {
+        balancer.clone().oneshot(chat("m")).await.unwrap();
+    }
+    let circuit = handle.circuit("flaky").unwrap();
+    assert_eq!(circuit.state(), CircuitState::Open);
+
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let burst: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(balancer.clone().oneshot(chat("m"))))
+        .collect();
+    for call in burst {
+        let answer = call
+            .await
+            .unwrap()
+            .expect("no call is rejected by the breaker");
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!(
+        flaky_calls.load(Ordering::SeqCst),
+        4,
+        "one probe, nothing else"
+    );
+    assert_eq!(circuit.snapshot().rejected, 0);
+    assert_eq!(circuit.state(), CircuitState::Closed, "the probe closed it");
 }
