@@ -17,7 +17,7 @@ use support::client::{chat, http_tier};
 use support::{Reply, Upstream};
 use tower::buffer::Buffer;
 use tower::util::Either;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::balance;
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
 
@@ -217,4 +217,34 @@ async fn while_a_probe_is_in_flight_other_calls_go_elsewhere() {
     );
     assert_eq!(circuit.snapshot().rejected, 0);
     assert_eq!(circuit.state(), CircuitState::Closed, "the probe closed it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn breakers_shared_with_other_callers_gate_the_balancer() {
+    let (a, _) = scripted(vec![response(200, &[])]);
+    let (b, b_calls) = scripted(vec![response(200, &[])]);
+    let layer_a = breaker().name("a").build().unwrap();
+    let layer_b = breaker().name("b").build().unwrap();
+    let (balancer, handle) = balance::Builder::new()
+        .seed(4)
+        .build_with_circuits([
+            ("a", layer_a.layer(a), layer_a.handle()),
+            ("b", layer_b.layer(b), layer_b.handle()),
+        ])
+        .unwrap();
+    let balancer = Buffer::new(balancer, 8);
+    // Another part of the program forces b's circuit open.
+    layer_b.handle().circuit().force_open();
+    for _ in 0..20 {
+        balancer.clone().oneshot(chat("m")).await.unwrap();
+    }
+    assert_eq!(count(&b_calls), 0);
+    assert_eq!(handle.deployments()[1].calls, 0);
+
+    layer_b.handle().circuit().reset();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..20 {
+        balancer.clone().oneshot(chat("m")).await.unwrap();
+    }
+    assert!(count(&b_calls) > 3, "b is back a second after its reset");
 }

@@ -14,13 +14,17 @@ use super::Handle;
 use crate::circuit_breaker::{self, CircuitBreaker};
 use crate::classify::DefaultClassifier;
 
-/// One deployment as the balancer holds it: its circuit breaker around the
-/// service, gated by the circuit, its load measured by peak EWMA latency.
-pub type Balanced<S, C = DefaultClassifier> =
-    PeakEwma<Gate<CircuitBreaker<S, C>>, CompleteOnResponse>;
+/// One deployment as the balancer holds it: its service (behind its circuit
+/// breaker), gated by the circuit, its load measured by peak EWMA latency.
+pub type Balanced<S> = PeakEwma<Gate<S>, CompleteOnResponse>;
 
-/// The balancer: tower's power-of-two-choices [`Balance`] over the deployments.
-pub type P2cBalance<S, Req, C = DefaultClassifier> = Balance<ServiceList<Vec<Balanced<S, C>>>, Req>;
+/// tower's power-of-two-choices [`Balance`] over gated deployments, as
+/// [`Builder::build_with_circuits`] makes it.
+pub type GatedBalance<S, Req> = Balance<ServiceList<Vec<Balanced<S>>>, Req>;
+
+/// The balancer [`Builder::build`] makes: each deployment behind a circuit
+/// breaker of its own.
+pub type P2cBalance<S, Req, C = DefaultClassifier> = GatedBalance<CircuitBreaker<S, C>, Req>;
 
 /// A setting `build()` refused, with the reason.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,6 +137,33 @@ impl<C> Builder<C> {
         C: Clone,
         CircuitBreaker<S, C>: tower_service::Service<Req, Error = crate::BoxError>,
     {
+        let mut guarded = Vec::new();
+        for (name, service) in deployments {
+            let name: Arc<str> = name.into();
+            let layer = self
+                .breaker
+                .clone()
+                .name(name.to_string())
+                .build()
+                .map_err(BuildError::Breaker)?;
+            let circuit = layer.handle();
+            guarded.push((name, layer.layer(service), circuit));
+        }
+        self.build_with_circuits(guarded)
+    }
+
+    /// Build the balancer over services that already sit behind circuit
+    /// breakers of their own (shared with other callers, say): each
+    /// deployment is (name, service, the handle of the breaker the service
+    /// calls through). The [`breaker`](Self::breaker) settings are not used.
+    pub fn build_with_circuits<S, Req, N>(
+        self,
+        deployments: impl IntoIterator<Item = (N, S, circuit_breaker::Handle<()>)>,
+    ) -> Result<(GatedBalance<S, Req>, Handle), BuildError>
+    where
+        N: Into<Arc<str>>,
+        S: tower_service::Service<Req, Error = crate::BoxError>,
+    {
         if self.default_rtt.is_zero() {
             return Err(BuildError::ZeroDuration("default_rtt"));
         }
@@ -142,19 +173,13 @@ impl<C> Builder<C> {
         let decay_ns = self.decay.as_nanos() as f64;
         let mut shared = Vec::new();
         let mut services = Vec::new();
-        for (name, service) in deployments {
+        for (name, service, circuit) in deployments {
             let name: Arc<str> = name.into();
             if shared.iter().any(|d: &Arc<Deployment>| d.name == name) {
                 return Err(BuildError::DuplicateName(name.to_string()));
             }
-            let layer = self
-                .breaker
-                .clone()
-                .name(name.to_string())
-                .build()
-                .map_err(BuildError::Breaker)?;
-            let deployment = Arc::new(Deployment::new(name, layer.handle()));
-            let gated = Gate::new(layer.layer(service), deployment.clone());
+            let deployment = Arc::new(Deployment::new(name, circuit));
+            let gated = Gate::new(service, deployment.clone());
             services.push(PeakEwma::new(
                 gated,
                 self.default_rtt,

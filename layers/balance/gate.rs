@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
@@ -14,6 +15,9 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::circuit_breaker::{self, CircuitRef, CircuitState};
+
+/// The longest an open deployment goes without its circuit being looked at again.
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// What one deployment shares between its gate, its calls and the [`Handle`](super::Handle).
 #[derive(Debug)]
@@ -45,8 +49,9 @@ impl Deployment {
 /// # Readiness
 ///
 /// - closed: the inner service's readiness;
-/// - open: `Pending` until the cooldown ends (a timer wakes the balancer), then
-///   ready for one probe;
+/// - open: `Pending` until the cooldown ends (a timer wakes the balancer, and
+///   looks again at least every second, for a circuit closed from outside),
+///   then ready for one probe;
 /// - half-open: ready while no probe sent through this gate is in flight;
 ///   `Pending` (woken when the probe ends) otherwise, so the balancer sends the
 ///   other calls elsewhere instead of having them rejected.
@@ -90,7 +95,9 @@ impl<S> Gate<S> {
                     if left.is_zero() {
                         return Poll::Ready(());
                     }
-                    let until = Instant::now() + left;
+                    // Re-checked at least every second: a circuit closed from
+                    // outside (reset, forced, another instance) is seen soon.
+                    let until = Instant::now() + left.min(RECHECK);
                     let sleep = match &mut self.cooldown {
                         Some(sleep) => {
                             sleep.as_mut().reset(until);

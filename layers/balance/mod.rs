@@ -10,7 +10,8 @@
 //! deployments at random among the ready ones and goes to the less loaded
 //! (latency times calls in flight). A slow deployment gets little traffic; one
 //! whose circuit is open gets none until its cooldown ends, then one probe at a
-//! time until it closes again.
+//! time until it closes again. [`Builder::build_with_circuits`] does the same over
+//! services that already have breakers of their own (shared with other callers).
 //!
 //! # Example
 //!
@@ -71,6 +72,6 @@ mod builder;
 mod gate;
 mod handle;
 
-pub use self::builder::{Balanced, BuildError, Builder, P2cBalance};
+pub use self::builder::{Balanced, BuildError, Builder, GatedBalance, P2cBalance};
 pub use self::gate::{Gate, GateFuture};
 pub use self::handle::{DeploymentSnapshot, Handle};
