@@ -16,7 +16,8 @@ use crate::BoxError;
 fn layer_kind(err: &(dyn Error + 'static)) -> Option<FailureKind> {
     let kind = crate::circuit_breaker::error_kind(err)
         .or_else(|| crate::fallback::error_kind(err))
-        .or_else(|| crate::escalation::error_kind(err));
+        .or_else(|| crate::escalation::error_kind(err))
+        .or_else(|| crate::rate_limit::error_kind(err));
     #[cfg(feature = "reqwest")]
     let kind = kind.or_else(|| crate::client::error_kind(err));
     kind

@@ -9,6 +9,12 @@
 //! - [`escalation`]: pause a call that needs a human, notify, resume with a token.
 //! - [`partial_batch`]: run a batch item by item, retry only what can succeed,
 //!   report every item, and skip what already succeeded on a re-run.
+//! - [`retry`]: retry only the failures worth it, after the server's
+//!   `Retry-After` or a jittered backoff, within a budget that caps amplification.
+//! - [`rate_limit`]: learn an upstream's limits from its headers and wait (or
+//!   fail fast) before sending a request sure to get a `429`.
+//! - [`balance`]: spread one model's calls over several deployments (p2c over
+//!   peak-EWMA latency), none to one whose circuit is open.
 //!
 //! With the `reqwest` feature, [`client`] has the services these layers most often
 //! wrap: LLM clients for OpenAI-compatible servers and the Anthropic Messages API.
@@ -20,7 +26,7 @@
 //! # At the crate root
 //!
 //! Each layer and its service ([`CircuitBreakerLayer`], [`FallbackLayer`],
-//! [`EscalationLayer`], [`PartialBatchLayer`]), the marker of a degraded answer
+//! [`EscalationLayer`], [`PartialBatchLayer`], [`RetryLayer`], [`RateLimitLayer`]), the marker of a degraded answer
 //! ([`Degraded`], read through [`MarkDegraded`]), the failure taxonomy
 //! ([`FailureKind`], [`Outcome`]) and, with `reqwest`, the clients and their
 //! request and answer types (`OpenAiClient`, `ChatRequest`, `Message`,
@@ -44,6 +50,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod balance;
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]
@@ -53,9 +60,11 @@ mod dyn_error;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;
+pub mod rate_limit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod retry;
 
 #[cfg(feature = "reqwest")]
 pub use client::{
@@ -67,6 +76,8 @@ pub use classify::{FailureKind, Outcome};
 pub use escalation::{Escalation, EscalationLayer};
 pub use fallback::{Degraded, Fallback, FallbackLayer, MarkDegraded, Marked};
 pub use partial_batch::{PartialBatch, PartialBatchLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use retry::{Retry, RetryLayer};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(all(doctest, feature = "reqwest"))]

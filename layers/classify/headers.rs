@@ -107,6 +107,55 @@ fn uncapped_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration
     openai.chain(anthropic).max()
 }
 
+/// One provider rate limit as a response announced it (OpenAI's
+/// `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`): the name of its
+/// "remaining" header, what is left, and the wait until it resets (capped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AnnouncedLimit {
+    pub(crate) name: &'static str,
+    pub(crate) remaining: Option<u64>,
+    pub(crate) reset: Option<Duration>,
+}
+
+impl AnnouncedLimit {
+    /// Whether this limit counts requests (rather than tokens).
+    pub(crate) fn counts_requests(&self) -> bool {
+        self.name.ends_with("requests") || self.name.ends_with("requests-remaining")
+    }
+}
+
+/// Every provider rate limit these headers announce, with what is left and when
+/// it resets; malformed values are `None`.
+pub(crate) fn announced_limits(
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> impl Iterator<Item = AnnouncedLimit> + '_ {
+    let remaining = move |name| header_str(headers, name).and_then(|v| v.parse::<u64>().ok());
+    let openai = OPENAI_RESETS
+        .iter()
+        .map(move |&(reset, name)| AnnouncedLimit {
+            name,
+            remaining: remaining(name),
+            reset: header_str(headers, reset).and_then(parse_go_duration),
+        });
+    let anthropic = ANTHROPIC_RESETS
+        .iter()
+        .map(move |&(reset, name)| AnnouncedLimit {
+            name,
+            remaining: remaining(name),
+            reset: header_str(headers, reset)
+                .and_then(|v| humantime::parse_rfc3339_weak(v).ok())
+                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
+        });
+    openai
+        .chain(anthropic)
+        .filter(|limit| limit.remaining.is_some() || limit.reset.is_some())
+        .map(|limit| AnnouncedLimit {
+            reset: limit.reset.map(cap_retry_after),
+            ..limit
+        })
+}
+
 /// Parse one `Retry-After` value: delay-seconds or an HTTP date, cut to
 /// [`max_retry_after`].
 pub fn parse_retry_after_value(value: &str, now: SystemTime) -> Option<Duration> {
@@ -284,6 +333,35 @@ mod tests {
             ("anthropic-ratelimit-requests-reset", "2024-05-01T12:00:20Z"),
         ]);
         assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(20)));
+    }
+
+    #[test]
+    fn announced_limits_pair_remaining_and_reset() {
+        let now = humantime::parse_rfc3339_weak("2024-05-01T12:00:00Z").unwrap();
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "3"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("anthropic-ratelimit-tokens-remaining", "0"),
+            ("anthropic-ratelimit-tokens-reset", "2024-05-01T12:00:20Z"),
+        ]);
+        let limits: Vec<_> = announced_limits(&h, now).collect();
+        assert_eq!(limits.len(), 2);
+        assert_eq!(
+            (
+                limits[0].remaining,
+                limits[0].reset,
+                limits[0].counts_requests()
+            ),
+            (Some(3), Some(Duration::from_secs(1)), true)
+        );
+        assert_eq!(
+            (
+                limits[1].remaining,
+                limits[1].reset,
+                limits[1].counts_requests()
+            ),
+            (Some(0), Some(Duration::from_secs(20)), false)
+        );
     }
 
     #[test]

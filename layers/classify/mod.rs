@@ -79,6 +79,7 @@ mod providers;
 pub use self::body::{classify_buffered, classify_error_body};
 pub use self::error::{classify_dyn_error, ClassifiedError, ClassifyError};
 pub(crate) use self::error::{kind_if, walk_sources};
+pub(crate) use self::headers::announced_limits;
 pub use self::headers::{
     cap_retry_after, max_retry_after, parse_retry_after_value, retry_after, retry_after_at,
     set_max_retry_after, DEFAULT_MAX_RETRY_AFTER,

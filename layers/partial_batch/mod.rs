@@ -110,7 +110,7 @@
 //! # }
 //! ```
 
-mod backoff;
+pub(crate) mod backoff;
 mod batch;
 mod builder;
 mod driver;

@@ -1,11 +1,15 @@
 //! `GET /metrics`: Prometheus text.
 //!
 //! The layers report through the `metrics` facade (`llm_fallback_*`,
-//! `llm_circuit_*`, `escalation_*`, `partial_batch_*`); the proxy adds
+//! `llm_circuit_*`, `escalation_*`, `partial_batch_*`, and with `[retry]` or an
+//! upstream's `rate_limit`: `llm_retry_*{retry=upstream}`, `llm_rate_limit_*{limiter=upstream}`);
+//! the proxy adds
 //! `llm_proxy_requests_total{status}`, `llm_proxy_request_duration_seconds`,
 //! `llm_proxy_answers_total{tier,degraded}`, `llm_proxy_batch_items_total{result}`,
 //! `llm_proxy_escalations_refused_total{cap}`, and, at each scrape,
-//! `llm_proxy_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) and
+//! `llm_proxy_circuit_state{upstream}` (0 closed, 1 half-open, 2 open),
+//! `llm_proxy_rate_limits_exhausted{upstream}` (limits exhausted now, for
+//! upstreams with a `rate_limit` table),
 //! `llm_proxy_escalations_pending` and
 //! `llm_proxy_escalation_oldest_pending_seconds` (how long the oldest pending
 //! escalation has waited; 0 when none) (from in-memory counts, see the
@@ -136,6 +140,12 @@ pub(crate) async fn render(State(state): State<Shared>) -> Response {
             CircuitState::Open => 2.0,
         };
         metrics::gauge!("llm_proxy_circuit_state", "upstream" => name.to_string()).set(value);
+    }
+    for (name, extras) in &state.pipeline.extras {
+        if let Some(limits) = &extras.rate_limit {
+            metrics::gauge!("llm_proxy_rate_limits_exhausted", "upstream" => name.to_string())
+                .set(limits.exhausted().len() as f64);
+        }
     }
     // From the counts the caps keep: a scrape reads no escalation record.
     metrics::gauge!("llm_proxy_escalations_pending")

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Everything else has defaults: `[auth]`, `[limits]`, `[circuit]` (and a
-//! `circuit` table on each upstream to override it), `[escalation]`, `[batch]`
+//! `circuit` table on each upstream to override it), `[retry]` (and `retry`,
+//! `rate_limit` tables on each upstream), `[escalation]`, `[batch]`
 //! and `[state]` (`redis_url`: shared state for many proxies). See
 //! `examples/proxy/README.md`.
 //!
@@ -26,7 +27,7 @@
 //! values: every `*_secs` setting is a [`Duration`], and
 //! a wrong value is an error naming its setting (`limits.client_body_timeout_secs:
 //! must be > 0 ...`). One file per table: `upstreams` (with `[[models]]` and
-//! `[circuit]`), `auth`, `limits`, `escalation`, `batch`, `state`; `check`
+//! `[circuit]`), `retry` (with `rate_limit`), `auth`, `limits`, `escalation`, `batch`, `state`; `check`
 //! holds what is checked across tables, keys and secrets.
 
 use std::collections::HashSet;
@@ -42,6 +43,7 @@ mod batch;
 mod check;
 mod escalation;
 mod limits;
+mod retry;
 mod state;
 mod telemetry;
 #[cfg(test)]
@@ -52,6 +54,7 @@ pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind, WebhookConfig};
 pub use self::limits::LimitsConfig;
+pub use self::retry::{RateLimitConfig, RetryConfig};
 pub use self::state::StateConfig;
 pub use self::telemetry::TelemetryConfig;
 pub use self::upstreams::{CircuitConfig, ModelConfig, TierConfig, UpstreamConfig, UpstreamKind};
@@ -80,6 +83,9 @@ pub struct Config {
     /// Circuit breaker defaults for every upstream.
     #[serde(default)]
     pub circuit: CircuitConfig,
+    /// Retries of one upstream before its tier falls back (off by default).
+    #[serde(default)]
+    pub retry: RetryConfig,
     /// Human escalation.
     #[serde(default)]
     pub escalation: EscalationConfig,

@@ -1,5 +1,5 @@
 //! `[[upstreams]]`, `[[models]]` and `[circuit]` (also a `circuit` table on an
-//! upstream): the providers, the tiers clients' model names map to, and the
+//! upstream; `retry` and `rate_limit` tables are in [`super::retry`]): the providers, the tiers clients' model names map to, and the
 //! circuit breakers in front of the providers.
 
 use super::*;
@@ -36,6 +36,12 @@ pub struct UpstreamConfig {
     /// Overrides of the `[circuit]` defaults for this upstream.
     #[serde(default)]
     pub circuit: Option<CircuitConfig>,
+    /// Overrides of the `[retry]` defaults for this upstream.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// This upstream's rate limits (none by default).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 fn default_timeout_secs() -> Duration {

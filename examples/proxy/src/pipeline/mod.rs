@@ -8,6 +8,9 @@
 //!       └ template
 //! ```
 //!
+//! Around each upstream, optional retries (inside its breaker) and rate limits
+//! (outside it): see [`guard`].
+//!
 //! Each upstream has one `CircuitBreakerLayer`, shared by every model that uses
 //! it. Batches go through the same `Core` (no escalation) under a
 //! `PartialBatchLayer`, see [`crate::batch`]. With `[state] redis_url`, the
@@ -24,7 +27,7 @@ use futures_util::future::BoxFuture;
 use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use tower::{Layer, Service};
-use tower_llm_resilience::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Handle};
+use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, Handle};
 use tower_llm_resilience::classify::{
     classify_buffered, classify_status, Classify, ClassifyError, Outcome,
 };
@@ -45,6 +48,7 @@ use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
 
 mod escalation;
+mod guard;
 
 use escalation::escalation_layer;
 pub(crate) use escalation::{ProxyAdapter, ProxyPolicy};
@@ -95,8 +99,9 @@ impl Classify<Res, BoxError> for ProxyClassifier {
     }
 }
 
-/// One upstream behind its circuit breaker.
-pub(crate) type Guarded = CircuitBreaker<Upstream, ProxyClassifier>;
+/// One upstream behind its circuit breaker (and its retries and limits, see [`guard`]).
+pub(crate) type Guarded = guard::Limited;
+pub(crate) use guard::Extras;
 
 type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
 
@@ -173,6 +178,8 @@ pub(crate) struct Pipeline {
     pub(crate) cores: HashMap<Arc<str>, Core>,
     /// Each upstream's circuits, in config order.
     pub(crate) circuits: Vec<(Arc<str>, Handle<()>)>,
+    /// Each upstream's retry and rate-limit handles, in config order.
+    pub(crate) extras: Extras,
     /// The escalations.
     pub(crate) escalations: tower_llm_resilience::escalation::Handle,
     /// The escalation store's caps and pending counts.
@@ -317,6 +324,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
     let mut circuit_syncs = Vec::new();
+    let mut extras = Vec::new();
     for upstream in &config.upstreams {
         let circuit = upstream.circuit.as_ref().unwrap_or(&config.circuit);
         let layer = circuit_layer(&upstream.name, circuit)?;
@@ -332,7 +340,15 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
             config.limits.max_upstream_body_bytes,
             &closing,
         )?;
-        let service = layer.layer(upstream_service);
+        let retry = upstream.retry.as_ref().unwrap_or(&config.retry);
+        let (service, upstream_extras) = guard::stack(
+            &upstream.name,
+            upstream_service,
+            &layer,
+            retry,
+            upstream.rate_limit.as_ref(),
+        )?;
+        extras.push((upstream.name.as_str().into(), upstream_extras));
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = config.limits.first_event_timeout_secs;
@@ -354,6 +370,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         models,
         cores,
         circuits,
+        extras,
         escalations: escalation.handle(),
         escalation_caps,
         redis,

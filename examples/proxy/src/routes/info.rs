@@ -1,5 +1,6 @@
 //! What the proxy tells about itself: `GET /v1/models`, `GET /v1/circuits`
-//! (client key) and `GET /healthz` (open); `GET /metrics` is in
+//! (client key; each upstream's circuit, and its retry and rate-limit counters
+//! when configured) and `GET /healthz` (open); `GET /metrics` is in
 //! [`crate::metrics`].
 
 use std::sync::Arc;
@@ -37,8 +38,33 @@ pub(crate) async fn circuits(State(state): State<Shared>) -> Json<Value> {
         .pipeline
         .circuits
         .iter()
-        .map(|(name, handle)| {
+        .zip(&state.pipeline.extras)
+        .map(|((name, handle), (_, extras))| {
             let snapshot = handle.circuit().snapshot();
+            let retry = extras.retry.as_ref().map(|retry| {
+                serde_json::json!({
+                    "requests": retry.requests(),
+                    "retries": retry.retries(),
+                    "budget_exhausted": retry.budget_exhausted(),
+                })
+            });
+            let rate_limit = extras.rate_limit.as_ref().map(|limits| {
+                let exhausted: Vec<Value> = limits
+                    .exhausted()
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "limit": e.limit,
+                            "resets_in_ms": e.resets_in.as_millis() as u64,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "exhausted": exhausted,
+                    "waits": limits.waits(),
+                    "rejected": limits.rejected(),
+                })
+            });
             serde_json::json!({
                 "upstream": &**name,
                 "state": snapshot.state.name(),
@@ -48,6 +74,8 @@ pub(crate) async fn circuits(State(state): State<Shared>) -> Json<Value> {
                 "failures": snapshot.failures,
                 "rejected": snapshot.rejected,
                 "trips": snapshot.trips,
+                "retry": retry,
+                "rate_limit": rate_limit,
             })
         })
         .collect();

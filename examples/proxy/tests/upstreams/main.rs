@@ -13,5 +13,6 @@ mod anthropic;
 mod common;
 mod fallback;
 mod ready;
+mod retry;
 mod streaming;
 mod tiers;
