@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests need:
 # - redis-server: tests/redis_*.rs (and the Redis group of the circuit breaker bench);
 # - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/escalations/);
-# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/).
-need=(redis-server chromium chromium-driver curl)
+# - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/);
+# - python3 + python3-venv: the llm-proxy tools test drives the proxy with the official OpenAI
+#   Python SDK, installed from PyPI into a venv under the target directory (examples/proxy/tests/tools/).
+need=(redis-server chromium chromium-driver curl python3 python3-venv)
 missing=()
 for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then
