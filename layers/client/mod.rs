@@ -89,6 +89,15 @@
 //! arguments per answer (a non-streamed answer too), past which the call fails
 //! with [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse).
 //!
+//! A model's tool call may still be wrong: arguments that are not JSON, or that do
+//! not match the tool's schema. [`ToolCallCheck`] checks calls against the tools
+//! (a small JSON Schema check: `type`, `required`, `properties`, `items`, `enum`,
+//! `additionalProperties: false`), and the user chooses what a bad call means:
+//! with [`ToolCallCheck::classifier`] a [`FallbackLayer`](crate::fallback::FallbackLayer)
+//! asks the next tier; as an [`EscalationPolicy`](crate::escalation::EscalationPolicy)
+//! with [`ChatAdapter`] an [`EscalationLayer`](crate::escalation::EscalationLayer)
+//! asks a human, who may answer with a corrected call.
+//!
 //! [`ChatRequest::from_openai_json`], [`to_openai_json`](ChatRequest::to_openai_json),
 //! [`from_anthropic_json`](ChatRequest::from_anthropic_json) and
 //! [`to_anthropic_json`](ChatRequest::to_anthropic_json) expose the translation for
@@ -134,9 +143,12 @@
 //! the provider and model, never the key or the prompt.
 
 mod anthropic;
+mod check;
 mod content;
 mod error;
+mod fields;
 mod openai;
+mod review;
 mod service;
 mod sse;
 mod stream;
@@ -148,16 +160,18 @@ mod types;
 pub use self::anthropic::{
     AnthropicClient, AnthropicClientBuilder, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS,
 };
+pub use self::check::{ToolCallCheck, ToolCallClassifier, ToolCallProblem};
 pub use self::content::{Content, ContentPart, ImageSource};
 pub use self::error::{ClientError, ConfigError};
+pub use self::fields::TranslateError;
 pub use self::openai::{OpenAiClient, OpenAiClientBuilder};
+pub use self::review::ChatAdapter;
 pub use self::service::{ResponseFuture, StreamChat, Streaming};
 pub use self::stream::{ChatDelta, ChatStream};
 pub use self::tools::{
     Tool, ToolCall, ToolCallAssembler, ToolCallDelta, ToolCallError, ToolChoice,
     DEFAULT_MAX_TOOL_ARGUMENT_BYTES, DEFAULT_MAX_TOOL_CALLS,
 };
-pub use self::translate::TranslateError;
 pub use self::types::{
     ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, Role, Usage,
 };

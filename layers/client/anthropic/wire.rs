@@ -5,10 +5,10 @@ use serde_json::Value;
 
 use crate::classify::FailureKind;
 use crate::client::error::ClientError;
+use crate::client::fields::TranslateError;
 use crate::client::sse::SseEvent;
 use crate::client::stream::{parse_event, ChatDelta, EventDecoder, StreamState};
 use crate::client::tools::{check_limits, ToolCall, ToolCallDelta};
-use crate::client::translate::TranslateError;
 use crate::client::transport::Transport;
 use crate::client::types::{ChatRequest, ChatResponse, FinishReason, Usage};
 

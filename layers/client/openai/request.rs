@@ -3,8 +3,8 @@
 use serde_json::{json, Map, Value};
 
 use crate::client::content::{Content, ContentPart, ImageSource};
+use crate::client::fields::{array_at, float, join, string_at, TranslateError};
 use crate::client::tools::{Tool, ToolCall, ToolChoice};
-use crate::client::translate::{array_at, float, join, string_at, TranslateError};
 use crate::client::types::{ChatRequest, Message, ResponseFormat, Role};
 
 /// The body for `request`, asking `model` (if any).
