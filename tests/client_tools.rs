@@ -421,3 +421,45 @@ async fn assembled_tool_calls_are_bounded() {
         .unwrap();
     assert_eq!(answer.tool_calls.len(), 128);
 }
+
+#[tokio::test]
+async fn an_anthropic_stream_opening_endless_tool_calls_is_cut_off() {
+    let event = |name: &str, data: serde_json::Value| {
+        Step::Chunk(format!("event: {name}\ndata: {data}\n\n"))
+    };
+    let mut steps = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {}}}),
+    )];
+    for index in 0..1100 {
+        steps.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block":
+                {"type": "tool_use", "id": format!("t{index}"), "name": "f", "input": {}}}),
+        ));
+    }
+    let upstream = Upstream::always(Reply::sse(steps)).await;
+    let mut stream = anthropic(&upstream)
+        .streaming()
+        .oneshot(ChatRequest::new(vec![Message::user("hi")]))
+        .await
+        .unwrap();
+    let mut fragments = 0;
+    let error = loop {
+        match stream
+            .next_delta()
+            .await
+            .expect("the stream fails, not ends")
+        {
+            Ok(ChatDelta::ToolCall(_)) => fragments += 1,
+            Ok(_) => {}
+            Err(error) => break error,
+        }
+    };
+    assert_eq!(fragments, 1024);
+    assert_eq!(error.kind(), &FailureKind::InvalidResponse);
+    assert!(
+        error.message().contains("more than 1024 tool calls"),
+        "{error}"
+    );
+}

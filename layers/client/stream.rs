@@ -54,7 +54,9 @@ pub enum ChatDelta {
 ///   [`Timeout`](FailureKind::Timeout);
 /// - a line that is not a valid event, or an event larger than the client's
 ///   `max_event_bytes`: `InvalidResponse`;
-/// - an error event from the provider: its kind.
+/// - an error event from the provider: its kind;
+/// - an Anthropic stream that opens more than 1,024 `tool_use` blocks:
+///   `InvalidResponse`.
 ///
 /// After an error the stream is over.
 ///

@@ -78,6 +78,10 @@ fn text_of(blocks: &[WireBlock]) -> String {
         .collect()
 }
 
+/// The most `tool_use` blocks a stream may open: the decoder keeps one entry
+/// per block (an assembler usually stops the stream far earlier).
+const MAX_STREAM_TOOL_CALLS: usize = 1024;
+
 /// Anthropic's stream: `message_start`, content block events, `message_delta`,
 /// `message_stop`; `ping` and unknown events are skipped, `error` fails the stream.
 #[derive(Default)]
@@ -124,6 +128,13 @@ impl EventDecoder for AnthropicEvents {
             "content_block_start" => {
                 let block = wire.content_block.unwrap_or_default();
                 if block.kind == "tool_use" {
+                    if self.tool_blocks.len() >= MAX_STREAM_TOOL_CALLS {
+                        return Err(ClientError::new(
+                            FailureKind::InvalidResponse,
+                            transport.provider(),
+                            format!("the stream has more than {MAX_STREAM_TOOL_CALLS} tool calls"),
+                        ));
+                    }
                     let index = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
                     // The input is `{}` here and comes as `input_json_delta`s;
                     // a server that sends it whole here is read too.
