@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/escalations/);
 # - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/);
 # - prometheus: promtool for the alert rules (scripts/check-alerts.sh) and a real
-#   Prometheus scraping a proxy (examples/proxy/tests/alerts.rs).
-need=(redis-server chromium chromium-driver curl prometheus)
+#   Prometheus scraping a proxy (examples/proxy/tests/alerts.rs);
+# - python3 + python3-venv: the llm-proxy tools test drives the proxy with the official OpenAI
+#   Python SDK, installed from PyPI into a venv under the target directory (examples/proxy/tests/tools/).
+need=(redis-server chromium chromium-driver curl prometheus python3 python3-venv)
 missing=()
 for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -68,6 +68,41 @@
 //! concrete, so a fallback tier (a template, a cached answer) has one simple type to
 //! produce, and [`ChatStream::from_response`] turns such an answer into a stream.
 //!
+//! # Tools, images and structured output
+//!
+//! The neutral types carry what an agent needs, translated to and from both wire
+//! formats: [`Tool`] definitions (a name, a description, a JSON Schema for the
+//! arguments), a [`ToolChoice`] (auto, none, required, a named tool),
+//! [`ChatRequest::parallel_tool_calls`], assistant messages with [`ToolCall`]s
+//! ([`Message::assistant_tool_calls`], or [`ChatResponse::message`] of the answer),
+//! tool results ([`Message::tool_result`]), [`Content`] as text or
+//! [`ContentPart`]s (text, images by URL or inline base64) and
+//! [`ResponseFormat::JsonSchema`]. An answer that calls tools has
+//! [`FinishReason::ToolCalls`] from either provider and its calls in
+//! [`ChatResponse::tool_calls`].
+//!
+//! Streams yield [`ChatDelta::ToolCall`] fragments (OpenAI's incremental
+//! `tool_calls` by index; Anthropic's `tool_use` blocks and their
+//! `input_json_delta`s); a [`ToolCallAssembler`] makes whole calls of them, as
+//! [`ChatStream::into_response`] does. Assembly is bounded: at most
+//! [`DEFAULT_MAX_TOOL_CALLS`] calls and [`DEFAULT_MAX_TOOL_ARGUMENT_BYTES`] bytes of
+//! arguments per answer (a non-streamed answer too), past which the call fails
+//! with [`InvalidResponse`](crate::classify::FailureKind::InvalidResponse).
+//!
+//! A model's tool call may still be wrong: arguments that are not JSON, or that do
+//! not match the tool's schema. [`ToolCallCheck`] checks calls against the tools
+//! (a small JSON Schema check: `type`, `required`, `properties`, `items`, `enum`,
+//! `additionalProperties: false`), and the user chooses what a bad call means:
+//! with [`ToolCallCheck::classifier`] a [`FallbackLayer`](crate::fallback::FallbackLayer)
+//! asks the next tier; as an [`EscalationPolicy`](crate::escalation::EscalationPolicy)
+//! with [`ChatAdapter`] an [`EscalationLayer`](crate::escalation::EscalationLayer)
+//! asks a human, who may answer with a corrected call.
+//!
+//! [`ChatRequest::from_openai_json`], [`to_openai_json`](ChatRequest::to_openai_json),
+//! [`from_anthropic_json`](ChatRequest::from_anthropic_json) and
+//! [`to_anthropic_json`](ChatRequest::to_anthropic_json) expose the translation for
+//! gateways; what a format cannot express is a [`TranslateError`] naming the field.
+//!
 //! # Errors
 //!
 //! A [`ClientError`] carries its [`FailureKind`](crate::classify::FailureKind) from
@@ -108,21 +143,35 @@
 //! the provider and model, never the key or the prompt.
 
 mod anthropic;
+mod check;
+mod content;
 mod error;
+mod fields;
 mod openai;
+mod review;
 mod service;
 mod sse;
 mod stream;
+mod tools;
+mod translate;
 mod transport;
 mod types;
 
 pub use self::anthropic::{
     AnthropicClient, AnthropicClientBuilder, DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS,
 };
+pub use self::check::{ToolCallCheck, ToolCallClassifier, ToolCallProblem};
+pub use self::content::{Content, ContentPart, ImageSource};
 pub use self::error::{ClientError, ConfigError};
+pub use self::fields::TranslateError;
 pub use self::openai::{OpenAiClient, OpenAiClientBuilder};
+pub use self::review::ChatAdapter;
 pub use self::service::{ResponseFuture, StreamChat, Streaming};
 pub use self::stream::{ChatDelta, ChatStream};
+pub use self::tools::{
+    Tool, ToolCall, ToolCallAssembler, ToolCallDelta, ToolCallError, ToolChoice,
+    DEFAULT_MAX_TOOL_ARGUMENT_BYTES, DEFAULT_MAX_TOOL_CALLS,
+};
 pub use self::types::{
     ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, Role, Usage,
 };

@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::error::ClientError;
 use super::sse::{SseEvent, SseParser};
+use super::tools::{ToolCallAssembler, ToolCallDelta};
 use super::transport::Transport;
 use super::types::{ChatResponse, FinishReason, Usage};
 use crate::classify::{ClassifyResponse, FailureKind, Outcome};
@@ -31,6 +32,9 @@ pub enum ChatDelta {
     Finish(FinishReason),
     /// Tokens used so far (the last one of a stream is the total).
     Usage(Usage),
+    /// A fragment of a tool call: its id and name first, then pieces of its
+    /// arguments. [`ToolCallAssembler`] makes whole calls of them.
+    ToolCall(ToolCallDelta),
 }
 
 /// A streamed answer: a [`Stream`] of `Result<ChatDelta, ClientError>`.
@@ -50,7 +54,9 @@ pub enum ChatDelta {
 ///   [`Timeout`](FailureKind::Timeout);
 /// - a line that is not a valid event, or an event larger than the client's
 ///   `max_event_bytes`: `InvalidResponse`;
-/// - an error event from the provider: its kind.
+/// - an error event from the provider: its kind;
+/// - an Anthropic stream that opens more than 1,024 `tool_use` blocks:
+///   `InvalidResponse`.
 ///
 /// After an error the stream is over.
 ///
@@ -130,12 +136,21 @@ impl ChatStream {
         }
     }
 
-    /// A finished stream that replays `response`: its text, finish reason and
-    /// usage. For templates and fallbacks that must answer with a stream.
+    /// A finished stream that replays `response`: its text, tool calls (one
+    /// whole fragment each), finish reason and usage. For templates and
+    /// fallbacks that must answer with a stream.
     pub fn from_response(response: ChatResponse) -> Self {
         let mut deltas = VecDeque::new();
         if !response.content.is_empty() {
             deltas.push_back(ChatDelta::Text(response.content));
+        }
+        for (index, call) in response.tool_calls.into_iter().enumerate() {
+            deltas.push_back(ChatDelta::ToolCall(ToolCallDelta::new(
+                u32::try_from(index).unwrap_or(u32::MAX),
+                Some(call.id),
+                Some(call.name),
+                call.arguments,
+            )));
         }
         deltas.extend(response.finish_reason.map(ChatDelta::Finish));
         deltas.extend(response.usage.map(ChatDelta::Usage));
@@ -171,17 +186,29 @@ impl ChatStream {
     }
 
     /// Read the whole stream into one [`ChatResponse`], or its first error.
+    ///
+    /// Tool call fragments are assembled into whole calls by a
+    /// [`ToolCallAssembler`] with its default limits: more calls or argument
+    /// bytes than those fail with [`InvalidResponse`](FailureKind::InvalidResponse).
     pub async fn into_response(mut self) -> Result<ChatResponse, ClientError> {
         let mut content = String::new();
         let (mut finish_reason, mut usage) = (None, None);
+        let mut calls = ToolCallAssembler::default();
         while let Some(delta) = self.next_delta().await {
             match delta? {
                 ChatDelta::Text(text) => content.push_str(&text),
                 ChatDelta::Finish(reason) => finish_reason = Some(reason),
                 ChatDelta::Usage(used) => usage = Some(used),
+                ChatDelta::ToolCall(fragment) => calls
+                    .push(&fragment)
+                    .map_err(|e| e.into_client_error(&self.provider))?,
             }
         }
+        let tool_calls = calls
+            .finish()
+            .map_err(|e| e.into_client_error(&self.provider))?;
         let mut response = ChatResponse::new(self.provider, self.model, content);
+        response.tool_calls = tool_calls;
         response.id = self.id;
         response.finish_reason = finish_reason;
         response.usage = usage;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::content::Content;
+use super::tools::{Tool, ToolCall, ToolChoice};
 use crate::classify::{ClassifyResponse, FailureKind, Outcome};
 use crate::fallback::{Degraded, MarkDegraded};
 
@@ -50,6 +52,17 @@ pub struct ChatRequest {
     /// [`Streaming`](super::Streaming) to receive the deltas as they come.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stream: bool,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// Whether and which tool the model must call; `None` leaves it to the provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether the model may call several tools in one answer; `None` leaves it
+    /// to the provider (both allow it). Anthropic receives `false` as
+    /// `disable_parallel_tool_use`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl ChatRequest {
@@ -102,61 +115,124 @@ impl ChatRequest {
         self.stream = stream;
         self
     }
+
+    /// Offer the model a tool.
+    #[must_use]
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    /// Say whether and which tool the model must call.
+    #[must_use]
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = Some(choice);
+        self
+    }
+
+    /// Allow or forbid several tool calls in one answer.
+    #[must_use]
+    pub fn parallel_tool_calls(mut self, parallel: bool) -> Self {
+        self.parallel_tool_calls = Some(parallel);
+        self
+    }
 }
 
 /// Who wrote a [`Message`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Role {
-    /// Instructions for the model.
+    /// Instructions for the model (OpenAI's `developer` messages too).
     System,
     /// The user.
     User,
     /// The model.
     Assistant,
+    /// The result of a tool call (OpenAI `tool` messages, Anthropic
+    /// `tool_result` blocks in a user turn).
+    Tool,
 }
 
 impl Role {
-    /// The role's name on the wire (`system`, `user`, `assistant`).
+    /// The role's name on the wire (`system`, `user`, `assistant`, `tool`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Role::System => "system",
             Role::User => "user",
             Role::Assistant => "assistant",
+            Role::Tool => "tool",
         }
     }
 }
 
-/// One message of a conversation: text with a [`Role`].
+/// One message of a conversation: [`Content`] (text, or text and images) with a
+/// [`Role`]; an assistant message may carry tool calls, a tool message answers one.
+///
+/// ```
+/// use tower_llm_resilience::client::{Message, ToolCall};
+///
+/// let history = vec![
+///     Message::user("What's the weather in Paris?"),
+///     Message::assistant_tool_calls("", vec![ToolCall::new("call_1", "get_weather", r#"{"city":"Paris"}"#)]),
+///     Message::tool_result("call_1", r#"{"celsius":21}"#),
+/// ];
+/// assert_eq!(history[2].tool_call_id.as_deref(), Some("call_1"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
     /// What it says.
-    pub content: String,
+    pub content: Content,
+    /// The tools an assistant message calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a tool message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl Message {
-    /// A message with this role and text.
-    pub fn new(role: Role, content: impl Into<String>) -> Self {
+    /// A message with this role and content (text, or parts).
+    pub fn new(role: Role, content: impl Into<Content>) -> Self {
         Self {
             role,
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// An assistant message calling tools, with text (possibly empty) before the calls.
+    pub fn assistant_tool_calls(content: impl Into<Content>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+
+    /// The result of the tool call `tool_call_id`.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<Content>) -> Self {
+        Self {
+            tool_call_id: Some(tool_call_id.into()),
+            ..Self::new(Role::Tool, content)
         }
     }
 
     /// A system message.
-    pub fn system(content: impl Into<String>) -> Self {
+    pub fn system(content: impl Into<Content>) -> Self {
         Self::new(Role::System, content)
     }
 
-    /// A user message.
-    pub fn user(content: impl Into<String>) -> Self {
+    /// A user message: text, or parts (text and images).
+    pub fn user(content: impl Into<Content>) -> Self {
         Self::new(Role::User, content)
     }
 
     /// An assistant message.
-    pub fn assistant(content: impl Into<String>) -> Self {
+    pub fn assistant(content: impl Into<Content>) -> Self {
         Self::new(Role::Assistant, content)
     }
 }
@@ -255,6 +331,9 @@ pub struct ChatResponse {
     pub model: String,
     /// The answer's text.
     pub content: String,
+    /// The tools the model calls, whole (assembled from a stream's fragments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
     /// Why the model stopped, if the provider said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish_reason: Option<FinishReason>,
@@ -284,6 +363,12 @@ impl ChatResponse {
             finish_reason: Some(FinishReason::Stop),
             ..Self::default()
         }
+    }
+
+    /// The answer as the assistant message to append to the conversation: its
+    /// text and tool calls.
+    pub fn message(&self) -> Message {
+        Message::assistant_tool_calls(self.content.as_str(), self.tool_calls.clone())
     }
 }
 

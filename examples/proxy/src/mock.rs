@@ -10,6 +10,9 @@
 //! (`cut_rate`); otherwise it answers, after `latency_ms`. The same seed and the
 //! same order of requests give the same answers. In-process users (tests, the
 //! demo) change the behaviour at run time through [`MockUpstream::set`].
+//!
+//! With `tool_call` set, a request that offers that tool is answered with a call
+//! of it, in either format (see `mock/tools.rs`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use tokio::net::TcpListener;
 use tower_llm_resilience::BoxError;
 
 pub mod anthropic;
+mod tools;
 
 /// The API the mock speaks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -84,6 +88,14 @@ pub struct MockOptions {
     /// The answer text (default "Hello from NAME.").
     #[arg(long)]
     pub reply: Option<String>,
+    /// Answer a request that offers this tool (and does not end with tool
+    /// results) with a call of it; a request ending with tool results gets the
+    /// reply and " (tool results: N)".
+    #[arg(long)]
+    pub tool_call: Option<String>,
+    /// The arguments of those tool calls (JSON text).
+    #[arg(long, default_value = "{}")]
+    pub tool_arguments: String,
 }
 
 impl Default for MockOptions {
@@ -102,6 +114,8 @@ impl Default for MockOptions {
             cut_rate: 0.0,
             cut_after: 2,
             reply: None,
+            tool_call: None,
+            tool_arguments: "{}".into(),
         }
     }
 }
@@ -137,6 +151,14 @@ pub struct SeenRequest {
     pub stop_sequences: Vec<String>,
     /// Whether it asked for a stream.
     pub stream: bool,
+    /// The names of its `tools`.
+    pub tools: Vec<String>,
+    /// The ids of the `tool_use` blocks of its messages, in order.
+    pub tool_use_ids: Vec<String>,
+    /// The `tool_use_id`s of the `tool_result` blocks of its messages, in order.
+    pub tool_result_ids: Vec<String>,
+    /// How many `image` blocks its messages have.
+    pub images: usize,
 }
 
 /// A running mock upstream.
@@ -359,7 +381,8 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
             r#"{"error":{"message":"unreadable body","type":"invalid_request_error"}}"#.into(),
         );
     };
-    let Ok(chat) = serde_json::from_slice::<ChatBody>(&body.to_bytes()) else {
+    let body = body.to_bytes();
+    let Ok(chat) = serde_json::from_slice::<ChatBody>(&body) else {
         return full(
             StatusCode::BAD_REQUEST,
             "application/json",
@@ -404,8 +427,22 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
         tokio::time::sleep(latency).await;
     }
     let model = chat.model.as_deref().unwrap_or("mock");
-    let reply = reply(&options);
     let id = format!("chatcmpl-{}-{n}", options.name);
+    let plan = match options.tool_call {
+        Some(_) => serde_json::from_slice::<tools::OpenAiTools>(&body)
+            .map_or(tools::Plan::Text { results: 0 }, |t| t.plan(&options)),
+        None => tools::Plan::Text { results: 0 },
+    };
+    if let tools::Plan::Call { name, arguments } = &plan {
+        if !chat.stream {
+            let body = tools::openai_answer(&id, model, name, arguments);
+            return full(StatusCode::OK, "application/json", body);
+        }
+        let events = tools::openai_events(&id, model, name, arguments);
+        return event_stream(events, &draw, latency, options.cut_after);
+    }
+    let base = reply(&options);
+    let reply = plan.text(&base);
     if !chat.stream {
         let body = Completion {
             choices: [Choice {

@@ -14,6 +14,7 @@ use super::transport::{CommonOptions, Transport};
 use super::types::{ChatRequest, ChatResponse};
 use crate::classify::FailureKind;
 
+pub(crate) mod request;
 mod wire;
 
 /// The `anthropic-version` sent unless configured otherwise.
@@ -31,8 +32,15 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// builder's default. The Messages API has no JSON mode, so a
 /// [`JsonObject`](super::ResponseFormat::JsonObject) or
 /// [`JsonSchema`](super::ResponseFormat::JsonSchema) request adds an instruction
-/// (with the schema) to the system prompt. Answers' text content blocks are
-/// joined; other blocks (thinking, tool use) are skipped.
+/// (with the schema) to the system prompt. Tools become `tools` with an
+/// `input_schema`, tool choices Anthropic's (`required` is `any`,
+/// `parallel_tool_calls: false` is `disable_parallel_tool_use`), assistant tool
+/// calls `tool_use` blocks, tool messages `tool_result` blocks of one user turn,
+/// image parts `image` blocks. A request the Messages API cannot express (tool
+/// call arguments that are not a JSON object, an image in a system or assistant
+/// message) fails before sending with [`FailureKind::BadRequest`] naming the
+/// field. Answers' text content blocks are joined, `tool_use` blocks become
+/// [`ToolCall`](super::ToolCall)s; other blocks (thinking) are skipped.
 ///
 /// Cheap to clone; always ready.
 ///
@@ -115,8 +123,9 @@ impl AnthropicClient {
             ClientError::new(
                 FailureKind::BadRequest,
                 self.transport.provider(),
-                e.to_string(),
+                format!("the request cannot be expressed in the Messages API: {e}"),
             )
+            .with_source(e)
         })?;
         Ok((bytes, model))
     }

@@ -1,61 +1,26 @@
 //! The Anthropic Messages wire format: request body, answer, stream events.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
+use crate::classify::FailureKind;
 use crate::client::error::ClientError;
+use crate::client::fields::TranslateError;
 use crate::client::sse::SseEvent;
 use crate::client::stream::{parse_event, ChatDelta, EventDecoder, StreamState};
+use crate::client::tools::{check_limits, ToolCall, ToolCallDelta};
 use crate::client::transport::Transport;
-use crate::client::types::{ChatRequest, ChatResponse, FinishReason, ResponseFormat, Role, Usage};
+use crate::client::types::{ChatRequest, ChatResponse, FinishReason, Usage};
 
-/// The JSON body for `request`, asking `model`: system messages become the
-/// `system` prompt, with the JSON instruction when a JSON format was asked for.
+/// The JSON body for `request`, asking `model`.
 pub(super) fn request_body(
     request: &ChatRequest,
     model: &str,
     max_tokens: u32,
     stream: bool,
-) -> serde_json::Result<Vec<u8>> {
-    let mut system: Vec<&str> = request
-        .messages
-        .iter()
-        .filter(|m| m.role == Role::System)
-        .map(|m| m.content.as_str())
-        .collect();
-    let instruction = request.response_format.as_ref().and_then(json_instruction);
-    system.extend(instruction.as_deref());
-    serde_json::to_vec(&WireRequest {
-        model,
-        max_tokens,
-        system: (!system.is_empty()).then(|| system.join("\n\n")),
-        messages: request
-            .messages
-            .iter()
-            .filter(|m| m.role != Role::System)
-            .map(|m| WireMessage {
-                role: m.role.as_str(),
-                content: &m.content,
-            })
-            .collect(),
-        temperature: request.temperature,
-        stop_sequences: &request.stop,
-        stream,
-    })
-}
-
-fn json_instruction(format: &ResponseFormat) -> Option<String> {
-    match format {
-        ResponseFormat::Text => None,
-        ResponseFormat::JsonObject => Some(
-            "Respond with a single JSON object and nothing else: no prose, no code fences."
-                .to_owned(),
-        ),
-        ResponseFormat::JsonSchema { schema, .. } => Some(format!(
-            "Respond with a single JSON object that conforms to this JSON Schema, and \
-             nothing else: no prose, no code fences.\n{schema}"
-        )),
-    }
+) -> Result<Vec<u8>, TranslateError> {
+    let body = super::request::to_json(request, Some(model), max_tokens, stream)?;
+    serde_json::to_vec(&body).map_err(|e| TranslateError::new("", e.to_string()))
 }
 
 pub(super) fn decode_response(
@@ -88,6 +53,20 @@ pub(super) fn decode_response(
         input_tokens: u.input_tokens.unwrap_or(0),
         output_tokens: u.output_tokens.unwrap_or(0),
     });
+    response.tool_calls = wire
+        .content
+        .into_iter()
+        .filter(|b| b.kind == "tool_use")
+        .map(|b| {
+            let input = b.input.unwrap_or_else(|| Value::Object(Default::default()));
+            ToolCall::new(
+                b.id.unwrap_or_default(),
+                b.name.unwrap_or_default(),
+                input.to_string(),
+            )
+        })
+        .collect();
+    check_limits(&response.tool_calls, transport.provider())?;
     Ok(response)
 }
 
@@ -99,11 +78,27 @@ fn text_of(blocks: &[WireBlock]) -> String {
         .collect()
 }
 
+/// The most `tool_use` blocks a stream may open: the decoder keeps one entry
+/// per block (an assembler usually stops the stream far earlier).
+const MAX_STREAM_TOOL_CALLS: usize = 1024;
+
 /// Anthropic's stream: `message_start`, content block events, `message_delta`,
 /// `message_stop`; `ping` and unknown events are skipped, `error` fails the stream.
 #[derive(Default)]
 pub(super) struct AnthropicEvents {
     input_tokens: u32,
+    /// The content block index of each tool call begun, in order (the call's
+    /// index is its position), and whether any argument fragment came for it.
+    tool_blocks: Vec<(u64, bool)>,
+}
+
+impl AnthropicEvents {
+    fn tool_of_block(&mut self, block: Option<u64>) -> Option<(u32, &mut bool)> {
+        let block = block?;
+        let position = self.tool_blocks.iter().position(|(b, _)| *b == block)?;
+        let index = u32::try_from(position).ok()?;
+        Some((index, &mut self.tool_blocks[position].1))
+    }
 }
 
 impl EventDecoder for AnthropicEvents {
@@ -132,15 +127,77 @@ impl EventDecoder for AnthropicEvents {
             }
             "content_block_start" => {
                 let block = wire.content_block.unwrap_or_default();
-                if let Some(text) = block.text.filter(|t| block.kind == "text" && !t.is_empty()) {
+                if block.kind == "tool_use" {
+                    if self.tool_blocks.len() >= MAX_STREAM_TOOL_CALLS {
+                        return Err(ClientError::new(
+                            FailureKind::InvalidResponse,
+                            transport.provider(),
+                            format!("the stream has more than {MAX_STREAM_TOOL_CALLS} tool calls"),
+                        ));
+                    }
+                    let index = u32::try_from(self.tool_blocks.len()).unwrap_or(u32::MAX);
+                    // The input is `{}` here and comes as `input_json_delta`s;
+                    // a server that sends it whole here is read too.
+                    let input = block
+                        .input
+                        .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                        .map(|i| i.to_string());
+                    self.tool_blocks
+                        .push((wire.index.unwrap_or(u64::MAX), input.is_some()));
+                    state
+                        .deltas
+                        .push_back(ChatDelta::ToolCall(ToolCallDelta::new(
+                            index,
+                            block.id,
+                            block.name,
+                            input.unwrap_or_default(),
+                        )));
+                } else if let Some(text) =
+                    block.text.filter(|t| block.kind == "text" && !t.is_empty())
+                {
                     state.deltas.push_back(ChatDelta::Text(text));
                 }
             }
             "content_block_delta" => {
                 let delta = wire.delta.unwrap_or_default();
-                if delta.kind.as_deref() == Some("text_delta") {
-                    if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
-                        state.deltas.push_back(ChatDelta::Text(text));
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(text) = delta.text.filter(|t| !t.is_empty()) {
+                            state.deltas.push_back(ChatDelta::Text(text));
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let fragment = delta.partial_json.unwrap_or_default();
+                        let Some((index, seen)) = self.tool_of_block(wire.index) else {
+                            return Err(ClientError::new(
+                                FailureKind::InvalidResponse,
+                                transport.provider(),
+                                "an input_json_delta for a block that is not a tool_use",
+                            ));
+                        };
+                        *seen |= !fragment.is_empty();
+                        state
+                            .deltas
+                            .push_back(ChatDelta::ToolCall(ToolCallDelta::new(
+                                index, None, None, fragment,
+                            )));
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_stop" => {
+                // A tool called without arguments streams no fragment: `{}`.
+                if let Some((index, seen)) = self.tool_of_block(wire.index) {
+                    if !*seen {
+                        *seen = true;
+                        state
+                            .deltas
+                            .push_back(ChatDelta::ToolCall(ToolCallDelta::new(
+                                index,
+                                None,
+                                None,
+                                "{}".to_owned(),
+                            )));
                     }
                 }
             }
@@ -167,7 +224,7 @@ impl EventDecoder for AnthropicEvents {
                     &|s| transport.redact(s),
                 ))
             }
-            // ping, content_block_stop, and event types added after this client.
+            // ping, and event types added after this client.
             _ => {}
         }
         Ok(())
@@ -176,27 +233,6 @@ impl EventDecoder for AnthropicEvents {
     fn terminal_event(&self) -> &'static str {
         "message_stop"
     }
-}
-
-#[derive(Serialize)]
-struct WireRequest<'a> {
-    model: &'a str,
-    max_tokens: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<String>,
-    messages: Vec<WireMessage<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop_sequences: &'a [String],
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'a str,
-    content: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +250,9 @@ struct WireBlock {
     #[serde(rename = "type", default)]
     kind: String,
     text: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<Value>,
 }
 
 #[derive(Default, Deserialize)]
@@ -226,6 +265,7 @@ struct WireUsage {
 struct WireEvent {
     #[serde(rename = "type")]
     kind: Option<String>,
+    index: Option<u64>,
     message: Option<WireStartMessage>,
     content_block: Option<WireBlock>,
     delta: Option<WireEventDelta>,
@@ -244,5 +284,6 @@ struct WireEventDelta {
     #[serde(rename = "type")]
     kind: Option<String>,
     text: Option<String>,
+    partial_json: Option<String>,
     stop_reason: Option<String>,
 }

@@ -14,6 +14,7 @@ use super::transport::{CommonOptions, Transport};
 use super::types::{ChatRequest, ChatResponse};
 use crate::classify::FailureKind;
 
+pub(crate) mod request;
 mod wire;
 
 /// A client for OpenAI-compatible chat completions (`POST {base_url}/chat/completions`):

@@ -1,14 +1,15 @@
 //! The OpenAI chat completions wire format: request body, answer, stream events.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::classify::FailureKind;
 use crate::client::error::ClientError;
 use crate::client::sse::SseEvent;
 use crate::client::stream::{parse_event, ChatDelta, EventDecoder, StreamState};
+use crate::client::tools::{check_limits, ToolCall, ToolCallDelta};
 use crate::client::transport::Transport;
-use crate::client::types::{ChatRequest, ChatResponse, FinishReason, ResponseFormat, Usage};
+use crate::client::types::{ChatRequest, ChatResponse, FinishReason, Usage};
 
 /// The JSON body for `request`, asking `model`.
 pub(super) fn request_body(
@@ -17,40 +18,12 @@ pub(super) fn request_body(
     stream: bool,
     stream_usage: bool,
 ) -> serde_json::Result<Vec<u8>> {
-    serde_json::to_vec(&WireRequest {
-        model,
-        messages: request
-            .messages
-            .iter()
-            .map(|m| WireMessage {
-                role: m.role.as_str(),
-                content: &m.content,
-            })
-            .collect(),
-        max_tokens: request.max_tokens,
-        temperature: request.temperature,
-        stop: &request.stop,
-        response_format: request.response_format.as_ref().map(response_format),
+    serde_json::to_vec(&super::request::to_json(
+        request,
+        Some(model),
         stream,
-        stream_options: (stream && stream_usage).then_some(StreamOptions {
-            include_usage: true,
-        }),
-    })
-}
-
-fn response_format(format: &ResponseFormat) -> Value {
-    match format {
-        ResponseFormat::Text => json!({ "type": "text" }),
-        ResponseFormat::JsonObject => json!({ "type": "json_object" }),
-        ResponseFormat::JsonSchema {
-            name,
-            schema,
-            strict,
-        } => json!({
-            "type": "json_schema",
-            "json_schema": { "name": name, "schema": schema, "strict": strict },
-        }),
-    }
+        stream_usage,
+    ))
 }
 
 pub(super) fn decode_response(
@@ -93,6 +66,13 @@ pub(super) fn decode_response(
     response.id = wire.id;
     response.finish_reason = finish_reason;
     response.usage = wire.usage.map(Usage::from);
+    response.tool_calls = choice
+        .message
+        .tool_calls
+        .into_iter()
+        .map(|call| ToolCall::new(call.id, call.function.name, call.function.arguments))
+        .collect();
+    check_limits(&response.tool_calls, transport.provider())?;
     Ok(response)
 }
 
@@ -139,6 +119,17 @@ impl EventDecoder for OpenAiEvents {
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                 state.deltas.push_back(ChatDelta::Text(text));
             }
+            for call in choice.delta.tool_calls {
+                let function = call.function.unwrap_or_default();
+                state
+                    .deltas
+                    .push_back(ChatDelta::ToolCall(ToolCallDelta::new(
+                        call.index,
+                        call.id,
+                        function.name,
+                        function.arguments.unwrap_or_default(),
+                    )));
+            }
             if let Some(reason) = choice.finish_reason {
                 let reason = FinishReason::from_openai(&reason);
                 state.deltas.push_back(ChatDelta::Finish(reason));
@@ -155,35 +146,6 @@ impl EventDecoder for OpenAiEvents {
     fn terminal_event(&self) -> &'static str {
         "data: [DONE]"
     }
-}
-
-#[derive(Serialize)]
-struct WireRequest<'a> {
-    model: &'a str,
-    messages: Vec<WireMessage<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<Value>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Serialize)]
-struct WireMessage<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-#[derive(Serialize)]
-struct StreamOptions {
-    include_usage: bool,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +167,54 @@ struct WireChoice {
 struct WireAnswer {
     content: Option<String>,
     refusal: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    tool_calls: Vec<WireToolCall>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Deserialize)]
+struct WireFunction {
+    name: String,
+    /// OpenAI sends a string; some compatible servers an object.
+    #[serde(deserialize_with = "json_text")]
+    arguments: String,
+}
+
+/// `null` as an empty list (compatible servers send `"tool_calls": null`).
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A string as it is; any other JSON value as its text.
+fn json_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(match Value::deserialize(deserializer)? {
+        Value::String(text) => text,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireChunkToolCall {
+    #[serde(default)]
+    index: u32,
+    id: Option<String>,
+    function: Option<WireChunkFunction>,
+}
+
+#[derive(Default, Deserialize)]
+struct WireChunkFunction {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +238,8 @@ struct WireChunkChoice {
 #[derive(Default, Deserialize)]
 struct WireDelta {
     content: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    tool_calls: Vec<WireChunkToolCall>,
 }
 
 #[derive(Deserialize)]

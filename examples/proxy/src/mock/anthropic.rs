@@ -29,7 +29,9 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{draw, event_stream, full, reply, Draw, MockBody, MockOptions, SeenRequest, State};
+use super::{
+    draw, event_stream, full, reply, tools, Draw, MockBody, MockOptions, SeenRequest, State,
+};
 
 /// Anthropic's overloaded status.
 const OVERLOADED: u16 = 529;
@@ -78,11 +80,15 @@ struct MessagesBody {
     stop_sequences: Vec<String>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    tools: Vec<Value>,
 }
 
 #[derive(Deserialize)]
 struct MessageIn {
     role: String,
+    #[serde(default)]
+    content: Value,
 }
 
 /// An error answer in Anthropic's format.
@@ -152,6 +158,23 @@ pub(super) async fn handle(
             .collect();
         seen.stop_sequences.clone_from(&body.stop_sequences);
         seen.stream = body.stream;
+        seen.tools = tools::anthropic_offered(&body.tools)
+            .map(str::to_owned)
+            .collect();
+        let blocks = |kind| {
+            body.messages
+                .iter()
+                .flatten()
+                .flat_map(move |m| tools::anthropic_blocks(&m.content, kind))
+        };
+        let ids = |kind, key| {
+            blocks(kind)
+                .filter_map(|b: &Value| b.get(key).and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        };
+        seen.tool_use_ids = ids("tool_use", "id");
+        seen.tool_result_ids = ids("tool_result", "tool_use_id");
+        seen.images = blocks("image").count();
     }
     let has_version = seen.anthropic_version.is_some();
     *state.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(seen);
@@ -197,8 +220,22 @@ pub(super) async fn handle(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let reply = reply(&options);
     let id = format!("msg_mock_{}_{n}", options.name);
+    let last = body.messages.iter().flatten().next_back();
+    let results = last.filter(|m| m.role == "user").map_or(0, |m| {
+        tools::anthropic_blocks(&m.content, "tool_result").count()
+    });
+    let plan = tools::Plan::new(&options, tools::anthropic_offered(&body.tools), results);
+    if let tools::Plan::Call { name, arguments } = &plan {
+        if !body.stream {
+            let answer = tools::anthropic_answer(&id, model, name, arguments);
+            return full(StatusCode::OK, "application/json", answer);
+        }
+        let events = tools::anthropic_events(&id, model, name, arguments);
+        return event_stream(events, &draw, latency, options.cut_after);
+    }
+    let base = reply(&options);
+    let reply = plan.text(&base);
     let output_tokens = u32::try_from(reply.split_inclusive(' ').count()).unwrap_or(u32::MAX);
     if !body.stream {
         let answer = Answer {

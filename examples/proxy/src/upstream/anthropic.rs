@@ -9,12 +9,11 @@ use futures_util::StreamExt;
 use http::header::CONTENT_TYPE;
 use http_body::Frame;
 use http_body_util::BodyExt;
-use serde::Deserialize;
 use tower::ServiceExt;
 use tower_llm_resilience::classify::{ClassifiedError, FailureKind};
 use tower_llm_resilience::client::{
-    AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, FinishReason, Message,
-    ResponseFormat, Role,
+    AnthropicClient, ChatDelta, ChatRequest, ChatResponse, ChatStream, FinishReason, ToolCall,
+    ToolCallDelta,
 };
 use tower_llm_resilience::BoxError;
 
@@ -53,6 +52,7 @@ pub(super) async fn call_anthropic(
             loop {
                 let (delta, finish) = match deltas.next_delta().await {
                     Some(Ok(ChatDelta::Text(text))) => (serde_json::json!({"content": text}), None),
+                    Some(Ok(ChatDelta::ToolCall(fragment))) => (tool_call_delta(&fragment), None),
                     Some(Ok(ChatDelta::Finish(reason))) => {
                         (serde_json::json!({}), Some(openai_finish(reason)))
                     }
@@ -124,6 +124,37 @@ impl OpenAiChunks {
     }
 }
 
+/// A tool call fragment as an OpenAI `delta`: `id`, `type` and the function's
+/// `name` on a call's first fragment, pieces of `arguments` after.
+fn tool_call_delta(fragment: &ToolCallDelta) -> serde_json::Value {
+    let mut call = serde_json::json!({
+        "index": fragment.index,
+        "function": {"arguments": fragment.arguments},
+    });
+    if let Some(id) = &fragment.id {
+        call["id"] = id.as_str().into();
+        call["type"] = "function".into();
+    }
+    if let Some(name) = &fragment.name {
+        call["function"]["name"] = name.as_str().into();
+    }
+    serde_json::json!({"tool_calls": [call]})
+}
+
+/// Whole tool calls as OpenAI's `message.tool_calls`.
+fn tool_calls(calls: &[ToolCall]) -> serde_json::Value {
+    calls
+        .iter()
+        .map(|call| {
+            serde_json::json!({
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            })
+        })
+        .collect()
+}
+
 /// An OpenAI `finish_reason` for a provider-neutral one.
 fn openai_finish(reason: FinishReason) -> &'static str {
     match reason {
@@ -134,124 +165,23 @@ fn openai_finish(reason: FinishReason) -> &'static str {
     }
 }
 
-/// An OpenAI chat completion request, read in OpenAI's shape as far as an
-/// Anthropic upstream can be asked it: string message contents; `stop` a string
-/// or a list; `developer` messages are system messages; `max_completion_tokens`
-/// wins over `max_tokens`; `response_format` as OpenAI nests it. Other members
-/// (`n`, `user`, `stream_options`...) are ignored.
-#[derive(Deserialize)]
-struct OpenAiRequest {
-    #[serde(default)]
-    model: Option<String>,
-    messages: Vec<OpenAiMessage>,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    stop: Option<OpenAiStop>,
-    #[serde(default)]
-    response_format: Option<OpenAiFormat>,
-}
-
-#[derive(Deserialize)]
-struct OpenAiMessage {
-    role: OpenAiRole,
-    content: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum OpenAiRole {
-    System,
-    Developer,
-    User,
-    Assistant,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OpenAiStop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum OpenAiFormat {
-    Text,
-    JsonObject,
-    JsonSchema { json_schema: OpenAiSchema },
-}
-
-#[derive(Deserialize)]
-struct OpenAiSchema {
-    name: String,
-    #[serde(default)]
-    schema: Option<serde_json::Value>,
-    #[serde(default)]
-    strict: Option<bool>,
-}
-
-/// The provider-neutral request for an OpenAI chat completion body.
-fn anthropic_request(body: &[u8]) -> serde_json::Result<ChatRequest> {
-    let openai: OpenAiRequest = serde_json::from_slice(body)?;
-    let messages = openai
-        .messages
-        .into_iter()
-        .map(|m| {
-            let role = match m.role {
-                OpenAiRole::System | OpenAiRole::Developer => Role::System,
-                OpenAiRole::User => Role::User,
-                OpenAiRole::Assistant => Role::Assistant,
-            };
-            Message::new(role, m.content)
-        })
-        .collect();
-    let mut request = ChatRequest::new(messages);
-    if let Some(model) = openai.model {
-        request = request.model(model);
-    }
-    if let Some(max) = openai.max_completion_tokens.or(openai.max_tokens) {
-        request = request.max_tokens(max);
-    }
-    if let Some(temperature) = openai.temperature {
-        request = request.temperature(temperature);
-    }
-    let stop = match openai.stop {
-        None => Vec::new(),
-        Some(OpenAiStop::One(sequence)) => vec![sequence],
-        Some(OpenAiStop::Many(sequences)) => sequences,
-    };
-    for sequence in stop {
-        request = request.stop(sequence);
-    }
-    let format = match openai.response_format {
-        None | Some(OpenAiFormat::Text) => None,
-        Some(OpenAiFormat::JsonObject) => Some(ResponseFormat::JsonObject),
-        Some(OpenAiFormat::JsonSchema { json_schema }) => Some(ResponseFormat::JsonSchema {
-            name: json_schema.name,
-            schema: json_schema
-                .schema
-                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
-            strict: json_schema.strict.unwrap_or(false),
-        }),
-    };
-    if let Some(format) = format {
-        request = request.response_format(format);
-    }
+/// The provider-neutral request for an OpenAI chat completion body, checked to
+/// be expressible in the Messages API: the library's translation
+/// ([`ChatRequest::from_openai_json`]), so tools, tool calls and results, image
+/// parts, `developer` messages and `response_format` travel; what cannot is an
+/// error naming the field.
+fn anthropic_request(body: &[u8]) -> Result<ChatRequest, String> {
+    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let request = ChatRequest::from_openai_json(&json).map_err(|e| e.to_string())?;
+    // The client translates again when it sends; checking here gives the
+    // client a 400 that names the field before any upstream is called.
+    request.to_anthropic_json(1).map_err(|e| e.to_string())?;
     Ok(request)
 }
 
 /// A provider-neutral answer as an OpenAI `chat.completion`.
 pub(crate) fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
-    let finish = answer
-        .finish_reason
-        .and_then(|r| serde_json::to_value(r).ok())
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .map(|r| if r == "other" { "stop".to_owned() } else { r });
+    let finish = answer.finish_reason.map_or("stop", openai_finish);
     let usage = answer.usage.map(|u| {
         serde_json::json!({
             "prompt_tokens": u.input_tokens,
@@ -259,6 +189,13 @@ pub(crate) fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
             "total_tokens": u.total_tokens(),
         })
     });
+    let mut message = serde_json::json!({"role": "assistant", "content": answer.content});
+    if !answer.tool_calls.is_empty() {
+        if answer.content.is_empty() {
+            message["content"] = serde_json::Value::Null;
+        }
+        message["tool_calls"] = tool_calls(&answer.tool_calls);
+    }
     serde_json::json!({
         "id": answer.id.clone().unwrap_or_else(|| "chatcmpl-anthropic".into()),
         "object": "chat.completion",
@@ -266,8 +203,8 @@ pub(crate) fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
         "model": answer.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": answer.content},
-            "finish_reason": finish.unwrap_or_else(|| "stop".into()),
+            "message": message,
+            "finish_reason": finish,
         }],
         "usage": usage,
     })
@@ -276,6 +213,7 @@ pub(crate) fn openai_completion(answer: &ChatResponse) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower_llm_resilience::client::{ResponseFormat, Role};
 
     #[test]
     fn openai_requests_read_for_anthropic() {
@@ -332,14 +270,40 @@ mod tests {
         assert_eq!(request.temperature, None);
         assert_eq!(request.response_format, Some(ResponseFormat::JsonObject));
 
-        // What an Anthropic upstream cannot be asked is still refused.
-        for refused in [
-            serde_json::json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
-            serde_json::json!({"model": "m", "messages": [{"role": "user",
-                "content": [{"type": "text", "text": "hi"}]}]}),
-            serde_json::json!({"model": "m"}),
+        // Tools, tool calls, tool results and image parts are translated.
+        let agent = serde_json::json!({"model": "m", "tools": [{"type": "function",
+            "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1",
+                    "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}]});
+        let request = anthropic_request(agent.to_string().as_bytes()).unwrap();
+        assert_eq!(request.messages[1].tool_calls[0].name, "f");
+        assert_eq!(request.tools.len(), 1);
+
+        // What an Anthropic upstream cannot be asked is refused, naming the field.
+        for (refused, field) in [
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "tool", "content": "x"}]}),
+                "`messages[0].tool_call_id`",
+            ),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {}}]}]}),
+                "`messages[0].content[0].type`",
+            ),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "assistant",
+                    "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "f", "arguments": "[1]"}}]}]}),
+                "`messages[0].tool_calls[0].function.arguments`",
+            ),
+            (serde_json::json!({"model": "m"}), "`messages`"),
         ] {
-            assert!(anthropic_request(refused.to_string().as_bytes()).is_err());
+            let error = anthropic_request(refused.to_string().as_bytes()).unwrap_err();
+            assert!(error.contains(field), "{error}");
         }
     }
 
@@ -350,5 +314,18 @@ mod tests {
         assert_eq!(json["choices"][0]["message"]["content"], "Bonjour");
         assert_eq!(json["choices"][0]["finish_reason"], "stop");
         assert_eq!(json["model"], "claude-sonnet");
+
+        let mut calling = ChatResponse::new("anthropic", "claude-sonnet", "");
+        calling.finish_reason = Some(FinishReason::ToolCalls);
+        calling.tool_calls = vec![ToolCall::new("toolu_1", "f", "{\"a\":1}")];
+        let json = openai_completion(&calling);
+        let message = &json["choices"][0]["message"];
+        assert_eq!(message["content"], serde_json::Value::Null);
+        assert_eq!(message["tool_calls"][0]["id"], "toolu_1");
+        assert_eq!(
+            message["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(json["choices"][0]["finish_reason"], "tool_calls");
     }
 }
