@@ -35,6 +35,8 @@
 //! | `rustls` | HTTPS for those clients (rustls) |
 //! | `sqlite` | `escalation::SqliteStore`, a durable escalation store |
 //! | `redis` | `redis`: circuit state, escalations and batch results shared through Redis |
+//!
+//! [`usage`] (tokens and cost per answer, from a price table you supply) needs no feature.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -56,6 +58,7 @@ pub mod partial_batch;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+pub mod usage;
 
 #[cfg(feature = "reqwest")]
 pub use client::{
