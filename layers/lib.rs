@@ -36,7 +36,8 @@
 //! | `sqlite` | `escalation::SqliteStore`, a durable escalation store |
 //! | `redis` | `redis`: circuit state, escalations and batch results shared through Redis |
 //!
-//! [`usage`] (tokens and cost per answer, from a price table you supply) needs no feature.
+//! [`usage`] (tokens and cost per answer, from a price table you supply) and [`cache`] (a
+//! response cache with request coalescing) need no feature.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -46,6 +47,7 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod cache;
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]

@@ -1,14 +1,17 @@
 //! Usage and cost: the LiteLLM price file, and `UsageLayer` over both clients
 //! (non-stream and stream) at real loopback upstreams, with its metrics.
 #![cfg(feature = "reqwest")]
+#[path = "support/llm.rs"]
+mod llm;
 mod support;
 
 use std::sync::{Arc, Mutex};
 
+use llm::{anthropic, openai};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::{fixture, Reply, Step, Upstream};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_llm_resilience::client::{AnthropicClient, ChatRequest, Message, OpenAiClient};
+use tower_llm_resilience::client::{ChatRequest, Message};
 use tower_llm_resilience::fallback::FallbackLayer;
 use tower_llm_resilience::usage::{
     Cost, ModelPrice, PriceError, PriceTable, TokenUsage, UsageLayer, UsageRecord, UsageReport,
@@ -20,24 +23,6 @@ fn prices() -> PriceTable {
 
 fn request(stream: bool) -> ChatRequest {
     ChatRequest::new(vec![Message::user("Hello!")]).stream(stream)
-}
-
-fn openai(upstream: &Upstream) -> OpenAiClient {
-    OpenAiClient::builder()
-        .base_url(format!("{}/v1", upstream.url()))
-        .api_key("sk-test")
-        .model("gpt-4o-mini")
-        .build()
-        .unwrap()
-}
-
-fn anthropic(upstream: &Upstream) -> AnthropicClient {
-    AnthropicClient::builder()
-        .base_url(upstream.url())
-        .api_key("sk-ant-test")
-        .model("claude-sonnet-4-20250514")
-        .build()
-        .unwrap()
 }
 
 /// A layer that keeps every record it is handed.
