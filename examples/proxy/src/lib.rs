@@ -39,7 +39,8 @@
 //!   (a resume token works only for its client), `sealed` (snapshots
 //!   encrypted at rest).
 //! - `batch`: the batch runner and its bounded store; `redis_state`: the
-//!   state shared through Redis (`[state] redis_url`).
+//!   state shared through Redis (`[state] redis_url`); `usage`: usage records
+//!   and their SQLite store.
 //! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
 //!   the id records and logs carry instead of a key.
 //! - [`mock`]: the mock upstream (`llm-proxy mock-upstream`); [`demo`]: the
@@ -66,6 +67,7 @@ mod sealed;
 
 mod batch;
 mod redis_state;
+mod usage;
 
 pub mod client_id;
 pub mod metrics;

@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     pub(crate) admin_failures: crate::auth::FailureLog,
     /// `auth.secure_cookies`.
     pub(crate) secure_cookies: bool,
+    /// Usage records (`None`: `[usage] enabled = false`).
+    pub(crate) usage: Option<Arc<crate::usage::UsageLog>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,6 +138,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         client_failures: crate::auth::FailureLog::new("client"),
         admin_failures: crate::auth::FailureLog::new("admin"),
         secure_cookies: config.auth.secure_cookies,
+        usage: crate::usage::UsageLog::build(&config.usage)?,
     });
     Ok(state)
 }

@@ -130,6 +130,7 @@ impl Config {
             return err("batch.concurrency, max_attempts and max_items must be positive");
         }
         self.state.validate()?;
+        self.usage.validate()?;
         Ok(())
     }
 

@@ -46,6 +46,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 mod upstreams;
+mod usage;
 
 pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
@@ -53,6 +54,7 @@ pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKin
 pub use self::limits::LimitsConfig;
 pub use self::state::StateConfig;
 pub use self::upstreams::{CircuitConfig, ModelConfig, TierConfig, UpstreamConfig, UpstreamKind};
+pub use self::usage::{PriceConfig, UsageConfig};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -87,6 +89,9 @@ pub struct Config {
     /// Where circuits, escalations and batch records live.
     #[serde(default)]
     pub state: StateConfig,
+    /// Usage records, `GET /v1/usage` and prices.
+    #[serde(default)]
+    pub usage: UsageConfig,
 }
 
 /// The most serving threads a config may ask for.

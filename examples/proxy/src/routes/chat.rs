@@ -23,6 +23,7 @@ use crate::pipeline::{answered_by, RequestMeta, Res};
 use crate::request::{ChatBody, Invalid};
 use crate::service::LoggedModel;
 use crate::state::{AppState, Model, Shared};
+use crate::usage::{report_from_body, Answered, UsageBody, UsageLog};
 
 /// The header naming the tier that answered.
 pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
@@ -135,8 +136,17 @@ async fn chat_inner(
     {
         prepared.request.headers_mut().insert(CLIENT_HEADER, id);
     }
+    let tap = state
+        .usage
+        .clone()
+        .zip(model_name.clone())
+        .map(|(log, model)| UsageTap {
+            log,
+            client: client.as_str().into(),
+            model,
+        });
     let mut response = match model.service.clone().oneshot(prepared.request).await {
-        Ok(answer) => respond(answer, model, prepared.stream),
+        Ok(answer) => respond(answer, model, prepared.stream, tap),
         Err(e) => ApiError::from_service(&e).into_response(),
     };
     // For the access log only (two allocations a request when nobody reads it).
@@ -146,8 +156,16 @@ async fn chat_inner(
     Ok(response)
 }
 
-/// The client's response for a model's answer.
-pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
+/// Where an answer's usage is recorded: the log, who asked, for which model.
+pub(crate) struct UsageTap {
+    pub(crate) log: Arc<UsageLog>,
+    pub(crate) client: Arc<str>,
+    pub(crate) model: Arc<str>,
+}
+
+/// The client's response for a model's answer (its usage recorded to `tap`
+/// when it is a success: now for a buffered answer, at its end for a stream).
+pub(crate) fn respond(answer: Res, model: &Model, stream: bool, tap: Option<UsageTap>) -> Response {
     let tier = answered_by(&answer, &model.primary);
     let degraded = tier != &*model.primary && tier != "human";
     let tier_header = if tier == &*model.primary {
@@ -157,10 +175,25 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
         crate::metrics::record_answer(tier, degraded);
         HeaderValue::from_str(tier).ok()
     };
+    let usage_tier = tap.as_ref().map(|_| Arc::<str>::from(tier));
     let (mut parts, body) = answer.into_parts();
     parts.extensions.clear();
+    let success = parts.status.is_success();
+    let usage = tap.zip(usage_tier).filter(|_| success).map(|(tap, tier)| {
+        let answered = Answered {
+            client: tap.client,
+            model: tap.model,
+            tier,
+            cached: false,
+            degraded,
+        };
+        (tap.log, answered)
+    });
     let body = match body {
         ProxyBody::Full(bytes) => {
+            if let Some((log, answered)) = &usage {
+                log.record(answered, report_from_body(&bytes));
+            }
             let sse = (stream && parts.status.is_success())
                 .then(|| completion_to_sse(&bytes))
                 .flatten();
@@ -180,7 +213,14 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
                 .headers
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             parts.headers.remove(CONTENT_LENGTH);
-            Body::new(ClientStream::new(stream_body))
+            match usage {
+                Some((log, answered)) => Body::new(ClientStream::new(UsageBody::new(
+                    stream_body,
+                    log,
+                    answered,
+                ))),
+                None => Body::new(ClientStream::new(stream_body)),
+            }
         }
     };
     if let Some(value) = tier_header {
