@@ -114,7 +114,16 @@ async fn chat_inner(
     client: &ClientId,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_body).await?;
-    let (model, mut prepared) = prepare_bytes(&state.models, &bytes, false)?;
+    let (mut model, mut prepared) = prepare_bytes(&state.models, &bytes, false)?;
+    // With usage on, a stream is asked for its usage, which the client did not
+    // ask for: taken out again on the way back (see `UsageBody`).
+    let mut strip_usage = false;
+    if state.usage.is_some() && prepared.stream {
+        if let Some(asking) = crate::usage::with_stream_usage(&bytes) {
+            (model, prepared) = prepare_bytes(&state.models, &asking, false)?;
+            strip_usage = true;
+        }
+    }
     let model_name = prepared
         .request
         .extensions()
@@ -144,6 +153,7 @@ async fn chat_inner(
             log,
             client: client.as_str().into(),
             model,
+            strip_usage,
         });
     let mut response = match model.service.clone().oneshot(prepared.request).await {
         Ok(answer) => respond(answer, model, prepared.stream, tap),
@@ -161,6 +171,8 @@ pub(crate) struct UsageTap {
     pub(crate) log: Arc<UsageLog>,
     pub(crate) client: Arc<str>,
     pub(crate) model: Arc<str>,
+    /// The proxy asked the upstream for stream usage: take it out of the stream.
+    pub(crate) strip_usage: bool,
 }
 
 /// The client's response for a model's answer (its usage recorded to `tap`
@@ -179,6 +191,7 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool, tap: Option<Usag
     let (mut parts, body) = answer.into_parts();
     parts.extensions.clear();
     let success = parts.status.is_success();
+    let strip_usage = tap.as_ref().is_some_and(|tap| tap.strip_usage);
     let usage = tap.zip(usage_tier).filter(|_| success).map(|(tap, tier)| {
         let answered = Answered {
             client: tap.client,
@@ -218,6 +231,7 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool, tap: Option<Usag
                     stream_body,
                     log,
                     answered,
+                    strip_usage,
                 ))),
                 None => Body::new(ClientStream::new(stream_body)),
             }

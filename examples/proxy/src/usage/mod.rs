@@ -178,6 +178,34 @@ pub(crate) fn report_from_body(body: &[u8]) -> Option<UsageReport> {
     Some(UsageReport::new(model, tokens))
 }
 
+/// A streaming request's body asking for the stream's usage
+/// (`"stream_options":{"include_usage":true}` added as its first member);
+/// `None` when it has `stream_options` already (the client's own choice) or is
+/// not a non-empty object.
+pub(crate) fn with_stream_usage(body: &[u8]) -> Option<bytes::Bytes> {
+    if contains(body, b"\"stream_options\"") {
+        return None;
+    }
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let first = body[open + 1..].iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first == b'}' {
+        return None;
+    }
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let mut out = Vec::with_capacity(body.len() + MEMBER.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(MEMBER);
+    out.extend_from_slice(&body[open + 1..]);
+    Some(out.into())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
 /// The JSON value after `: ` at the start of `rest`.
 fn value_after(rest: &[u8]) -> Option<serde_json::Value> {
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
@@ -208,5 +236,17 @@ mod tests {
         assert_eq!(report.tokens, TokenUsage::new(5, 7));
         assert!(report_from_body(br#"{"choices":[]}"#).is_none());
         assert!(report_from_body(br#"{"usage": 3}"#).is_none());
+    }
+
+    #[test]
+    fn streams_are_asked_for_usage_unless_the_client_chose() {
+        let asked = with_stream_usage(br#" {"model":"m","stream":true}"#).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&asked).unwrap();
+        assert_eq!(parsed["stream_options"]["include_usage"], true);
+        assert_eq!(parsed["model"], "m");
+        let own = br#"{"stream":true,"stream_options":{"include_usage":false}}"#;
+        assert!(with_stream_usage(own).is_none());
+        assert!(with_stream_usage(b"{ }").is_none());
+        assert!(with_stream_usage(b"[1]").is_none());
     }
 }

@@ -143,3 +143,82 @@ async fn bad_queries_and_wrong_keys_are_refused() {
     // Normal requests still work.
     assert_eq!(get("/v1/usage", CLIENT_KEY).await.unwrap().status(), 200);
 }
+
+/// An OpenAI-compatible upstream whose streams end with the usage chunk when
+/// (and only when) the request asks for it.
+async fn usage_streaming_upstream() -> common::raw::RawUpstream {
+    use common::raw::{sse_chunk, Reply, SSE_HEAD};
+    common::raw::RawUpstream::start(|_, body| {
+        let request: Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut stream = format!("{SSE_HEAD}{}", sse_chunk("Hello"));
+        stream.push_str(
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"model-a\",\
+             \"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        );
+        if request["stream_options"]["include_usage"] == true {
+            stream.push_str(
+                "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"model-a\",\
+                 \"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":4}}\n\n",
+            );
+        }
+        stream.push_str("data: [DONE]\n\n");
+        Reply::Close(stream.into_bytes())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_asked_for_usage_and_the_chunk_reaches_only_clients_who_asked() {
+    let upstream = usage_streaming_upstream().await;
+    let config = common::raw::two_tier_config(
+        &upstream.base_url(),
+        &upstream.base_url(),
+        // Priced by the model the stream reports (`raw`, its first chunk).
+        "[usage.prices.\"raw\"]\ninput = 1.0\noutput = 2.0\n",
+    );
+    let proxy = llm_proxy::Proxy::start(&config).unwrap();
+    let http = reqwest::Client::new();
+    let stream = |body: Value| {
+        http.post(format!("{}/v1/chat/completions", proxy.url()))
+            .bearer_auth(CLIENT_KEY)
+            .json(&body)
+            .send()
+    };
+    let plain = stream(json!({"model": "one", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(!plain.contains("usage"), "not asked for: {plain}");
+    assert!(
+        plain.contains("Hello") && plain.ends_with("data: [DONE]\n\n"),
+        "{plain}"
+    );
+    let asked = stream(json!({"model": "one", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]}))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(asked.contains("\"prompt_tokens\":11"), "asked for: {asked}");
+    // The upstream was asked both times; the client's own request unchanged.
+    let bodies = upstream.bodies();
+    for body in &bodies {
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+    }
+
+    let usage = get_json(&http, &format!("{}/v1/usage", proxy.url()), CLIENT_KEY).await;
+    let one = group(&usage, "one");
+    assert_eq!(
+        (one["requests"].clone(), one["input_tokens"].clone()),
+        (json!(2), json!(22))
+    );
+    assert_eq!(one["output_tokens"], 8);
+    // 2 × (11 × 1000 + 4 × 2000) nano-dollars
+    assert_eq!(one["cost_nano_usd"], 38_000);
+}
