@@ -60,6 +60,8 @@ pub(crate) struct AppState {
     pub(crate) secure_cookies: bool,
     /// Usage records (`None`: `[usage] enabled = false`).
     pub(crate) usage: Option<Arc<crate::usage::UsageLog>>,
+    /// Limits per client key (`None`: no `[budgets]`).
+    pub(crate) budgets: Option<Arc<crate::usage::Budgets>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -121,6 +123,11 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         pipeline.cores.clone(),
         pipeline.redis.as_ref(),
     )?;
+    let budgets = crate::usage::Budgets::build(
+        &config.budgets,
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
+    let usage = crate::usage::UsageLog::build(&config.usage, budgets.clone())?;
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()?),
@@ -138,7 +145,8 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         client_failures: crate::auth::FailureLog::new("client"),
         admin_failures: crate::auth::FailureLog::new("admin"),
         secure_cookies: config.auth.secure_cookies,
-        usage: crate::usage::UsageLog::build(&config.usage)?,
+        usage,
+        budgets,
     });
     Ok(state)
 }

@@ -131,6 +131,7 @@ impl Config {
         }
         self.state.validate()?;
         self.usage.validate()?;
+        self.budgets.validate(self.usage.enabled)?;
         Ok(())
     }
 

@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 mod auth;
 mod batch;
+mod budgets;
 mod check;
 mod escalation;
 mod limits;
@@ -50,6 +51,7 @@ mod usage;
 
 pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
+pub use self::budgets::{BudgetConfig, BudgetsConfig};
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind};
 pub use self::limits::LimitsConfig;
 pub use self::state::StateConfig;
@@ -92,6 +94,9 @@ pub struct Config {
     /// Usage records, `GET /v1/usage` and prices.
     #[serde(default)]
     pub usage: UsageConfig,
+    /// Spend, request and token limits per client key.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
 }
 
 /// The most serving threads a config may ask for.

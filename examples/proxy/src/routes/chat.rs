@@ -138,6 +138,10 @@ async fn chat_inner(
     if let Some(token) = headers.get(RESUME_TOKEN_HEADER) {
         crate::resume::check_owner(state, token, client).await?;
     }
+    let client_name: Arc<str> = client.as_str().into();
+    if let Some(budgets) = &state.budgets {
+        budgets.admit(&client_name).await?;
+    }
     if let Some(id) = client
         .0
         .as_deref()
@@ -151,7 +155,7 @@ async fn chat_inner(
         .zip(model_name.clone())
         .map(|(log, model)| UsageTap {
             log,
-            client: client.as_str().into(),
+            client: client_name,
             model,
             strip_usage,
         });

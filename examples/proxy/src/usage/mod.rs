@@ -13,6 +13,7 @@
 //! (`llm_proxy_usage_dropped_total`).
 
 mod body;
+mod budget;
 mod sqlite;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde::Serialize;
 use tower_llm_resilience::usage::{account, Cost, PriceTable, TokenUsage, UsageReport};
 
 pub(crate) use self::body::UsageBody;
+pub(crate) use self::budget::Budgets;
 use self::sqlite::SqliteUsage;
 use crate::config::{ConfigError, UsageConfig};
 
@@ -98,6 +100,8 @@ pub(crate) struct UsageLog {
     prices: PriceTable,
     store: SqliteUsage,
     max_groups: usize,
+    /// Charged with every record.
+    budgets: Option<Arc<Budgets>>,
 }
 
 impl std::fmt::Debug for UsageLog {
@@ -110,7 +114,10 @@ impl std::fmt::Debug for UsageLog {
 
 impl UsageLog {
     /// The log `config` asks for; `None` when usage is off.
-    pub(crate) fn build(config: &UsageConfig) -> Result<Option<Arc<Self>>, ConfigError> {
+    pub(crate) fn build(
+        config: &UsageConfig,
+        budgets: Option<Arc<Budgets>>,
+    ) -> Result<Option<Arc<Self>>, ConfigError> {
         if !config.enabled {
             return Ok(None);
         }
@@ -124,6 +131,7 @@ impl UsageLog {
             prices: config.price_table()?,
             store,
             max_groups: config.max_groups,
+            budgets,
         })))
     }
 
@@ -132,6 +140,10 @@ impl UsageLog {
     pub(crate) fn record(&self, answered: &Answered, report: Option<UsageReport>) {
         let report = report.unwrap_or_else(|| UsageReport::new("-", TokenUsage::default()));
         let record = account(&self.prices, report, answered.tier.clone());
+        if let Some(budgets) = &self.budgets {
+            let cost = record.cost.map_or(0, Cost::nano_usd);
+            budgets.charge(&answered.client, record.report.tokens.total_tokens(), cost);
+        }
         let row = Row {
             ts: unix_now(),
             client: answered.client.clone(),

@@ -2,6 +2,7 @@
 //! checked against the mock's usage (5 prompt and 5 completion tokens an
 //! answer) and the configured prices.
 
+mod budgets;
 #[path = "../common/mod.rs"]
 mod common;
 
