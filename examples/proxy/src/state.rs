@@ -127,7 +127,11 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
     )?;
-    let usage = crate::usage::UsageLog::build(&config.usage, budgets.clone())?;
+    let usage = crate::usage::UsageLog::build(
+        &config.usage,
+        budgets.clone(),
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()?),

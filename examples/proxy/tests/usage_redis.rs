@@ -77,3 +77,39 @@ async fn spend_on_one_proxy_counts_against_the_budget_on_the_other() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_recorded_on_both_proxies_is_read_on_either() {
+    let redis = RedisServer::start();
+    let (primary, secondary) = (mock("primary").await, mock("secondary").await);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let a = proxy(&dirs[0], &primary.base_url(), &secondary.base_url(), &redis);
+    let b = proxy(&dirs[1], &primary.base_url(), &secondary.base_url(), &redis);
+    let http = reqwest::Client::new();
+    assert_eq!(chat(&http, &a).await, 200);
+    assert_eq!(chat(&http, &b).await, 200);
+    for proxy in [&a, &b] {
+        let usage = get_json(&http, &format!("{}/v1/usage", proxy.url()), CLIENT_KEY).await;
+        let totals = &usage["totals"];
+        assert_eq!(totals["requests"], 2, "{usage}");
+        assert_eq!(
+            (
+                totals["input_tokens"].clone(),
+                totals["output_tokens"].clone()
+            ),
+            (10.into(), 10.into())
+        );
+        assert_eq!(totals["cost_nano_usd"], 125_000);
+        assert_eq!(usage["groups"][0]["model"], "solo");
+    }
+    let admin = get_json(&http, &format!("{}/v1/admin/usage", a.url()), ADMIN_KEY).await;
+    assert_eq!(
+        admin["groups"][0]["client"],
+        llm_proxy::client_id::client_key_id(CLIENT_KEY)
+    );
+    for proxy in [a, b] {
+        tokio::task::spawn_blocking(move || proxy.stop())
+            .await
+            .unwrap();
+    }
+}

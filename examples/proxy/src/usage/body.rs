@@ -259,7 +259,7 @@ mod tests {
 
     /// The totals recorded after streaming `frames` through a `UsageBody`.
     async fn totals_after(frames: &[&str], strip: bool) -> (super::super::Totals, String) {
-        let log = UsageLog::build(&UsageConfig::default(), None)
+        let log = UsageLog::build(&UsageConfig::default(), None, None)
             .unwrap()
             .unwrap();
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = frames

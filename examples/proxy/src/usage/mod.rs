@@ -14,6 +14,7 @@
 
 mod body;
 mod budget;
+mod redis;
 mod sqlite;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tower_llm_resilience::usage::{account, Cost, PriceTable, TokenUsage, UsageRe
 
 pub(crate) use self::body::UsageBody;
 pub(crate) use self::budget::Budgets;
+use self::redis::RedisUsage;
 use self::sqlite::SqliteUsage;
 use crate::config::{ConfigError, UsageConfig};
 
@@ -98,7 +100,7 @@ pub(crate) struct Group {
 /// The usage log: prices, and the store.
 pub(crate) struct UsageLog {
     prices: PriceTable,
-    store: SqliteUsage,
+    store: Store,
     max_groups: usize,
     /// Charged with every record.
     budgets: Option<Arc<Budgets>>,
@@ -112,21 +114,37 @@ impl std::fmt::Debug for UsageLog {
     }
 }
 
+/// Where records are kept.
+enum Store {
+    Sqlite(SqliteUsage),
+    Redis(RedisUsage),
+}
+
 impl UsageLog {
-    /// The log `config` asks for; `None` when usage is off.
+    /// The log `config` asks for (on `redis`, a client and key prefix, when
+    /// given); `None` when usage is off.
     pub(crate) fn build(
         config: &UsageConfig,
         budgets: Option<Arc<Budgets>>,
+        redis: Option<(::redis::Client, String)>,
     ) -> Result<Option<Arc<Self>>, ConfigError> {
         if !config.enabled {
             return Ok(None);
         }
-        let store = SqliteUsage::open(
-            config.sqlite_path.as_deref(),
-            config.queue,
-            config.retention_secs,
-            config.max_records,
-        )?;
+        let store = match redis {
+            Some((client, prefix)) => Store::Redis(RedisUsage::open(
+                client,
+                prefix,
+                config.queue,
+                config.retention_secs,
+            )?),
+            None => Store::Sqlite(SqliteUsage::open(
+                config.sqlite_path.as_deref(),
+                config.queue,
+                config.retention_secs,
+                config.max_records,
+            )?),
+        };
         Ok(Some(Arc::new(Self {
             prices: config.price_table()?,
             store,
@@ -155,7 +173,11 @@ impl UsageLog {
             cached: answered.cached,
             degraded: answered.degraded,
         };
-        if !self.store.record(row) {
+        let queued = match &self.store {
+            Store::Sqlite(store) => store.record(row),
+            Store::Redis(store) => store.record(row),
+        };
+        if !queued {
             metrics::counter!("llm_proxy_usage_dropped_total").increment(1);
         }
     }
@@ -163,7 +185,10 @@ impl UsageLog {
     /// The groups of `query` (every record written first), their totals, and
     /// whether the list was cut at `usage.max_groups`.
     pub(crate) async fn query(&self, query: Query) -> Result<(Vec<Group>, Totals, bool), String> {
-        self.store.query(query, self.max_groups).await
+        match &self.store {
+            Store::Sqlite(store) => store.query(query, self.max_groups).await,
+            Store::Redis(store) => store.query(query, self.max_groups).await,
+        }
     }
 }
 
