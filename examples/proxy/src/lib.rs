@@ -40,7 +40,7 @@
 //!   encrypted at rest).
 //! - `batch`: the batch runner and its bounded store; `redis_state`: the
 //!   state shared through Redis (`[state] redis_url`); `usage`: usage records
-//!   and their SQLite store.
+//!   and their SQLite store, budgets; `cache`: the response cache.
 //! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
 //!   the id records and logs carry instead of a key.
 //! - [`mock`]: the mock upstream (`llm-proxy mock-upstream`); [`demo`]: the
@@ -66,6 +66,7 @@ mod resume;
 mod sealed;
 
 mod batch;
+mod cache;
 mod redis_state;
 mod usage;
 

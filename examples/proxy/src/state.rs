@@ -62,6 +62,8 @@ pub(crate) struct AppState {
     pub(crate) usage: Option<Arc<crate::usage::UsageLog>>,
     /// Limits per client key (`None`: no `[budgets]`).
     pub(crate) budgets: Option<Arc<crate::usage::Budgets>>,
+    /// The response cache (`None`: `[cache] mode = "off"`).
+    pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -132,6 +134,10 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         budgets.clone(),
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
     )?;
+    let cache = crate::cache::ResponseCache::build(
+        &config.cache,
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()?),
@@ -151,6 +157,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         secure_cookies: config.auth.secure_cookies,
         usage,
         budgets,
+        cache,
     });
     Ok(state)
 }

@@ -1,4 +1,5 @@
-//! Two proxies on one Redis enforce one budget per client key.
+//! Two proxies on one Redis enforce one budget per client key, see one
+//! usage record set, and share one response cache.
 
 mod common;
 #[path = "../../../tests/support/redis.rs"]
@@ -21,7 +22,7 @@ fn proxy(
     let text = format!(
         "{}\n[state]\nredis_url = \"{}\"\nprefix = \"budget-test\"\n\
          [usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
-         [budgets.default]\nbudget_usd = 0.0001\n",
+         [budgets.default]\nbudget_usd = 0.0001\n[cache]\nmode = \"deterministic\"\n",
         config_text(
             primary,
             secondary,
@@ -33,18 +34,53 @@ fn proxy(
     Proxy::start(&Config::from_toml(&text).expect("valid config")).expect("proxy starts")
 }
 
+/// Two proxies, A and B, on one Redis, in front of the same mocks.
+struct Pair {
+    a: Proxy,
+    b: Proxy,
+    primary: llm_proxy::mock::MockUpstream,
+    _secondary: llm_proxy::mock::MockUpstream,
+    http: reqwest::Client,
+    _dirs: [tempfile::TempDir; 2],
+    // Last: stopped after the proxies.
+    _redis: RedisServer,
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        let redis = RedisServer::start();
+        let (primary, secondary) = (mock("primary").await, mock("secondary").await);
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let a = proxy(&dirs[0], &primary.base_url(), &secondary.base_url(), &redis);
+        let b = proxy(&dirs[1], &primary.base_url(), &secondary.base_url(), &redis);
+        Pair {
+            a,
+            b,
+            primary,
+            _secondary: secondary,
+            http: reqwest::Client::new(),
+            _dirs: dirs,
+            _redis: redis,
+        }
+    }
+}
+
 async fn chat(http: &reqwest::Client, proxy: &Proxy) -> reqwest::StatusCode {
     post_chat(http, &proxy.url(), &ask("solo")).await.status()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_on_one_proxy_counts_against_the_budget_on_the_other() {
-    let redis = RedisServer::start();
-    let (primary, secondary) = (mock("primary").await, mock("secondary").await);
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = proxy(&dirs[0], &primary.base_url(), &secondary.base_url(), &redis);
-    let b = proxy(&dirs[1], &primary.base_url(), &secondary.base_url(), &redis);
-    let http = reqwest::Client::new();
+    // Every field bound: `..` would drop Redis at once.
+    let Pair {
+        a,
+        b,
+        primary,
+        http,
+        _secondary,
+        _dirs,
+        _redis,
+    } = Pair::start().await;
 
     // Two answers through A: 125 000 of 100 000 spent.
     assert_eq!(chat(&http, &a).await, 200);
@@ -80,12 +116,16 @@ async fn spend_on_one_proxy_counts_against_the_budget_on_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_recorded_on_both_proxies_is_read_on_either() {
-    let redis = RedisServer::start();
-    let (primary, secondary) = (mock("primary").await, mock("secondary").await);
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let a = proxy(&dirs[0], &primary.base_url(), &secondary.base_url(), &redis);
-    let b = proxy(&dirs[1], &primary.base_url(), &secondary.base_url(), &redis);
-    let http = reqwest::Client::new();
+    // Every field bound: `..` would drop Redis at once.
+    let Pair {
+        a,
+        b,
+        primary,
+        http,
+        _secondary,
+        _dirs,
+        _redis,
+    } = Pair::start().await;
     assert_eq!(chat(&http, &a).await, 200);
     assert_eq!(chat(&http, &b).await, 200);
     for proxy in [&a, &b] {
@@ -107,6 +147,34 @@ async fn usage_recorded_on_both_proxies_is_read_on_either() {
         admin["groups"][0]["client"],
         llm_proxy::client_id::client_key_id(CLIENT_KEY)
     );
+    for proxy in [a, b] {
+        tokio::task::spawn_blocking(move || proxy.stop())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cached_through_one_proxy_is_a_hit_on_the_other() {
+    // Every field bound: `..` would drop Redis at once.
+    let Pair {
+        a,
+        b,
+        primary,
+        http,
+        _secondary,
+        _dirs,
+        _redis,
+    } = Pair::start().await;
+    let mut body = ask("solo");
+    body["temperature"] = 0.into();
+    let first = post_chat(&http, &a.url(), &body).await;
+    assert_eq!(header(&first, "x-llm-proxy-cache"), "miss");
+    let first = first.text().await.unwrap();
+    let second = post_chat(&http, &b.url(), &body).await;
+    assert_eq!(header(&second, "x-llm-proxy-cache"), "hit");
+    assert_eq!(second.text().await.unwrap(), first);
+    assert_eq!(primary.requests(), 1);
     for proxy in [a, b] {
         tokio::task::spawn_blocking(move || proxy.stop())
             .await

@@ -132,6 +132,7 @@ impl Config {
         self.state.validate()?;
         self.usage.validate()?;
         self.budgets.validate(self.usage.enabled)?;
+        self.cache.validate()?;
         Ok(())
     }
 

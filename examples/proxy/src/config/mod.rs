@@ -40,6 +40,7 @@ use serde::Deserialize;
 mod auth;
 mod batch;
 mod budgets;
+mod cache;
 mod check;
 mod escalation;
 mod limits;
@@ -52,6 +53,7 @@ mod usage;
 pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
 pub use self::budgets::{BudgetConfig, BudgetsConfig};
+pub use self::cache::{CacheConfig, CacheMode};
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind};
 pub use self::limits::LimitsConfig;
 pub use self::state::StateConfig;
@@ -97,6 +99,9 @@ pub struct Config {
     /// Spend, request and token limits per client key.
     #[serde(default)]
     pub budgets: BudgetsConfig,
+    /// The response cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// The most serving threads a config may ask for.

@@ -17,6 +17,7 @@ use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
 use super::read_body;
 use crate::body::{completion_to_sse, ClientStream, ProxyBody};
+use crate::cache::{Lookup, CACHE_HEADER};
 use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::pipeline::{answered_by, RequestMeta, Res};
@@ -142,6 +143,19 @@ async fn chat_inner(
     if let Some(budgets) = &state.budgets {
         budgets.admit(&client_name).await?;
     }
+    let lookup = match &state.cache {
+        Some(cache) => Some(cache.lookup(&headers, &bytes, &client_name).await),
+        None => None,
+    };
+    if let (Some(Lookup::Hit(answer)), Some(model_name)) = (&lookup, &model_name) {
+        return Ok(cache_hit(
+            state,
+            answer,
+            prepared.stream,
+            &client_name,
+            model_name,
+        ));
+    }
     if let Some(id) = client
         .0
         .as_deref()
@@ -160,14 +174,74 @@ async fn chat_inner(
             strip_usage,
         });
     let mut response = match model.service.clone().oneshot(prepared.request).await {
-        Ok(answer) => respond(answer, model, prepared.stream, tap),
+        Ok(answer) => {
+            if let (Some(Lookup::Miss(key)), Some(cache), ProxyBody::Full(body)) =
+                (&lookup, &state.cache, answer.body())
+            {
+                // Only the first tier's whole, successful answers are kept.
+                if answer.status().is_success()
+                    && answered_by(&answer, &model.primary) == &*model.primary
+                {
+                    cache.store(key, body.clone()).await;
+                }
+            }
+            respond(answer, model, prepared.stream, tap)
+        }
         Err(e) => ApiError::from_service(&e).into_response(),
     };
+    if let Some(lookup) = &lookup {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
+    }
     // For the access log only (two allocations a request when nobody reads it).
     if let Some(name) = model_name.filter(|_| crate::service::access_logged()) {
         response.extensions_mut().insert(LoggedModel(name));
     }
     Ok(response)
+}
+
+/// The response for an answer served from the cache (as an event stream when
+/// the client asked for one); recorded as a cached request of no cost.
+fn cache_hit(
+    state: &AppState,
+    answer: &Bytes,
+    stream: bool,
+    client: &Arc<str>,
+    model: &Arc<str>,
+) -> Response {
+    if let Some(log) = &state.usage {
+        let answered = Answered {
+            client: client.clone(),
+            model: model.clone(),
+            tier: "cache".into(),
+            cached: true,
+            degraded: false,
+        };
+        log.record_cache_hit(&answered, answer);
+    }
+    let events = stream.then(|| completion_to_sse(answer)).flatten();
+    let mut response = match events {
+        Some(events) => {
+            let mut response = Response::new(Body::from(events));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        None => {
+            let mut response = Response::new(Body::from(answer.clone()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    headers.insert(TIER_HEADER, HeaderValue::from_static("cache"));
+    headers.insert(DEGRADED_HEADER, HeaderValue::from_static("false"));
+    response
 }
 
 /// Where an answer's usage is recorded: the log, who asked, for which model.

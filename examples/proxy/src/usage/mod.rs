@@ -182,6 +182,24 @@ impl UsageLog {
         }
     }
 
+    /// Keep a request answered from the cache: no tokens, no cost; what the
+    /// answer cost when it was first made is counted as saved
+    /// (`llm_proxy_cache_saved_nano_usd_total`).
+    pub(crate) fn record_cache_hit(&self, answered: &Answered, answer: &[u8]) {
+        let report = report_from_body(answer);
+        if let Some(saved) = report
+            .as_ref()
+            .and_then(|r| self.prices.cost(&r.model, &r.tokens))
+        {
+            metrics::counter!("llm_proxy_cache_saved_nano_usd_total").increment(saved.nano_usd());
+        }
+        let model = report.map_or_else(|| Arc::from("-"), |r| r.model);
+        self.record(
+            answered,
+            Some(UsageReport::new(model, TokenUsage::default())),
+        );
+    }
+
     /// The groups of `query` (every record written first), their totals, and
     /// whether the list was cut at `usage.max_groups`.
     pub(crate) async fn query(&self, query: Query) -> Result<(Vec<Group>, Totals, bool), String> {

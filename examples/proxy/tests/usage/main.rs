@@ -3,6 +3,7 @@
 //! answer) and the configured prices.
 
 mod budgets;
+mod cache;
 #[path = "../common/mod.rs"]
 mod common;
 
