@@ -120,7 +120,7 @@ async fn usage_recorded_on_both_proxies_is_read_on_either() {
     let Pair {
         a,
         b,
-        primary,
+        primary: _primary,
         http,
         _secondary,
         _dirs,
