@@ -21,7 +21,8 @@ pub struct UsageConfig {
     /// Records older than this are deleted (default 90 days).
     #[serde(default = "default_retention", deserialize_with = "seconds")]
     pub retention_secs: Duration,
-    /// The most records kept; the oldest go first (default 1 000 000).
+    /// The most records kept; the oldest go first (default 1 000 000; at most
+    /// 100 000 in memory).
     #[serde(default = "default_max_records")]
     pub max_records: u64,
     /// Records waiting to be written; past it a record is dropped and counted

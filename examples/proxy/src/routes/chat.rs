@@ -143,7 +143,15 @@ async fn chat_inner(
     if let Some(budgets) = &state.budgets {
         budgets.admit(&client_name).await?;
     }
+    // A request the escalation rules may send to a human (or resuming one) is
+    // never answered from the cache: that would skip the review.
+    let escalating = state
+        .approval_header
+        .iter()
+        .chain([&RESUME_TOKEN_HEADER])
+        .any(|name| headers.contains_key(name));
     let lookup = match &state.cache {
+        Some(_) if escalating => Some(Lookup::Bypass),
         Some(cache) => Some(cache.lookup(&headers, &bytes, &client_name).await),
         None => None,
     };

@@ -59,6 +59,11 @@ impl SqliteUsage {
             .map_err(fail)?;
         conn.execute_batch(SCHEMA).map_err(fail)?;
         let conn = Arc::new(Mutex::new(conn));
+        // In memory, the records are bounded tighter (about 20 MB).
+        let max_records = match path {
+            Some(_) => max_records,
+            None => max_records.min(IN_MEMORY_MAX_RECORDS),
+        };
         let (sender, receiver) = std::sync::mpsc::sync_channel(queue);
         let writer = Writer {
             conn: conn.clone(),
@@ -114,6 +119,9 @@ struct Writer {
     retention_secs: i64,
     max_records: i64,
 }
+
+/// The most records an in-memory store keeps, whatever `usage.max_records` says.
+pub(super) const IN_MEMORY_MAX_RECORDS: u64 = 100_000;
 
 /// Rows written per transaction, at most.
 const BATCH: usize = 512;
