@@ -41,6 +41,9 @@
 //! | `rustls` | HTTPS for those clients (rustls) |
 //! | `sqlite` | `escalation::SqliteStore`, a durable escalation store |
 //! | `redis` | `redis`: circuit state, escalations and batch results shared through Redis |
+//!
+//! [`usage`] (tokens and cost per answer, from a price table you supply) and [`cache`] (a
+//! response cache with request coalescing) need no feature.
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -51,6 +54,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod balance;
+pub mod cache;
 pub mod circuit_breaker;
 pub mod classify;
 #[cfg(feature = "reqwest")]
@@ -65,6 +69,7 @@ pub mod rate_limit;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 pub mod retry;
+pub mod usage;
 
 #[cfg(feature = "reqwest")]
 pub use client::{

@@ -13,6 +13,7 @@
 //! | [`RedisCircuitSync`] | a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)'s [`Handle`](crate::circuit_breaker::Handle) | open/closed decisions, failure counts |
 //! | [`RedisEscalationStore`] | [`EscalationLayer`](crate::escalation::EscalationLayer)`::builder(..).store(..)` | escalations, audit trail, wake-ups |
 //! | [`RedisBatchStore`] | [`PartialBatchLayer`](crate::PartialBatchLayer)`::builder().store(..)` | successes of named batches |
+//! | [`RedisCacheStore`] | [`CacheLayer`](crate::cache::CacheLayer)`::builder(..).store(..)` | cached answers |
 //!
 //! # Example
 //!
@@ -100,6 +101,7 @@
 //! `{tower-llm}`).
 
 mod batch_store;
+mod cache;
 mod circuit;
 mod circuit_sync;
 mod error;
@@ -109,6 +111,7 @@ mod subscriber;
 mod sync_key;
 
 pub use self::batch_store::RedisBatchStore;
+pub use self::cache::RedisCacheStore;
 pub use self::circuit::{RedisCircuitSync, RedisCircuitSyncBuilder};
 pub use self::error::ConfigError;
 pub use self::escalation_store::{RedisEscalationStore, RedisEscalationStoreBuilder};

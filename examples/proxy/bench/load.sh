@@ -7,8 +7,15 @@
 #   ROUNDS=5 DURATION=10s examples/proxy/bench/load.sh
 #   BASELINE_BIN=/path/to/older/llm-proxy examples/proxy/bench/load.sh
 #
-# With BASELINE_BIN, a fourth column runs that (older) llm-proxy binary with the same
+# With BASELINE_BIN, another column runs that (older) llm-proxy binary with the same
 # config in the same rounds: a before/after comparison on one machine in one run.
+#
+# Two more proxy columns (issue 17): "usage off" is the proxy with `[usage]
+# enabled = false` (the "through proxy" column records usage, the default), so the
+# cost of usage accounting is read side by side; "cache hits" is the proxy with
+# `[cache] mode = "deterministic"` sent one `temperature: 0` request again and
+# again (every request after the first is a hit).
+# PACED=0 skips the paced runs (and oha).
 #
 # Each round runs, one target after the other (mock, forwarder, proxy):
 #   1. saturation: wrk with $CONNECTIONS connections, as fast as it goes;
@@ -29,6 +36,7 @@ CONNECTIONS=${CONNECTIONS:-256}
 THREADS=${THREADS:-2}
 PACED_CONNECTIONS=${PACED_CONNECTIONS:-50}
 RATE=${RATE:-5000}
+PACED=${PACED:-1}
 OHA_VERSION=1.16.0
 
 if ! command -v wrk >/dev/null; then
@@ -41,7 +49,7 @@ if ! command -v wrk >/dev/null; then
 fi
 
 OHA=target/bench-tools/bin/oha
-if ! "$OHA" --version 2>/dev/null | grep -q "$OHA_VERSION"; then
+if [ "$PACED" = 1 ] && ! "$OHA" --version 2>/dev/null | grep -q "$OHA_VERSION"; then
   echo "building oha $OHA_VERSION (once)..." >&2
   cargo install oha --version "$OHA_VERSION" --locked --root target/bench-tools >&2
 fi
@@ -57,31 +65,43 @@ start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"
 load_config "$MOCK" >"$WORK/proxy.toml"
 RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
 PROXY_PID=$LAST_PID
-TARGETS="mock bare proxy"
+{ cat "$WORK/proxy.toml"; printf '\n[usage]\nenabled = false\n'; } >"$WORK/nousage.toml"
+RUST_LOG=warn start NOUSAGE "$WORK/nousage.out" "$BIN" --config "$WORK/nousage.toml"
+{ cat "$WORK/proxy.toml"; printf '\n[cache]\nmode = "deterministic"\n'; } >"$WORK/cached.toml"
+RUST_LOG=warn start CACHED "$WORK/cached.out" "$BIN" --config "$WORK/cached.toml"
+TARGETS="mock bare proxy nousage cached"
 if [ -n "${BASELINE_BIN:-}" ]; then
   RUST_LOG=warn start BASE "$WORK/base.out" "$BASELINE_BIN" --config "$WORK/proxy.toml"
   BASE_PID=$LAST_PID
-  TARGETS="mock bare proxy base"
+  TARGETS="$TARGETS base"
 fi
-is_proxy() { [ "$1" = proxy ] || [ "$1" = base ]; }
+is_proxy() { case $1 in proxy | base | nousage | cached) true ;; *) false ;; esac; }
 
 body='{"model":"MODEL","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
 for target in $TARGETS; do
   model=$(is_proxy $target && echo bench || echo gpt-4o)
+  request=${body/MODEL/$model}
+  # The cache column asks a deterministic question: after the first, every request is a hit.
+  [ "$target" = cached ] && request=${request/\"max_tokens\"/\"temperature\":0,\"max_tokens\"}
   {
     echo 'wrk.method = "POST"'
     echo 'wrk.headers["Content-Type"] = "application/json"'
-    echo "wrk.body = '${body/MODEL/$model}'"
+    echo "wrk.body = '$request'"
   } >"$WORK/$target.lua"
-  echo "${body/MODEL/$model}" >"$WORK/$target.json"
+  echo "$request" >"$WORK/$target.json"
 done
-url_of() { case $1 in mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; base) echo "$BASE" ;; esac; }
+url_of() {
+  case $1 in
+    mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; base) echo "$BASE" ;;
+    nousage) echo "$NOUSAGE" ;; cached) echo "$CACHED" ;;
+  esac
+}
 
 # Warm every path (connections, allocator).
 for target in $TARGETS; do
   model=$(is_proxy $target && echo bench || echo gpt-4o)
   curl -sf "$(url_of $target)/v1/chat/completions" -H 'content-type: application/json' \
-    -d "${body/MODEL/$model}" >/dev/null
+    -d @"$WORK/$target.json" >/dev/null
   wrk -t"$THREADS" -c64 -d2s -s "$WORK/$target.lua" "$(url_of $target)/v1/chat/completions" >/dev/null
 done
 
@@ -124,7 +144,7 @@ PY
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round/$ROUNDS..." >&2
   for target in $TARGETS; do saturate $target; done
-  for target in $TARGETS; do pace $target; done
+  if [ "$PACED" = 1 ]; then for target in $TARGETS; do pace $target; done; fi
 done
 rss=$(awk '/VmHWM/ {print $2, $3}' "/proc/$PROXY_PID/status")
 [ -n "${BASE_PID:-}" ] && rss="$rss (baseline: $(awk '/VmHWM/ {print $2, $3}' "/proc/$BASE_PID/status"))"
@@ -150,21 +170,26 @@ row() { # label paced column format
 echo
 echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS and oha $OHA_VERSION, $ROUNDS rounds of $DURATION, medians"
 echo "(load tool, mock, forwarder and proxy share the machine)"
-printf '%-36s %16s %16s %16s' "" "direct (mock)" "bare forwarder" "through proxy"
+printf '%-36s %16s %16s %16s %16s %16s' "" "direct (mock)" "bare forwarder" "through proxy" \
+  "usage off" "cache hits"
 [ -n "${BASE_PID:-}" ] && printf ' %16s' "baseline proxy"
 echo
 row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'
 row "  p50 latency (ms)" 0 2 '%.2f'
 row "  p99 latency (ms)" 0 3 '%.2f'
 row "  non-2xx responses (all rounds)" 0 bad ''
-row "paced at $RATE req/s ($PACED_CONNECTIONS conns): req/s" 1 1 '%.0f'
-row "  p50 latency (ms)" 1 2 '%.2f'
-row "  p99 latency (ms)" 1 3 '%.2f'
-row "  failed requests (all rounds)" 1 bad ''
+if [ "$PACED" = 1 ]; then
+  row "paced at $RATE req/s ($PACED_CONNECTIONS conns): req/s" 1 1 '%.0f'
+  row "  p50 latency (ms)" 1 2 '%.2f'
+  row "  p99 latency (ms)" 1 3 '%.2f'
+  row "  failed requests (all rounds)" 1 bad ''
+fi
+cache_hits=$(curl -sf "$CACHED/metrics" | awk '/^llm_proxy_cache_requests_total\{outcome="hit"\}/ {print $2}')
+echo "cache hits counted by the cache column's proxy: ${cache_hits:-0}"
 echo "proxy peak RSS (VmHWM): $rss"
 echo
 echo "every run (req/s p50_ms p99_ms failed):"
-for paced in 0 1; do
+for paced in 0 $([ "$PACED" = 1 ] && echo 1); do
   for target in $TARGETS; do
     echo "  $([ $paced = 1 ] && echo paced || echo saturation) $target: $(tr '\n' ';' <"$WORK/$target-$paced.runs")"
   done

@@ -39,7 +39,8 @@
 //!   (a resume token works only for its client), `sealed` (snapshots
 //!   encrypted at rest).
 //! - `batch`: the batch runner and its bounded store; `redis_state`: the
-//!   state shared through Redis (`[state] redis_url`).
+//!   state shared through Redis (`[state] redis_url`); `usage`: usage records
+//!   and their SQLite store, budgets; `cache`: the response cache.
 //! - [`telemetry`]: the log subscriber and the OTLP trace export
 //!   (`[telemetry]`), the request's and each upstream call's spans.
 //! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
@@ -67,7 +68,9 @@ mod resume;
 mod sealed;
 
 mod batch;
+mod cache;
 mod redis_state;
+mod usage;
 
 pub mod client_id;
 pub mod metrics;

@@ -81,6 +81,12 @@ impl RedisState {
             .map_err(|e| ConfigError(format!("circuit of upstream {upstream:?}: {e}")))
     }
 
+    /// The Redis client and the key prefix, for the proxy's own counters
+    /// (budgets).
+    pub(crate) fn client_and_prefix(&self) -> (redis::Client, String) {
+        (self.client.clone(), self.prefix.clone())
+    }
+
     /// The escalation store.
     pub(crate) fn escalation_store(&self) -> Result<RedisEscalationStore, ConfigError> {
         RedisEscalationStore::builder(self.client.clone())

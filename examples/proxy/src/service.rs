@@ -230,12 +230,14 @@ fn cors_layer(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>,
                 CONTENT_TYPE,
                 RESUME_TOKEN_HEADER,
                 HeaderName::from_static("x-require-approval"),
+                crate::cache::CACHE_HEADER,
             ])
             .expose_headers([
                 TIER_HEADER,
                 DEGRADED_HEADER,
                 RESUME_TOKEN_HEADER,
                 http::header::RETRY_AFTER,
+                crate::cache::CACHE_HEADER,
             ])
             .max_age(std::time::Duration::from_secs(600)),
     ))

@@ -60,6 +60,12 @@ pub(crate) struct AppState {
     pub(crate) secure_cookies: bool,
     /// `GET /readyz`'s checks.
     pub(crate) readiness: crate::routes::ready::Readiness,
+    /// Usage records (`None`: `[usage] enabled = false`).
+    pub(crate) usage: Option<Arc<crate::usage::UsageLog>>,
+    /// Limits per client key (`None`: no `[budgets]`).
+    pub(crate) budgets: Option<Arc<crate::usage::Budgets>>,
+    /// The response cache (`None`: `[cache] mode = "off"`).
+    pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -121,6 +127,19 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         pipeline.cores.clone(),
         pipeline.redis.as_ref(),
     )?;
+    let budgets = crate::usage::Budgets::build(
+        &config.budgets,
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
+    let usage = crate::usage::UsageLog::build(
+        &config.usage,
+        budgets.clone(),
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
+    let cache = crate::cache::ResponseCache::build(
+        &config.cache,
+        pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+    )?;
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()?),
@@ -139,6 +158,9 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         admin_failures: crate::auth::FailureLog::new("admin"),
         secure_cookies: config.auth.secure_cookies,
         readiness: crate::routes::ready::Readiness::new(config),
+        usage,
+        budgets,
+        cache,
     });
     Ok(state)
 }

@@ -130,7 +130,9 @@ pub(crate) enum Route {
 pub(crate) fn route(method: &Method, path: &str) -> Route {
     let mutation = !(method == Method::GET || method == Method::HEAD);
     match path {
-        "/v1/chat/completions" | "/v1/models" | "/v1/batch" | "/v1/circuits" => Route::Client,
+        "/v1/chat/completions" | "/v1/models" | "/v1/batch" | "/v1/circuits" | "/v1/usage" => {
+            Route::Client
+        }
         "/escalations/logout" => Route::Admin { mutation },
         _ if path == "/v1/escalations"
             || path.starts_with("/v1/escalations/")

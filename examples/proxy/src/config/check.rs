@@ -134,6 +134,9 @@ impl Config {
         }
         self.state.validate()?;
         self.telemetry.validate()?;
+        self.usage.validate()?;
+        self.budgets.validate(self.usage.enabled)?;
+        self.cache.validate()?;
         Ok(())
     }
 

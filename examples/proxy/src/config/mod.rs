@@ -40,6 +40,8 @@ use serde::Deserialize;
 
 mod auth;
 mod batch;
+mod budgets;
+mod cache;
 mod check;
 mod escalation;
 mod limits;
@@ -49,15 +51,19 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 mod upstreams;
+mod usage;
 
 pub use self::auth::AuthConfig;
 pub use self::batch::BatchConfig;
+pub use self::budgets::{BudgetConfig, BudgetsConfig};
+pub use self::cache::{CacheConfig, CacheMode};
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind, WebhookConfig};
 pub use self::limits::LimitsConfig;
 pub use self::retry::{RateLimitConfig, RetryConfig};
 pub use self::state::StateConfig;
 pub use self::telemetry::TelemetryConfig;
 pub use self::upstreams::{CircuitConfig, ModelConfig, TierConfig, UpstreamConfig, UpstreamKind};
+pub use self::usage::{PriceConfig, UsageConfig};
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Deserialize)]
@@ -98,6 +104,15 @@ pub struct Config {
     /// Traces.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Usage records, `GET /v1/usage` and prices.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// Spend, request and token limits per client key.
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
+    /// The response cache.
+    #[serde(default)]
+    pub cache: CacheConfig,
 }
 
 /// The most serving threads a config may ask for.

@@ -17,12 +17,14 @@ use tower_llm_resilience::escalation::RESUME_TOKEN_HEADER;
 
 use super::read_body;
 use crate::body::{completion_to_sse, ClientStream, ProxyBody};
+use crate::cache::{Lookup, CACHE_HEADER};
 use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::pipeline::{answered_by, RequestMeta, Res};
 use crate::request::{ChatBody, Invalid};
 use crate::service::LoggedModel;
 use crate::state::{AppState, Model, Shared};
+use crate::usage::{report_from_body, Answered, UsageBody, UsageLog};
 
 /// The header naming the tier that answered.
 pub(crate) const TIER_HEADER: HeaderName = HeaderName::from_static("x-llm-proxy-tier");
@@ -113,7 +115,16 @@ async fn chat_inner(
     client: &ClientId,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, state.max_body).await?;
-    let (model, mut prepared) = prepare_bytes(&state.models, &bytes, false)?;
+    let (mut model, mut prepared) = prepare_bytes(&state.models, &bytes, false)?;
+    // With usage on, a stream is asked for its usage, which the client did not
+    // ask for: taken out again on the way back (see `UsageBody`).
+    let mut strip_usage = false;
+    if state.usage.is_some() && prepared.stream {
+        if let Some(asking) = crate::usage::with_stream_usage(&bytes) {
+            (model, prepared) = prepare_bytes(&state.models, &asking, false)?;
+            strip_usage = true;
+        }
+    }
     let model_name = prepared
         .request
         .extensions()
@@ -128,6 +139,31 @@ async fn chat_inner(
     if let Some(token) = headers.get(RESUME_TOKEN_HEADER) {
         crate::resume::check_owner(state, token, client).await?;
     }
+    let client_name: Arc<str> = client.as_str().into();
+    if let Some(budgets) = &state.budgets {
+        budgets.admit(&client_name).await?;
+    }
+    // A request the escalation rules may send to a human (or resuming one) is
+    // never answered from the cache: that would skip the review.
+    let escalating = state
+        .approval_header
+        .iter()
+        .chain([&RESUME_TOKEN_HEADER])
+        .any(|name| headers.contains_key(name));
+    let lookup = match &state.cache {
+        Some(_) if escalating => Some(Lookup::Bypass),
+        Some(cache) => Some(cache.lookup(&headers, &bytes, &client_name).await),
+        None => None,
+    };
+    if let (Some(Lookup::Hit(answer)), Some(model_name)) = (&lookup, &model_name) {
+        return Ok(cache_hit(
+            state,
+            answer,
+            prepared.stream,
+            &client_name,
+            model_name,
+        ));
+    }
     if let Some(id) = client
         .0
         .as_deref()
@@ -135,10 +171,37 @@ async fn chat_inner(
     {
         prepared.request.headers_mut().insert(CLIENT_HEADER, id);
     }
+    let tap = state
+        .usage
+        .clone()
+        .zip(model_name.clone())
+        .map(|(log, model)| UsageTap {
+            log,
+            client: client_name,
+            model,
+            strip_usage,
+        });
     let mut response = match model.service.clone().oneshot(prepared.request).await {
-        Ok(answer) => respond(answer, model, prepared.stream),
+        Ok(answer) => {
+            if let (Some(Lookup::Miss(key)), Some(cache), ProxyBody::Full(body)) =
+                (&lookup, &state.cache, answer.body())
+            {
+                // Only the first tier's whole, successful answers are kept.
+                if answer.status().is_success()
+                    && answered_by(&answer, &model.primary) == &*model.primary
+                {
+                    cache.store(key, body.clone()).await;
+                }
+            }
+            respond(answer, model, prepared.stream, tap)
+        }
         Err(e) => ApiError::from_service(&e).into_response(),
     };
+    if let Some(lookup) = &lookup {
+        response
+            .headers_mut()
+            .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
+    }
     // For the access log only (two allocations a request when nobody reads it).
     if let Some(name) = model_name.filter(|_| crate::service::access_logged()) {
         response.extensions_mut().insert(LoggedModel(name));
@@ -146,8 +209,61 @@ async fn chat_inner(
     Ok(response)
 }
 
-/// The client's response for a model's answer.
-pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
+/// The response for an answer served from the cache (as an event stream when
+/// the client asked for one); recorded as a cached request of no cost.
+fn cache_hit(
+    state: &AppState,
+    answer: &Bytes,
+    stream: bool,
+    client: &Arc<str>,
+    model: &Arc<str>,
+) -> Response {
+    if let Some(log) = &state.usage {
+        let answered = Answered {
+            client: client.clone(),
+            model: model.clone(),
+            tier: "cache".into(),
+            cached: true,
+            degraded: false,
+        };
+        log.record_cache_hit(&answered, answer);
+    }
+    let events = stream.then(|| completion_to_sse(answer)).flatten();
+    let mut response = match events {
+        Some(events) => {
+            let mut response = Response::new(Body::from(events));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
+        None => {
+            let mut response = Response::new(Body::from(answer.clone()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+    };
+    let headers = response.headers_mut();
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    headers.insert(TIER_HEADER, HeaderValue::from_static("cache"));
+    headers.insert(DEGRADED_HEADER, HeaderValue::from_static("false"));
+    response
+}
+
+/// Where an answer's usage is recorded: the log, who asked, for which model.
+pub(crate) struct UsageTap {
+    pub(crate) log: Arc<UsageLog>,
+    pub(crate) client: Arc<str>,
+    pub(crate) model: Arc<str>,
+    /// The proxy asked the upstream for stream usage: take it out of the stream.
+    pub(crate) strip_usage: bool,
+}
+
+/// The client's response for a model's answer (its usage recorded to `tap`
+/// when it is a success: now for a buffered answer, at its end for a stream).
+pub(crate) fn respond(answer: Res, model: &Model, stream: bool, tap: Option<UsageTap>) -> Response {
     let tier = answered_by(&answer, &model.primary);
     let degraded = tier != &*model.primary && tier != "human";
     let tier_header = if tier == &*model.primary {
@@ -157,10 +273,26 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
         crate::metrics::record_answer(tier, degraded);
         HeaderValue::from_str(tier).ok()
     };
+    let usage_tier = tap.as_ref().map(|_| Arc::<str>::from(tier));
     let (mut parts, body) = answer.into_parts();
     parts.extensions.clear();
+    let success = parts.status.is_success();
+    let strip_usage = tap.as_ref().is_some_and(|tap| tap.strip_usage);
+    let usage = tap.zip(usage_tier).filter(|_| success).map(|(tap, tier)| {
+        let answered = Answered {
+            client: tap.client,
+            model: tap.model,
+            tier,
+            cached: false,
+            degraded,
+        };
+        (tap.log, answered)
+    });
     let body = match body {
         ProxyBody::Full(bytes) => {
+            if let Some((log, answered)) = &usage {
+                log.record(answered, report_from_body(&bytes));
+            }
             let sse = (stream && parts.status.is_success())
                 .then(|| completion_to_sse(&bytes))
                 .flatten();
@@ -180,7 +312,15 @@ pub(crate) fn respond(answer: Res, model: &Model, stream: bool) -> Response {
                 .headers
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             parts.headers.remove(CONTENT_LENGTH);
-            Body::new(ClientStream::new(stream_body))
+            match usage {
+                Some((log, answered)) => Body::new(ClientStream::new(UsageBody::new(
+                    stream_body,
+                    log,
+                    answered,
+                    strip_usage,
+                ))),
+                None => Body::new(ClientStream::new(stream_body)),
+            }
         }
     };
     if let Some(value) = tier_header {

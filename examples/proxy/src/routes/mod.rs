@@ -7,7 +7,8 @@
 //!   `GET /metrics`; [`ready`]: `GET /readyz`;
 //! - [`escalations`]: the admin API for escalations (`/v1/escalations...`);
 //! - [`review`]: the review page (`GET /escalations`) and its sign-in form;
-//! - [`admin`]: the review page's sign-in, sign-out and session.
+//! - [`admin`]: the review page's sign-in, sign-out and session;
+//! - [`usage`]: `GET /v1/usage` (a client's own) and `GET /v1/admin/usage`.
 //!
 //! Who may call which route is decided before any handler runs, by the
 //! authentication middleware ([`crate::auth`]).
@@ -32,6 +33,7 @@ pub(crate) mod escalations;
 pub(crate) mod info;
 pub(crate) mod ready;
 pub(crate) mod review;
+pub(crate) mod usage;
 
 /// Build the state and the service that serves every route from a config.
 ///
@@ -51,6 +53,7 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
         .merge(escalations::routes())
         .merge(review::routes())
         .merge(admin::routes())
+        .merge(usage::routes())
         .fallback(not_found)
         .with_state(state.clone());
     let service = ProxyService::new(router, state.clone(), &config.auth.cors_allowed_origins)?;

@@ -1,0 +1,106 @@
+//! `[cache]`: hits, bypass, opt-in, streams replayed from the cache, degraded
+//! answers never stored, and a hit recorded as a cached request of no cost.
+
+use super::common::{ask, get_json, header, sse_text, Env, CLIENT_KEY};
+use serde_json::Value;
+
+async fn env(mode: &str) -> Env {
+    let mode = mode.to_owned();
+    Env::start_edited(move |text| {
+        format!(
+            "{text}\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
+             [cache]\nmode = \"{mode}\"\n"
+        )
+    })
+    .await
+}
+
+fn deterministic(model: &str) -> Value {
+    let mut body = ask(model);
+    body["temperature"] = 0.into();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_deterministic_request_is_a_hit_and_costs_nothing() {
+    let env = env("deterministic").await;
+    let first = env.chat(deterministic("solo")).await;
+    assert_eq!(header(&first, "x-llm-proxy-cache"), "miss");
+    let first = first.text().await.unwrap();
+    let second = env.chat(deterministic("solo")).await;
+    assert_eq!(header(&second, "x-llm-proxy-cache"), "hit");
+    assert_eq!(header(&second, "x-llm-proxy-degraded"), "false");
+    assert_eq!(second.text().await.unwrap(), first);
+    assert_eq!(env.primary.requests(), 1);
+
+    // Bypassed on request, or not deterministic: the upstream answers.
+    let bypass = env
+        .chat_with(deterministic("solo"), &[("x-llm-proxy-cache", "bypass")])
+        .await;
+    assert_eq!(header(&bypass, "x-llm-proxy-cache"), "bypass");
+    assert_eq!(
+        header(&env.chat(ask("solo")).await, "x-llm-proxy-cache"),
+        "bypass"
+    );
+    assert_eq!(env.primary.requests(), 3);
+
+    let usage = get_json(&env.http, &env.url("/v1/usage"), CLIENT_KEY).await;
+    let totals = &usage["totals"];
+    assert_eq!(totals["requests"], 4);
+    assert_eq!(totals["cached"], 1);
+    // Three answers paid (62 500 each); the hit cost nothing.
+    assert_eq!(totals["cost_nano_usd"], 3 * 62_500);
+    assert_eq!(totals["input_tokens"], 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opt_in_mode_caches_only_what_asks() {
+    let env = env("opt_in").await;
+    assert_eq!(
+        header(&env.chat(deterministic("solo")).await, "x-llm-proxy-cache"),
+        "bypass"
+    );
+    let opted = [("x-llm-proxy-cache", "use")];
+    assert_eq!(
+        header(
+            &env.chat_with(ask("solo"), &opted).await,
+            "x-llm-proxy-cache"
+        ),
+        "miss"
+    );
+    assert_eq!(
+        header(
+            &env.chat_with(ask("solo"), &opted).await,
+            "x-llm-proxy-cache"
+        ),
+        "hit"
+    );
+    assert_eq!(env.primary.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_request_is_served_the_stored_answer_as_an_event_stream() {
+    let env = env("deterministic").await;
+    let stored: Value = env.chat(deterministic("solo")).await.json().await.unwrap();
+    let mut stream = deterministic("solo");
+    stream["stream"] = true.into();
+    let response = env.chat(stream).await;
+    assert_eq!(header(&response, "x-llm-proxy-cache"), "hit");
+    assert!(header(&response, "content-type").starts_with("text/event-stream"));
+    let (text, done, error) = sse_text(&response.text().await.unwrap());
+    assert_eq!(text, super::common::content(&stored));
+    assert!(done && !error);
+    assert_eq!(env.primary.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_answers_are_never_stored() {
+    let env = env("deterministic").await;
+    env.primary.set(|o| o.fail_rate = 1.0);
+    for _ in 0..2 {
+        let response = env.chat(deterministic("strict")).await;
+        assert_eq!(header(&response, "x-llm-proxy-degraded"), "true");
+        assert_eq!(header(&response, "x-llm-proxy-cache"), "miss");
+    }
+    assert_eq!(env.secondary.requests(), 2);
+}

@@ -1,0 +1,212 @@
+//! The layer, its service and future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::price::PriceTable;
+use super::tokens::{Cost, UsageReport};
+use super::ReportUsage;
+
+/// The `tier` label of answers that carry no [`Degraded`](crate::Degraded) marker.
+pub const PRIMARY_TIER: &str = "primary";
+
+/// The `model` label of answers whose model has no price in the table.
+pub const UNPRICED_MODEL: &str = "unpriced";
+
+/// One answer's usage, as handed to [`UsageLayer::on_record`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The model and tokens the provider reported.
+    pub report: UsageReport,
+    /// The fallback tier that answered ([`PRIMARY_TIER`] unless degraded).
+    pub tier: Arc<str>,
+    /// Its cost; `None` when the price table has no price for the model.
+    pub cost: Option<Cost>,
+}
+
+type OnRecord = Arc<dyn Fn(&UsageRecord) + Send + Sync>;
+
+/// Counts the tokens and cost of every answer; see the [module docs](super).
+#[derive(Clone)]
+pub struct UsageLayer {
+    prices: Arc<PriceTable>,
+    on_record: Option<OnRecord>,
+}
+
+impl UsageLayer {
+    /// Count usage, priced with `prices`.
+    pub fn new(prices: impl Into<Arc<PriceTable>>) -> Self {
+        Self {
+            prices: prices.into(),
+            on_record: None,
+        }
+    }
+
+    /// Also hand each answer's [`UsageRecord`] to `record` (to store it, check a
+    /// budget...). It runs on the call's task, before the answer is returned:
+    /// keep it quick (send to a channel for slow work).
+    #[must_use]
+    pub fn on_record(mut self, record: impl Fn(&UsageRecord) + Send + Sync + 'static) -> Self {
+        self.on_record = Some(Arc::new(record));
+        self
+    }
+
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+}
+
+impl fmt::Debug for UsageLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageLayer")
+            .field("prices", &self.prices)
+            .field("on_record", &self.on_record.is_some())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for UsageLayer {
+    type Service = Usage<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Usage {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of a [`UsageLayer`].
+///
+/// # Readiness
+///
+/// Ready when the inner service is; it adds no state of its own.
+#[derive(Clone, Debug)]
+pub struct Usage<S> {
+    inner: S,
+    layer: UsageLayer,
+}
+
+impl<S> Usage<S> {
+    /// Wrap `inner`, pricing with `prices`.
+    pub fn new(inner: S, prices: impl Into<Arc<PriceTable>>) -> Self {
+        UsageLayer::new(prices).layer(inner)
+    }
+
+    /// A layer making this service.
+    pub fn layer(prices: impl Into<Arc<PriceTable>>) -> UsageLayer {
+        UsageLayer::new(prices)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Give back the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Request> Service<Request> for Usage<S>
+where
+    S: Service<Request>,
+    S::Response: ReportUsage,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = UsageFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        UsageFuture {
+            inner: self.inner.call(request),
+            layer: Some(self.layer.clone()),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Usage`] call.
+    pub struct UsageFuture<F> {
+        #[pin]
+        inner: F,
+        layer: Option<UsageLayer>,
+    }
+}
+
+impl<F> fmt::Debug for UsageFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, Response, Error> Future for UsageFuture<F>
+where
+    F: Future<Output = Result<Response, Error>>,
+    Response: ReportUsage,
+{
+    type Output = Result<Response, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(layer)) = (&mut result, this.layer.take()) {
+            if let Some(report) = response.usage_report() {
+                let tier: Arc<str> = response.usage_tier().map_or(PRIMARY_TIER.into(), Arc::from);
+                let record = account(&layer.prices, report, tier);
+                if let Some(cost) = record.cost {
+                    response.attach_cost(cost);
+                }
+                if let Some(on_record) = &layer.on_record {
+                    on_record(&record);
+                }
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Price one report and count it in the `llm_usage_*` metrics.
+///
+/// The `model` label is the price table's name for the model, or
+/// [`UNPRICED_MODEL`]: labels stay bounded by the table, whatever an upstream
+/// reports.
+pub fn account(prices: &PriceTable, report: UsageReport, tier: Arc<str>) -> UsageRecord {
+    let priced = prices.lookup(&report.model);
+    let cost = priced.map(|(_, price)| price.cost(&report.tokens));
+    let model_label: Arc<str> = priced.map_or(UNPRICED_MODEL.into(), |(name, _)| name.clone());
+    let labels = [
+        ("model", model_label.to_string()),
+        ("tier", tier.to_string()),
+    ];
+    let tokens = &report.tokens;
+    metrics::counter!("llm_usage_input_tokens_total", &labels).increment(tokens.input_tokens);
+    metrics::counter!("llm_usage_cached_input_tokens_total", &labels)
+        .increment(tokens.cached_input_tokens);
+    metrics::counter!("llm_usage_output_tokens_total", &labels).increment(tokens.output_tokens);
+    metrics::counter!("llm_usage_answers_total", &labels).increment(1);
+    if let Some(cost) = cost {
+        metrics::counter!("llm_usage_cost_nano_usd_total", &labels).increment(cost.nano_usd());
+    }
+    tracing::trace!(model = %report.model, tier = %tier, input = tokens.input_tokens,
+        output = tokens.output_tokens, cost = ?cost, "usage counted");
+    UsageRecord { report, tier, cost }
+}
