@@ -56,7 +56,9 @@ impl Deployment {
 ///   `Pending` (woken when the probe ends) otherwise, so the balancer sends the
 ///   other calls elsewhere instead of having them rejected.
 ///
-/// It never returns an error of its own.
+/// It never returns an error of its own. It reads the circuit's state only: a
+/// breaker in metrics-only mode (which never rejects) still keeps an open
+/// deployment out of the balancer.
 pub struct Gate<S> {
     inner: S,
     deployment: Arc<Deployment>,

@@ -58,6 +58,12 @@ fn default_idle_secs() -> Duration {
 pub struct TierConfig {
     /// An upstream's name.
     pub upstream: String,
+    /// More upstreams serving the same model (regions, keys, replicas): the
+    /// tier's calls are spread over `upstream` and these (p2c over peak-EWMA
+    /// latency), none to one whose circuit is open. The tier keeps
+    /// `upstream`'s name.
+    #[serde(default)]
+    pub balance_with: Vec<String>,
     /// The model name sent to that upstream.
     pub model: String,
 }

@@ -47,6 +47,7 @@ use crate::redis_state::RedisState;
 use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
 
+mod balanced;
 mod escalation;
 mod guard;
 
@@ -103,7 +104,10 @@ impl Classify<Res, BoxError> for ProxyClassifier {
 pub(crate) type Guarded = guard::Limited;
 pub(crate) use guard::Extras;
 
-type ModelFallback = Fallback<Guarded, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
+/// A tier: one upstream, or several balanced (`balance_with`).
+pub(crate) type TierService = tower::util::Either<Guarded, balanced::BalancedTier>;
+
+type ModelFallback = Fallback<TierService, Req, Res, BoxError, ProxyClassifier, FirstEvent>;
 
 /// A model's tiers: the fallback chain, with buffered answers collected again so
 /// the escalation rules can read them.
@@ -246,14 +250,33 @@ fn template_answer(text: Arc<str>) -> impl Fn(Req) -> Res + Send + Sync + 'stati
 fn build_core(
     model: &ModelConfig,
     guarded: &HashMap<&str, Guarded>,
+    circuits: &[(Arc<str>, Handle<()>)],
     first_event: Duration,
     max_answer: usize,
 ) -> Result<Core, ConfigError> {
-    let service = |name: &str| {
+    let upstream = |name: &str| {
         guarded
             .get(name)
             .cloned()
             .ok_or_else(|| ConfigError(format!("unknown upstream {name:?}")))
+    };
+    let service = |name: &str| -> Result<TierService, ConfigError> {
+        let tier = model.tiers.iter().find(|t| t.upstream == name);
+        let Some(others) = tier.map(|t| &t.balance_with).filter(|o| !o.is_empty()) else {
+            return Ok(tower::util::Either::Left(upstream(name)?));
+        };
+        let mut deployments = Vec::new();
+        for member in std::iter::once(name).chain(others.iter().map(String::as_str)) {
+            let circuit = circuits
+                .iter()
+                .find(|(n, _)| &**n == member)
+                .map(|(_, h)| h.clone())
+                .ok_or_else(|| ConfigError(format!("unknown upstream {member:?}")))?;
+            deployments.push((member.into(), upstream(member)?, circuit));
+        }
+        let tier = balanced::BalancedTier::new(deployments)
+            .map_err(|e| ConfigError(format!("model {:?}: {}", model.name, e.0)))?;
+        Ok(tower::util::Either::Right(tier))
     };
     let first = &model.tiers[0];
     let mut builder = FallbackLayer::<Req, Res, BoxError>::builder()
@@ -359,6 +382,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         let core = build_core(
             model,
             &guarded,
+            &circuits,
             first_event,
             config.limits.max_upstream_body_bytes,
         )?;

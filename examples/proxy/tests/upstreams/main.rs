@@ -9,6 +9,7 @@
 
 mod answers;
 mod anthropic;
+mod balanced;
 #[path = "../common/mod.rs"]
 mod common;
 mod fallback;
