@@ -10,8 +10,8 @@
 # With BASELINE_BIN, another column runs that (older) llm-proxy binary with the same
 # config in the same rounds: a before/after comparison on one machine in one run.
 #
-# Two more proxy columns (issue 17): "usage off" is the proxy with `[usage]
-# enabled = false` (the "through proxy" column records usage, the default), so the
+# Two more proxy columns (issue 17): "usage on" is the proxy with `[usage]
+# enabled = true` (the "through proxy" column has it off, the default), so the
 # cost of usage accounting is read side by side; "cache hits" is the proxy with
 # `[cache] mode = "deterministic"` sent one `temperature: 0` request again and
 # again (every request after the first is a hit).
@@ -65,17 +65,17 @@ start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"
 load_config "$MOCK" >"$WORK/proxy.toml"
 RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
 PROXY_PID=$LAST_PID
-{ cat "$WORK/proxy.toml"; printf '\n[usage]\nenabled = false\n'; } >"$WORK/nousage.toml"
-RUST_LOG=warn start NOUSAGE "$WORK/nousage.out" "$BIN" --config "$WORK/nousage.toml"
+{ cat "$WORK/proxy.toml"; printf '\n[usage]\nenabled = true\n'; } >"$WORK/usage_on.toml"
+RUST_LOG=warn start USAGE_ON "$WORK/usage_on.out" "$BIN" --config "$WORK/usage_on.toml"
 { cat "$WORK/proxy.toml"; printf '\n[cache]\nmode = "deterministic"\n'; } >"$WORK/cached.toml"
 RUST_LOG=warn start CACHED "$WORK/cached.out" "$BIN" --config "$WORK/cached.toml"
-TARGETS="mock bare proxy nousage cached"
+TARGETS="mock bare proxy usage_on cached"
 if [ -n "${BASELINE_BIN:-}" ]; then
   RUST_LOG=warn start BASE "$WORK/base.out" "$BASELINE_BIN" --config "$WORK/proxy.toml"
   BASE_PID=$LAST_PID
   TARGETS="$TARGETS base"
 fi
-is_proxy() { case $1 in proxy | base | nousage | cached) true ;; *) false ;; esac; }
+is_proxy() { case $1 in proxy | base | usage_on | cached) true ;; *) false ;; esac; }
 
 body='{"model":"MODEL","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}'
 for target in $TARGETS; do
@@ -93,7 +93,7 @@ done
 url_of() {
   case $1 in
     mock) echo "$MOCK" ;; bare) echo "$BARE" ;; proxy) echo "$PROXY" ;; base) echo "$BASE" ;;
-    nousage) echo "$NOUSAGE" ;; cached) echo "$CACHED" ;;
+    usage_on) echo "$USAGE_ON" ;; cached) echo "$CACHED" ;;
   esac
 }
 
@@ -171,7 +171,7 @@ echo
 echo "llm-proxy load test: $(nproc) cores, wrk -t$THREADS and oha $OHA_VERSION, $ROUNDS rounds of $DURATION, medians"
 echo "(load tool, mock, forwarder and proxy share the machine)"
 printf '%-36s %16s %16s %16s %16s %16s' "" "direct (mock)" "bare forwarder" "through proxy" \
-  "usage off" "cache hits"
+  "usage on" "cache hits"
 [ -n "${BASE_PID:-}" ] && printf ' %16s' "baseline proxy"
 echo
 row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'

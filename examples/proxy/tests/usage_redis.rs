@@ -21,7 +21,7 @@ fn proxy(
 ) -> Proxy {
     let text = format!(
         "{}\n[state]\nredis_url = \"{}\"\nprefix = \"budget-test\"\n\
-         [usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
+         [usage]\nenabled = true\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
          [budgets.default]\nbudget_usd = 0.0001\n[cache]\nmode = \"deterministic\"\n",
         config_text(
             primary,

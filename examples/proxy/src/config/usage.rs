@@ -10,8 +10,9 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
     /// Record every answered chat request (client key id, model, tier, tokens,
-    /// cost, degraded, time) and serve `GET /v1/usage`. Default on.
-    #[serde(default = "yes")]
+    /// cost, degraded, time) and serve `GET /v1/usage`. Default off: it costs
+    /// saturation throughput (see the README's figures).
+    #[serde(default)]
     pub enabled: bool,
     /// The SQLite file the records are kept in. Unset: an in-memory database
     /// (lost on restart). With `[state] redis_url` the records go to Redis
@@ -53,10 +54,6 @@ pub struct PriceConfig {
     pub cached_input: Option<f64>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 fn default_retention() -> Duration {
     Duration::from_secs(90 * 24 * 3600)
 }
@@ -76,7 +73,7 @@ fn default_max_groups() -> usize {
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
             sqlite_path: None,
             retention_secs: default_retention(),
             max_records: default_max_records(),

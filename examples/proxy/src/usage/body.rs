@@ -259,9 +259,16 @@ mod tests {
 
     /// The totals recorded after streaming `frames` through a `UsageBody`.
     async fn totals_after(frames: &[&str], strip: bool) -> (super::super::Totals, String) {
-        let log = UsageLog::build(&UsageConfig::default(), None, None)
-            .unwrap()
-            .unwrap();
+        let log = UsageLog::build(
+            &UsageConfig {
+                enabled: true,
+                ..UsageConfig::default()
+            },
+            None,
+            None,
+        )
+        .unwrap()
+        .unwrap();
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = frames
             .iter()
             .map(|f| Ok(Frame::data(Bytes::copy_from_slice(f.as_bytes()))))

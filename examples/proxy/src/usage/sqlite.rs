@@ -1,5 +1,6 @@
 //! The embedded usage store: SQLite, written by one thread in batches.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS usage (
     cached_input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_nano_usd INTEGER NOT NULL,
-    priced INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    unpriced INTEGER NOT NULL,
     cached INTEGER NOT NULL,
     degraded INTEGER NOT NULL
 );
@@ -165,32 +167,57 @@ impl Writer {
         }
     }
 
+    /// Write `rows`, those of one second, client, model, upstream model, tier,
+    /// cached and degraded flag summed into one record (at a high rate a batch
+    /// of hundreds of requests is a few inserts).
     fn write(&self, rows: &[Row]) -> rusqlite::Result<()> {
         if rows.is_empty() {
             return Ok(());
+        }
+        type Key<'a> = (i64, &'a str, &'a str, &'a str, &'a str, bool, bool);
+        let mut sums: HashMap<Key<'_>, Totals> = HashMap::new();
+        for row in rows {
+            let key = (
+                row.ts,
+                &*row.client,
+                &*row.model,
+                &*row.upstream_model,
+                &*row.tier,
+                row.cached,
+                row.degraded,
+            );
+            let sum = sums.entry(key).or_default();
+            sum.requests += 1;
+            sum.input_tokens += row.tokens.input_tokens;
+            sum.cached_input_tokens += row.tokens.cached_input_tokens;
+            sum.output_tokens += row.tokens.output_tokens;
+            sum.cost_nano_usd += row.cost.map_or(0, |c| c.nano_usd());
+            sum.unpriced += u64::from(row.cost.is_none());
         }
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO usage (ts, client, model, upstream_model, tier, input_tokens,
-                 cached_input_tokens, output_tokens, cost_nano_usd, priced, cached, degraded)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 cached_input_tokens, output_tokens, cost_nano_usd, requests, unpriced, cached,
+                 degraded)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
-            for row in rows {
+            for ((ts, client, model, upstream_model, tier, cached, degraded), sum) in &sums {
                 insert.execute(params![
-                    row.ts,
-                    &*row.client,
-                    &*row.model,
-                    &*row.upstream_model,
-                    &*row.tier,
-                    saturating(row.tokens.input_tokens),
-                    saturating(row.tokens.cached_input_tokens),
-                    saturating(row.tokens.output_tokens),
-                    saturating(row.cost.map_or(0, |c| c.nano_usd())),
-                    row.cost.is_some(),
-                    row.cached,
-                    row.degraded,
+                    ts,
+                    client,
+                    model,
+                    upstream_model,
+                    tier,
+                    saturating(sum.input_tokens),
+                    saturating(sum.cached_input_tokens),
+                    saturating(sum.output_tokens),
+                    saturating(sum.cost_nano_usd),
+                    saturating(sum.requests),
+                    saturating(sum.unpriced),
+                    cached,
+                    degraded,
                 ])?;
             }
         }
@@ -234,8 +261,9 @@ fn run_query(
         keys.push(if wanted { column } else { "''" });
     }
     let sql = format!(
-        "SELECT {k0}, {k1}, {k2}, COUNT(*), SUM(input_tokens), SUM(cached_input_tokens),
-                SUM(output_tokens), SUM(cost_nano_usd), SUM(cached), SUM(degraded), SUM(1 - priced)
+        "SELECT {k0}, {k1}, {k2}, SUM(requests), SUM(input_tokens), SUM(cached_input_tokens),
+                SUM(output_tokens), SUM(cost_nano_usd), SUM(cached * requests),
+                SUM(degraded * requests), SUM(unpriced)
          FROM usage
          WHERE ts >= ?1 AND ts < ?2 AND (?3 IS NULL OR client = ?3)
          GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 LIMIT ?4",

@@ -10,7 +10,7 @@ use serde_json::Value;
 async fn env_with(budgets: &str) -> Env {
     let budgets = budgets.to_owned();
     Env::start_edited(move |text| {
-        format!("{text}\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n{budgets}")
+        format!("{text}\n[usage]\nenabled = true\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n{budgets}")
     })
     .await
 }

@@ -8,7 +8,7 @@ async fn env(mode: &str) -> Env {
     let mode = mode.to_owned();
     Env::start_edited(move |text| {
         format!(
-            "{text}\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
+            "{text}\n[usage]\nenabled = true\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
              [cache]\nmode = \"{mode}\"\n"
         )
     })

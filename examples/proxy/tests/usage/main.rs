@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 async fn env() -> Env {
     Env::start_edited(|text| {
         format!(
-            "{text}\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
+            "{text}\n[usage]\nenabled = true\n[usage.prices.\"gpt-4o\"]\ninput = 2.5\noutput = 10.0\n\
              [usage.prices.\"gpt-4o-mini\"]\ninput = 0.15\noutput = 0.6\n"
         )
     })
@@ -176,7 +176,7 @@ async fn streams_are_asked_for_usage_and_the_chunk_reaches_only_clients_who_aske
         &upstream.base_url(),
         &upstream.base_url(),
         // Priced by the model the stream reports (`raw`, its first chunk).
-        "[usage.prices.\"raw\"]\ninput = 1.0\noutput = 2.0\n",
+        "[usage]\nenabled = true\n[usage.prices.\"raw\"]\ninput = 1.0\noutput = 2.0\n",
     );
     let proxy = llm_proxy::Proxy::start(&config).unwrap();
     let http = reqwest::Client::new();
@@ -223,4 +223,20 @@ async fn streams_are_asked_for_usage_and_the_chunk_reaches_only_clients_who_aske
     assert_eq!(one["output_tokens"], 8);
     // 2 × (11 × 1000 + 4 × 2000) nano-dollars
     assert_eq!(one["cost_nano_usd"], 38_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_off_by_default_and_says_so() {
+    let env = Env::start().await;
+    assert_eq!(env.chat(ask("solo")).await.status(), 200);
+    let response = env
+        .http
+        .get(env.url("/v1/usage"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "usage_disabled");
 }
