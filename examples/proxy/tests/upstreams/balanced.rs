@@ -60,15 +60,31 @@ async fn an_upstream_whose_circuit_is_open_gets_none_of_the_tiers_calls() {
     let broken = "circuit = { consecutive_failures = 2, cooldown_secs = 120 }";
     let proxy = proxy(&first, &second, "", broken, "");
     let http = reqwest::Client::new();
-    let mut ok = 0;
-    for _ in 0..30 {
-        if ask(&http, &proxy).await.status() == 200 {
-            ok += 1;
-        }
+    // p2c decides how soon the broken upstream is tried: call until its
+    // circuit is open (two failures), bounded.
+    let mut calls = 0;
+    while second.requests() < 2 {
+        assert!(
+            calls < 200,
+            "p2c never tried the second upstream twice in {calls} calls"
+        );
+        ask(&http, &proxy).await;
+        calls += 1;
     }
-    assert_eq!(second.requests(), 2, "two failures open its circuit");
-    assert_eq!(first.requests(), 28);
-    assert_eq!(ok, 28);
+    let states = crate::common::circuits(&http, &proxy.url()).await;
+    assert!(
+        states
+            .iter()
+            .any(|c| c["upstream"] == "second" && c["state"] == "open"),
+        "{states:?}"
+    );
+    // From then on it gets none of the tier's calls, and every call is answered.
+    let before = first.requests();
+    for _ in 0..30 {
+        assert_eq!(ask(&http, &proxy).await.status(), 200);
+    }
+    assert_eq!(second.requests(), 2, "an open circuit gets no calls");
+    assert_eq!(first.requests(), before + 30);
     proxy.stop();
 }
 
