@@ -20,6 +20,7 @@ use tower::util::Either;
 use tower::{Layer, Service, ServiceExt};
 use tower_llm_resilience::balance;
 use tower_llm_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+use tower_llm_resilience::classify::ErrorOnlyClassifier;
 
 fn breaker() -> tower_llm_resilience::circuit_breaker::Builder {
     CircuitBreakerLayer::builder()
@@ -247,4 +248,84 @@ async fn breakers_shared_with_other_callers_gate_the_balancer() {
         balancer.clone().oneshot(chat("m")).await.unwrap();
     }
     assert!(count(&b_calls) > 3, "b is back a second after its reset");
+}
+
+#[tokio::test(start_paused = true)]
+async fn weights_share_traffic_between_equal_replicas() {
+    // In-process replicas answering at once on paused time: equal latency, so
+    // only the weights tell them apart.
+    let (big, big_calls) = scripted(vec![response(200, &[])]);
+    let (small, small_calls) = scripted(vec![response(200, &[])]);
+    let (mut balancer, handle) = balance::Builder::new()
+        .breaker(breaker())
+        .seed(11)
+        .build_weighted([("big", big, 3), ("small", small, 1)])
+        .unwrap();
+    let calls = 400;
+    for _ in 0..calls {
+        let answer = balancer
+            .ready()
+            .await
+            .unwrap()
+            .call(chat("m"))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let (big_hits, small_hits) = (count(&big_calls), count(&small_calls));
+    assert_eq!(big_hits + small_hits, calls);
+    // About 3:1 (p2c over 4 places, 3 of them big's), far from 1:1.
+    assert!(
+        (250..=350).contains(&big_hits),
+        "big {big_hits}, small {small_hits}"
+    );
+    // The handle counts per deployment, not per place.
+    let reported: Vec<u64> = handle.deployments().iter().map(|d| d.calls).collect();
+    assert_eq!(reported, [big_hits as u64, small_hits as u64]);
+}
+
+#[tokio::test]
+async fn an_open_circuit_takes_all_of_a_weighted_deployments_places() {
+    let heavy = Upstream::always(Reply::status(500, "{}")).await;
+    let light = Upstream::always(Reply::ok_json("{}")).await;
+    let (mut balancer, handle) = balance::Builder::new()
+        .breaker(breaker())
+        .seed(13)
+        .build_weighted([
+            ("heavy", http_tier(heavy.url()).buffered(), 10),
+            ("light", http_tier(light.url()).buffered(), 1),
+        ])
+        .unwrap();
+    let mut ok = 0;
+    for _ in 0..60 {
+        let answer = balancer
+            .ready()
+            .await
+            .unwrap()
+            .call(chat("m"))
+            .await
+            .unwrap();
+        ok += usize::from(answer.status() == 200);
+    }
+    assert_eq!(
+        heavy.hits(),
+        3,
+        "its three failures open the shared circuit"
+    );
+    assert_eq!(ok, 57);
+    assert_eq!(handle.circuit("heavy").unwrap().state(), CircuitState::Open);
+}
+
+#[test]
+fn weights_out_of_range_are_refused() {
+    let service = || tower::service_fn(|_: String| async { Ok::<_, tower::BoxError>(()) });
+    for weight in [0, balance::MAX_WEIGHT + 1] {
+        let err = balance::Builder::new()
+            .breaker(CircuitBreakerLayer::builder().classifier(ErrorOnlyClassifier))
+            .build_weighted::<_, String, _>([("a", service(), 1), ("b", service(), weight)])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err, balance::BuildError::Weight("b".into(), weight));
+        assert!(err.to_string().contains("\"b\" has weight"), "{err}");
+    }
 }

@@ -26,6 +26,9 @@ pub type GatedBalance<S, Req> = Balance<ServiceList<Vec<Balanced<S>>>, Req>;
 /// breaker of its own.
 pub type P2cBalance<S, Req, C = DefaultClassifier> = GatedBalance<CircuitBreaker<S, C>, Req>;
 
+/// The largest weight of a deployment ([`Builder::build_weighted`]).
+pub const MAX_WEIGHT: u32 = 100;
+
 /// A setting `build()` refused, with the reason.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
@@ -36,6 +39,8 @@ pub enum BuildError {
     DuplicateName(String),
     /// A duration that must be positive was zero.
     ZeroDuration(&'static str),
+    /// A deployment's weight is not between 1 and [`MAX_WEIGHT`].
+    Weight(String, u32),
     /// The circuit breaker settings were refused.
     Breaker(circuit_breaker::BuildError),
 }
@@ -51,6 +56,10 @@ impl fmt::Display for BuildError {
                 write!(f, "balance: {what} must be longer than zero")
             }
             BuildError::Breaker(err) => write!(f, "balance: {err}"),
+            BuildError::Weight(name, weight) => write!(
+                f,
+                "balance: deployment {name:?} has weight {weight}, not between 1 and {MAX_WEIGHT}"
+            ),
         }
     }
 }
@@ -139,17 +148,86 @@ impl<C> Builder<C> {
     {
         let mut guarded = Vec::new();
         for (name, service) in deployments {
-            let name: Arc<str> = name.into();
-            let layer = self
-                .breaker
-                .clone()
-                .name(name.to_string())
-                .build()
-                .map_err(BuildError::Breaker)?;
-            let circuit = layer.handle();
-            guarded.push((name, layer.layer(service), circuit));
+            let (name, service, circuit) = self.guard(name, service)?;
+            guarded.push((name, vec![service], circuit));
         }
-        self.build_with_circuits(guarded)
+        self.assemble(guarded)
+    }
+
+    /// Like [`build`](Self::build), with a weight per deployment (name,
+    /// service, weight from 1 to [`MAX_WEIGHT`]): a deployment of weight `w`
+    /// takes `w` places among the candidates p2c draws from (clones of its
+    /// service, sharing its circuit breaker), so at equal latency it gets about
+    /// `w` times the traffic of a deployment of weight 1. Latency still
+    /// decides between the two candidates drawn: a slow or open deployment
+    /// loses whatever its weight.
+    ///
+    /// ```
+    /// use tower::{service_fn, Service, ServiceExt};
+    /// use tower_llm_resilience::balance;
+    /// use tower_llm_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower_llm_resilience::classify::ErrorOnlyClassifier;
+    /// use tower_llm_resilience::BoxError;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let region = |name: &'static str| {
+    ///     service_fn(move |_: String| async move { Ok::<_, BoxError>(name) })
+    /// };
+    /// let (mut balancer, handle) = balance::Builder::new()
+    ///     .breaker(CircuitBreakerLayer::builder().classifier(ErrorOnlyClassifier))
+    ///     .seed(7)
+    ///     .build_weighted([("big", region("big"), 3), ("small", region("small"), 1)])?;
+    /// for _ in 0..400 {
+    ///     balancer.ready().await?.call("hi".to_owned()).await?;
+    /// }
+    /// let calls: Vec<u64> = handle.deployments().iter().map(|d| d.calls).collect();
+    /// assert!(calls[0] > 2 * calls[1], "{calls:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn build_weighted<S, Req, N>(
+        self,
+        deployments: impl IntoIterator<Item = (N, S, u32)>,
+    ) -> Result<(P2cBalance<S, Req, C>, Handle), BuildError>
+    where
+        N: Into<Arc<str>>,
+        C: Clone,
+        S: Clone,
+        CircuitBreaker<S, C>: tower_service::Service<Req, Error = crate::BoxError>,
+    {
+        let mut guarded = Vec::new();
+        for (name, service, weight) in deployments {
+            let name: Arc<str> = name.into();
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return Err(BuildError::Weight(name.to_string(), weight));
+            }
+            let (name, service, circuit) = self.guard(name, service)?;
+            let places = vec![service; weight as usize];
+            guarded.push((name, places, circuit));
+        }
+        self.assemble(guarded)
+    }
+
+    /// `service` behind a circuit breaker of its own, named `name`.
+    #[allow(clippy::type_complexity)]
+    fn guard<S, N: Into<Arc<str>>>(
+        &self,
+        name: N,
+        service: S,
+    ) -> Result<(Arc<str>, CircuitBreaker<S, C>, circuit_breaker::Handle<()>), BuildError>
+    where
+        C: Clone,
+    {
+        let name: Arc<str> = name.into();
+        let layer = self
+            .breaker
+            .clone()
+            .name(name.to_string())
+            .build()
+            .map_err(BuildError::Breaker)?;
+        let circuit = layer.handle();
+        Ok((name, layer.layer(service), circuit))
     }
 
     /// Build the balancer over services that already sit behind circuit
@@ -164,6 +242,22 @@ impl<C> Builder<C> {
         N: Into<Arc<str>>,
         S: tower_service::Service<Req, Error = crate::BoxError>,
     {
+        let deployments = deployments
+            .into_iter()
+            .map(|(name, service, circuit)| (name.into(), vec![service], circuit))
+            .collect();
+        self.assemble(deployments)
+    }
+
+    /// The balancer over each deployment's places (one per unit of weight).
+    #[allow(clippy::type_complexity)]
+    fn assemble<S, Req>(
+        self,
+        deployments: Vec<(Arc<str>, Vec<S>, circuit_breaker::Handle<()>)>,
+    ) -> Result<(GatedBalance<S, Req>, Handle), BuildError>
+    where
+        S: tower_service::Service<Req, Error = crate::BoxError>,
+    {
         if self.default_rtt.is_zero() {
             return Err(BuildError::ZeroDuration("default_rtt"));
         }
@@ -173,19 +267,20 @@ impl<C> Builder<C> {
         let decay_ns = self.decay.as_nanos() as f64;
         let mut shared = Vec::new();
         let mut services = Vec::new();
-        for (name, service, circuit) in deployments {
-            let name: Arc<str> = name.into();
+        for (name, places, circuit) in deployments {
             if shared.iter().any(|d: &Arc<Deployment>| d.name == name) {
                 return Err(BuildError::DuplicateName(name.to_string()));
             }
             let deployment = Arc::new(Deployment::new(name, circuit));
-            let gated = Gate::new(service, deployment.clone());
-            services.push(PeakEwma::new(
-                gated,
-                self.default_rtt,
-                decay_ns,
-                CompleteOnResponse::default(),
-            ));
+            for service in places {
+                let gated = Gate::new(service, deployment.clone());
+                services.push(PeakEwma::new(
+                    gated,
+                    self.default_rtt,
+                    decay_ns,
+                    CompleteOnResponse::default(),
+                ));
+            }
             shared.push(deployment);
         }
         if services.is_empty() {

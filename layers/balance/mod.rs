@@ -64,14 +64,17 @@
 //!
 //! # Weights
 //!
-//! Not supported: p2c compares loads, and tower's peak-EWMA cost is opaque. A
-//! deployment with twice the capacity answers faster under the same load and
-//! gets more traffic from that alone.
+//! [`Builder::build_weighted`] gives each deployment a weight from 1 to
+//! [`MAX_WEIGHT`]: a deployment of weight `w` takes `w` places among the
+//! candidates p2c draws from, so at equal latency it gets about `w` times the
+//! traffic of weight 1 (tower's peak-EWMA cost is opaque, so the weight cannot
+//! scale the load itself). Latency still decides between the two candidates
+//! drawn, and an open circuit takes all of a deployment's places out.
 
 mod builder;
 mod gate;
 mod handle;
 
-pub use self::builder::{Balanced, BuildError, Builder, GatedBalance, P2cBalance};
+pub use self::builder::{Balanced, BuildError, Builder, GatedBalance, P2cBalance, MAX_WEIGHT};
 pub use self::gate::{Gate, GateFuture};
 pub use self::handle::{DeploymentSnapshot, Handle};
