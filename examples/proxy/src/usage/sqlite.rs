@@ -126,7 +126,16 @@ struct Writer {
 pub(super) const IN_MEMORY_MAX_RECORDS: u64 = 100_000;
 
 /// Rows written per transaction, at most.
-const BATCH: usize = 512;
+const BATCH: usize = 4096;
+
+/// How long the writer lets rows pile up after the first one: a query waits
+/// at most this long for the rows before it, and at a high rate a transaction
+/// holds this long's rows (rows of one second, client and model become one
+/// record).
+const PACE: Duration = Duration::from_millis(100);
+
+/// Rows written between two prunes (and every minute when idle).
+const PRUNE_EVERY: usize = 10_000;
 
 impl Writer {
     fn run(self, receiver: &Receiver<Message>) {
@@ -140,29 +149,40 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut rows = Vec::new();
-            let mut flushes = Vec::new();
+            // Let the rows of the next moment pile up: while this thread
+            // sleeps, a request's `try_send` wakes nobody, and they are written
+            // in one transaction instead of one each.
+            std::thread::sleep(PACE);
             let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Row(row) => rows.push(row),
-                    Message::Flush(done) => flushes.push(done),
+            loop {
+                let mut rows = Vec::new();
+                let mut flushes = Vec::new();
+                while let Some(message) = next.take() {
+                    match message {
+                        Message::Row(row) => rows.push(row),
+                        Message::Flush(done) => flushes.push(done),
+                    }
+                    if rows.len() < BATCH {
+                        next = receiver.try_recv().ok();
+                    }
                 }
-                if rows.len() < BATCH {
-                    next = receiver.try_recv().ok();
+                if let Err(e) = self.write(&rows) {
+                    tracing::warn!(error = %e, rows = rows.len(), "usage records not written");
+                    metrics::counter!("llm_proxy_usage_dropped_total").increment(rows.len() as u64);
                 }
-            }
-            if let Err(e) = self.write(&rows) {
-                tracing::warn!(error = %e, rows = rows.len(), "usage records not written");
-                metrics::counter!("llm_proxy_usage_dropped_total").increment(rows.len() as u64);
-            }
-            written_since_prune += rows.len();
-            if written_since_prune >= 1_000 {
-                written_since_prune = 0;
-                self.prune();
-            }
-            for done in flushes {
-                let _ = done.send(());
+                written_since_prune += rows.len();
+                if written_since_prune >= PRUNE_EVERY {
+                    written_since_prune = 0;
+                    self.prune();
+                }
+                for done in flushes {
+                    let _ = done.send(());
+                }
+                // More than a batch was waiting: write the rest now.
+                match receiver.try_recv() {
+                    Ok(message) => next = Some(message),
+                    Err(_) => break,
+                }
             }
         }
     }
