@@ -74,7 +74,21 @@ fn write_canonical(hasher: &mut Sha256, value: &Value) {
             }
             hasher.update(b"]");
         }
-        // Scalars print the same whatever the map order: serde_json's own form.
+        // `0` and `0.0` ask for the same thing: a float with no fraction (and
+        // exact as an integer) is written as that integer; every other number
+        // in serde_json's own form, so large integers stay exact.
+        Value::Number(number) => match number.as_f64() {
+            Some(float)
+                if !number.is_i64()
+                    && !number.is_u64()
+                    && float.fract() == 0.0
+                    && float.abs() < 9_007_199_254_740_992.0 =>
+            {
+                hasher.update((float as i64).to_string().as_bytes())
+            }
+            _ => hasher.update(number.to_string().as_bytes()),
+        },
+        // Other scalars print the same whatever the map order.
         scalar => hasher.update(scalar.to_string().as_bytes()),
     }
 }
@@ -103,6 +117,19 @@ pub fn chat_request_digest(request: &crate::client::ChatRequest) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn integral_floats_key_as_their_integer() {
+        let key = |t: Value| chat_body_key("", &json!({"model": "m", "temperature": t}));
+        assert_eq!(key(json!(0)), key(json!(0.0)));
+        assert_eq!(key(json!(2)), key(json!(2.0)));
+        assert_eq!(key(json!(-1)), key(json!(-1.0)));
+        assert_ne!(key(json!(0)), key(json!(0.5)));
+        assert_ne!(key(json!(0.25)), key(json!(0.5)));
+        // Large integers stay exact: two seeds one apart are two keys.
+        let seed = |n: u64| chat_body_key("", &json!({"model": "m", "seed": n}));
+        assert_ne!(seed(u64::MAX), seed(u64::MAX - 1));
+    }
 
     #[test]
     fn key_ignores_order_and_delivery_but_not_content() {

@@ -10,8 +10,8 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
     /// Record every answered chat request (client key id, model, tier, tokens,
-    /// cost, degraded, time) and serve `GET /v1/usage`. Default off: it costs
-    /// saturation throughput (see the README's figures).
+    /// cost, degraded, time) and serve `GET /v1/usage`. Default off: no usage
+    /// file is written unless asked (its cost: the README's figures).
     #[serde(default)]
     pub enabled: bool,
     /// The SQLite file the records are kept in. Unset: an in-memory database

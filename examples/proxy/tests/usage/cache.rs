@@ -90,7 +90,29 @@ async fn a_streaming_request_is_served_the_stored_answer_as_an_event_stream() {
     let (text, done, error) = sse_text(&response.text().await.unwrap());
     assert_eq!(text, super::common::content(&stored));
     assert!(done && !error);
-    assert_eq!(env.primary.requests(), 1);
+    // A real SSE client (the library's OpenAI-compatible client, which also asks
+    // for stream usage) reads the replay as a whole, well-ended stream.
+    let client = tower_llm_resilience::client::OpenAiClient::builder()
+        .base_url(format!("{}/v1", env.proxy.url()))
+        .api_key(CLIENT_KEY)
+        .build()
+        .unwrap();
+    let request = tower_llm_resilience::client::ChatRequest::new(vec![
+        tower_llm_resilience::client::Message::user("Say hello"),
+    ])
+    .model("solo")
+    .temperature(0.0)
+    .stream(true);
+    let stream = tower::ServiceExt::oneshot(client.streaming(), request)
+        .await
+        .expect("the stream opens");
+    let answer = stream.into_response().await.expect("a whole stream");
+    assert_eq!(answer.content, super::common::content(&stored));
+    assert_eq!(
+        env.primary.requests(),
+        1,
+        "both streams came from the cache"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
