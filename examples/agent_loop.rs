@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -287,7 +287,11 @@ async fn demo_server(answer: fn(usize, &Value) -> (u16, Value)) -> Result<String
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
                 let calls = calls.clone();
                 async move {
-                    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                    // The demo server reads at most 1 MiB of a request.
+                    let body = Limited::new(request.into_body(), 1 << 20)
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes());
                     let json = body
                         .ok()
                         .and_then(|b| serde_json::from_slice(&b).ok())

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, StatusCode};
 use http_body::Frame;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -119,6 +119,9 @@ impl Default for MockOptions {
         }
     }
 }
+
+/// The largest request body the mock reads.
+const MAX_REQUEST_BYTES: usize = 16 << 20;
 
 struct State {
     options: Mutex<Arc<MockOptions>>,
@@ -374,11 +377,15 @@ async fn handle(state: Arc<State>, request: http::Request<Incoming>) -> http::Re
         );
     }
     let n = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
-    let Ok(body) = request.into_body().collect().await else {
+    // A mock still reads at most `MAX_REQUEST_BYTES` of a request.
+    let Ok(body) = Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    else {
         return full(
             StatusCode::BAD_REQUEST,
             "application/json",
-            r#"{"error":{"message":"unreadable body","type":"invalid_request_error"}}"#.into(),
+            r#"{"error":{"message":"unreadable or too large body","type":"invalid_request_error"}}"#.into(),
         );
     };
     let body = body.to_bytes();

@@ -420,3 +420,22 @@ async fn batch_records_are_bounded_in_total() {
     assert_eq!(rerun["cached"], 1, "{rerun}");
     env.still_works().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_upstream_reads_at_most_16_mib_of_a_request() {
+    let upstream = mock("bounded").await;
+    let http = reqwest::Client::new();
+    let post = |bytes: usize| {
+        let mut body = br#"{"model":"m","messages":[{"role":"user","content":""#.to_vec();
+        body.resize(body.len() + bytes, b'a');
+        body.extend_from_slice(br#""}]}"#);
+        http.post(format!("{}/chat/completions", upstream.base_url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(1 << 20).await.unwrap().status(), 200);
+    let refused = post(17 << 20).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("too large"));
+}
