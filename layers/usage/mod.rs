@@ -49,7 +49,7 @@
 //!
 //! A streaming service (`Streaming<C>`) answers before the usage exists: read
 //! the [`ChatDelta::Usage`](crate::client::ChatDelta) at the stream's end, and
-//! count it with [`account`].
+//! count it with an [`Accountant`].
 //!
 //! # Prices
 //!
@@ -73,15 +73,19 @@
 //!
 //! Per counted answer: the report's clone (an `Arc` and three integers for
 //! `http::Response`; the model name's allocation for `ChatResponse`), one table
-//! lookup, and the label strings of five counters.
+//! lookup, a read lock and five atomic adds. The counters of a `(model, tier)`
+//! pair are registered with the recorder the first time it is counted (see
+//! [`Accountant`]).
 
+mod accountant;
 mod price;
 mod service;
 mod tokens;
 
+pub use self::accountant::Accountant;
 pub use self::price::{ModelPrice, PriceError, PriceTable, MAX_MODELS, MAX_PRICE_FILE_BYTES};
 pub use self::service::{
-    account, Usage, UsageFuture, UsageLayer, UsageRecord, PRIMARY_TIER, UNPRICED_MODEL,
+    Usage, UsageFuture, UsageLayer, UsageRecord, PRIMARY_TIER, UNPRICED_MODEL,
 };
 pub use self::tokens::{Cost, TokenUsage, UsageReport};
 

@@ -10,6 +10,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::accountant::Accountant;
 use super::price::PriceTable;
 use super::tokens::{Cost, UsageReport};
 use super::ReportUsage;
@@ -36,7 +37,7 @@ type OnRecord = Arc<dyn Fn(&UsageRecord) + Send + Sync>;
 /// Counts the tokens and cost of every answer; see the [module docs](super).
 #[derive(Clone)]
 pub struct UsageLayer {
-    prices: Arc<PriceTable>,
+    accountant: Accountant,
     on_record: Option<OnRecord>,
 }
 
@@ -44,7 +45,7 @@ impl UsageLayer {
     /// Count usage, priced with `prices`.
     pub fn new(prices: impl Into<Arc<PriceTable>>) -> Self {
         Self {
-            prices: prices.into(),
+            accountant: Accountant::new(prices),
             on_record: None,
         }
     }
@@ -60,14 +61,14 @@ impl UsageLayer {
 
     /// The price table.
     pub fn prices(&self) -> &PriceTable {
-        &self.prices
+        self.accountant.prices()
     }
 }
 
 impl fmt::Debug for UsageLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageLayer")
-            .field("prices", &self.prices)
+            .field("prices", self.accountant.prices())
             .field("on_record", &self.on_record.is_some())
             .finish()
     }
@@ -171,7 +172,7 @@ where
         if let (Ok(response), Some(layer)) = (&mut result, this.layer.take()) {
             if let Some(report) = response.usage_report() {
                 let tier: Arc<str> = response.usage_tier().map_or(PRIMARY_TIER.into(), Arc::from);
-                let record = account(&layer.prices, report, tier);
+                let record = layer.accountant.account(report, tier);
                 if let Some(cost) = record.cost {
                     response.attach_cost(cost);
                 }
@@ -182,31 +183,4 @@ where
         }
         Poll::Ready(result)
     }
-}
-
-/// Price one report and count it in the `llm_usage_*` metrics.
-///
-/// The `model` label is the price table's name for the model, or
-/// [`UNPRICED_MODEL`]: labels stay bounded by the table, whatever an upstream
-/// reports.
-pub fn account(prices: &PriceTable, report: UsageReport, tier: Arc<str>) -> UsageRecord {
-    let priced = prices.lookup(&report.model);
-    let cost = priced.map(|(_, price)| price.cost(&report.tokens));
-    let model_label: Arc<str> = priced.map_or(UNPRICED_MODEL.into(), |(name, _)| name.clone());
-    let labels = [
-        ("model", model_label.to_string()),
-        ("tier", tier.to_string()),
-    ];
-    let tokens = &report.tokens;
-    metrics::counter!("llm_usage_input_tokens_total", &labels).increment(tokens.input_tokens);
-    metrics::counter!("llm_usage_cached_input_tokens_total", &labels)
-        .increment(tokens.cached_input_tokens);
-    metrics::counter!("llm_usage_output_tokens_total", &labels).increment(tokens.output_tokens);
-    metrics::counter!("llm_usage_answers_total", &labels).increment(1);
-    if let Some(cost) = cost {
-        metrics::counter!("llm_usage_cost_nano_usd_total", &labels).increment(cost.nano_usd());
-    }
-    tracing::trace!(model = %report.model, tier = %tier, input = tokens.input_tokens,
-        output = tokens.output_tokens, cost = ?cost, "usage counted");
-    UsageRecord { report, tier, cost }
 }

@@ -4,7 +4,11 @@
 #
 #   examples/proxy/bench/instructions.sh                      # this tree's release build
 #   examples/proxy/bench/instructions.sh /path/to/older/llm-proxy target/release/llm-proxy
+#   examples/proxy/bench/instructions.sh target/release/llm-proxy \
+#       target/release/llm-proxy:examples/proxy/bench/usage_on.toml   # a config's cost
 #
+# An argument BIN:FILE runs BIN with FILE's TOML appended to the config.
+# KEEP=DIR keeps each run's callgrind profile there (for callgrind_annotate).
 # Each binary serves $REQUESTS chat requests (oha, $CONNECTIONS connections, after
 # $WARMUP uncounted ones) in front of `llm-proxy mock-upstream`, with load.sh's
 # config; only the proxy runs under callgrind. Counts are user-space instructions
@@ -35,11 +39,17 @@ ask() { # url count
 }
 printf '%-40s %14s %14s\n' "binary ($REQUESTS requests)" "instr/request" "allocs/request"
 n=0
-for bin in "$@"; do
+for arg in "$@"; do
   n=$((n + 1))
   out="$WORK/cg.$n"
+  bin=${arg%%:*}
+  config="$WORK/proxy.toml"
+  if [ "$bin" != "$arg" ]; then
+    config="$WORK/proxy.$n.toml"
+    { cat "$WORK/proxy.toml"; echo; cat "${arg#*:}"; } >"$config"
+  fi
   RUST_LOG=warn start PROXY "$WORK/proxy.$n.out" valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$out" "$bin" --config "$WORK/proxy.toml"
+    --callgrind-out-file="$out" "$bin" --config "$config"
   pid=$LAST_PID
   ask "$PROXY" "$WARMUP"
   # Counted from here: everything before is dumped into $out.1.
@@ -72,5 +82,6 @@ for line in open(sys.argv[1], errors="replace"):
 print(total)
 PY
   )
-  printf '%-40s %14d %14.1f\n' "$bin" $((instr / REQUESTS)) "$(echo "$allocs $REQUESTS" | awk '{print $1 / $2}')"
+  [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out.2" "$KEEP/callgrind.$n"
+  printf '%-40s %14d %14.1f\n' "$arg" $((instr / REQUESTS)) "$(echo "$allocs $REQUESTS" | awk '{print $1 / $2}')"
 done

@@ -19,6 +19,9 @@
 #
 # Each round runs, one target after the other (mock, forwarder, proxy):
 #   1. saturation: wrk with $CONNECTIONS connections, as fast as it goes;
+#      the CPU time (user + system) the target's process used per request is
+#      read from /proc: steadier than req/s on a busy machine, and the cost
+#      of a feature in CPU, whatever else competes for the cores;
 #   2. paced: oha sending $RATE requests per second at a constant rate over
 #      $PACED_CONNECTIONS connections, latencies measured from when each request was
 #      due (--latency-correction: no coordinated omission): the latency the proxy
@@ -61,18 +64,22 @@ BIN=target/release/llm-proxy
 source "examples/proxy/bench/common.sh"
 
 start MOCK "$WORK/mock.out" "$BIN" mock-upstream --listen 127.0.0.1:0 --name bench
+PID_mock=$LAST_PID
 start BARE "$WORK/bare.out" target/release/examples/bare_forward "$MOCK"
+PID_bare=$LAST_PID
 load_config "$MOCK" >"$WORK/proxy.toml"
 RUST_LOG=warn start PROXY "$WORK/proxy.out" "$BIN" --config "$WORK/proxy.toml"
-PROXY_PID=$LAST_PID
+PROXY_PID=$LAST_PID PID_proxy=$LAST_PID
 { cat "$WORK/proxy.toml"; printf '\n[usage]\nenabled = true\n'; } >"$WORK/usage_on.toml"
 RUST_LOG=warn start USAGE_ON "$WORK/usage_on.out" "$BIN" --config "$WORK/usage_on.toml"
+PID_usage_on=$LAST_PID
 { cat "$WORK/proxy.toml"; printf '\n[cache]\nmode = "deterministic"\n'; } >"$WORK/cached.toml"
 RUST_LOG=warn start CACHED "$WORK/cached.out" "$BIN" --config "$WORK/cached.toml"
+PID_cached=$LAST_PID
 TARGETS="mock bare proxy usage_on cached"
 if [ -n "${BASELINE_BIN:-}" ]; then
   RUST_LOG=warn start BASE "$WORK/base.out" "$BASELINE_BIN" --config "$WORK/proxy.toml"
-  BASE_PID=$LAST_PID
+  BASE_PID=$LAST_PID PID_base=$LAST_PID
   TARGETS="$TARGETS base"
 fi
 is_proxy() { case $1 in proxy | base | usage_on | cached) true ;; *) false ;; esac; }
@@ -113,15 +120,24 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-saturate() { # target -> appends "rps p50 p99 non2xx" to $WORK/target-0.runs
-  local out rps p50 p99 bad
+# CPU time (user + system, clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
+saturate() { # target -> appends "rps p50 p99 non2xx cpu_us_per_request" to $WORK/target-0.runs
+  local out rps p50 p99 bad pid before requests cpu
+  pid=$(eval echo "\$PID_$1")
+  before=$(cpu_ticks "$pid")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$WORK/$1.lua" \
     "$(url_of "$1")/v1/chat/completions")
+  cpu=$(( ($(cpu_ticks "$pid") - before) * TICK_US ))
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
   bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  echo "$rps $p50 $p99 ${bad:-0}" >>"$WORK/$1-0.runs"
+  echo "$rps $p50 $p99 ${bad:-0} $(awk -v c="$cpu" -v n="$requests" 'BEGIN {printf "%.2f", n ? c / n : 0}')" \
+    >>"$WORK/$1-0.runs"
 }
 
 pace() { # target -> appends "rps p50 p99 non2xx" to $WORK/target-1.runs
@@ -178,6 +194,7 @@ row "saturation, $CONNECTIONS conns: req/s" 0 1 '%.0f'
 row "  p50 latency (ms)" 0 2 '%.2f'
 row "  p99 latency (ms)" 0 3 '%.2f'
 row "  non-2xx responses (all rounds)" 0 bad ''
+row "  CPU per request (us, that process)" 0 5 '%.2f'
 if [ "$PACED" = 1 ]; then
   row "paced at $RATE req/s ($PACED_CONNECTIONS conns): req/s" 1 1 '%.0f'
   row "  p50 latency (ms)" 1 2 '%.2f'
@@ -188,7 +205,7 @@ cache_hits=$(curl -sf "$CACHED/metrics" | awk '/^llm_proxy_cache_requests_total\
 echo "cache hits counted by the cache column's proxy: ${cache_hits:-0}"
 echo "proxy peak RSS (VmHWM): $rss"
 echo
-echo "every run (req/s p50_ms p99_ms failed):"
+echo "every run (req/s p50_ms p99_ms failed [cpu_us_per_request]):"
 for paced in 0 $([ "$PACED" = 1 ] && echo 1); do
   for target in $TARGETS; do
     echo "  $([ $paced = 1 ] && echo paced || echo saturation) $target: $(tr '\n' ';' <"$WORK/$target-$paced.runs")"

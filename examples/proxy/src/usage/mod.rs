@@ -16,16 +16,23 @@ mod body;
 mod budget;
 mod redis;
 mod sqlite;
+mod tokens;
 
 use std::sync::Arc;
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use memchr::memmem::FinderRev;
+
 use serde::Serialize;
-use tower_llm_resilience::usage::{account, Cost, PriceTable, TokenUsage, UsageReport};
+use tower_llm_resilience::usage::{Accountant, Cost, TokenUsage, UsageReport};
 
 pub(crate) use self::body::UsageBody;
 pub(crate) use self::budget::Budgets;
 use self::redis::RedisUsage;
 use self::sqlite::SqliteUsage;
+use self::tokens::UsageObject;
 use crate::config::{ConfigError, UsageConfig};
 
 /// One answered request.
@@ -99,7 +106,7 @@ pub(crate) struct Group {
 
 /// The usage log: prices, and the store.
 pub(crate) struct UsageLog {
-    prices: PriceTable,
+    accountant: Accountant,
     store: Store,
     max_groups: usize,
     /// Charged with every record.
@@ -109,7 +116,7 @@ pub(crate) struct UsageLog {
 impl std::fmt::Debug for UsageLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageLog")
-            .field("prices", &self.prices)
+            .field("prices", self.accountant.prices())
             .finish_non_exhaustive()
     }
 }
@@ -146,7 +153,7 @@ impl UsageLog {
             )?),
         };
         Ok(Some(Arc::new(Self {
-            prices: config.price_table()?,
+            accountant: Accountant::new(config.price_table()?),
             store,
             max_groups: config.max_groups,
             budgets,
@@ -157,7 +164,7 @@ impl UsageLog {
     /// used (`None`: nothing, counted as zero tokens).
     pub(crate) fn record(&self, answered: &Answered, report: Option<UsageReport>) {
         let report = report.unwrap_or_else(|| UsageReport::new("-", TokenUsage::default()));
-        let record = account(&self.prices, report, answered.tier.clone());
+        let record = self.accountant.account(report, answered.tier.clone());
         if let Some(budgets) = &self.budgets {
             let cost = record.cost.map_or(0, Cost::nano_usd);
             budgets.charge(&answered.client, record.report.tokens.total_tokens(), cost);
@@ -189,7 +196,7 @@ impl UsageLog {
         let report = report_from_body(answer);
         if let Some(saved) = report
             .as_ref()
-            .and_then(|r| self.prices.cost(&r.model, &r.tokens))
+            .and_then(|r| self.accountant.prices().cost(&r.model, &r.tokens))
         {
             metrics::counter!("llm_proxy_cache_saved_nano_usd_total").increment(saved.nano_usd());
         }
@@ -223,13 +230,14 @@ pub(crate) struct Answered {
 /// The model and usage of a buffered chat completion, read without parsing the
 /// whole answer: the top-level `"model"` and the last `"usage"` object.
 pub(crate) fn report_from_body(body: &[u8]) -> Option<UsageReport> {
-    let usage_at = rfind(body, b"\"usage\"")?;
-    let usage = value_after(&body[usage_at + 7..])?;
-    let tokens = TokenUsage::from_usage_object(&usage)?;
-    let model = rfind(body, b"\"model\"")
-        .and_then(|at| value_after(&body[at + 7..]))
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "-".to_owned());
+    static USAGE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\""));
+    static MODEL: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"model\""));
+    let usage_at = USAGE.rfind(body)?;
+    let tokens = after_colon::<UsageObject>(&body[usage_at + 7..])?.tokens()?;
+    let model = MODEL
+        .rfind(body)
+        .and_then(|at| after_colon::<Cow<'_, str>>(&body[at + 7..]))
+        .map_or_else(|| Arc::from("-"), |model| Arc::from(&*model));
     Some(UsageReport::new(model, tokens))
 }
 
@@ -258,21 +266,17 @@ pub(crate) fn with_stream_usage(body: &[u8]) -> Option<bytes::Bytes> {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
-/// The JSON value after `: ` at the start of `rest`.
-fn value_after(rest: &[u8]) -> Option<serde_json::Value> {
+/// The JSON value after `: ` at the start of `rest`, as `T`.
+fn after_colon<'a, T: serde::Deserialize<'a>>(rest: &'a [u8]) -> Option<T> {
     let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     if rest[colon] != b':' {
         return None;
     }
     let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter();
     values.next()?.ok()
-}
-
-fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 pub(crate) fn unix_now() -> i64 {
