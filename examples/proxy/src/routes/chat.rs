@@ -152,10 +152,16 @@ async fn chat_inner(
         .any(|name| headers.contains_key(name));
     let lookup = match &state.cache {
         Some(_) if escalating => Some(Lookup::Bypass),
-        Some(cache) => Some(cache.lookup(&headers, &bytes, &client_name).await),
+        Some(cache) => Some(
+            cache
+                .lookup(&headers, &bytes, &client_name, prepared.stream)
+                .await,
+        ),
         None => None,
     };
-    if let (Some(Lookup::Hit(answer)), Some(model_name)) = (&lookup, &model_name) {
+    if let (Some(Lookup::Hit(answer) | Lookup::Coalesced(answer)), Some(model_name)) =
+        (&lookup, &model_name)
+    {
         return Ok(cache_hit(
             state,
             answer,
@@ -181,26 +187,32 @@ async fn chat_inner(
             model,
             strip_usage,
         });
+    let cache_header = lookup.as_ref().map(Lookup::as_str);
     let mut response = match model.service.clone().oneshot(prepared.request).await {
         Ok(answer) => {
-            if let (Some(Lookup::Miss(key)), Some(cache), ProxyBody::Full(body)) =
-                (&lookup, &state.cache, answer.body())
-            {
-                // Only the first tier's whole, successful answers are kept.
-                if answer.status().is_success()
-                    && answered_by(&answer, &model.primary) == &*model.primary
+            // Only the first tier's whole, successful answers are kept.
+            let keep = match answer.body() {
+                ProxyBody::Full(body)
+                    if answer.status().is_success()
+                        && answered_by(&answer, &model.primary) == &*model.primary =>
                 {
-                    cache.store(key, body.clone()).await;
+                    Some(body.clone())
                 }
+                _ => None,
+            };
+            if let (Some(Lookup::Miss(miss)), Some(cache), Some(body)) =
+                (lookup, &state.cache, keep)
+            {
+                miss.store(cache, body).await;
             }
             respond(answer, model, prepared.stream, tap)
         }
         Err(e) => ApiError::from_service(&e).into_response(),
     };
-    if let Some(lookup) = &lookup {
+    if let Some(value) = cache_header {
         response
             .headers_mut()
-            .insert(CACHE_HEADER, HeaderValue::from_static(lookup.as_str()));
+            .insert(CACHE_HEADER, HeaderValue::from_static(value));
     }
     // For the access log only (two allocations a request when nobody reads it).
     if let Some(name) = model_name.filter(|_| crate::service::access_logged()) {

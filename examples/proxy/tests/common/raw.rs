@@ -141,7 +141,7 @@ async fn serve(
 }
 
 /// Read one request; its body (by Content-Length).
-async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
+pub async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

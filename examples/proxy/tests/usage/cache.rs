@@ -126,3 +126,84 @@ async fn degraded_answers_are_never_stored() {
     }
     assert_eq!(env.secondary.requests(), 2);
 }
+
+/// 100 identical deterministic requests at once: the upstream is asked once,
+/// the other 99 wait for that answer and are served it as hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_misses_make_one_upstream_call() {
+    use super::common::raw::{completion, json_answer, read_request, two_tier_config};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    // An upstream that holds every answer until the test opens its gate.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let counted = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (counted, mut gate) = (counted.clone(), gate.clone());
+            tokio::spawn(async move {
+                if read_request(&mut socket).await.is_some() {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                    let _ = socket.write_all(&json_answer(&completion("once"))).await;
+                }
+            });
+        }
+    });
+    let config = two_tier_config(&base, &base, "[cache]\nmode = \"deterministic\"\n");
+    let proxy = llm_proxy::Proxy::start(&config).unwrap();
+    let http = reqwest::Client::new();
+    let asks = (0..100).map(|_| {
+        let request = http
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .bearer_auth(super::common::CLIENT_KEY)
+            .json(&deterministic("one"))
+            .send();
+        tokio::spawn(request)
+    });
+    let asks: Vec<_> = asks.collect();
+
+    // Open the gate once the other 99 wait for the first.
+    let waiting = || async {
+        let metrics = http
+            .get(format!("{}/metrics", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("llm_proxy_cache_waiting "))
+            .map_or(0.0, |v| v.trim().parse::<f64>().unwrap())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while waiting().await < 99.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("99 requests wait for the first");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    open.send_replace(true);
+
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for ask in asks {
+        let answer = ask.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 200);
+        *outcomes
+            .entry(header(&answer, "x-llm-proxy-cache"))
+            .or_default() += 1;
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(super::common::content(&body), "once");
+    }
+    assert_eq!(outcomes.get("miss"), Some(&1), "{outcomes:?}");
+    assert_eq!(outcomes.get("hit"), Some(&99), "{outcomes:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one upstream call");
+    assert_eq!(waiting().await, 0.0);
+}
