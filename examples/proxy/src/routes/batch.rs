@@ -6,10 +6,11 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
@@ -17,10 +18,13 @@ use serde_json::Value;
 use sha2::Digest as _;
 use tower::Service;
 use tower_llm_resilience::partial_batch::{Batch, BatchError, BatchItem, ItemOutcome};
+use tower_llm_resilience::usage::{TokenUsage, UsageReport};
 
-use crate::batch::ItemRequest;
+use crate::batch::{ItemAnswer, ItemRequest};
+use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::state::Shared;
+use crate::usage::Answered;
 
 #[derive(Deserialize)]
 struct BatchBody {
@@ -36,11 +40,20 @@ struct BatchEntry {
 }
 
 /// `POST /v1/batch`.
+///
+/// With `[budgets]`, the batch is admitted (or refused) as one request before
+/// any item runs; with `[usage]`, each item answered by an upstream in this
+/// run is recorded (and charged) like a chat request.
 pub(crate) async fn handler(
     State(state): State<Shared>,
+    client: Option<Extension<ClientId>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
+    let client: Arc<str> = client.map_or_else(|| "-".into(), |Extension(id)| id.as_str().into());
+    if let Some(budgets) = &state.budgets {
+        budgets.admit(&client).await?;
+    }
     let bytes: Bytes = super::read_body(&headers, body, state.max_body).await?;
     let parsed: BatchBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed batch request: {e}")))?;
@@ -59,6 +72,8 @@ pub(crate) async fn handler(
     // Each item is stored under its key and the digest of its request: a
     // changed request is a different item and runs again.
     let mut keys = HashMap::with_capacity(parsed.requests.len());
+    // The model each stored key asked for (usage records name it).
+    let mut models: HashMap<String, Arc<str>> = HashMap::new();
     let mut seen = std::collections::HashSet::with_capacity(parsed.requests.len());
     let mut items = Vec::with_capacity(parsed.requests.len());
     for entry in parsed.requests {
@@ -75,7 +90,12 @@ pub(crate) async fn handler(
         let stored_key = format!("{}#{}", entry.key, digest(body));
         keys.insert(stored_key.clone(), entry.key);
         let request = match super::chat::prepare(&state.models, body, true) {
-            Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
+            Ok((model, prepared)) => {
+                if let Some(name) = model.name_header.as_ref().and_then(|h| h.to_str().ok()) {
+                    models.insert(stored_key.clone(), name.into());
+                }
+                ItemRequest::Ready(Box::new(prepared.request))
+            }
             Err(refused) => ItemRequest::Invalid(invalid_reason(refused.status()).into()),
         };
         items.push(BatchItem::new(stored_key, request));
@@ -143,6 +163,21 @@ pub(crate) async fn handler(
         })
         .collect();
     crate::metrics::record_batch(report.ok, report.failed, report.cached);
+    if let Some(log) = &state.usage {
+        for item in report.items.iter().filter(|item| !item.from_store) {
+            if let ItemOutcome::Success(answer) = &item.outcome {
+                let model = models.get(&item.key).cloned().unwrap_or_else(|| "-".into());
+                let answered = Answered {
+                    client: client.clone(),
+                    model,
+                    tier: answer.tier.as_str().into(),
+                    cached: false,
+                    degraded: answer.degraded,
+                };
+                log.record(&answered, usage_of(answer));
+            }
+        }
+    }
     Ok(Json(serde_json::json!({
         "object": "batch.report",
         "batch_id": parsed.batch_id,
@@ -153,6 +188,13 @@ pub(crate) async fn handler(
         "duration_ms": report.duration.as_millis() as u64,
         "items": items,
     })))
+}
+
+/// The model and tokens an item's answer reports.
+fn usage_of(answer: &ItemAnswer) -> Option<UsageReport> {
+    let tokens = TokenUsage::from_json(&answer.response)?;
+    let model = answer.response["model"].as_str().unwrap_or("-");
+    Some(UsageReport::new(model, tokens))
 }
 
 /// Why a `batch_id` or item key is refused, if it is.

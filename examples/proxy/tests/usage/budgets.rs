@@ -127,3 +127,35 @@ fn bad_budgets_are_config_errors() {
         assert!(error.to_string().contains(says), "{extra}: {error}");
     }
 }
+
+/// `POST /v1/batch` spends the same budget: its items are recorded and charged
+/// like chat requests, and a spent budget refuses the batch before any item runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_recorded_charged_and_refused_like_chat() {
+    let env = env_with("[budgets.default]\nbudget_usd = 0.0001\nbudget_period = \"30d\"\n").await;
+    let batch = |keys: &[&str]| {
+        let requests: Vec<Value> = keys
+            .iter()
+            .map(|key| serde_json::json!({"key": key, "body": ask("solo")}))
+            .collect();
+        env.http
+            .post(env.url("/v1/batch"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&serde_json::json!({"requests": requests}))
+            .send()
+    };
+    // Two items: 2 × 62 500 nano-dollars, past the 100 000 budget.
+    let report: Value = batch(&["a", "b"]).await.unwrap().json().await.unwrap();
+    assert_eq!(report["ok"], 2, "{report}");
+    let usage = super::common::get_json(&env.http, &env.url("/v1/usage"), CLIENT_KEY).await;
+    assert_eq!(usage["totals"]["requests"], 2, "{usage}");
+    assert_eq!(usage["totals"]["cost_nano_usd"], 125_000, "{usage}");
+    assert_eq!(usage["totals"]["input_tokens"], 10, "{usage}");
+
+    let calls = env.primary.requests();
+    let (code, _) = refusal(batch(&["c"]).await.unwrap()).await;
+    assert_eq!(code, "budget_exceeded");
+    assert_eq!(env.primary.requests(), calls, "no item ran");
+    let (code, _) = refusal(env.chat(ask("solo")).await).await;
+    assert_eq!(code, "budget_exceeded");
+}
