@@ -44,6 +44,43 @@
 //!
 //! [`usage`] (tokens and cost per answer, from a price table you supply) and [`cache`] (a
 //! response cache with request coalescing) need no feature.
+//!
+//! # Tracing
+//!
+//! Every layer's decisions are [`tracing`] spans and events, named after the
+//! [OpenTelemetry GenAI semantic conventions] where one applies (export them with
+//! `tracing-opentelemetry`: `otel.name` and `otel.kind` set the OpenTelemetry span
+//! name and kind). A span's fields start empty and are recorded as the call goes.
+//! No span or event holds prompt or answer text, keys or headers, unless a client
+//! is built with `trace_content(true)`.
+//!
+//! | span (level) | made by | fields |
+//! |---|---|---|
+//! | `gen_ai.chat` (INFO) | each call of `OpenAiClient` / `AnthropicClient` (a stream's span lasts until it ends) | `otel.name` (`chat {model}`), `otel.kind` (`client`), `gen_ai.operation.name` (`chat`), `gen_ai.system` (`openai`, `anthropic`, or the provider name given), `gen_ai.request.model`, `gen_ai.response.model`, `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, `error.type` (the [`FailureKind`] name: `rate_limited`, `server_error`, `timeout`, ...), `otel.status_code` (`ERROR` on failure), `llm.streaming` |
+//! | `circuit_breaker` (DEBUG) | each call through a [`CircuitBreaker`] | `llm.circuit` (its name), `llm.circuit.state` (`closed`, `half_open` for a probe, `open` for a rejected call, `passthrough` in metrics-only mode), `error.type` (the outcome's kind; `circuit_open` when rejected) |
+//! | `fallback_tier` (DEBUG) | each call of a fallback tier after the primary (the primary runs in the caller's span) | `llm.tier` (its name), `llm.tier.index`, `error.type` |
+//! | `escalation` (INFO) | a call that escalates, or resumes with a token | `llm.escalation.stage` (`request`, `response`, `resume`), `llm.escalation.id`, `llm.escalation.outcome` (`detached`, `approved`, `answered`, `rejected`, `expired`) |
+//! | `partial_batch` (INFO) | each batch | `llm.batch.id`, `llm.batch.items` |
+//! | `batch_item` (DEBUG) | each attempt of a batch item | `llm.batch.id`, `llm.batch.item_key`, `llm.attempt` (from 1), `error.type` |
+//!
+//! The decisions between calls are events inside these spans (or the caller's):
+//! a circuit opening (WARN) or changing state (INFO, with `circuit`, `from`, `to`,
+//! `cause`); a fallback tier failing (WARN, `tier`, `kind`), a degraded answer
+//! (INFO, `tier`, `failed`, `hedged`), every tier failing (WARN); a retry, its
+//! budget running out or its deadline passing (DEBUG, `retry`, `kind`, `attempt`,
+//! `wait`); a rate limit making a call wait or fail (DEBUG, `limiter`, `wait`); an
+//! escalation created or resolved (INFO, `escalation_id`); a cache store failing
+//! (WARN). With `trace_content(true)`, a `gen_ai.chat` span also has the events
+//! `gen_ai.content.prompt` (field `gen_ai.prompt`: the messages as JSON) and
+//! `gen_ai.content.completion` (field `gen_ai.completion`: the answer's text, at
+//! most 64 KiB of a stream's).
+//!
+//! A span is made in the layer's `call` and entered while its future is polled,
+//! so it nests under the span current at `call` (tower-http's `TraceLayer` makes
+//! one per request). A disabled span costs a level check: the DEBUG spans cost
+//! nothing measurable unless a subscriber wants them.
+//!
+//! [OpenTelemetry GenAI semantic conventions]: https://opentelemetry.io/docs/specs/semconv/gen-ai/
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,

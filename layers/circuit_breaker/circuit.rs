@@ -66,6 +66,17 @@ pub(crate) enum Admission {
     Passthrough,
 }
 
+impl Admission {
+    /// The circuit's state as this call saw it, for its span.
+    pub(crate) fn state_name(&self) -> &'static str {
+        match self {
+            Admission::Closed => "closed",
+            Admission::Probe(_) => "half_open",
+            Admission::Passthrough => "passthrough",
+        }
+    }
+}
+
 /// One circuit.
 #[derive(Debug)]
 pub(crate) struct Circuit<K> {

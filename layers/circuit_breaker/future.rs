@@ -73,6 +73,9 @@ pin_project! {
         kind: Kind<F>,
         guard: Option<Guard<K>>,
         classifier: C,
+        // The call's `circuit_breaker` span (disabled unless a subscriber
+        // wants DEBUG spans of this crate).
+        span: tracing::Span,
     }
 }
 
@@ -85,19 +88,21 @@ pin_project! {
 }
 
 impl<F, C, K: Clone + fmt::Debug + Send + Sync + 'static> ResponseFuture<F, C, K> {
-    pub(crate) fn called(future: F, guard: Guard<K>, classifier: C) -> Self {
+    pub(crate) fn called(future: F, guard: Guard<K>, classifier: C, span: tracing::Span) -> Self {
         Self {
             kind: Kind::Called { future },
             guard: Some(guard),
             classifier,
+            span,
         }
     }
 
-    pub(crate) fn rejected(error: CircuitOpen, classifier: C) -> Self {
+    pub(crate) fn rejected(error: CircuitOpen, classifier: C, span: tracing::Span) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
             guard: None,
             classifier,
+            span,
         }
     }
 }
@@ -121,11 +126,18 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future } => {
-                let result = ready!(future.poll(cx));
+                let result = {
+                    let _entered = this.span.enter();
+                    ready!(future.poll(cx))
+                };
                 // The guard stays in place (its Arc is released when the future
                 // is dropped): moving it out would copy it on the hot path.
                 if let Some(guard) = this.guard.as_mut().filter(|g| !g.finished) {
-                    guard.finish(&this.classifier.classify(&result));
+                    let outcome = this.classifier.classify(&result);
+                    if let Outcome::Failure(kind) = &outcome {
+                        this.span.record("error.type", kind.name());
+                    }
+                    guard.finish(&outcome);
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -91,17 +91,29 @@ where
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
         let circuit = self.registry.circuit(self.keys.select(&request));
+        let span = tracing::debug_span!(
+            "circuit_breaker",
+            llm.circuit = %circuit.config().name,
+            llm.circuit.state = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         match circuit.admit() {
             Ok(admission) => {
+                span.record("llm.circuit.state", admission.state_name());
                 let started = circuit.needs_clock().then(Instant::now);
-                let future = self.inner.call(request);
+                let future = span.in_scope(|| self.inner.call(request));
                 ResponseFuture::called(
                     future,
                     Guard::new(circuit, admission, started),
                     self.classifier.clone(),
+                    span,
                 )
             }
-            Err(open) => ResponseFuture::rejected(open, self.classifier.clone()),
+            Err(open) => {
+                span.record("llm.circuit.state", "open");
+                span.record("error.type", "circuit_open");
+                ResponseFuture::rejected(open, self.classifier.clone(), span)
+            }
         }
     }
 }

@@ -150,6 +150,7 @@ mod fields;
 mod openai;
 mod review;
 mod service;
+mod span;
 mod sse;
 mod stream;
 mod tools;

@@ -9,9 +9,10 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::error::ClientError;
+use super::span::{chat_span, record_answer, record_completion, record_error};
 use super::stream::ChatStream;
 use super::transport::Transport;
-use super::types::ChatRequest;
+use super::types::{ChatRequest, ChatResponse};
 use crate::classify::FailureKind;
 
 /// The future of one client call.
@@ -56,15 +57,22 @@ impl<T> fmt::Debug for ResponseFuture<T> {
 /// Run one call under the client's timeout, in a span, counting its outcome.
 ///
 /// The span and the counter name the provider and model, never the prompt.
-pub(crate) fn run<T: Send + 'static>(
+pub(crate) fn run<T: Traced + Send + 'static>(
     transport: &Transport,
+    request: &ChatRequest,
     model: &str,
     streaming: bool,
     call: impl Future<Output = Result<T, ClientError>> + Send + 'static,
 ) -> ResponseFuture<T> {
     let provider = transport.provider().to_owned();
     let timeout = transport.timeout();
-    let span = tracing::debug_span!("llm_chat", provider = %provider, model = %model, streaming);
+    let span = chat_span(&provider, model, streaming);
+    let trace_content = transport.trace_content();
+    if trace_content {
+        let prompt = serde_json::to_string(&request.messages).unwrap_or_default();
+        tracing::info!(parent: &span, gen_ai.prompt = %prompt, "gen_ai.content.prompt");
+    }
+    let record_on = span.clone();
     ResponseFuture::new(
         async move {
             let result = match timeout {
@@ -82,6 +90,7 @@ pub(crate) fn run<T: Send + 'static>(
                 Ok(_) => "success",
                 Err(error) => {
                     tracing::debug!(kind = %error.kind(), status = ?error.status(), "chat call failed");
+                    record_error(&record_on, error.kind());
                     error.kind().name()
                 }
             };
@@ -91,10 +100,36 @@ pub(crate) fn run<T: Send + 'static>(
                 "outcome" => outcome
             )
             .increment(1);
-            result
+            result.map(|mut answer| {
+                answer.traced(record_on, trace_content);
+                answer
+            })
         }
         .instrument(span),
     )
+}
+
+/// What a client call answers with, as its chat span sees it.
+pub(crate) trait Traced {
+    /// The call succeeded with `self`: record what is known now, or keep the
+    /// span to record the rest later (a stream, at its end). `content`: the
+    /// user opted in to the answer's text in the span.
+    fn traced(&mut self, span: tracing::Span, content: bool);
+}
+
+impl Traced for ChatResponse {
+    fn traced(&mut self, span: tracing::Span, content: bool) {
+        record_answer(&span, &self.model, self.usage);
+        if content {
+            record_completion(&span, &self.content);
+        }
+    }
+}
+
+impl Traced for ChatStream {
+    fn traced(&mut self, span: tracing::Span, content: bool) {
+        self.trace_in(span, content);
+    }
 }
 
 /// A client that can answer with a [`ChatStream`]. Implemented by

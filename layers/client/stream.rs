@@ -12,6 +12,7 @@ use futures_core::Stream;
 use tokio::time::{Instant, Sleep};
 
 use super::error::ClientError;
+use super::span::{record_answer, record_completion, record_error};
 use super::sse::{SseEvent, SseParser};
 use super::tools::{ToolCallAssembler, ToolCallDelta};
 use super::transport::Transport;
@@ -69,7 +70,16 @@ pub struct ChatStream {
     deltas: VecDeque<ChatDelta>,
     source: Option<Source>,
     degraded: Option<Degraded>,
+    /// The call's chat span, open until the stream ends: its usage and any
+    /// error are recorded on it.
+    span: tracing::Span,
+    /// The answer's text so far, for the span (only when the user opted in;
+    /// at most [`MAX_TRACED_TEXT`] bytes).
+    traced_text: Option<String>,
 }
+
+/// The most answer text a stream keeps for its span when content tracing is on.
+const MAX_TRACED_TEXT: usize = 64 * 1024;
 
 /// Where a stream's events come from, until its terminal event.
 struct Source {
@@ -133,6 +143,8 @@ impl ChatStream {
                 complete: false,
             }),
             degraded: None,
+            span: tracing::Span::none(),
+            traced_text: None,
         }
     }
 
@@ -161,6 +173,8 @@ impl ChatStream {
             deltas,
             source: None,
             degraded: response.degraded,
+            span: tracing::Span::none(),
+            traced_text: None,
         }
     }
 
@@ -216,9 +230,50 @@ impl ChatStream {
         Ok(response)
     }
 
+    /// Record the rest of the call on `span` as the stream goes (`content`:
+    /// the answer's text too).
+    pub(crate) fn trace_in(&mut self, span: tracing::Span, content: bool) {
+        self.span = span;
+        self.traced_text = content.then(String::new);
+    }
+
+    /// Record what the span wants of a delta read.
+    fn trace_delta(&mut self, delta: &ChatDelta) {
+        match (delta, self.traced_text.as_mut()) {
+            (ChatDelta::Usage(usage), _) => {
+                record_answer(&self.span, &self.model, Some(*usage));
+            }
+            (ChatDelta::Text(text), Some(traced)) => {
+                let room = MAX_TRACED_TEXT.saturating_sub(traced.len());
+                let mut end = text.len().min(room);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                traced.push_str(&text[..end]);
+            }
+            _ => {}
+        }
+    }
+
+    /// The stream ended whole: its span closes with the answer's model (and
+    /// text, when opted in).
+    fn trace_end(&mut self) {
+        if self.span.is_none() {
+            return;
+        }
+        self.span
+            .record("gen_ai.response.model", self.model.as_str());
+        if let Some(text) = self.traced_text.take() {
+            record_completion(&self.span, &text);
+        }
+        self.span = tracing::Span::none();
+    }
+
     fn fail(&mut self, error: ClientError) -> Poll<Option<Result<ChatDelta, ClientError>>> {
         self.source = None;
         self.deltas.clear();
+        record_error(&self.span, error.kind());
+        self.span = tracing::Span::none();
         tracing::debug!(provider = %self.provider, kind = %error.kind(), "chat stream failed");
         Poll::Ready(Some(Err(error)))
     }
@@ -247,9 +302,11 @@ impl Stream for ChatStream {
         let mut chunks = 0;
         loop {
             if let Some(delta) = this.deltas.pop_front() {
+                this.trace_delta(&delta);
                 return Poll::Ready(Some(Ok(delta)));
             }
             let Some(source) = this.source.as_mut() else {
+                this.trace_end();
                 return Poll::Ready(None);
             };
             if let Some(event) = source.parser.next_event() {

@@ -47,6 +47,7 @@ pub(crate) struct CommonOptions {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_event_bytes: usize,
     pub(crate) http_client: Option<reqwest::Client>,
+    pub(crate) trace_content: bool,
 }
 
 impl fmt::Debug for CommonOptions {
@@ -69,6 +70,7 @@ impl fmt::Debug for CommonOptions {
             .field("stream_idle_timeout", &self.stream_idle_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("trace_content", &self.trace_content)
             .finish_non_exhaustive()
     }
 }
@@ -87,6 +89,7 @@ impl CommonOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_event_bytes: super::sse::DEFAULT_MAX_EVENT_BYTES,
             http_client: None,
+            trace_content: false,
         }
     }
 
@@ -169,6 +172,7 @@ impl CommonOptions {
             stream_idle_timeout: self.stream_idle_timeout,
             max_body_bytes: self.max_body_bytes,
             max_event_bytes: self.max_event_bytes,
+            trace_content: self.trace_content,
             http,
         })))
     }
@@ -188,6 +192,7 @@ struct TransportInner {
     stream_idle_timeout: Option<Duration>,
     max_body_bytes: usize,
     max_event_bytes: usize,
+    trace_content: bool,
     http: reqwest::Client,
 }
 
@@ -225,6 +230,11 @@ impl Transport {
 
     pub(crate) fn max_event_bytes(&self) -> usize {
         self.0.max_event_bytes
+    }
+
+    /// Whether prompts and answers go into the chat span (opted in).
+    pub(crate) fn trace_content(&self) -> bool {
+        self.0.trace_content
     }
 
     /// Read a 2xx answer's whole body, at most `max_body_bytes` of it. Over the

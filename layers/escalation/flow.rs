@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use tower_service::Service;
+use tracing::Span;
 
 use super::builder::{Config, Mode};
 use super::engine::NewEscalation;
@@ -14,6 +15,22 @@ use super::record::{Decision, EscalationRecord, ModeKind, Stage};
 use super::snapshot::Adapter;
 use super::token::ResumeToken;
 use crate::BoxError;
+
+/// The `escalation` span of one slow path (`stage`: `request`, `response` or
+/// `resume`); the flow records the escalation's id and outcome on it.
+pub(crate) fn span(stage: &'static str) -> Span {
+    tracing::info_span!(
+        "escalation",
+        llm.escalation.stage = stage,
+        llm.escalation.id = tracing::field::Empty,
+        llm.escalation.outcome = tracing::field::Empty,
+    )
+}
+
+/// Record the escalation's id on the current `escalation` span.
+fn record_id(id: &impl std::fmt::Display) {
+    Span::current().record("llm.escalation.id", tracing::field::display(id));
+}
 
 /// An approval gate fired: record, then return a token or wait for the human.
 pub(crate) async fn escalate_request<S, P, A, Req>(
@@ -192,12 +209,16 @@ async fn create<P, A>(
     };
     match &config.mode {
         Mode::Detach { .. } => match config.shared.create(new).await? {
-            (record, Some(token)) => Ok(Created::Detached(Escalated {
-                id: record.id,
-                token,
-                expires_at: record.expires_at,
-                reason: record.reason,
-            })),
+            (record, Some(token)) => {
+                record_id(&record.id);
+                Span::current().record("llm.escalation.outcome", "detached");
+                Ok(Created::Detached(Escalated {
+                    id: record.id,
+                    token,
+                    expires_at: record.expires_at,
+                    reason: record.reason,
+                }))
+            }
             (_, None) => Err(EscalationError::InvalidToken),
         },
         Mode::Wait { on_timeout, .. } => {
@@ -211,12 +232,25 @@ async fn create<P, A>(
 }
 
 fn decision(record: &EscalationRecord) -> Result<Decision, EscalationError> {
-    match &record.resolution {
-        Some(resolution) => Ok(resolution.decision.clone()),
-        None => Err(EscalationError::Expired {
-            id: record.id.clone(),
-        }),
-    }
+    record_id(&record.id);
+    let (outcome, decision) = match &record.resolution {
+        Some(resolution) => {
+            let outcome = match &resolution.decision {
+                Decision::Approve => "approved",
+                Decision::Reject { .. } => "rejected",
+                Decision::Answer { .. } => "answered",
+            };
+            (outcome, Ok(resolution.decision.clone()))
+        }
+        None => (
+            "expired",
+            Err(EscalationError::Expired {
+                id: record.id.clone(),
+            }),
+        ),
+    };
+    Span::current().record("llm.escalation.outcome", outcome);
+    decision
 }
 
 fn rejected(record: &EscalationRecord, reason: String) -> BoxError {

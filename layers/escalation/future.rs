@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
+use tracing::Instrument;
 
 use super::builder::Config;
 use super::flow;
@@ -82,12 +83,15 @@ where
                     match review.config.policy.check_response(&response) {
                         Verdict::Proceed => return Poll::Ready(Ok(response)),
                         Verdict::Escalate { reason } => {
-                            let future = Box::pin(flow::escalate_response(
-                                review.config,
-                                review.request,
-                                response,
-                                reason,
-                            ));
+                            let future = Box::pin(
+                                flow::escalate_response(
+                                    review.config,
+                                    review.request,
+                                    response,
+                                    reason,
+                                )
+                                .instrument(flow::span("response")),
+                            );
                             this.state.set(State::Escalating { future });
                         }
                     }

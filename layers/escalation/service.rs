@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::builder::Config;
 use super::flow;
@@ -90,11 +91,11 @@ where
         let config = &self.config;
         if let Some(token) = config.adapter.take_resume_token(&mut request) {
             let resume = flow::resume(config.clone(), self.inner.clone(), request, token);
-            return ResponseFuture::escalating(Box::pin(resume));
+            return ResponseFuture::escalating(Box::pin(resume.instrument(flow::span("resume"))));
         }
         if let Verdict::Escalate { reason } = config.policy.check_request(&request) {
             let gate = flow::escalate_request(config.clone(), self.inner.clone(), request, reason);
-            return ResponseFuture::escalating(Box::pin(gate));
+            return ResponseFuture::escalating(Box::pin(gate.instrument(flow::span("request"))));
         }
         let review = config.policy.reviews_response_to(&request).then(|| Review {
             config: config.clone(),

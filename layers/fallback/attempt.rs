@@ -8,6 +8,7 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use super::builder::Config;
 use super::{SettleResponse, Settlement};
@@ -155,9 +156,23 @@ where
         Some(map) => map(request),
         None => request,
     };
-    let result = tier.service.clone().oneshot(request).await;
-    match classify_and_settle(&config, result) {
-        AfterCall::Settle(future) => after_settle(future.await),
-        AfterCall::Done(attempted) => attempted,
+    let span = tracing::debug_span!(
+        "fallback_tier",
+        llm.tier = %config.name(index),
+        llm.tier.index = index,
+        error.type = tracing::field::Empty,
+    );
+    let attempted = async {
+        let result = tier.service.clone().oneshot(request).await;
+        match classify_and_settle(&config, result) {
+            AfterCall::Settle(future) => after_settle(future.await),
+            AfterCall::Done(attempted) => attempted,
+        }
     }
+    .instrument(span.clone())
+    .await;
+    if let Attempted::Failed { kind, .. } = &attempted {
+        span.record("error.type", kind.name());
+    }
+    attempted
 }

@@ -88,8 +88,8 @@ where
         let rng = self.rng.lock().unwrap_or_else(|e| e.into_inner()).fork();
         let span = tracing::info_span!(
             "partial_batch",
-            batch_id = batch.id.as_deref(),
-            items = batch.items.len()
+            llm.batch.id = batch.id.as_deref(),
+            llm.batch.items = batch.items.len()
         );
         let run = run(
             inner,

@@ -212,7 +212,9 @@ impl<K: SyncKey> Syncer<K> {
             match events.recv().await {
                 Ok(event) => self.publish(event).await,
                 // Missed some: publish where every circuit stands instead.
-                Err(broadcast::error::RecvError::Lagged(_)) => self.push_local().await,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.push_local().await;
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
@@ -259,8 +261,8 @@ impl<K: SyncKey> Syncer<K> {
     }
 
     /// Write local open states that Redis does not have (after an outage, or after
-    /// missing events).
-    async fn push_local(&self) {
+    /// missing events). `false` when Redis could not be reached.
+    async fn push_local(&self) -> bool {
         let mut conn = self.conn.clone();
         for (key, circuit) in self.circuits() {
             let snapshot = circuit.snapshot();
@@ -278,9 +280,10 @@ impl<K: SyncKey> Syncer<K> {
                 .invoke_async::<i64>(&mut conn)
                 .await;
             if self.link.observe(result).is_err() {
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// Read every shared open state and apply it.
@@ -360,16 +363,27 @@ impl<K: SyncKey> Syncer<K> {
             .collect();
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing_since = None;
         loop {
             ticker.tick().await;
-            self.flush(trip, &mut seen).await;
+            self.flush(trip, &mut seen, &mut failing_since).await;
         }
     }
 
-    async fn flush(&self, trip: SharedTrip, seen: &mut HashMap<Option<String>, (u64, u64)>) {
+    /// Send each closed circuit's outcomes since the last flush. Counts Redis
+    /// did not take are sent with the next flush, unless Redis has been
+    /// unreachable for longer than the window (`failing_since`): late counts
+    /// would then land in the wrong window, and are dropped.
+    async fn flush(
+        &self,
+        trip: SharedTrip,
+        seen: &mut HashMap<Option<String>, (u64, u64)>,
+        failing_since: &mut Option<tokio::time::Instant>,
+    ) {
         let mut conn = self.conn.clone();
         let mut current = HashMap::with_capacity(seen.len());
         let mut reachable = true;
+        let keep_unsent = failing_since.is_none_or(|since| since.elapsed() < trip.window);
         for (key, circuit) in self.circuits() {
             let snapshot = circuit.snapshot();
             let (calls_before, failures_before) = seen.get(&key).copied().unwrap_or((0, 0));
@@ -379,15 +393,20 @@ impl<K: SyncKey> Syncer<K> {
             let calls = delta(snapshot.calls, calls_before);
             let failures = delta(snapshot.failures, failures_before);
             // Only outcomes of closed circuits say something about the shared rate
-            // (probes are each instance's own); counts not sent now are dropped,
-            // since late counts would land in the wrong window.
+            // (probes are each instance's own).
             if (calls == 0 && failures == 0)
-                || !reachable
                 || snapshot.state != CircuitState::Closed
                 || snapshot.forced
             {
                 continue;
             }
+            if !reachable {
+                if keep_unsent {
+                    current.insert(key, (calls_before, failures_before));
+                }
+                continue;
+            }
+            let unsent = (key.clone(), (calls_before, failures_before));
             let open_for = self.handle.cooldown();
             let window_key = self.window_key(key.as_deref());
             let state_key = self.state_key(key.as_deref());
@@ -411,23 +430,45 @@ impl<K: SyncKey> Syncer<K> {
                     circuit.apply_remote(CircuitState::Open, Some(open_for));
                 }
                 Ok(_) => {}
-                Err(_) => reachable = false,
+                Err(_) => {
+                    reachable = false;
+                    if keep_unsent {
+                        current.insert(unsent.0, unsent.1);
+                    }
+                }
             }
         }
+        *failing_since = match (reachable, *failing_since) {
+            (true, _) => None,
+            (false, Some(since)) => Some(since),
+            (false, None) => Some(tokio::time::Instant::now()),
+        };
         *seen = current;
     }
 }
+
+/// How many times a resync after reconnecting is tried (about 10 s in all).
+const RESYNC_ATTEMPTS: u32 = 25;
 
 /// The subscriber's side of a sync.
 pub(crate) struct RemoteStates<K>(Arc<Syncer<K>>);
 
 impl<K: SyncKey> Listener for RemoteStates<K> {
     async fn subscribed(&mut self) {
-        // Subscribed first, then read: a change after the read arrives as a message.
-        let pulled = self.0.pull_remote().await;
-        if self.0.link.observe(pulled).is_ok() {
-            self.0.push_local().await;
+        // Subscribed first, then read: a change after the read arrives as a
+        // message. After an outage the command connection may still be
+        // reconnecting when the subscription is back: try again for a while,
+        // or this instance's open states would never reach the others.
+        let mut wait = Duration::from_millis(20);
+        for _ in 0..RESYNC_ATTEMPTS {
+            let pulled = self.0.pull_remote().await;
+            if self.0.link.observe(pulled).is_ok() && self.0.push_local().await {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
         }
+        tracing::warn!(circuit = %self.0.base, "could not resync circuit states after reconnecting");
     }
 
     fn message(&mut self, payload: &[u8]) {

@@ -7,8 +7,24 @@ use std::sync::{Arc, PoisonError, RwLock};
 use metrics::Counter;
 
 use super::price::PriceTable;
-use super::service::{UsageRecord, UNPRICED_MODEL};
-use super::tokens::UsageReport;
+use super::tokens::{Cost, UsageReport};
+
+/// The `tier` label of answers that carry no [`Degraded`](crate::Degraded) marker.
+pub const PRIMARY_TIER: &str = "primary";
+
+/// The `model` label of answers whose model has no price in the table.
+pub const UNPRICED_MODEL: &str = "unpriced";
+
+/// One answer's usage, as handed to [`UsageLayer::on_record`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// The model and tokens the provider reported.
+    pub report: UsageReport,
+    /// The fallback tier that answered ([`PRIMARY_TIER`] unless degraded).
+    pub tier: Arc<str>,
+    /// Its cost; `None` when the price table has no price for the model.
+    pub cost: Option<Cost>,
+}
 
 /// How many `(model, tier)` label pairs keep registered counters. Labels are
 /// bounded already (the price table's names, or `unpriced`, times the tiers);

@@ -82,11 +82,9 @@ mod price;
 mod service;
 mod tokens;
 
-pub use self::accountant::Accountant;
+pub use self::accountant::{Accountant, UsageRecord, PRIMARY_TIER, UNPRICED_MODEL};
 pub use self::price::{ModelPrice, PriceError, PriceTable, MAX_MODELS, MAX_PRICE_FILE_BYTES};
-pub use self::service::{
-    Usage, UsageFuture, UsageLayer, UsageRecord, PRIMARY_TIER, UNPRICED_MODEL,
-};
+pub use self::service::{Usage, UsageFuture, UsageLayer};
 pub use self::tokens::{Cost, TokenUsage, UsageReport};
 
 use crate::fallback::{MarkDegraded, Marked};

@@ -10,27 +10,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::accountant::Accountant;
+use super::accountant::{Accountant, UsageRecord, PRIMARY_TIER};
 use super::price::PriceTable;
-use super::tokens::{Cost, UsageReport};
 use super::ReportUsage;
-
-/// The `tier` label of answers that carry no [`Degraded`](crate::Degraded) marker.
-pub const PRIMARY_TIER: &str = "primary";
-
-/// The `model` label of answers whose model has no price in the table.
-pub const UNPRICED_MODEL: &str = "unpriced";
-
-/// One answer's usage, as handed to [`UsageLayer::on_record`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UsageRecord {
-    /// The model and tokens the provider reported.
-    pub report: UsageReport,
-    /// The fallback tier that answered ([`PRIMARY_TIER`] unless degraded).
-    pub tier: Arc<str>,
-    /// Its cost; `None` when the price table has no price for the model.
-    pub cost: Option<Cost>,
-}
 
 type OnRecord = Arc<dyn Fn(&UsageRecord) + Send + Sync>;
 

@@ -96,7 +96,7 @@ impl AnthropicClient {
         let transport = self.transport.clone();
         let call_model = model.clone();
         if request.stream {
-            return run(&self.transport, &model, true, async move {
+            return run(&self.transport, &request, &model, true, async move {
                 let response = transport.post(body, true).await?;
                 let decoder = Box::new(AnthropicEvents::default());
                 ChatStream::from_http(response, transport, call_model, decoder)
@@ -104,7 +104,7 @@ impl AnthropicClient {
                     .await
             });
         }
-        run(&self.transport, &model, false, async move {
+        run(&self.transport, &request, &model, false, async move {
             let response = transport.post(body, false).await?;
             let (status, headers) = (response.status(), response.headers().clone());
             let bytes = transport.read_answer(response).await?;
@@ -163,7 +163,7 @@ impl StreamChat for AnthropicClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
-        run(&self.transport, &model, true, async move {
+        run(&self.transport, &request, &model, true, async move {
             let response = transport.post(body, true).await?;
             let decoder = Box::new(AnthropicEvents::default());
             Ok(ChatStream::from_http(
@@ -259,6 +259,16 @@ impl AnthropicClientBuilder {
     /// [`FailureKind::InvalidResponse`].
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.options.max_event_bytes = limit;
+        self
+    }
+
+    /// Put the prompt and the answer's text into the call's `gen_ai.chat`
+    /// span, as the events `gen_ai.content.prompt` (field `gen_ai.prompt`: the
+    /// request's messages as JSON) and `gen_ai.content.completion` (field
+    /// `gen_ai.completion`). Off by default: prompts and answers often hold
+    /// personal data, and spans travel to tracing backends.
+    pub fn trace_content(mut self, on: bool) -> Self {
+        self.options.trace_content = on;
         self
     }
 

@@ -93,7 +93,7 @@ impl OpenAiClient {
         let transport = self.transport.clone();
         let call_model = model.clone();
         if request.stream {
-            return run(&self.transport, &model, true, async move {
+            return run(&self.transport, &request, &model, true, async move {
                 let response = transport.post(body, true).await?;
                 let decoder = Box::new(OpenAiEvents);
                 ChatStream::from_http(response, transport, call_model, decoder)
@@ -101,7 +101,7 @@ impl OpenAiClient {
                     .await
             });
         }
-        run(&self.transport, &model, false, async move {
+        run(&self.transport, &request, &model, false, async move {
             let response = transport.post(body, false).await?;
             let (status, headers) = (response.status(), response.headers().clone());
             let bytes = transport.read_answer(response).await?;
@@ -158,7 +158,7 @@ impl StreamChat for OpenAiClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
-        run(&self.transport, &model, true, async move {
+        run(&self.transport, &request, &model, true, async move {
             let response = transport.post(body, true).await?;
             let decoder = Box::new(OpenAiEvents);
             Ok(ChatStream::from_http(
@@ -256,6 +256,16 @@ impl OpenAiClientBuilder {
     /// [`FailureKind::InvalidResponse`].
     pub fn max_event_bytes(mut self, limit: usize) -> Self {
         self.options.max_event_bytes = limit;
+        self
+    }
+
+    /// Put the prompt and the answer's text into the call's `gen_ai.chat`
+    /// span, as the events `gen_ai.content.prompt` (field `gen_ai.prompt`: the
+    /// request's messages as JSON) and `gen_ai.content.completion` (field
+    /// `gen_ai.completion`). Off by default: prompts and answers often hold
+    /// personal data, and spans travel to tracing backends.
+    pub fn trace_content(mut self, on: bool) -> Self {
+        self.options.trace_content = on;
         self
     }
 

@@ -26,21 +26,30 @@ use super::store::{ResponseStore, StoreError, StoredSuccess};
 use crate::classify::Classify;
 
 pin_project! {
-    /// One call of the inner service, tagged with its item.
+    /// One call of the inner service, tagged with its item, in its
+    /// `batch_item` span.
     struct Attempt<F> {
         index: usize,
         #[pin]
         call: F,
+        span: tracing::Span,
     }
 }
 
 impl<F: Future> Future for Attempt<F> {
-    type Output = (usize, F::Output);
+    type Output = (usize, F::Output, tracing::Span);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let output = ready!(this.call.poll(cx));
-        Poll::Ready((*this.index, output))
+        let output = {
+            let _entered = this.span.enter();
+            ready!(this.call.poll(cx))
+        };
+        Poll::Ready((
+            *this.index,
+            output,
+            std::mem::replace(this.span, tracing::Span::none()),
+        ))
     }
 }
 
@@ -272,8 +281,8 @@ where
     /// Take every finished call. `true` if there was one.
     fn harvest(&mut self, cx: &mut Context<'_>) -> bool {
         let mut any = false;
-        while let Poll::Ready(Some((index, result))) = self.in_flight.poll_next_unpin(cx) {
-            self.on_result(index, result);
+        while let Poll::Ready(Some((index, result, span))) = self.in_flight.poll_next_unpin(cx) {
+            self.on_result(index, result, &span);
             any = true;
         }
         any
@@ -301,9 +310,17 @@ where
         } else {
             slot.request.clone()
         };
-        let call = self
-            .inner
-            .call(request.expect("a queued item keeps its request"));
-        self.in_flight.push(Attempt { index, call });
+        let span = tracing::debug_span!(
+            "batch_item",
+            llm.batch.id = self.batch_id.as_deref(),
+            llm.batch.item_key = %slot.key,
+            llm.attempt = slot.attempts,
+            error.type = tracing::field::Empty,
+        );
+        let call = span.in_scope(|| {
+            self.inner
+                .call(request.expect("a queued item keeps its request"))
+        });
+        self.in_flight.push(Attempt { index, call, span });
     }
 }

@@ -20,8 +20,18 @@ where
     C: Classify<S::Response, S::Error>,
     St: ResponseStore<S::Response>,
 {
-    pub(super) fn on_result(&mut self, index: usize, result: Result<S::Response, S::Error>) {
-        match (self.classifier.classify(&result), result) {
+    /// Settle one call's `result`; `span` is its `batch_item` span.
+    pub(super) fn on_result(
+        &mut self,
+        index: usize,
+        result: Result<S::Response, S::Error>,
+        span: &tracing::Span,
+    ) {
+        let outcome = self.classifier.classify(&result);
+        if let Outcome::Failure(kind) = &outcome {
+            span.record("error.type", kind.name());
+        }
+        match (outcome, result) {
             (Outcome::Success, Ok(response)) => self.succeed(index, response),
             (Outcome::Failure(kind), Ok(_)) => {
                 let message = format!("response classified as {kind}");
