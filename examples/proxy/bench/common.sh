@@ -53,3 +53,33 @@ template = "busy"
 store = "memory"
 TOML
 }
+
+# otlp_sink: a stand-in OTLP/HTTP collector on a free port (answers every POST
+# with an empty protobuf 200, as a collector does); sets OTLP to its traces URL.
+otlp_sink() {
+  start OTLP_BASE "$WORK/otlp.out" python3 -u -c '
+import http.server, socketserver
+class Sink(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+server = Server(("127.0.0.1", 0), Sink)
+print("http://127.0.0.1:%d" % server.server_address[1], flush=True)
+server.serve_forever()
+'
+  OTLP="$OTLP_BASE/v1/traces"
+}
+
+# with_extra BASE FILE OUT: BASE's config with FILE's TOML appended, `@OTLP@`
+# in it replaced by the stand-in collector's URL (started on first use).
+with_extra() {
+  if grep -q '@OTLP@' "$2" && [ -z "${OTLP:-}" ]; then otlp_sink; fi
+  { cat "$1"; echo; sed "s|@OTLP@|${OTLP:-}|g" "$2"; } >"$3"
+}

@@ -38,7 +38,7 @@ for arg in "$@"; do
   config="$WORK/proxy.toml"
   if [ "$bin" != "$arg" ]; then
     config="$WORK/proxy.$n.toml"
-    { cat "$WORK/proxy.toml"; echo; cat "${arg#*:}"; } >"$config"
+    with_extra "$WORK/proxy.toml" "${arg#*:}" "$config"
   fi
   RUST_LOG=warn start PROXY "$WORK/proxy.$n.out" "$bin" --config "$config"
   urls+=("$PROXY") pids+=("$LAST_PID")

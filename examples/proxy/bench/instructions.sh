@@ -29,7 +29,7 @@ fi
 # shellcheck source=common.sh
 source "examples/proxy/bench/common.sh"
 
-start MOCK "$WORK/mock.out" "$1" mock-upstream --listen 127.0.0.1:0 --name bench
+start MOCK "$WORK/mock.out" "${1%%:*}" mock-upstream --listen 127.0.0.1:0 --name bench
 load_config "$MOCK" "workers = 1" >"$WORK/proxy.toml"
 echo '{"model":"bench","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}' >"$WORK/body.json"
 ask() { # url count
@@ -46,7 +46,7 @@ for arg in "$@"; do
   config="$WORK/proxy.toml"
   if [ "$bin" != "$arg" ]; then
     config="$WORK/proxy.$n.toml"
-    { cat "$WORK/proxy.toml"; echo; cat "${arg#*:}"; } >"$config"
+    with_extra "$WORK/proxy.toml" "${arg#*:}" "$config"
   fi
   RUST_LOG=warn start PROXY "$WORK/proxy.$n.out" valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$out" "$bin" --config "$config"
