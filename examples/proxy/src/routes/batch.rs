@@ -19,6 +19,7 @@ use tower::Service;
 use tower_llm_resilience::partial_batch::{Batch, BatchError, BatchItem, ItemOutcome};
 
 use crate::batch::ItemRequest;
+use crate::dashboard::batches::BatchSummary;
 use crate::error::ApiError;
 use crate::state::Shared;
 
@@ -143,6 +144,18 @@ pub(crate) async fn handler(
         })
         .collect();
     crate::metrics::record_batch(report.ok, report.failed, report.cached);
+    state.recent_batches.record(BatchSummary::finished_now(
+        parsed.batch_id.clone(),
+        crate::client_id::from_headers(&headers).unwrap_or_else(|| "-".into()),
+        [
+            items.len(),
+            report.ok,
+            report.failed,
+            report.cached,
+            report.unfinished,
+        ],
+        report.duration,
+    ));
     Ok(Json(serde_json::json!({
         "object": "batch.report",
         "batch_id": parsed.batch_id,
