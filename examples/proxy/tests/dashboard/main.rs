@@ -6,4 +6,5 @@
 mod common;
 mod controls;
 mod page;
+mod shared_state;
 mod stats;
