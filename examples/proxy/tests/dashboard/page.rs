@@ -45,7 +45,7 @@ fn artefact_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_forces_a_circuit_watches_the_fallback_and_sends_a_test_prompt() {
-    let env = Env::start().await;
+    let env = Env::start_edited(|text| format!("{text}\n[usage]\nenabled = true\n")).await;
     let browser = Browser::start().await;
     let wait = Duration::from_secs(20);
     let base = env.proxy.url();
@@ -144,6 +144,40 @@ async fn an_operator_forces_a_circuit_watches_the_fallback_and_sends_a_test_prom
     // It counts like any answer: three from the secondary now.
     text_until(&browser, second, wait, |t| t == "100% (3)").await;
 
+    // A request waiting for a human shows with a link to its review card; a
+    // batch shows in the recent batches; usage per model shows.
+    let waiting = env.waiting_for_approval(ask("smart"));
+    let pending = env.pending(1).await;
+    let id = pending[0]["id"].as_str().unwrap().to_owned();
+    let link = browser
+        .shown(
+            &format!(r#"#escalations a[href="/escalations/{id}"]"#),
+            wait,
+        )
+        .await;
+    assert_eq!(link.text().await.unwrap(), id);
+    let batch = serde_json::json!({"batch_id": "nightly-1", "requests": [{"key": "a", "body": ask("smart")}]});
+    let response = env
+        .http
+        .post(env.url("/v1/batch"))
+        .bearer_auth(CLIENT_KEY)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let row = text_until(&browser, "#batches tbody tr", wait, |t| {
+        t.contains("nightly-1")
+    })
+    .await;
+    assert!(row.contains("nightly-1"), "{row}");
+    // Three answers of "smart" were recorded (the batch item is not a chat
+    // completion's usage record).
+    text_until(&browser, "#usage tbody tr", wait, |t| {
+        t.starts_with("smart 3 ")
+    })
+    .await;
+
     // The whole page in one picture.
     browser.set_window_size(1280, 2200).await.unwrap();
     browser
@@ -169,5 +203,10 @@ async fn an_operator_forces_a_circuit_watches_the_fallback_and_sends_a_test_prom
         (primary["state"].as_str(), primary["forced"].as_bool()),
         (Some("closed"), Some(false))
     );
+    let resolved = env
+        .resolve(&id, serde_json::json!({"decision": "approve"}))
+        .await;
+    assert_eq!(resolved.status(), 200);
+    waiting.abort();
     browser.close().await.unwrap();
 }
