@@ -157,6 +157,14 @@ function drawStats(stats) {
 
 // Escalations, batches, usage ----------------------------------------------
 
+// `[escalation.webhook]`: whether the human was told (nothing without a webhook).
+function notificationText(n) {
+  if (!n || (!n.attempts && n.delivered == null)) return "";
+  if (n.delivered === true) return "notified";
+  if (n.delivered === false) return `notification failed after ${n.attempts} attempt(s): ${n.last_error || "?"}`;
+  return `notifying (attempt ${n.attempts})`;
+}
+
 function drawEscalations(list) {
   $("escalations-empty").hidden = list.length !== 0;
   $("escalations").replaceChildren(...list.map((e) => {
@@ -164,6 +172,8 @@ function drawEscalations(list) {
     const link = el("a", e.id);
     link.href = `/escalations/${encodeURIComponent(e.id)}`;
     item.append(link, ` · ${e.model || "?"} · ${e.reason} · since ${e.created_at}`);
+    const note = notificationText(e.notification);
+    if (note) item.append(el("span", ` · ${note}`, `notification ${e.notification.delivered === false ? "failed" : ""}`));
     return item;
   }));
 }

@@ -5,7 +5,8 @@
 //!   2 s: every circuit with its state, counts and the force open / force
 //!   closed / reset buttons ([`super::circuits`]); per model the share of
 //!   answers by tier and the degraded share over the last 5 minutes and hour,
-//!   and failures by kind; pending escalations (linking to the review page);
+//!   and failures by kind; pending escalations (linking to the review page,
+//!   with their webhook notification's state);
 //!   recent batches; usage and cost when `[usage]` is on. A form sends a test
 //!   prompt. Its script and style are served from `/dashboard/dashboard.js`
 //!   and `/dashboard/dashboard.css` (embedded in the binary), so its

@@ -45,7 +45,21 @@ fn artefact_path() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_forces_a_circuit_watches_the_fallback_and_sends_a_test_prompt() {
-    let env = Env::start_edited(|text| format!("{text}\n[usage]\nenabled = true\n")).await;
+    // A webhook that cannot be reached (nothing listens on port 9): the
+    // failed delivery shows on the dashboard.
+    let (url_var, secret_var) = (
+        format!("LLM_PROXY_DASHBOARD_WEBHOOK_URL_{}", std::process::id()),
+        format!("LLM_PROXY_DASHBOARD_WEBHOOK_SECRET_{}", std::process::id()),
+    );
+    std::env::set_var(&url_var, "http://127.0.0.1:9/hook");
+    std::env::set_var(&secret_var, "a webhook secret");
+    let env = Env::start_edited(|text| {
+        format!(
+            "{text}\n[usage]\nenabled = true\n[escalation.webhook]\nurl_env = \"{url_var}\"\n\
+             secret_env = \"{secret_var}\"\nattempts = 1\n"
+        )
+    })
+    .await;
     let browser = Browser::start().await;
     let wait = Duration::from_secs(20);
     let base = env.proxy.url();
@@ -156,6 +170,17 @@ async fn an_operator_forces_a_circuit_watches_the_fallback_and_sends_a_test_prom
         )
         .await;
     assert_eq!(link.text().await.unwrap(), id);
+    let note = text_until(
+        &browser,
+        "#escalations li .notification.failed",
+        wait,
+        |_| true,
+    )
+    .await;
+    assert!(
+        note.contains("notification failed after 1 attempt(s): transport"),
+        "{note}"
+    );
     let batch = serde_json::json!({"batch_id": "nightly-1", "requests": [{"key": "a", "body": ask("smart")}]});
     let response = env
         .http
