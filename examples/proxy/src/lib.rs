@@ -40,7 +40,9 @@
 //!   encrypted at rest).
 //! - `batch`: the batch runner and its bounded store; `redis_state`: the
 //!   state shared through Redis (`[state] redis_url`); `usage`: usage records
-//!   and their SQLite store, budgets; `cache`: the response cache.
+//!   and their SQLite store, budgets; `cache`: the response cache;
+//!   `dashboard`: what the operator dashboard shows that is kept nowhere
+//!   else (answers by tier over recent windows, the last batches).
 //! - [`telemetry`]: the log subscriber and the OTLP trace export
 //!   (`[telemetry]`), the request's and each upstream call's spans.
 //! - [`metrics`]: the Prometheus recorder and `GET /metrics`; [`client_id`]:
@@ -69,6 +71,7 @@ mod sealed;
 
 mod batch;
 mod cache;
+mod dashboard;
 mod redis_state;
 mod usage;
 

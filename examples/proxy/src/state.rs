@@ -28,6 +28,8 @@ pub(crate) struct Model {
     pub(crate) primary_header: Option<HeaderValue>,
     /// Answers from the first tier.
     pub(crate) primary_answers: metrics::Counter,
+    /// Its answers and failures over recent windows (the dashboard's).
+    pub(crate) stats: crate::dashboard::stats::ModelStats,
 }
 
 /// What every handler shares.
@@ -66,6 +68,8 @@ pub(crate) struct AppState {
     pub(crate) budgets: Option<Arc<crate::usage::Budgets>>,
     /// The response cache (`None`: `[cache] mode = "off"`).
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// The last batches' summaries (the dashboard's).
+    pub(crate) recent_batches: crate::dashboard::batches::RecentBatches,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,6 +108,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
             tiers.push(pipeline::TEMPLATE_TIER.into());
         }
         let service = pipeline.models[&name].clone();
+        let stats = crate::dashboard::stats::ModelStats::new(tiers.len(), model.template.is_some());
         let primary = model.tiers[0].upstream.as_str();
         models.insert(
             name,
@@ -115,6 +120,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
                 name_header: HeaderValue::try_from(model.name.as_str()).ok(),
                 primary_header: HeaderValue::try_from(primary).ok(),
                 primary_answers: crate::metrics::primary_answers(primary),
+                stats,
             },
         );
     }
@@ -161,6 +167,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         usage,
         budgets,
         cache,
+        recent_batches: Default::default(),
     });
     Ok(state)
 }

@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions`, `GET /v1/models`, `POST /v1/batch`, `GET /v1/circuits` | a client key (`Authorization: Bearer`), unless the proxy runs without client keys |
 //! | `/v1/escalations...`, `/v1/admin/...`, `POST /escalations/logout` | an admin key (bearer) or a review-page session cookie |
-//! | `GET /escalations` | nothing: without an admin it shows the sign-in form |
+//! | `GET /escalations`, `GET /dashboard` | nothing: without an admin they show the sign-in form |
 //! | `POST /escalations/login` | nothing; throttled per client address |
 //! | `/healthz`, `/readyz`, `/metrics`, unknown paths | nothing |
 //!

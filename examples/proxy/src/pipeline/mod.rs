@@ -102,7 +102,7 @@ impl Classify<Res, BoxError> for ProxyClassifier {
 
 /// One upstream behind its circuit breaker (and its retries and limits, see [`guard`]).
 pub(crate) type Guarded = guard::Limited;
-pub(crate) use guard::Extras;
+pub(crate) use guard::{Extras, UpstreamExtras};
 
 /// A tier: one upstream, or several balanced (`balance_with`).
 pub(crate) type TierService = tower::util::Either<Guarded, balanced::BalancedTier>;

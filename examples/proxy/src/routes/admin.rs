@@ -1,6 +1,7 @@
 //! Review-page sign-in and sign-out, and the session's CSRF token.
 //!
-//! - `POST /escalations/login` (form field `key`): a right admin key starts a
+//! - `POST /escalations/login` (form fields `key`, and `next`: `/dashboard`
+//!   to come back to the dashboard, else the review page): a right admin key starts a
 //!   session ([`crate::auth`]) and sets its cookie (`HttpOnly`,
 //!   `SameSite=Strict`, `Max-Age` = `auth.admin_session_secs`, and `Secure` when
 //!   the request came over TLS (`X-Forwarded-Proto: https`) or
@@ -25,7 +26,7 @@ use axum::{Extension, Form, Json, Router};
 use http::header::{LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::review::login_page;
+use super::review::{login_page, login_page_to, SignInTo};
 use crate::auth::SESSION_COOKIE;
 use crate::auth::{self, Admin};
 use crate::error::ApiError;
@@ -54,11 +55,11 @@ fn cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     .ok()
 }
 
-fn see_page(set_cookie: Option<HeaderValue>) -> Response {
+fn see_page(to: SignInTo, set_cookie: Option<HeaderValue>) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     response
         .headers_mut()
-        .insert(LOCATION, HeaderValue::from_static("/escalations"));
+        .insert(LOCATION, HeaderValue::from_static(to.path()));
     if let Some(value) = set_cookie {
         response.headers_mut().insert(SET_COOKIE, value);
     }
@@ -93,19 +94,22 @@ async fn login(State(state): State<Shared>, request: Request) -> Result<Response
         .await
         .map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let key = form.get("key").map(String::as_str).unwrap_or_default();
+    let to = SignInTo::from_field(form.get("next").map(String::as_str));
     if state.admin_keys.is_empty() {
-        return Ok(login_page(
+        return Ok(login_page_to(
             StatusCode::FORBIDDEN,
             "No admin key is configured ([auth] admin_keys): the review page is off.",
+            to,
         ));
     }
     let Some(admin_id) = state.admin_keys.id_of(key) else {
         state
             .admin_failures
             .record(addr, "wrong admin key at sign-in");
-        return Ok(login_page(
+        return Ok(login_page_to(
             StatusCode::UNAUTHORIZED,
             "That key is not an admin key.",
+            to,
         ));
     };
     let (token, _) = state
@@ -113,11 +117,10 @@ async fn login(State(state): State<Shared>, request: Request) -> Result<Response
         .create(admin_id.clone(), Instant::now())
         .map_err(|e| ApiError::internal("session_failed", e.to_string()))?;
     tracing::info!(target: "llm_proxy::audit", admin = %admin_id, action = "sign_in", "admin signed in");
-    Ok(see_page(cookie(
-        &token,
-        state.sessions.lifetime().as_secs(),
-        secure,
-    )))
+    Ok(see_page(
+        to,
+        cookie(&token, state.sessions.lifetime().as_secs(), secure),
+    ))
 }
 
 async fn logout(
@@ -129,7 +132,7 @@ async fn logout(
         state.sessions.end(token);
     }
     tracing::info!(target: "llm_proxy::audit", admin = %admin.admin_id, action = "sign_out", "admin signed out");
-    see_page(cookie("", 0, over_tls(&state, &headers)))
+    see_page(SignInTo::Review, cookie("", 0, over_tls(&state, &headers)))
 }
 
 async fn session(Extension(admin): Extension<Admin>) -> Json<serde_json::Value> {

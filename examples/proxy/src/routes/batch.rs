@@ -22,6 +22,7 @@ use tower_llm_resilience::usage::{TokenUsage, UsageReport};
 
 use crate::batch::{ItemAnswer, ItemRequest};
 use crate::client_id::ClientId;
+use crate::dashboard::batches::BatchSummary;
 use crate::error::ApiError;
 use crate::state::Shared;
 use crate::usage::Answered;
@@ -178,6 +179,18 @@ pub(crate) async fn handler(
             }
         }
     }
+    state.recent_batches.record(BatchSummary::finished_now(
+        parsed.batch_id.clone(),
+        client.to_string(),
+        [
+            items.len(),
+            report.ok,
+            report.failed,
+            report.cached,
+            report.unfinished,
+        ],
+        report.duration,
+    ));
     Ok(Json(serde_json::json!({
         "object": "batch.report",
         "batch_id": parsed.batch_id,

@@ -108,7 +108,8 @@ pub(crate) async fn chat(State(state): State<Shared>, request: Request) -> Respo
 /// escalation snapshot keeps it: the record of who may resume.
 pub(crate) const CLIENT_HEADER: HeaderName = crate::escalation_caps::CLIENT_HEADER;
 
-async fn chat_inner(
+/// [`chat`] without the request metrics: also the dashboard's test prompt.
+pub(crate) async fn chat_inner(
     state: &AppState,
     headers: HeaderMap,
     body: Body,
@@ -162,6 +163,7 @@ async fn chat_inner(
     if let (Some(Lookup::Hit(answer) | Lookup::Coalesced(answer)), Some(model_name)) =
         (&lookup, &model_name)
     {
+        model.stats.cached();
         return Ok(cache_hit(
             state,
             answer,
@@ -207,7 +209,10 @@ async fn chat_inner(
             }
             respond(answer, model, prepared.stream, tap)
         }
-        Err(e) => ApiError::from_service(&e).into_response(),
+        Err(e) => {
+            model.stats.error(&e);
+            ApiError::from_service(&e).into_response()
+        }
     };
     if let Some(value) = cache_header {
         response
@@ -278,6 +283,7 @@ pub(crate) struct UsageTap {
 pub(crate) fn respond(answer: Res, model: &Model, stream: bool, tap: Option<UsageTap>) -> Response {
     let tier = answered_by(&answer, &model.primary);
     let degraded = tier != &*model.primary && tier != "human";
+    model.stats.answer(&answer, degraded);
     let tier_header = if tier == &*model.primary {
         model.primary_answers.increment(1);
         model.primary_header.clone()

@@ -8,7 +8,11 @@
 //! - [`escalations`]: the admin API for escalations (`/v1/escalations...`);
 //! - [`review`]: the review page (`GET /escalations`) and its sign-in form;
 //! - [`admin`]: the review page's sign-in, sign-out and session;
-//! - [`usage`]: `GET /v1/usage` (a client's own) and `GET /v1/admin/usage`.
+//! - [`usage`]: `GET /v1/usage` (a client's own) and `GET /v1/admin/usage`;
+//! - [`dashboard`]: the operator dashboard (`GET /dashboard`) and its admin
+//!   endpoints (`/v1/admin/stats`, `/v1/admin/batches`,
+//!   `/v1/admin/test-prompt`); [`circuits`]: the admin's circuit controls
+//!   (`/v1/admin/circuits...`).
 //!
 //! Who may call which route is decided before any handler runs, by the
 //! authentication middleware ([`crate::auth`]).
@@ -29,6 +33,8 @@ use crate::state::Shared;
 pub(crate) mod admin;
 pub(crate) mod batch;
 pub(crate) mod chat;
+pub(crate) mod circuits;
+pub(crate) mod dashboard;
 pub(crate) mod escalations;
 pub(crate) mod info;
 pub(crate) mod ready;
@@ -54,6 +60,8 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
         .merge(review::routes())
         .merge(admin::routes())
         .merge(usage::routes())
+        .merge(circuits::routes())
+        .merge(dashboard::routes())
         .fallback(not_found)
         .with_state(state.clone());
     let service = ProxyService::new(router, state.clone(), &config.auth.cors_allowed_origins)?;

@@ -26,32 +26,79 @@ const LOGIN: &str = r#"<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:system-ui,sans-serif;max-width:28rem;margin:4rem auto;padding:0 1rem}
 input,button{font:inherit;padding:.4rem .6rem}p.error{color:#b00020}</style></head>
-<body><h1>Escalation review</h1>{{error}}
+<body><h1>{{title}}</h1>{{error}}
 <form method="post" action="/escalations/login">
+<input type="hidden" name="next" value="{{next}}">
 <label>Admin key <input id="admin-key" name="key" type="password" autocomplete="current-password" required autofocus></label>
 <button id="sign-in" type="submit">Sign in</button></form></body></html>"#;
 
+/// The page a sign-in goes back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SignInTo {
+    /// The review page, `GET /escalations`.
+    Review,
+    /// The operator dashboard, `GET /dashboard`.
+    Dashboard,
+}
+
+impl SignInTo {
+    /// Its path (the form's `next` field, and where a sign-in redirects).
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            SignInTo::Review => "/escalations",
+            SignInTo::Dashboard => "/dashboard",
+        }
+    }
+
+    /// The page a sign-in form's `next` field names (the review page unless it
+    /// is exactly another known page: never a redirect to anywhere else).
+    pub(crate) fn from_field(next: Option<&str>) -> Self {
+        match next {
+            Some("/dashboard") => SignInTo::Dashboard,
+            _ => SignInTo::Review,
+        }
+    }
+}
+
 /// The sign-in form (with the page's security headers).
 pub(crate) fn login_page(status: StatusCode, error: &str) -> Response {
+    login_page_to(status, error, SignInTo::Review)
+}
+
+/// The sign-in form that comes back to `to`.
+pub(crate) fn login_page_to(status: StatusCode, error: &str, to: SignInTo) -> Response {
     let error = if error.is_empty() {
         String::new()
     } else {
         format!("<p class=\"error\">{error}</p>")
     };
-    with_page_headers((status, Html(LOGIN.replace("{{error}}", &error))).into_response())
+    let title = match to {
+        SignInTo::Review => "Escalation review",
+        SignInTo::Dashboard => "Operator dashboard",
+    };
+    let page = LOGIN
+        .replace("{{title}}", title)
+        .replace("{{next}}", to.path())
+        .replace("{{error}}", &error);
+    with_page_headers((status, Html(page)).into_response())
 }
+
+/// The review page's policy: its script and style are inline.
+const REVIEW_CSP: &str =
+    "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+     frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
 /// The review page may not be framed (clickjacking), loads nothing from
 /// elsewhere, and is never cached.
-fn with_page_headers(mut response: Response) -> Response {
+fn with_page_headers(response: Response) -> Response {
+    with_headers_of_admin_pages(response, REVIEW_CSP)
+}
+
+/// An admin page's security headers, with the content security policy `csp`:
+/// no framing, no sniffing, never cached.
+pub(crate) fn with_headers_of_admin_pages(mut response: Response, csp: &'static str) -> Response {
     let headers = response.headers_mut();
-    headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static(
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-             frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-        ),
-    );
+    headers.insert("content-security-policy", HeaderValue::from_static(csp));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     headers.insert(
         "x-content-type-options",

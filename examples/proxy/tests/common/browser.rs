@@ -112,6 +112,18 @@ impl Browser {
     /// Opens the review page at `page_url`, signs in with `admin_key` on its
     /// form, and waits (up to `wait`) for the list of escalations.
     pub async fn sign_in(&self, page_url: &str, admin_key: &str, wait: Duration) {
+        self.sign_in_to(page_url, admin_key, "#list", wait).await;
+    }
+
+    /// Opens an admin page at `page_url`, signs in with `admin_key` on its
+    /// form, and waits (up to `wait`) for `selector` on the page it comes back to.
+    pub async fn sign_in_to(
+        &self,
+        page_url: &str,
+        admin_key: &str,
+        selector: &str,
+        wait: Duration,
+    ) {
         self.goto(page_url).await.unwrap();
         self.find(Locator::Css("#admin-key"))
             .await
@@ -127,9 +139,9 @@ impl Browser {
             .unwrap();
         self.wait()
             .at_most(wait)
-            .for_element(Locator::Css("#list"))
+            .for_element(Locator::Css(selector))
             .await
-            .expect("the review page after signing in");
+            .unwrap_or_else(|e| panic!("{selector} after signing in: {e}"));
     }
 
     /// Ends the WebDriver session (then the driver and profile go).
