@@ -20,12 +20,13 @@
 //! instances are not told), while a reset that closes an open circuit is
 //! published like any recovery.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::Value;
 
 use super::info::circuit_entry;
+use super::PathParam;
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::{AppState, Shared};
@@ -44,15 +45,15 @@ pub(crate) fn routes() -> Router<Shared> {
 
 type Answer = Result<Json<Value>, ApiError>;
 
-async fn force_open(state: State<Shared>, admin: Extension<Admin>, path: Path<String>) -> Answer {
+async fn force_open(state: State<Shared>, admin: Extension<Admin>, path: PathParam) -> Answer {
     act(state, admin, path, Action::ForceOpen).await
 }
 
-async fn force_closed(state: State<Shared>, admin: Extension<Admin>, path: Path<String>) -> Answer {
+async fn force_closed(state: State<Shared>, admin: Extension<Admin>, path: PathParam) -> Answer {
     act(state, admin, path, Action::ForceClosed).await
 }
 
-async fn reset(state: State<Shared>, admin: Extension<Admin>, path: Path<String>) -> Answer {
+async fn reset(state: State<Shared>, admin: Extension<Admin>, path: PathParam) -> Answer {
     act(state, admin, path, Action::Reset).await
 }
 
@@ -77,7 +78,7 @@ impl Action {
 async fn act(
     State(state): State<Shared>,
     Extension(admin): Extension<Admin>,
-    Path(upstream): Path<String>,
+    PathParam(upstream): PathParam,
     action: Action,
 ) -> Answer {
     let entry = apply(&state, &upstream, action)?;

@@ -14,7 +14,7 @@
 //! review page itself is [`super::review`].
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use http::{HeaderMap, StatusCode};
@@ -24,6 +24,7 @@ use tower_llm_resilience::escalation::{
     Cursor, Decision, EscalationId, EscalationRecord, ResolveError, Status,
 };
 
+use super::PathParam;
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::Shared;
@@ -144,7 +145,10 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("escalation_not_found", format!("no escalation {id}"))
 }
 
-async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn one(
+    State(state): State<Shared>,
+    PathParam(id): PathParam,
+) -> Result<Json<Value>, ApiError> {
     match state
         .pipeline
         .escalations
@@ -195,7 +199,7 @@ async fn resolve(
     State(state): State<Shared>,
     Extension(admin): Extension<Admin>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PathParam(id): PathParam,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let bytes = super::read_body(&headers, body, state.max_body).await?;

@@ -68,6 +68,26 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
     Ok((service, state))
 }
 
+/// One path parameter (`{id}`, `{upstream}`); a path that does not decode
+/// is a 400 in the OpenAI error format, like every other bad request.
+pub(crate) struct PathParam(pub(crate) String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParam(value))
+            .map_err(|rejection| {
+                ApiError::bad_request(format!("bad path parameter: {}", rejection.body_text()))
+            })
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint")
 }

@@ -279,3 +279,25 @@ async fn the_dashboard_signs_in_like_the_review_page_and_comes_back() {
         assert_eq!(refused.status(), 401, "{path}");
     }
 }
+
+/// A path parameter that does not decode (`%FF` is not UTF-8) is a 400 in the
+/// OpenAI error format, on the circuit controls and the escalation API alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_path_parameters_are_json_400s() {
+    let env = Env::start().await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/v1/admin/circuits/%FF/reset"),
+        (reqwest::Method::GET, "/v1/escalations/%FF"),
+    ] {
+        let response = env
+            .http
+            .request(method, env.url(path))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{path}: {body}");
+    }
+}
