@@ -14,11 +14,18 @@ struct Migration {
 }
 
 /// Every migration, in order. Never edit one that shipped: add the next.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "escalations",
-    sql: include_str!("migrations/0001_escalations.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "escalations",
+        sql: include_str!("migrations/0001_escalations.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "batches",
+        sql: include_str!("migrations/0002_batches.sql"),
+    },
+];
 
 /// Any constant both instances agree on: the lock that serialises migrations.
 const LOCK_KEY: i64 = 0x746f_7765_725f_6c6c; // "tower_ll"

@@ -8,6 +8,7 @@
 //! | backend | plugs into | shares |
 //! |---|---|---|
 //! | [`PostgresEscalationStore`] | [`EscalationLayer`](crate::escalation::EscalationLayer)`::builder(..).store(..)` | escalations, audit trail, wake-ups (`LISTEN`/`NOTIFY`) |
+//! | [`PostgresBatchStore`] | [`PartialBatchLayer`](crate::PartialBatchLayer)`::builder().store(..)` | successes of named batches |
 //!
 //! # Example
 //!
@@ -50,13 +51,16 @@
 //! `llm_postgres_errors_total{component, name}`. Nothing logs the connection URL
 //! or its password.
 
+mod batch_store;
 mod connect;
 mod error;
+mod escalation_rows;
 mod escalation_store;
 mod link;
 mod listen;
 mod migrate;
 
+pub use self::batch_store::PostgresBatchStore;
 pub use self::connect::{Postgres, PostgresBuilder};
 pub use self::error::{ConfigError, MigrateError, PgError};
 pub use self::escalation_store::{PostgresEscalationStore, PostgresEscalationStoreBuilder};
