@@ -98,3 +98,37 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+/// Every circuit of a layer, with its encoded key (`None`: the single circuit).
+pub(crate) fn circuits<K: crate::circuit_breaker::SyncKey>(
+    handle: &crate::circuit_breaker::Handle<K>,
+) -> Vec<(Option<String>, crate::circuit_breaker::CircuitRef<K>)> {
+    let mut circuits = vec![(None, handle.circuit())];
+    circuits.extend(
+        handle
+            .keyed()
+            .into_iter()
+            .map(|(k, c)| (Some(k.encode()), c)),
+    );
+    circuits
+}
+
+/// The local circuit an encoded key names, created if the key can be decoded.
+pub(crate) fn find_circuit<K: crate::circuit_breaker::SyncKey>(
+    handle: &crate::circuit_breaker::Handle<K>,
+    key: Option<&str>,
+) -> Option<crate::circuit_breaker::CircuitRef<K>> {
+    match key {
+        None => Some(handle.circuit()),
+        Some(text) => match K::decode(text) {
+            // A key that does not fit is skipped: its state must not land on
+            // the overflow circuit, which other (healthy) keys share.
+            Some(key) => handle.try_get_or_create(key),
+            None => handle
+                .keyed()
+                .into_iter()
+                .find(|(k, _)| k.encode() == text)
+                .map(|(_, c)| c),
+        },
+    }
+}

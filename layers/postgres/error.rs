@@ -18,6 +18,8 @@ pub enum ConfigError {
     Tls(rustls::Error),
     /// The connection pool refused its settings.
     Pool(String),
+    /// A circuit sync's name is empty or longer than 512 bytes (its length).
+    InvalidName(usize),
 }
 
 impl fmt::Display for ConfigError {
@@ -35,6 +37,10 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Tls(e) => write!(f, "postgres backend: TLS settings: {e}"),
             ConfigError::Pool(why) => write!(f, "postgres backend: connection pool: {why}"),
+            ConfigError::InvalidName(len) => write!(
+                f,
+                "postgres backend: a circuit sync name must be 1 to 512 bytes, got {len}"
+            ),
         }
     }
 }

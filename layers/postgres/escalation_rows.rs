@@ -2,8 +2,8 @@
 
 use crate::escalation::{Cursor, EscalationId, EscalationRecord, Page, Status, StoreError};
 
+use super::connect::Postgres;
 use super::error::PgError;
-use super::escalation_store::PostgresEscalationStore;
 
 const PAGE: &str = "
 SELECT id, created_at_ms, record FROM tower_llm_escalations
@@ -46,65 +46,62 @@ pub(super) async fn read(
     .transpose()
 }
 
-impl PostgresEscalationStore {
-    /// Records in `list` order after `after`, at most `limit`; rows that cannot
-    /// be read back are skipped (logged and counted), never an error for the page.
-    pub(super) async fn read_page(
-        &self,
-        status: Option<Status>,
-        after: Option<&Cursor>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        let (after_ms, after_id) = match after {
-            Some(c) => (to_i64(c.created_at_ms), c.id.as_str().to_owned()),
-            None => (-1, String::new()),
-        };
-        let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
-        let rows = self
-            .pg
-            .run(|client| async move {
-                let statement = client.prepare_cached(PAGE).await?;
-                let rows = client
-                    .query(
-                        &statement,
-                        &[&status.map(Status::as_str), &after_ms, &after_id, &fetch],
+/// Records in `list` order after `after`, at most `limit`; rows that cannot
+/// be read back are skipped (logged and counted), never an error for the page.
+pub(super) async fn read_page(
+    pg: &Postgres,
+    status: Option<Status>,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let (after_ms, after_id) = match after {
+        Some(c) => (to_i64(c.created_at_ms), c.id.as_str().to_owned()),
+        None => (-1, String::new()),
+    };
+    let fetch = to_i64(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1));
+    let rows = pg
+        .run(|client| async move {
+            let statement = client.prepare_cached(PAGE).await?;
+            let rows = client
+                .query(
+                    &statement,
+                    &[&status.map(Status::as_str), &after_ms, &after_id, &fetch],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, i64>(1),
+                        r.get::<_, String>(2),
                     )
-                    .await?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.get::<_, String>(0),
-                            r.get::<_, i64>(1),
-                            r.get::<_, String>(2),
-                        )
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await
-            .map_err(store_error)?;
-        let mut page = Page::default();
-        let mut more = false;
-        for (seen, (id, created_at_ms, text)) in rows.into_iter().enumerate() {
-            if seen == limit {
-                more = true;
-                break;
-            }
-            page.next = Some(Cursor {
-                created_at_ms: u64::try_from(created_at_ms).unwrap_or(0),
-                id: EscalationId::new(id.clone()),
-            });
-            match from_json(&text) {
-                Ok(record) => page.records.push(record),
-                Err(e) => {
-                    crate::escalation::store_unreadable("postgres", &id, &e);
-                    page.unreadable += 1;
-                }
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .map_err(store_error)?;
+    let mut page = Page::default();
+    let mut more = false;
+    for (seen, (id, created_at_ms, text)) in rows.into_iter().enumerate() {
+        if seen == limit {
+            more = true;
+            break;
+        }
+        page.next = Some(Cursor {
+            created_at_ms: u64::try_from(created_at_ms).unwrap_or(0),
+            id: EscalationId::new(id.clone()),
+        });
+        match from_json(&text) {
+            Ok(record) => page.records.push(record),
+            Err(e) => {
+                crate::escalation::store_unreadable("postgres", &id, &e);
+                page.unreadable += 1;
             }
         }
-        if !more {
-            page.next = None;
-        }
-        Ok(page)
     }
+    if !more {
+        page.next = None;
+    }
+    Ok(page)
 }

@@ -13,7 +13,7 @@ use crate::escalation::{
 
 use super::connect::Postgres;
 use super::error::ConfigError;
-use super::escalation_rows::{from_json, read, store_error, to_i64, to_json};
+use super::escalation_rows::{from_json, read, read_page, store_error, to_i64, to_json};
 use super::link::{link, Link};
 use super::listen::{self, AbortOnDrop, Listener, MAX_PAYLOAD};
 
@@ -106,7 +106,7 @@ impl PostgresEscalationStoreBuilder {
 /// Clones share the pool and the listening connection.
 #[derive(Clone)]
 pub struct PostgresEscalationStore {
-    pub(super) pg: Postgres,
+    pg: Postgres,
     listen_link: Arc<Link>,
     audit_cap: u32,
     changes: broadcast::Sender<Option<EscalationId>>,
@@ -224,7 +224,7 @@ impl EscalationStore for PostgresEscalationStore {
     }
 
     fn list(&self, status: Option<Status>) -> StoreFuture<'_, Vec<EscalationRecord>> {
-        Box::pin(async move { Ok(self.read_page(status, None, usize::MAX).await?.records) })
+        Box::pin(async move { Ok(read_page(&self.pg, status, None, usize::MAX).await?.records) })
     }
 
     fn list_page(
@@ -233,7 +233,7 @@ impl EscalationStore for PostgresEscalationStore {
         after: Option<Cursor>,
         limit: usize,
     ) -> StoreFuture<'_, Page> {
-        Box::pin(async move { self.read_page(status, after.as_ref(), limit).await })
+        Box::pin(async move { read_page(&self.pg, status, after.as_ref(), limit).await })
     }
 
     fn count(&self, status: Status) -> StoreFuture<'_, usize> {

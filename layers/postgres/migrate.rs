@@ -25,6 +25,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "batches",
         sql: include_str!("migrations/0002_batches.sql"),
     },
+    Migration {
+        version: 3,
+        name: "circuits",
+        sql: include_str!("migrations/0003_circuits.sql"),
+    },
 ];
 
 /// Any constant both instances agree on: the lock that serialises migrations.

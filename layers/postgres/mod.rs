@@ -8,6 +8,7 @@
 //! | backend | plugs into | shares |
 //! |---|---|---|
 //! | [`PostgresEscalationStore`] | [`EscalationLayer`](crate::escalation::EscalationLayer)`::builder(..).store(..)` | escalations, audit trail, wake-ups (`LISTEN`/`NOTIFY`) |
+//! | [`PostgresCircuitSync`] | a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)'s [`Handle`](crate::circuit_breaker::Handle) | open/closed decisions (`NOTIFY`) |
 //! | [`PostgresBatchStore`] | [`PartialBatchLayer`](crate::PartialBatchLayer)`::builder().store(..)` | successes of named batches |
 //!
 //! # Example
@@ -52,6 +53,7 @@
 //! or its password.
 
 mod batch_store;
+mod circuit_sync;
 mod connect;
 mod error;
 mod escalation_rows;
@@ -61,6 +63,7 @@ mod listen;
 mod migrate;
 
 pub use self::batch_store::PostgresBatchStore;
+pub use self::circuit_sync::PostgresCircuitSync;
 pub use self::connect::{Postgres, PostgresBuilder};
 pub use self::error::{ConfigError, MigrateError, PgError};
 pub use self::escalation_store::{PostgresEscalationStore, PostgresEscalationStoreBuilder};
