@@ -67,6 +67,9 @@ pub struct PostgresServer {
     child: Mutex<Option<Child>>,
     as_root: bool,
     databases: AtomicU32,
+    /// `fsync=on`: durable against a machine crash (benchmarks), not only a
+    /// server crash (tests).
+    fsync: bool,
 }
 
 /// One test's database on a (shared) server.
@@ -112,6 +115,16 @@ impl PostgresServer {
 
     /// `initdb` and start a server of its own.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that flushes every commit to disk (`fsync=on`), as in production:
+    /// for benchmarks that compare durable stores.
+    pub fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> Self {
         let bindir = bindir().expect("PostgreSQL is installed (apt-get install postgresql)");
         let dir = tempfile::Builder::new()
             .prefix("pg")
@@ -125,6 +138,7 @@ impl PostgresServer {
             child: Mutex::new(None),
             as_root,
             databases: AtomicU32::new(0),
+            fsync,
         };
         server.init();
         server.spawn();
@@ -203,10 +217,10 @@ impl PostgresServer {
             ))
             .arg("-c")
             .arg("max_connections=300")
-            // Durable against a crash of the server process (the OS keeps its
-            // writes), not of the machine: enough for tests, and fast.
+            // Without fsync: durable against a crash of the server process (the
+            // OS keeps its writes), not of the machine; enough for tests, and fast.
             .arg("-c")
-            .arg("fsync=off")
+            .arg(if self.fsync { "fsync=on" } else { "fsync=off" })
             .arg("-c")
             .arg("log_min_messages=fatal")
             .stdout(Stdio::null())
