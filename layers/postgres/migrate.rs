@@ -30,6 +30,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "circuits",
         sql: include_str!("migrations/0003_circuits.sql"),
     },
+    Migration {
+        version: 4,
+        name: "usage_and_audit_log",
+        sql: include_str!("migrations/0004_usage_audit.sql"),
+    },
 ];
 
 /// Any constant both instances agree on: the lock that serialises migrations.

@@ -10,6 +10,8 @@
 //! | [`PostgresEscalationStore`] | [`EscalationLayer`](crate::escalation::EscalationLayer)`::builder(..).store(..)` | escalations, audit trail, wake-ups (`LISTEN`/`NOTIFY`) |
 //! | [`PostgresCircuitSync`] | a [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)'s [`Handle`](crate::circuit_breaker::Handle) | open/closed decisions (`NOTIFY`) |
 //! | [`PostgresBatchStore`] | [`PartialBatchLayer`](crate::PartialBatchLayer)`::builder().store(..)` | successes of named batches |
+//! | [`PostgresUsageStore`] | your usage accounting (e.g. the output of [`usage`](crate::usage)) | token and cost records, grouped by client, model, day |
+//! | [`PostgresAuditLog`] | your operators' actions | an append-only audit log |
 //!
 //! # Example
 //!
@@ -52,6 +54,7 @@
 //! `llm_postgres_errors_total{component, name}`. Nothing logs the connection URL
 //! or its password.
 
+mod audit_log;
 mod batch_store;
 mod circuit_sync;
 mod connect;
@@ -61,10 +64,18 @@ mod escalation_store;
 mod link;
 mod listen;
 mod migrate;
+mod usage;
 
+pub use self::audit_log::{
+    AuditEvent, LoggedEvent, PostgresAuditLog, AUDIT_MAX_DETAIL, AUDIT_MAX_FIELD, AUDIT_MAX_PAGE,
+};
 pub use self::batch_store::PostgresBatchStore;
 pub use self::circuit_sync::PostgresCircuitSync;
 pub use self::connect::{Postgres, PostgresBuilder};
 pub use self::error::{ConfigError, MigrateError, PgError};
 pub use self::escalation_store::{PostgresEscalationStore, PostgresEscalationStoreBuilder};
 pub use self::migrate::{Migrated, SCHEMA_VERSION};
+pub use self::usage::{
+    PostgresUsageStore, UsageGroup, UsageQuery, UsageReport, UsageRow, UsageTotals,
+    USAGE_MAX_GROUPS,
+};
