@@ -70,6 +70,8 @@ pub struct PostgresServer {
     /// `fsync=on`: durable against a machine crash (benchmarks), not only a
     /// server crash (tests).
     fsync: bool,
+    /// TLS on (a certificate signed by a throwaway CA, for 127.0.0.1).
+    tls: bool,
 }
 
 /// One test's database on a (shared) server.
@@ -115,16 +117,22 @@ impl PostgresServer {
 
     /// `initdb` and start a server of its own.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// A server that also accepts TLS, with a certificate for `127.0.0.1` signed
+    /// by a throwaway CA ([`ca_pem`](Self::ca_pem)).
+    pub fn start_tls() -> Self {
+        Self::start_with(false, true)
     }
 
     /// A server that flushes every commit to disk (`fsync=on`), as in production:
     /// for benchmarks that compare durable stores.
     pub fn start_durable() -> Self {
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(fsync: bool) -> Self {
+    fn start_with(fsync: bool, tls: bool) -> Self {
         let bindir = bindir().expect("PostgreSQL is installed (apt-get install postgresql)");
         let dir = tempfile::Builder::new()
             .prefix("pg")
@@ -139,8 +147,12 @@ impl PostgresServer {
             as_root,
             databases: AtomicU32::new(0),
             fsync,
+            tls,
         };
         server.init();
+        if tls {
+            server.make_certificates();
+        }
         server.spawn();
         server
     }
@@ -223,12 +235,119 @@ impl PostgresServer {
             .arg(if self.fsync { "fsync=on" } else { "fsync=off" })
             .arg("-c")
             .arg("log_min_messages=fatal")
+            .args(self.tls_settings())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start postgres");
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
+    }
+
+    fn tls_settings(&self) -> Vec<String> {
+        if !self.tls {
+            return Vec::new();
+        }
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        [
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", path("server.crt")),
+            format!("ssl_key_file={}", path("server.key")),
+        ]
+        .into_iter()
+        .flat_map(|setting| ["-c".to_owned(), setting])
+        .collect()
+    }
+
+    /// A CA, and a server certificate for 127.0.0.1 signed by it (openssl, which
+    /// Debian's postgresql package brings along).
+    fn make_certificates(&self) {
+        let dir = self.dir.path();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<&str>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=tower-llm test CA",
+                ],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+            vec![
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.crt",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+            ],
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .current_dir(dir)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let key = dir.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        if self.as_root {
+            for name in ["server.key", "server.crt"] {
+                std::os::unix::fs::chown(dir.join(name), Some(RUN_AS_UID), Some(RUN_AS_GID))
+                    .unwrap();
+            }
+        }
+    }
+
+    /// The CA that signed a TLS server's certificate, as PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("a TLS server has a CA")
     }
 
     /// Polls `pg_isready` until the server accepts connections (bounded).
