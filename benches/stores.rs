@@ -14,10 +14,8 @@
 //!   in one transaction.
 
 #[path = "../tests/support/postgres.rs"]
-#[allow(dead_code)]
 mod postgres_server;
 #[path = "../tests/support/redis.rs"]
-#[allow(dead_code)]
 mod redis_server;
 
 use std::sync::atomic::{AtomicU64, Ordering};

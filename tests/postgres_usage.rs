@@ -63,7 +63,8 @@ async fn usage_from_two_instances_adds_up_by_client_model_and_day() {
         ..UsageQuery::default()
     };
     let report = a.query(&by_client_day, 100).await.unwrap();
-    let shape: Vec<(Option<&str>, Option<&str>, Option<&str>, u64, u64)> = report
+    type Shape<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, u64, u64);
+    let shape: Vec<Shape<'_>> = report
         .groups
         .iter()
         .map(|g| {
