@@ -100,5 +100,28 @@ async fn the_password_never_shows_and_a_dead_server_fails_in_bounded_time() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!error.to_string().contains(PASSWORD), "{error}");
     assert!(!dead.is_connected());
+    assert!(dead.ping().await.is_err());
     assert!(pg.is_connected());
+    pg.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_share_a_database_in_separate_schemas() {
+    let db = TestDb::fresh();
+    db.server
+        .psql(&db.name, "CREATE SCHEMA team_a; CREATE SCHEMA team_b");
+    let in_schema = |schema: &str| {
+        Postgres::new(&format!("{}&options=-c%20search_path%3D{schema}", db.url())).unwrap()
+    };
+    let (a, b) = (in_schema("team_a"), in_schema("team_b"));
+    assert_eq!(a.migrate().await.unwrap().current, SCHEMA_VERSION);
+    assert_eq!(b.migrate().await.unwrap().current, SCHEMA_VERSION);
+    assert_eq!(
+        db.server.psql(
+            &db.name,
+            "SELECT string_agg(schemaname, ',' ORDER BY schemaname) FROM pg_tables
+             WHERE tablename = 'tower_llm_escalations'"
+        ),
+        "team_a,team_b"
+    );
 }

@@ -256,6 +256,16 @@ impl Postgres {
         self.inner.link.is_up()
     }
 
+    /// One round trip through the pool (`SELECT 1`), within the operation
+    /// timeout: for readiness checks.
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.run(|client| async move {
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The name given at build time (metrics label).
     pub fn name(&self) -> &str {
         &self.inner.name

@@ -44,6 +44,11 @@
 //! in `tower_llm_schema_migrations`. Every table is named `tower_llm_*`, so the
 //! backends can share a database with an application.
 //!
+//! Two deployments can share one database in separate schemas (put
+//! `options=-c search_path=team_a` in the URL). Notifications are per database,
+//! though: give their circuit syncs distinct names
+//! ([`PostgresCircuitSync::attach_as`]).
+//!
 //! # When Postgres is unreachable
 //!
 //! Store operations fail with a store error (never lose or repeat work); the
