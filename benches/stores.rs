@@ -12,6 +12,12 @@
 //! - `batch_record`: one item success recorded for a named batch. SQLite has no
 //!   library batch store: its row is the same upsert the Postgres store writes,
 //!   in one transaction.
+//!
+//! One run (2026-12-01, 2 cores shared with other work, load average ~5; every
+//! write flushed to disk, so the disk's flush time dominates), mean time per
+//! operation: escalation create + resolve: SQLite 2.96 ms (~340/s), Redis
+//! 8.72 ms (~115/s), Postgres 8.26 ms (~121/s); batch-record write: SQLite
+//! 3.60 ms (~280/s), Redis 3.96 ms (~250/s), Postgres 4.74 ms (~210/s).
 
 #[path = "../tests/support/postgres.rs"]
 mod postgres_server;
