@@ -9,6 +9,9 @@
 //! through the unix socket in the temporary directory.
 #![allow(dead_code)]
 
+#[path = "postgres_certs.rs"]
+mod certs;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -151,18 +154,19 @@ impl PostgresServer {
         };
         server.init();
         if tls {
-            server.make_certificates();
+            let owner = as_root.then_some((RUN_AS_UID, RUN_AS_GID));
+            certs::make(server.dir.path(), owner);
         }
         server.spawn();
         server
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    fn data_dir(&self) -> String {
+        self.dir.path().join("data").display().to_string()
     }
 
-    fn socket_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
+    fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
     }
 
     /// A command for a PostgreSQL binary, run as the unprivileged user when the
@@ -190,20 +194,16 @@ impl PostgresServer {
                     .expect("hand the temp dir to the unprivileged user");
             }
         }
+        let (data, pwfile) = (self.data_dir(), pwfile.display().to_string());
         let out = self
             .command("initdb")
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-U")
-            .arg(USER)
-            .arg("--pwfile")
-            .arg(&pwfile)
-            .arg("--auth-local=trust")
-            .arg("--auth-host=scram-sha-256")
-            .arg("--no-locale")
-            .arg("-E")
-            .arg("UTF8")
-            .arg("--no-sync")
+            .args(["-D", &data, "-U", USER, "--pwfile", &pwfile, "-E", "UTF8"])
+            .args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-locale",
+                "--no-sync",
+            ])
             .output()
             .expect("run initdb");
         assert!(
@@ -214,135 +214,31 @@ impl PostgresServer {
     }
 
     fn spawn(&self) {
-        let child = self
-            .command("postgres")
-            .arg("-D")
-            .arg(self.data_dir())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-c")
-            .arg("listen_addresses=127.0.0.1")
-            .arg("-c")
-            .arg(format!(
-                "unix_socket_directories={}",
-                self.socket_dir().display()
-            ))
-            .arg("-c")
-            .arg("max_connections=300")
+        let path = |name: &str| self.dir.path().join(name).display().to_string();
+        let mut settings = vec![
+            "listen_addresses=127.0.0.1".to_owned(),
+            format!("unix_socket_directories={}", self.socket_dir()),
+            "max_connections=300".to_owned(),
             // Without fsync: durable against a crash of the server process (the
             // OS keeps its writes), not of the machine; enough for tests, and fast.
-            .arg("-c")
-            .arg(if self.fsync { "fsync=on" } else { "fsync=off" })
-            .arg("-c")
-            .arg("log_min_messages=fatal")
-            .args(self.tls_settings())
+            format!("fsync={}", if self.fsync { "on" } else { "off" }),
+            "log_min_messages=fatal".to_owned(),
+        ];
+        if self.tls {
+            settings.push("ssl=on".to_owned());
+            settings.push(format!("ssl_cert_file={}", path("server.crt")));
+            settings.push(format!("ssl_key_file={}", path("server.key")));
+        }
+        let child = self
+            .command("postgres")
+            .args(["-D", &self.data_dir(), "-p", &self.port.to_string()])
+            .args(settings.iter().flat_map(|setting| ["-c", setting]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start postgres");
         *self.child.lock().unwrap() = Some(child);
         self.wait_ready();
-    }
-
-    fn tls_settings(&self) -> Vec<String> {
-        if !self.tls {
-            return Vec::new();
-        }
-        let path = |name: &str| self.dir.path().join(name).display().to_string();
-        [
-            "ssl=on".to_owned(),
-            format!("ssl_cert_file={}", path("server.crt")),
-            format!("ssl_key_file={}", path("server.key")),
-        ]
-        .into_iter()
-        .flat_map(|setting| ["-c".to_owned(), setting])
-        .collect()
-    }
-
-    /// A CA, and a server certificate for 127.0.0.1 signed by it (openssl, which
-    /// Debian's postgresql package brings along).
-    fn make_certificates(&self) {
-        let dir = self.dir.path();
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let steps: [Vec<&str>; 3] = [
-            [
-                &["req", "-x509"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "ca.key",
-                    "-out",
-                    "ca.crt",
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=tower-llm test CA",
-                ],
-            ]
-            .concat(),
-            [
-                &["req"][..],
-                &ec,
-                &[
-                    "-keyout",
-                    "server.key",
-                    "-out",
-                    "server.csr",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                ],
-            ]
-            .concat(),
-            vec![
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-            ],
-        ];
-        for args in steps {
-            let out = Command::new("openssl")
-                .args(&args)
-                .current_dir(dir)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let key = dir.join("server.key");
-        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .unwrap();
-        if self.as_root {
-            for name in ["server.key", "server.crt"] {
-                std::os::unix::fs::chown(dir.join(name), Some(RUN_AS_UID), Some(RUN_AS_GID))
-                    .unwrap();
-            }
-        }
     }
 
     /// The CA that signed a TLS server's certificate, as PEM.
@@ -364,11 +260,7 @@ impl PostgresServer {
                 panic!("postgres exited at start: {status}");
             }
             let ready = Command::new(self.bindir.join("pg_isready"))
-                .arg("-h")
-                .arg("127.0.0.1")
-                .arg("-p")
-                .arg(self.port.to_string())
-                .arg("-q")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(false);
@@ -397,20 +289,19 @@ impl PostgresServer {
 
     /// Runs one SQL statement through the unix socket (as the superuser).
     pub fn psql(&self, database: &str, sql: &str) -> String {
+        let port = self.port.to_string();
         let out = Command::new(self.bindir.join("psql"))
-            .arg("-h")
-            .arg(self.socket_dir())
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-U")
-            .arg(USER)
-            .arg("-d")
-            .arg(database)
-            .arg("-XAtq")
-            .arg("-v")
-            .arg("ON_ERROR_STOP=1")
-            .arg("-c")
-            .arg(sql)
+            .args([
+                "-h",
+                &self.socket_dir(),
+                "-p",
+                &port,
+                "-U",
+                USER,
+                "-d",
+                database,
+            ])
+            .args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
             .output()
             .expect("run psql");
         assert!(
