@@ -41,6 +41,7 @@
 //! | `rustls` | HTTPS for those clients (rustls) |
 //! | `sqlite` | `escalation::SqliteStore`, a durable escalation store |
 //! | `redis` | `redis`: circuit state, escalations and batch results shared through Redis |
+//! | `postgres` | `postgres`: the same shared state, plus usage records and an audit log, on PostgreSQL (TLS through rustls) |
 //!
 //! [`usage`] (tokens and cost per answer, from a price table you supply) and [`cache`] (a
 //! response cache with request coalescing) need no feature.
@@ -90,6 +91,8 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod backend;
 pub mod balance;
 pub mod cache;
 pub mod circuit_breaker;
@@ -101,6 +104,9 @@ mod dyn_error;
 pub mod escalation;
 pub mod fallback;
 pub mod partial_batch;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 pub mod rate_limit;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

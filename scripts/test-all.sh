@@ -6,13 +6,15 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests need:
 # - redis-server: tests/redis_*.rs (and the Redis group of the circuit breaker bench);
+# - postgresql: tests/postgres_*.rs start a throwaway server (initdb, as an unprivileged
+#   user) per test binary (and the Postgres group of benches/stores.rs);
 # - chromium + chromium-driver: the llm-proxy review page test (examples/proxy/tests/escalations/);
 # - curl: the llm-proxy demo test runs the curl line the demo prints (examples/proxy/tests/binary/);
 # - prometheus: promtool for the alert rules (scripts/check-alerts.sh) and a real
 #   Prometheus scraping a proxy (examples/proxy/tests/alerts.rs);
 # - python3 + python3-venv: the llm-proxy tools test drives the proxy with the official OpenAI
 #   Python SDK, installed from PyPI into a venv under the target directory (examples/proxy/tests/tools/).
-need=(redis-server chromium chromium-driver curl prometheus python3 python3-venv)
+need=(redis-server postgresql chromium chromium-driver curl prometheus python3 python3-venv)
 missing=()
 for pkg in "${need[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
 if [ ${#missing[@]} -gt 0 ]; then

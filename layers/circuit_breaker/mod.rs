@@ -116,6 +116,7 @@ mod key;
 mod layer;
 mod registry;
 mod service;
+mod sync_key;
 mod window;
 
 pub use self::builder::{BuildError, Builder};
@@ -126,6 +127,7 @@ pub use self::handle::{CircuitRef, Handle};
 pub use self::key::{KeyBy, KeySelector, NoKey, SelectKey};
 pub use self::layer::CircuitBreakerLayer;
 pub use self::service::CircuitBreaker;
+pub use self::sync_key::SyncKey;
 pub use self::window::Window;
 
 /// The kind of an error of one of this module's types, for the walk over a

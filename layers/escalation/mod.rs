@@ -169,7 +169,7 @@ pub use self::record::{
 };
 pub use self::service::Escalation;
 pub use self::snapshot::{Adapter, HttpAdapter, RESUME_TOKEN_HEADER};
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use self::store::store_unreadable;
 #[cfg(feature = "sqlite")]
 pub use self::store::SqliteStore;

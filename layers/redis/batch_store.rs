@@ -12,7 +12,7 @@ use redis::Script;
 use crate::partial_batch::{BatchStore, StoreError, StoreFuture, StoredSuccess};
 
 use super::error::ConfigError;
-use super::link::{manager_config, Link};
+use super::link::{link, manager_config, Link};
 
 /// The bookkeeping every script starts with: `now` (Redis' clock, so every
 /// instance agrees), `drop(id)` (one batch out of the index and the totals) and
@@ -187,7 +187,7 @@ impl RedisBatchStore {
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
         Ok(Self {
             conn,
-            link: Arc::new(Link::new("batch_store", "tower-llm")),
+            link: Arc::new(link("batch_store", "tower-llm")),
             prefix: "tower-llm".to_owned(),
             ttl: Duration::from_secs(24 * 3600),
             max_records: 10_000,

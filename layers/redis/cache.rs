@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cache::{CacheStore, CacheStoreError, StoreFuture};
 
 use super::error::ConfigError;
-use super::link::{manager_config, Link};
+use super::link::{link, manager_config, Link};
 
 /// A [`CacheStore`] on Redis: answers stored by one instance are served by all.
 ///
@@ -76,7 +76,7 @@ impl<V> RedisCacheStore<V> {
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config())?;
         Ok(Self {
             conn,
-            link: Arc::new(Link::new("cache_store", "tower-llm")),
+            link: Arc::new(link("cache_store", "tower-llm")),
             prefix: "tower-llm".to_owned(),
             max_value_bytes: 1 << 20,
             _value: PhantomData,

@@ -8,7 +8,7 @@ use crate::circuit_breaker::Handle;
 
 use super::circuit_sync::Syncer;
 use super::error::ConfigError;
-use super::link::{manager_config, Link};
+use super::link::{link, manager_config, Link};
 use super::subscriber::{self, AbortOnDrop};
 use super::sync_key::{SharedTrip, SyncKey};
 
@@ -98,7 +98,7 @@ impl RedisCircuitSyncBuilder {
             self.client.clone(),
             manager_config(),
         )?;
-        let link = Arc::new(Link::new("circuit", name.clone()));
+        let link = Arc::new(link("circuit", name.clone()));
         let syncer = Arc::new(Syncer::new(
             handle.clone(),
             conn,

@@ -165,32 +165,12 @@ impl<K: SyncKey> Syncer<K> {
 
     /// Every circuit of the layer, with its encoded key.
     fn circuits(&self) -> Vec<(Option<String>, CircuitRef<K>)> {
-        let mut circuits = vec![(None, self.handle.circuit())];
-        circuits.extend(
-            self.handle
-                .keyed()
-                .into_iter()
-                .map(|(k, c)| (Some(k.encode()), c)),
-        );
-        circuits
+        crate::backend::circuits(&self.handle)
     }
 
     /// The local circuit an encoded key names, created if the key can be decoded.
     fn find(&self, key: Option<&str>) -> Option<CircuitRef<K>> {
-        match key {
-            None => Some(self.handle.circuit()),
-            Some(text) => match K::decode(text) {
-                // A key that does not fit is skipped: its state must not land on
-                // the overflow circuit, which other (healthy) keys share.
-                Some(key) => self.handle.try_get_or_create(key),
-                None => self
-                    .handle
-                    .keyed()
-                    .into_iter()
-                    .find(|(k, _)| k.encode() == text)
-                    .map(|(_, c)| c),
-            },
-        }
+        crate::backend::find_circuit(&self.handle, key)
     }
 
     fn message(&self, key: Option<String>, state: Shared, open_for: Option<Duration>) -> String {

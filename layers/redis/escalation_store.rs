@@ -8,13 +8,13 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio::sync::broadcast;
 
-use crate::escalation::store::{to_unix_ms, ChangeFuture, StoreFuture, Update};
+use crate::escalation::store::{to_unix_ms, watch_changes, ChangeFuture, StoreFuture, Update};
 use crate::escalation::{
     AuditEntry, Cursor, EscalationId, EscalationRecord, EscalationStore, Page, Status, StoreError,
 };
 
 use super::error::ConfigError;
-use super::link::{manager_config, Link};
+use super::link::{link, manager_config, Link};
 use super::subscriber::{self, AbortOnDrop, Listener};
 
 /// KEYS: record, its audit list, the global audit list, the creation index, the
@@ -112,7 +112,7 @@ impl RedisEscalationStoreBuilder {
             return Err(ConfigError::Zero("audit_cap"));
         }
         let conn = ConnectionManager::new_lazy_with_config(self.client.clone(), manager_config())?;
-        let link = Arc::new(Link::new("escalation_store", self.prefix.clone()));
+        let link = Arc::new(link("escalation_store", self.prefix.clone()));
         let (changes, _) = broadcast::channel(1024);
         let channel = format!("{}:esc:changed", self.prefix);
         let task = tokio::spawn(subscriber::run(
@@ -504,18 +504,7 @@ impl EscalationStore for RedisEscalationStore {
     }
 
     fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
-        let mut changes = self.changes.subscribe();
-        let id = id.clone();
-        Some(Box::pin(async move {
-            loop {
-                match changes.recv().await {
-                    Ok(Some(changed)) if changed != id => continue,
-                    // This id, everything (after a reconnection), or missed messages.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-                }
-            }
-        }))
+        Some(watch_changes(self.changes.subscribe(), id.clone()))
     }
 }
 

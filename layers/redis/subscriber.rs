@@ -96,12 +96,4 @@ async fn listen<L: Listener>(
     }
 }
 
-/// Aborts the spawned task when dropped.
-#[derive(Debug)]
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+pub(crate) use crate::backend::AbortOnDrop;

@@ -29,7 +29,7 @@ mod page;
 mod sqlite;
 
 pub use self::memory::MemoryStore;
-#[cfg(feature = "redis")]
+#[cfg(any(feature = "redis", feature = "postgres"))]
 pub(crate) use self::page::unreadable as store_unreadable;
 pub use self::page::{Cursor, Page};
 #[cfg(feature = "sqlite")]
@@ -194,6 +194,26 @@ impl<T: EscalationStore + ?Sized> EscalationStore for Arc<T> {
     fn watch(&self, id: &EscalationId) -> Option<ChangeFuture> {
         (**self).watch(id)
     }
+}
+
+/// A [`ChangeFuture`] for `id` over a channel of changes heard from other
+/// instances (`Some(id)`: that record changed; `None`: anything may have, e.g.
+/// after a reconnection). Missed messages wake it too.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn watch_changes(
+    mut changes: tokio::sync::broadcast::Receiver<Option<EscalationId>>,
+    id: EscalationId,
+) -> ChangeFuture {
+    use tokio::sync::broadcast::error::RecvError;
+    Box::pin(async move {
+        loop {
+            match changes.recv().await {
+                Ok(Some(changed)) if changed != id => continue,
+                Ok(_) | Err(RecvError::Lagged(_)) => return,
+                Err(RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    })
 }
 
 /// The page of `records` (in `list` order) after `after`, at most `limit` long.

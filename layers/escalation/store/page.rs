@@ -64,7 +64,10 @@ pub struct Page {
 }
 
 /// A stored record that cannot be read back: logged and counted, then skipped.
-#[cfg_attr(not(any(feature = "sqlite", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "redis", feature = "postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn unreadable(store: &'static str, id: &str, error: &dyn fmt::Display) {
     tracing::warn!(
         store,
