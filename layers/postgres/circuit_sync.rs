@@ -336,16 +336,27 @@ impl<K: SyncKey> Syncer<K> {
     }
 }
 
+/// How many times a resync after reconnecting is tried (about 10 s in all).
+const RESYNC_ATTEMPTS: u32 = 25;
+
 /// The listening side of a sync.
 struct RemoteStates<K>(Arc<Syncer<K>>);
 
 impl<K: SyncKey> Listener for RemoteStates<K> {
     async fn subscribed(&mut self) {
         // Listening first, then read: a change after the read arrives as a
-        // notification.
-        if self.0.pull_remote().await.is_ok() {
-            let _ = self.0.push_local().await;
+        // notification. After an outage the pool's first operations may fail
+        // while it reconnects: try again for a while, or this instance's open
+        // states would never reach the others.
+        let mut wait = Duration::from_millis(20);
+        for _ in 0..RESYNC_ATTEMPTS {
+            if self.0.pull_remote().await.is_ok() && self.0.push_local().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(500));
         }
+        tracing::warn!("could not resync circuit states after reconnecting to postgres");
     }
 
     fn message(&mut self, payload: &str) {
