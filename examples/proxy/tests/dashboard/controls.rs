@@ -298,6 +298,9 @@ async fn undecodable_path_parameters_are_json_400s() {
             .unwrap();
         assert_eq!(response.status(), 400, "{path}");
         let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error"]["type"], "invalid_request_error", "{path}: {body}");
+        assert_eq!(
+            body["error"]["type"], "invalid_request_error",
+            "{path}: {body}"
+        );
     }
 }
