@@ -354,3 +354,49 @@ fn base_urls_with_or_without_v1() {
         .build()
         .is_err());
 }
+
+/// A call's own headers (`ChatRequest::header`) go with that call only, buffered
+/// or streamed, and never into the body; one of the client's own names is
+/// replaced for that call.
+#[tokio::test]
+async fn a_requests_own_headers_go_with_that_call_only() {
+    use http::{HeaderName, HeaderValue};
+    let upstream = Upstream::start(|request, _| {
+        if request.json()["stream"] == true {
+            stream_reply()
+        } else {
+            Reply::ok_json(&fixture("anthropic/messages_response.json"))
+        }
+    })
+    .await;
+    let client = client(&upstream);
+    let traced = |request: ChatRequest| {
+        request
+            .header(
+                HeaderName::from_static("traceparent"),
+                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            )
+            .header(
+                HeaderName::from_static("anthropic-beta"),
+                HeaderValue::from_static("this-call-only"),
+            )
+    };
+    client.clone().oneshot(traced(hello())).await.unwrap();
+    client.streaming().oneshot(traced(hello())).await.unwrap();
+    client.clone().oneshot(hello()).await.unwrap();
+
+    let requests = upstream.requests();
+    for traced in &requests[..2] {
+        assert_eq!(
+            traced.headers["traceparent"],
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(traced.headers["anthropic-beta"], "this-call-only");
+        assert!(!String::from_utf8_lossy(&traced.body).contains("traceparent"));
+    }
+    assert!(requests[2].headers.get("traceparent").is_none());
+    assert_eq!(
+        requests[2].headers["anthropic-beta"],
+        "output-128k-2025-02-19"
+    );
+}

@@ -292,10 +292,13 @@ impl Transport {
 
     /// POST `body`; a 2xx answer is returned unread, any other status is read and
     /// turned into a [`ClientError`] through the shared taxonomy.
+    /// Post `body`, with the client's headers and then `extra` (this call's
+    /// own, see `ChatRequest::headers`).
     pub(crate) async fn post(
         &self,
         body: Vec<u8>,
         event_stream: bool,
+        extra: http::HeaderMap,
     ) -> Result<reqwest::Response, ClientError> {
         let accept = if event_stream {
             "text/event-stream"
@@ -308,6 +311,7 @@ impl Transport {
             .post(self.0.url.clone())
             .headers(self.0.headers.clone())
             .header(ACCEPT, accept)
+            .headers(extra)
             .body(body)
             .send()
             .await

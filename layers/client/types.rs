@@ -63,6 +63,12 @@ pub struct ChatRequest {
     /// `disable_parallel_tool_use`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parallel_tool_calls: Option<bool>,
+    /// HTTP headers for this call only (a W3C `traceparent`, an idempotency
+    /// key...), sent after the client's own: one of the same name replaces the
+    /// client's. Not part of the serialized request. Mark a secret value
+    /// sensitive (`HeaderValue::set_sensitive`) to keep it out of `Debug`.
+    #[serde(skip)]
+    pub headers: http::HeaderMap,
 }
 
 impl ChatRequest {
@@ -72,6 +78,13 @@ impl ChatRequest {
             messages,
             ..Self::default()
         }
+    }
+
+    /// Send this header with this call (see [`headers`](Self::headers)).
+    #[must_use]
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
+        self.headers.insert(name, value);
+        self
     }
 
     /// Ask this model instead of the client's default.

@@ -31,6 +31,7 @@ use serde_json::{json, Value};
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const FAILED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "00f067aa0ba902b7";
+const CLAUDE_TRACE_ID: &str = "5c1d6e2f3a4b5c6d7e8f90a1b2c3d4e5";
 const PROMPT: &str = "what the client asked, never in a span";
 const ANSWER: &str = "what the model said, never in a span";
 const UPSTREAM_KEY: &str = "sk-upstream-key-never-in-a-span";
@@ -65,6 +66,20 @@ async fn receive_envelope(State(envelopes): State<Envelopes>, body: Bytes) -> St
 
 /// The `traceparent` each upstream call carried.
 type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+/// An Anthropic Messages upstream, recording the `traceparent` it got.
+async fn anthropic_upstream(State(seen): State<Seen>, headers: HeaderMap) -> axum::Json<Value> {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    seen.lock().unwrap().push(traceparent);
+    axum::Json(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [{"type": "text", "text": ANSWER}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": 1}
+    }))
+}
 
 /// An OpenAI-compatible upstream: 500 when `fail`, else an answer with usage.
 async fn upstream(
@@ -162,6 +177,13 @@ async fn a_fallback_is_one_trace_continuing_the_clients_and_reaching_the_upstrea
             .with_state((seen_secondary.clone(), false)),
     )
     .await;
+    let seen_claude = Seen::default();
+    let claude = serve(
+        Router::new()
+            .route("/v1/messages", post(anthropic_upstream))
+            .with_state(seen_claude.clone()),
+    )
+    .await;
     std::env::set_var("TELEMETRY_TEST_UPSTREAM_KEY", UPSTREAM_KEY);
     let config = Config::from_toml(&format!(
         r#"
@@ -178,9 +200,16 @@ base_url = "{secondary}/v1"
 [[models]]
 name = "smart"
 tiers = [ {{ upstream = "primary", model = "big" }}, {{ upstream = "secondary", model = "small" }} ]
+[[upstreams]]
+name = "claude"
+kind = "anthropic"
+base_url = "{claude}"
 [[models]]
 name = "solo"
 tiers = [ {{ upstream = "primary", model = "big" }} ]
+[[models]]
+name = "sonnet"
+tiers = [ {{ upstream = "claude", model = "claude-test" }} ]
 [escalation]
 store = "memory"
 "#
@@ -214,6 +243,26 @@ store = "memory"
         );
     }
     assert_ne!(traceparents[0], traceparents[1]);
+
+    // An Anthropic tier's call carries the trace too.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", proxy.url()))
+        .header(
+            "traceparent",
+            format!("00-{CLAUDE_TRACE_ID}-{PARENT_ID}-01"),
+        )
+        .json(&json!({"model": "sonnet", "messages": [{"role": "user", "content": PROMPT}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let claude_tp = seen_claude.lock().unwrap()[0]
+        .clone()
+        .expect("a traceparent at the Anthropic upstream");
+    assert!(
+        claude_tp.starts_with(&format!("00-{CLAUDE_TRACE_ID}-")),
+        "{claude_tp}"
+    );
 
     // The spans arrive once flushed (the exporter batches); bounded wait.
     let mut got = Vec::new();

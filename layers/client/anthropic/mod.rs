@@ -95,9 +95,10 @@ impl AnthropicClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
+        let headers = request.headers.clone();
         if request.stream {
             return run(&self.transport, &request, &model, true, async move {
-                let response = transport.post(body, true).await?;
+                let response = transport.post(body, true, headers).await?;
                 let decoder = Box::new(AnthropicEvents::default());
                 ChatStream::from_http(response, transport, call_model, decoder)
                     .into_response()
@@ -105,7 +106,7 @@ impl AnthropicClient {
             });
         }
         run(&self.transport, &request, &model, false, async move {
-            let response = transport.post(body, false).await?;
+            let response = transport.post(body, false, headers).await?;
             let (status, headers) = (response.status(), response.headers().clone());
             let bytes = transport.read_answer(response).await?;
             decode_response(&transport, status, &headers, &bytes)
@@ -163,8 +164,9 @@ impl StreamChat for AnthropicClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
+        let headers = request.headers.clone();
         run(&self.transport, &request, &model, true, async move {
-            let response = transport.post(body, true).await?;
+            let response = transport.post(body, true, headers).await?;
             let decoder = Box::new(AnthropicEvents::default());
             Ok(ChatStream::from_http(
                 response, transport, call_model, decoder,

@@ -92,9 +92,10 @@ impl OpenAiClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
+        let headers = request.headers.clone();
         if request.stream {
             return run(&self.transport, &request, &model, true, async move {
-                let response = transport.post(body, true).await?;
+                let response = transport.post(body, true, headers).await?;
                 let decoder = Box::new(OpenAiEvents);
                 ChatStream::from_http(response, transport, call_model, decoder)
                     .into_response()
@@ -102,7 +103,7 @@ impl OpenAiClient {
             });
         }
         run(&self.transport, &request, &model, false, async move {
-            let response = transport.post(body, false).await?;
+            let response = transport.post(body, false, headers).await?;
             let (status, headers) = (response.status(), response.headers().clone());
             let bytes = transport.read_answer(response).await?;
             decode_response(&transport, status, &headers, &bytes)
@@ -158,8 +159,9 @@ impl StreamChat for OpenAiClient {
         };
         let transport = self.transport.clone();
         let call_model = model.clone();
+        let headers = request.headers.clone();
         run(&self.transport, &request, &model, true, async move {
-            let response = transport.post(body, true).await?;
+            let response = transport.post(body, true, headers).await?;
             let decoder = Box::new(OpenAiEvents);
             Ok(ChatStream::from_http(
                 response, transport, call_model, decoder,

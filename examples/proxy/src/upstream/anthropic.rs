@@ -26,7 +26,7 @@ pub(super) async fn call_anthropic(
     body: Bytes,
     stream: bool,
 ) -> Result<http::Response<ProxyBody>, BoxError> {
-    let request = anthropic_request(&body).map_err(|e| {
+    let mut request = anthropic_request(&body).map_err(|e| {
         ClassifiedError::new(
             FailureKind::BadRequest,
             format!(
@@ -35,6 +35,8 @@ pub(super) async fn call_anthropic(
             ),
         )
     })?;
+    // This tier's trace continues at the upstream, as on OpenAI-compatible ones.
+    crate::telemetry::inject(&mut request.headers);
     if !stream {
         let answer = client.oneshot(request.stream(false)).await?;
         let body = serde_json::to_vec(&openai_completion(&answer))?;
