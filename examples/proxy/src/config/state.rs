@@ -13,6 +13,11 @@ pub struct StateConfig {
     /// store, batch records in memory.
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// The environment variable holding that URL instead (it holds a password
+    /// when Redis has one, which then stays out of the config file). Not with
+    /// `redis_url`.
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
     /// The prefix of every Redis key and channel; proxies that share it share
     /// state.
     #[serde(default = "default_state_prefix")]
@@ -27,6 +32,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             redis_url: None,
+            redis_url_env: None,
             prefix: default_state_prefix(),
         }
     }
@@ -37,26 +43,42 @@ impl fmt::Debug for StateConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StateConfig")
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .field("redis_url_env", &self.redis_url_env)
             .field("prefix", &self.prefix)
             .finish()
     }
 }
 
 impl StateConfig {
-    /// The Redis client of `redis_url`, if set. Parses the URL only: nothing is
-    /// connected here.
+    /// The Redis client of `redis_url` (or of the variable `redis_url_env`
+    /// names), if set. Parses the URL only: nothing is connected here.
     pub fn redis_client(&self) -> Result<Option<redis::Client>, ConfigError> {
-        let Some(url) = &self.redis_url else {
-            return Ok(None);
+        let (url, setting) = match (&self.redis_url, &self.redis_url_env) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return err("state.redis_url and state.redis_url_env are both set: keep one")
+            }
+            (Some(url), None) => (url.clone(), "state.redis_url".to_owned()),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(url) => (url, format!("state.redis_url_env ({var})")),
+                Err(_) => {
+                    return err(format!(
+                        "state.redis_url_env: the environment variable {var} is not set \
+                         (or not UTF-8)"
+                    ))
+                }
+            },
         };
         if url.trim().is_empty() {
-            return err("state.redis_url is empty (remove it to keep the state embedded)");
+            return err(format!(
+                "{setting} is empty (remove it to keep the state embedded)"
+            ));
         }
         match redis::Client::open(url.as_str()) {
             Ok(client) => Ok(Some(client)),
             // The URL itself is not repeated: it may hold a password.
             Err(e) => err(format!(
-                "state.redis_url is not a usable Redis URL ({e}); \
+                "{setting} is not a usable Redis URL ({e}); \
                  expected redis://[user:password@]host[:port][/db]"
             )),
         }

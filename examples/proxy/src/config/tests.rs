@@ -111,6 +111,31 @@ fn state_is_embedded_unless_a_redis_url_is_set() {
 }
 
 #[test]
+fn the_redis_url_can_come_from_the_environment() {
+    std::env::set_var(
+        "LLM_PROXY_CONFIG_TEST_REDIS_URL",
+        "redis://:secret@127.0.0.1:6390/2",
+    );
+    let with = format!("{FIXED}\n[state]\nredis_url_env = \"LLM_PROXY_CONFIG_TEST_REDIS_URL\"\n");
+    let config = Config::from_toml(&with).unwrap();
+    assert!(config.state.redis_client().unwrap().is_some());
+    assert!(!format!("{config:?}").contains("secret"));
+
+    let missing = format!("{FIXED}\n[state]\nredis_url_env = \"LLM_PROXY_CONFIG_TEST_UNSET\"\n");
+    let e = Config::from_toml(&missing).unwrap_err().to_string();
+    assert!(
+        e.contains("LLM_PROXY_CONFIG_TEST_UNSET") && e.contains("not set"),
+        "{e}"
+    );
+    let both = format!(
+        "{FIXED}\n[state]\nredis_url = \"redis://127.0.0.1/\"\n\
+         redis_url_env = \"LLM_PROXY_CONFIG_TEST_REDIS_URL\"\n"
+    );
+    let e = Config::from_toml(&both).unwrap_err().to_string();
+    assert!(e.contains("both set"), "{e}");
+}
+
+#[test]
 fn malformed_redis_urls_are_startup_errors() {
     for url in ["", "localhost:6379", "http://127.0.0.1:6379", "redis://"] {
         let text = format!("{FIXED}\n[state]\nredis_url = {url:?}\n");
