@@ -32,11 +32,18 @@ where
 {
     // Warm up (first keyed call creates its circuit).
     svc.ready().await.unwrap().call("gpt").await.unwrap();
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
-    for _ in 0..1000 {
-        svc.ready().await.unwrap().call("gpt").await.unwrap();
+    // The counter is process-wide: another thread of the test harness may
+    // allocate during a round. The fewest allocations of three rounds of 1,000
+    // calls is 0 unless the calls themselves allocate (then it is >= 1,000).
+    let mut fewest = usize::MAX;
+    for _ in 0..3 {
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..1000 {
+            svc.ready().await.unwrap().call("gpt").await.unwrap();
+        }
+        fewest = fewest.min(ALLOCATIONS.load(Ordering::SeqCst) - before);
     }
-    ALLOCATIONS.load(Ordering::SeqCst) - before
+    fewest
 }
 
 #[test]
