@@ -141,7 +141,18 @@ pub(super) async fn handle(
         anthropic_version: header("anthropic-version"),
         ..SeenRequest::default()
     };
-    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+    // As the OpenAI mock: at most `MAX_REQUEST_BYTES` of a request is read.
+    let body = http_body_util::Limited::new(request.into_body(), super::MAX_REQUEST_BYTES)
+        .collect()
+        .await
+        .map(|b| b.to_bytes());
+    if body.is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "unreadable or too large body",
+        );
+    }
     let parsed = body
         .as_ref()
         .ok()

@@ -438,4 +438,29 @@ async fn the_mock_upstream_reads_at_most_16_mib_of_a_request() {
     let refused = post(17 << 20).await.unwrap();
     assert_eq!(refused.status(), 400);
     assert!(refused.text().await.unwrap().contains("too large"));
+
+    // The Anthropic-format mock too.
+    let anthropic = llm_proxy::mock::MockUpstream::start(llm_proxy::mock::MockOptions {
+        name: "bounded-anthropic".into(),
+        format: llm_proxy::mock::MockFormat::Anthropic,
+        ..llm_proxy::mock::MockOptions::default()
+    })
+    .await
+    .unwrap();
+    let messages = |bytes: usize| {
+        let mut body =
+            br#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":""#.to_vec();
+        body.resize(body.len() + bytes, b'a');
+        body.extend_from_slice(br#""}]}"#);
+        let base = format!("http://{}", anthropic.addr());
+        http.post(format!("{base}/v1/messages"))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .body(body)
+            .send()
+    };
+    assert_eq!(messages(1 << 20).await.unwrap().status(), 200);
+    let refused = messages(17 << 20).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("too large"));
 }
