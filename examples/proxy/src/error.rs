@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 use tower_llm_resilience::classify::{classify_dyn_error, FailureKind};
-use tower_llm_resilience::escalation::{EscalationError, RESUME_TOKEN_HEADER};
+use tower_llm_resilience::escalation::{EscalationError, StoreError, RESUME_TOKEN_HEADER};
 use tower_llm_resilience::fallback::AllTiersFailed;
 use tower_llm_resilience::BoxError;
 
@@ -385,11 +385,27 @@ fn from_escalation(e: &EscalationError) -> ApiError {
             ),
         ),
         EscalationError::InvalidToken => ApiError::invalid_resume_token(),
+        EscalationError::Store(e @ StoreError::Backend(_)) => {
+            ApiError::store_unavailable("escalation", e)
+        }
         other => ApiError::internal("escalation_failed", other.to_string()),
     }
 }
 
 impl ApiError {
+    /// 503 for an operation its store (`what`: escalation, batch...) could not
+    /// serve: unreachable, timed out, refused. Nothing was done; the same
+    /// request may be sent again.
+    pub(crate) fn store_unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "store_unavailable",
+            format!("the {what} store is unavailable ({e}); try again shortly"),
+        )
+        .retry_after(Duration::from_secs(5))
+    }
+
     /// 400 for an unknown or foreign resume token.
     pub(crate) fn invalid_resume_token() -> Self {
         Self::new(

@@ -38,9 +38,10 @@
 //! - Escalations: `escalation_caps` (caps on pending escalations), `resume`
 //!   (a resume token works only for its client), `sealed` (snapshots
 //!   encrypted at rest).
-//! - `batch`: the batch runner and its bounded store; `redis_state`: the
-//!   state shared through Redis (`[state] redis_url`); `usage`: usage records
-//!   and their SQLite store, budgets; `cache`: the response cache;
+//! - `batch`: the batch runner and its bounded store; `redis_state` and
+//!   `postgres_state`: the state shared through Redis (`[state] redis_url`)
+//!   and PostgreSQL (`postgres_url`), [`CircuitSync`] the circuits shared
+//!   through either; `usage`: usage records and their stores, budgets; `cache`: the response cache;
 //!   `dashboard`: what the operator dashboard shows that is kept nowhere
 //!   else (answers by tier over recent windows, the last batches).
 //! - [`telemetry`]: the log subscriber and the OTLP trace export
@@ -71,7 +72,9 @@ mod sealed;
 
 mod batch;
 mod cache;
+mod circuit_sync;
 mod dashboard;
+mod postgres_state;
 mod redis_state;
 mod usage;
 
@@ -82,5 +85,7 @@ pub mod telemetry;
 pub mod demo;
 pub mod mock;
 
+pub use crate::circuit_sync::CircuitSync;
 pub use crate::config::Config;
+pub use crate::postgres_state::migrate;
 pub use crate::server::{bind_listeners, Proxy};

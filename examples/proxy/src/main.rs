@@ -18,7 +18,7 @@ use tower_llm_resilience::BoxError;
 #[command(name = "llm-proxy", version)]
 struct Cli {
     /// The TOML configuration file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Listen here instead (overrides the config's `listen`).
     #[arg(long)]
@@ -34,7 +34,11 @@ struct Cli {
 enum Command {
     /// Run a mock upstream that fails on demand (seeded), speaking the OpenAI
     /// chat completions API or (`--format anthropic`) the Anthropic Messages API.
-    MockUpstream(MockOptions),
+    MockUpstream(Box<MockOptions>),
+    /// Apply the PostgreSQL schema migrations of `--config`'s `[state]
+    /// postgres_url` (or `postgres_url_env`) and exit. Safe to run while proxies
+    /// run, and from several machines at once.
+    Migrate,
 }
 
 fn main() -> ExitCode {
@@ -54,12 +58,16 @@ fn main() -> ExitCode {
     let result = match (cli.command, cli.config) {
         (Some(Command::MockUpstream(options)), _) => multi_thread().and_then(|runtime| {
             runtime.block_on(async move {
-                let mock = MockUpstream::start(options).await?;
+                let mock = MockUpstream::start(*options).await?;
                 println!("mock upstream listening on {}", mock.base_url());
                 shutdown_signal().await;
                 Ok(())
             })
         }),
+        (Some(Command::Migrate), Some(path)) => migrate(&path),
+        (Some(Command::Migrate), None) => {
+            Err("migrate needs --config FILE (whose [state] names the PostgreSQL)".into())
+        }
         (None, Some(path)) => serve_config(&path, cli.listen, cli.workers),
         (None, None) => multi_thread().and_then(|runtime| {
             let listen = cli
@@ -79,6 +87,36 @@ fn main() -> ExitCode {
 
 fn multi_thread() -> Result<tokio::runtime::Runtime, BoxError> {
     tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}").into())
+}
+
+/// `migrate --config FILE`: apply the schema migrations and exit.
+fn migrate(path: &std::path::Path) -> Result<(), BoxError> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(llm_proxy::migrate(&config))? {
+        None => Err(format!(
+            "{}: [state] names no PostgreSQL (postgres_url or postgres_url_env): \
+             nothing to migrate",
+            path.display()
+        )
+        .into()),
+        Some(migrated) if migrated.applied.is_empty() => {
+            println!(
+                "the PostgreSQL schema is current (version {})",
+                migrated.current
+            );
+            Ok(())
+        }
+        Some(migrated) => {
+            println!(
+                "applied migrations {:?}; the PostgreSQL schema is at version {}",
+                migrated.applied, migrated.current
+            );
+            Ok(())
+        }
+    }
 }
 
 /// `--config FILE`: serve until Ctrl-C or SIGTERM, then shut down gracefully.

@@ -132,6 +132,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         &config.batch,
         pipeline.cores.clone(),
         pipeline.redis.as_ref(),
+        pipeline.postgres.as_ref(),
     )?;
     let budgets = crate::usage::Budgets::build(
         &config.budgets,

@@ -468,9 +468,11 @@ async fn an_unreachable_redis_keeps_calls_working_and_fails_store_operations() {
 
     // What needs the store fails clearly instead of losing or repeating work.
     let escalated = chat(&[APPROVAL]).await.unwrap();
-    assert_eq!(escalated.status(), 500);
+    assert_eq!(escalated.status(), 503);
+    assert_eq!(header(&escalated, "retry-after"), "5");
     let body: Value = escalated.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "escalation_failed", "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
     let batch = |id: Option<&str>| {
         let mut body = json!({"requests": [{"key": "a", "body": ask("smart")}]});
         if let Some(id) = id {
@@ -482,9 +484,9 @@ async fn an_unreachable_redis_keeps_calls_working_and_fails_store_operations() {
             .send()
     };
     let named = batch(Some("nightly")).await.unwrap();
-    assert_eq!(named.status(), 500);
+    assert_eq!(named.status(), 503);
     let body: Value = named.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "batch_failed", "{body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
     let anonymous = batch(None).await.unwrap();
     assert_eq!(
         anonymous.status(),

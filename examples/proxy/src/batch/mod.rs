@@ -30,6 +30,7 @@ use tower_llm_resilience::BoxError;
 
 use crate::config::{BatchConfig, ConfigError};
 use crate::pipeline::{answered_by, Core, ProxyClassifier, Req, RequestMeta};
+use crate::postgres_state::PostgresState;
 use crate::redis_state::RedisState;
 use store::BoundedBatchStore;
 
@@ -137,21 +138,28 @@ impl BatchRunner {
         config: &BatchConfig,
         cores: HashMap<Arc<str>, Core>,
         redis: Option<&RedisState>,
+        postgres: Option<&PostgresState>,
     ) -> Result<Self, ConfigError> {
         let builder = PartialBatchLayer::builder()
             .concurrency(config.concurrency)
             .max_attempts(config.max_attempts)
             .classifier(ErrorOnlyClassifier);
         let ttl = config.ttl_secs;
-        let mut builder = match redis {
-            Some(redis) => builder.store(
+        let mut builder = match (postgres, redis) {
+            (Some(pg), _) => builder.store(
+                pg.batch_store()
+                    .ttl(ttl)
+                    .max_records(config.max_records)
+                    .max_bytes(config.max_bytes),
+            ),
+            (None, Some(redis)) => builder.store(
                 redis
                     .batch_store()?
                     .ttl(ttl)
                     .max_records(config.max_records)
                     .max_bytes(config.max_bytes),
             ),
-            None => builder.store(BoundedBatchStore::new(
+            (None, None) => builder.store(BoundedBatchStore::new(
                 ttl,
                 config.max_records,
                 config.max_bytes,

@@ -114,6 +114,7 @@ impl Adapter<Req, Res> for ProxyAdapter {
 pub(super) fn escalation_layer(
     config: &Config,
     redis: Option<&RedisState>,
+    postgres: Option<&crate::postgres_state::PostgresState>,
 ) -> Result<
     (
         EscalationLayer<ProxyPolicy, ProxyAdapter>,
@@ -166,16 +167,21 @@ pub(super) fn escalation_layer(
             keep_for,
         ))
     };
-    let store: Arc<crate::escalation_caps::CappedStore> = match (redis, settings.store) {
-        // `[state] redis_url` replaces `store` and `sqlite_path`.
-        (Some(redis), _) => capped(crate::sealed::seal_if_configured(
+    let store: Arc<crate::escalation_caps::CappedStore> = match (postgres, redis, settings.store) {
+        // `[state] postgres_url` (else `redis_url`) replaces `store` and
+        // `sqlite_path`.
+        (Some(pg), _, _) => capped(crate::sealed::seal_if_configured(
+            pg.escalation_store()?,
+            settings,
+        )?),
+        (None, Some(redis), _) => capped(crate::sealed::seal_if_configured(
             redis.escalation_store()?,
             settings,
         )?),
-        (None, crate::config::StoreKind::Memory) => capped(Arc::new(
+        (None, None, crate::config::StoreKind::Memory) => capped(Arc::new(
             tower_llm_resilience::escalation::MemoryStore::new(),
         )),
-        (None, crate::config::StoreKind::Sqlite) => {
+        (None, None, crate::config::StoreKind::Sqlite) => {
             if let Some(dir) = settings.sqlite_path.parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|e| {

@@ -38,11 +38,12 @@ use tower_llm_resilience::escalation::{
 use tower_llm_resilience::fallback::{
     Fallback, FallbackLayer, FirstEvent, MarkDegraded, Tier, DEFAULT_MAX_EVENT_BYTES,
 };
-use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
 use crate::body::{completion_json, completion_sse, Closing, ProxyBody};
+use crate::circuit_sync::CircuitSync;
 use crate::config::{CircuitConfig, Config, ConfigError, EscalationMode, ModelConfig, OnTimeout};
+use crate::postgres_state::PostgresState;
 use crate::redis_state::RedisState;
 use crate::request::TierBody;
 use crate::upstream::{HttpClients, Upstream};
@@ -188,11 +189,13 @@ pub(crate) struct Pipeline {
     pub(crate) escalations: tower_llm_resilience::escalation::Handle,
     /// The escalation store's caps and pending counts.
     pub(crate) escalation_caps: Arc<crate::escalation_caps::CappedStore>,
-    /// `[state] redis_url`: the shared Redis (`None`: embedded state).
+    /// `[state] redis_url`: the shared Redis (`None`: not on Redis).
     pub(crate) redis: Option<RedisState>,
-    /// With Redis: each upstream's circuit sync, kept running as long as the
-    /// pipeline lives.
-    pub(crate) circuit_syncs: Vec<(Arc<str>, RedisCircuitSync)>,
+    /// `[state] postgres_url`: the shared PostgreSQL (`None`: not on Postgres).
+    pub(crate) postgres: Option<PostgresState>,
+    /// With Redis or Postgres: each upstream's circuit sync, kept running as
+    /// long as the pipeline lives.
+    pub(crate) circuit_syncs: Vec<(Arc<str>, CircuitSync)>,
     /// Closed at the end of a shutdown: upstream streams still open end with an
     /// error event.
     pub(crate) closing: Closing,
@@ -343,6 +346,7 @@ async fn no_tier(_: Req) -> Result<Res, BoxError> {
 pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
     let http = HttpClients::new(1024, Duration::from_secs(10))?;
     let redis = RedisState::from_config(&config.state)?;
+    let postgres = PostgresState::from_config(&config.state)?;
     let closing = Closing::new();
     let mut guarded = HashMap::new();
     let mut circuits = Vec::new();
@@ -352,8 +356,12 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         let circuit = upstream.circuit.as_ref().unwrap_or(&config.circuit);
         let layer = circuit_layer(&upstream.name, circuit)?;
         let name: Arc<str> = upstream.name.as_str().into();
-        if let Some(redis) = &redis {
-            let sync = redis.attach_circuit(&upstream.name, &layer.handle())?;
+        if let Some(sync) = CircuitSync::attach(
+            &upstream.name,
+            &layer.handle(),
+            redis.as_ref(),
+            postgres.as_ref(),
+        )? {
             circuit_syncs.push((name.clone(), sync));
         }
         circuits.push((name, layer.handle()));
@@ -375,7 +383,8 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         guarded.insert(upstream.name.as_str(), service);
     }
     let first_event = config.limits.first_event_timeout_secs;
-    let (escalation, escalation_caps) = escalation_layer(config, redis.as_ref())?;
+    let (escalation, escalation_caps) =
+        escalation_layer(config, redis.as_ref(), postgres.as_ref())?;
     let mut models = HashMap::new();
     let mut cores = HashMap::new();
     for model in &config.models {
@@ -398,6 +407,7 @@ pub(crate) fn build(config: &Config) -> Result<Pipeline, ConfigError> {
         escalations: escalation.handle(),
         escalation_caps,
         redis,
+        postgres,
         circuit_syncs,
         closing,
     })

@@ -125,6 +125,7 @@ pub(crate) async fn handler(
                 "the key {key:?} is used twice in this batch"
             )));
         }
+        Err(BatchError::Store(e)) => return Err(ApiError::store_unavailable("batch", &e)),
         Err(e) => return Err(ApiError::internal("batch_failed", e.to_string())),
     };
     let items: Vec<Value> = report

@@ -138,7 +138,7 @@ async fn list(
 }
 
 fn store_failed(e: &dyn std::fmt::Display) -> ApiError {
-    ApiError::internal("store_failed", format!("escalation store: {e}"))
+    ApiError::store_unavailable("escalation", e)
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tower_llm_resilience::redis::RedisCircuitSync;
 use tower_llm_resilience::BoxError;
 
 use super::connections::{serve, ClientLimits};
@@ -93,6 +92,29 @@ impl Proxy {
             }
         }
         let control = runtimes.pop().expect("workers + 1 runtimes were built");
+        // `[state] postgres_url`: the schema first (a no-op when current).
+        if config.state.postgres_migrate {
+            // On a thread of its own: `start` may be called inside a runtime.
+            let migrated = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| control.block_on(crate::postgres_state::migrate(config)))
+                    .join()
+            });
+            let migrated = migrated.unwrap_or_else(|_| {
+                Err(crate::config::ConfigError(
+                    "the PostgreSQL migration panicked".into(),
+                ))
+            });
+            if let Err(e) = migrated {
+                runtimes.push(control);
+                discard(runtimes);
+                return Err(format!(
+                    "{e} (the proxy migrates at startup: start it once PostgreSQL answers, \
+                     or set state.postgres_migrate = false and run `llm-proxy migrate`)"
+                )
+                .into());
+            }
+        }
         // Built inside the control runtime: the Redis backends' tasks run there
         // (once its thread starts) and stop with it.
         let built = {
@@ -171,9 +193,10 @@ impl Proxy {
         self.workers.len()
     }
 
-    /// With `[state] redis_url`: each upstream's circuit sync (its name and
-    /// the sync), to see whether they reach Redis. Empty without Redis.
-    pub fn circuit_syncs(&self) -> &[(Arc<str>, RedisCircuitSync)] {
+    /// With `[state] redis_url` or `postgres_url`: each upstream's circuit sync
+    /// (its name and the sync), to see whether they reach the shared store.
+    /// Empty with embedded state.
+    pub fn circuit_syncs(&self) -> &[(Arc<str>, crate::CircuitSync)] {
         &self.state.pipeline.circuit_syncs
     }
 

@@ -1,0 +1,110 @@
+//! `[state] postgres_url`: circuits, escalations, batch and usage records on
+//! PostgreSQL, shared by every proxy on the same database.
+//!
+//! - escalations are kept in a [`PostgresEscalationStore`]: created on one
+//!   proxy, listed and resolved through any, a waiting request woken wherever it
+//!   waits (`LISTEN`/`NOTIFY`, the poll interval as the backstop);
+//! - batch records in a [`PostgresBatchStore`]: a batch re-run on another proxy
+//!   gets its successes back as cached;
+//! - usage records and budget counters (see [`crate::usage`]);
+//! - unless `[state]` also names a Redis (which then keeps them), each
+//!   upstream's circuit is attached with a [`PostgresCircuitSync`] named
+//!   `{prefix}/{upstream}`: an open decision on one proxy opens the circuit on
+//!   every other (the closed path stays local).
+//!
+//! Nothing connects when the state is built: the pool connects on the first
+//! operation and reconnects on its own. The schema is migrated before (by
+//! [`migrate`], which the proxy runs at startup unless `postgres_migrate =
+//! false`, and `llm-proxy migrate` runs alone). While PostgreSQL is unreachable
+//! the circuits decide on local state and the store-backed operations fail with
+//! a 503 (see the README).
+
+use tower_llm_resilience::circuit_breaker::Handle;
+use tower_llm_resilience::postgres::{
+    Migrated, Postgres, PostgresBatchStore, PostgresCircuitSync, PostgresEscalationStore,
+};
+
+use crate::config::{Config, ConfigError, StateConfig};
+
+/// The PostgreSQL behind `[state] postgres_url`, with the prefix of circuit
+/// names.
+#[derive(Clone, Debug)]
+pub(crate) struct PostgresState {
+    pg: Postgres,
+    prefix: String,
+}
+
+impl PostgresState {
+    /// The PostgreSQL of `config`, if set (nothing is connected). The backends
+    /// spawn their tasks on the current tokio runtime, so the proxy must be
+    /// built inside the runtime that serves it.
+    pub(crate) fn from_config(config: &StateConfig) -> Result<Option<Self>, ConfigError> {
+        let Some(pg) = config.postgres()? else {
+            return Ok(None);
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError(
+                "state.postgres_url: the proxy must be built inside a tokio runtime".into(),
+            ));
+        }
+        tracing::info!(postgres = ?pg, "shared state on PostgreSQL");
+        Ok(Some(Self {
+            pg,
+            prefix: config.prefix.clone(),
+        }))
+    }
+
+    /// The database (a pool; clones share it).
+    #[allow(dead_code)] // The usage store's, next.
+    pub(crate) fn pg(&self) -> &Postgres {
+        &self.pg
+    }
+
+    /// Share the circuits of `handle` (upstream `upstream`) with every proxy on
+    /// this database and prefix, until the returned guard is dropped.
+    pub(crate) fn attach_circuit(
+        &self,
+        upstream: &str,
+        handle: &Handle<()>,
+    ) -> Result<PostgresCircuitSync, ConfigError> {
+        PostgresCircuitSync::attach_as(&self.pg, handle, &format!("{}/{upstream}", self.prefix))
+            .map_err(|e| ConfigError(format!("circuit of upstream {upstream:?}: {e}")))
+    }
+
+    /// The escalation store.
+    pub(crate) fn escalation_store(&self) -> Result<PostgresEscalationStore, ConfigError> {
+        PostgresEscalationStore::builder(&self.pg)
+            .build()
+            .map_err(|e| ConfigError(format!("escalation store: {e}")))
+    }
+
+    /// The batch store.
+    pub(crate) fn batch_store(&self) -> PostgresBatchStore {
+        PostgresBatchStore::new(&self.pg)
+    }
+}
+
+/// Applies the PostgreSQL schema migrations of `config`'s `[state]`, if it names
+/// a PostgreSQL (`None` otherwise): what `llm-proxy migrate` does, and the proxy
+/// at startup unless `postgres_migrate = false`. Safe when several proxies
+/// start at once: one applies, the others wait and find nothing left.
+pub async fn migrate(config: &Config) -> Result<Option<Migrated>, ConfigError> {
+    let Some(pg) = config.state.postgres()? else {
+        return Ok(None);
+    };
+    match pg.migrate().await {
+        Ok(migrated) => {
+            if !migrated.applied.is_empty() {
+                tracing::info!(
+                    applied = ?migrated.applied,
+                    version = migrated.current,
+                    "PostgreSQL schema migrated"
+                );
+            }
+            Ok(Some(migrated))
+        }
+        Err(e) => Err(ConfigError(format!(
+            "cannot migrate the PostgreSQL schema ({pg:?}): {e}"
+        ))),
+    }
+}
