@@ -70,6 +70,7 @@ mod escalation_caps;
 mod resume;
 mod sealed;
 
+mod audit;
 mod batch;
 mod cache;
 mod circuit_sync;

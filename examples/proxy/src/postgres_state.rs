@@ -55,7 +55,6 @@ impl PostgresState {
     }
 
     /// The database (a pool; clones share it).
-    #[allow(dead_code)] // The usage store's, next.
     pub(crate) fn pg(&self) -> &Postgres {
         &self.pg
     }

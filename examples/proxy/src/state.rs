@@ -70,6 +70,8 @@ pub(crate) struct AppState {
     pub(crate) cache: Option<Arc<crate::cache::ResponseCache>>,
     /// The last batches' summaries (the dashboard's).
     pub(crate) recent_batches: crate::dashboard::batches::RecentBatches,
+    /// Operators' actions, kept on PostgreSQL when there is one.
+    pub(crate) audit: crate::audit::AuditTrail,
 }
 
 impl std::fmt::Debug for AppState {
@@ -147,6 +149,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         &config.cache,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
     )?;
+    let pipeline_postgres = pipeline.postgres.clone();
     let state = Arc::new(AppState {
         models,
         client_keys: Keys::new(&config.client_keys()?),
@@ -169,6 +172,7 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         budgets,
         cache,
         recent_batches: Default::default(),
+        audit: crate::audit::AuditTrail::new(pipeline_postgres.as_ref()),
     });
     Ok(state)
 }

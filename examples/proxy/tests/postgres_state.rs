@@ -716,3 +716,121 @@ fn bad_postgres_settings_fail_at_load_with_the_setting_named() {
         assert!(!e.contains("pw-x"), "the password stays out: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_actions_on_either_proxy_are_kept_in_one_audit_log() {
+    let pair = Pair::start("mode = \"detach\"").await;
+    let response = pair.chat(&pair.a, &[APPROVAL]).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let id = body["escalation"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        pair.resolve(&pair.b, &id, json!({"decision": "approve"}))
+            .await
+            .status(),
+        200
+    );
+    let forced = pair
+        .http
+        .post(format!(
+            "{}/v1/admin/circuits/secondary/force-open",
+            pair.a.url()
+        ))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), 200);
+
+    let page = |proxy: &Proxy, query: &str| {
+        pair.http
+            .get(format!("{}/v1/admin/audit{query}", proxy.url()))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+    };
+    // Written off the request path: read until both are there.
+    poll_until("both actions are in the audit log", || async {
+        let events: Value = page(&pair.b, "").await.unwrap().json().await.unwrap();
+        events["data"].as_array().is_some_and(|d| d.len() == 2)
+    })
+    .await;
+    let events: Value = page(&pair.b, "").await.unwrap().json().await.unwrap();
+    // Each proxy writes its own off the request path: in either order.
+    let data = events["data"].as_array().unwrap();
+    let find = |action: &str| {
+        data.iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("{action} in {events}"))
+    };
+    let resolved = find("escalation_resolve");
+    assert_eq!(resolved["subject"], id.as_str());
+    assert_eq!(resolved["detail"], r#"{"status":"approved"}"#);
+    assert_eq!(find("circuit_force_open")["subject"], "secondary");
+    assert!(
+        data[0]["seq"].as_i64() < data[1]["seq"].as_i64(),
+        "oldest first"
+    );
+    // The actor is the admin key's id, never the key.
+    let actor = resolved["actor"].as_str().unwrap();
+    assert!(!actor.is_empty() && actor != ADMIN_KEY, "{actor}");
+    assert_eq!(events["next_after"], Value::Null, "one page holds both");
+
+    // Paged: one at a time, from either proxy.
+    let first: Value = page(&pair.a, "?limit=1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["data"].as_array().unwrap().len(), 1);
+    let after = first["next_after"].as_i64().expect("a next page");
+    let second: Value = page(&pair.a, &format!("?limit=1&after={after}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["data"][0], data[1], "{second}");
+    for bad in ["?limit=0", "?limit=1001", "?after=-1", "?after=x"] {
+        let refused = page(&pair.a, bad).await.unwrap();
+        assert_eq!(refused.status(), 400, "{bad}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(
+            body["error"]["type"], "invalid_request_error",
+            "{bad}: {body}"
+        );
+    }
+    // Clients may not read it.
+    let client = pair
+        .http
+        .get(format!("{}/v1/admin/audit", pair.a.url()))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(client.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_postgres_the_audit_endpoint_says_where_the_trail_is() {
+    let primary = mock("primary").await;
+    let secondary = mock("secondary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &primary.base_url(),
+        &secondary.base_url(),
+        &dir.path().join("escalations.db"),
+        "",
+    );
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/admin/audit", proxy.url()))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_audit_log", "{body}");
+    stop(proxy).await;
+}

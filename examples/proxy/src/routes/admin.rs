@@ -117,6 +117,7 @@ async fn login(State(state): State<Shared>, request: Request) -> Result<Response
         .create(admin_id.clone(), Instant::now())
         .map_err(|e| ApiError::internal("session_failed", e.to_string()))?;
     tracing::info!(target: "llm_proxy::audit", admin = %admin_id, action = "sign_in", "admin signed in");
+    state.audit.record(&admin_id, "sign_in", "", String::new());
     Ok(see_page(
         to,
         cookie(&token, state.sessions.lifetime().as_secs(), secure),
@@ -132,6 +133,9 @@ async fn logout(
         state.sessions.end(token);
     }
     tracing::info!(target: "llm_proxy::audit", admin = %admin.admin_id, action = "sign_out", "admin signed out");
+    state
+        .audit
+        .record(&admin.admin_id, "sign_out", "", String::new());
     see_page(SignInTo::Review, cookie("", 0, over_tls(&state, &headers)))
 }
 

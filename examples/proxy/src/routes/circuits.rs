@@ -89,6 +89,12 @@ async fn act(
         upstream = %upstream,
         "circuit changed by an admin"
     );
+    state.audit.record(
+        &admin.admin_id,
+        &format!("circuit_{}", action.name()),
+        &upstream,
+        String::new(),
+    );
     Ok(Json(entry))
 }
 

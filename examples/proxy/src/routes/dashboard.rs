@@ -156,6 +156,9 @@ async fn test_prompt(
         model = %asked.model,
         "test prompt sent by an admin"
     );
+    state
+        .audit
+        .record(&admin.admin_id, "test_prompt", &asked.model, String::new());
     let chat = json!({
         "model": asked.model,
         "messages": [{"role": "user", "content": asked.prompt}],

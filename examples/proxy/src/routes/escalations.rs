@@ -238,6 +238,12 @@ async fn resolve(
                 status = record.status.as_str(),
                 "admin resolved an escalation"
             );
+            state.audit.record(
+                &admin.admin_id,
+                "escalation_resolve",
+                record.id.as_str(),
+                serde_json::json!({"status": record.status.as_str()}).to_string(),
+            );
             metrics::counter!("llm_proxy_escalations_resolved_total", "status" => record.status.as_str())
                 .increment(1);
             Ok(Json(view(&record)))

@@ -12,7 +12,7 @@
 //! - [`dashboard`]: the operator dashboard (`GET /dashboard`) and its admin
 //!   endpoints (`/v1/admin/stats`, `/v1/admin/batches`,
 //!   `/v1/admin/test-prompt`); [`circuits`]: the admin's circuit controls
-//!   (`/v1/admin/circuits...`).
+//!   (`/v1/admin/circuits...`); [`audit`]: `GET /v1/admin/audit`.
 //!
 //! Who may call which route is decided before any handler runs, by the
 //! authentication middleware ([`crate::auth`]).
@@ -31,6 +31,7 @@ use crate::service::ProxyService;
 use crate::state::Shared;
 
 pub(crate) mod admin;
+pub(crate) mod audit;
 pub(crate) mod batch;
 pub(crate) mod chat;
 pub(crate) mod circuits;
@@ -62,6 +63,7 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
         .merge(usage::routes())
         .merge(circuits::routes())
         .merge(dashboard::routes())
+        .merge(audit::routes())
         .fallback(not_found)
         .with_state(state.clone());
     let service = ProxyService::new(router, state.clone(), &config.auth.cors_allowed_origins)?;

@@ -1,8 +1,8 @@
 //! `GET /readyz`: whether this proxy should get traffic. `/healthz` says the
 //! process answers; `/readyz` also checks what answering needs:
 //!
-//! - the escalation store answers (SQLite, or Redis with `[state] redis_url`,
-//!   which also holds the batch store), within 2 seconds;
+//! - the escalation store answers (SQLite, or with `[state]` Redis or
+//!   PostgreSQL, which also hold the batch store), within 2 seconds;
 //! - every model has at least one upstream tier whose circuit is not open (a
 //!   template alone does not make a model ready: its answers are all degraded).
 //!

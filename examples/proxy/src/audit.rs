@@ -1,0 +1,74 @@
+//! Operators' actions (an escalation resolved, a circuit forced, a sign-in, a
+//! test prompt): always logged on the `llm_proxy::audit` target; with `[state]
+//! postgres_url`, also kept in PostgreSQL's audit log (`tower_llm_audit_log`,
+//! shared by every proxy on the database), read at `GET /v1/admin/audit`.
+//!
+//! Writing never slows the action: events go through a bounded queue to a
+//! writer task; a full queue or a failed write drops the event from the table
+//! (it is in the log already) and counts it (`llm_proxy_audit_dropped_total`).
+
+use tokio::sync::mpsc;
+use tower_llm_resilience::postgres::{AuditEvent, PostgresAuditLog};
+
+use crate::postgres_state::PostgresState;
+
+/// Events waiting to be written, at most.
+const QUEUE: usize = 1024;
+
+/// Where operators' actions are kept besides the log.
+pub(crate) struct AuditTrail {
+    table: Option<(mpsc::Sender<AuditEvent>, PostgresAuditLog)>,
+}
+
+impl std::fmt::Debug for AuditTrail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditTrail")
+            .field("postgres", &self.table.is_some())
+            .finish()
+    }
+}
+
+impl AuditTrail {
+    /// The trail of a proxy on `postgres` (`None`: the log only). Spawns the
+    /// writer on the current runtime.
+    pub(crate) fn new(postgres: Option<&PostgresState>) -> Self {
+        let table = postgres.map(|pg| {
+            let log = PostgresAuditLog::new(pg.pg());
+            let (queue, events) = mpsc::channel(QUEUE);
+            tokio::spawn(write(events, log.clone()));
+            (queue, log)
+        });
+        Self { table }
+    }
+
+    /// Keep `action` by admin `actor` on `subject` (`detail`: more, as JSON
+    /// text, or empty). The caller logs it on `llm_proxy::audit`.
+    pub(crate) fn record(&self, actor: &str, action: &str, subject: &str, detail: String) {
+        let Some((queue, _)) = &self.table else {
+            return;
+        };
+        let event = AuditEvent {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail,
+        };
+        if queue.try_send(event).is_err() {
+            metrics::counter!("llm_proxy_audit_dropped_total").increment(1);
+        }
+    }
+
+    /// The table, if this proxy keeps one.
+    pub(crate) fn log(&self) -> Option<&PostgresAuditLog> {
+        self.table.as_ref().map(|(_, log)| log)
+    }
+}
+
+async fn write(mut events: mpsc::Receiver<AuditEvent>, log: PostgresAuditLog) {
+    while let Some(event) = events.recv().await {
+        if let Err(e) = log.append(&event).await {
+            tracing::warn!(error = %e, action = %event.action, "audit event not written to postgres");
+            metrics::counter!("llm_proxy_audit_dropped_total").increment(1);
+        }
+    }
+}
