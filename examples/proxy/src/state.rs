@@ -137,11 +137,13 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
     let budgets = crate::usage::Budgets::build(
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+        None,
     )?;
     let usage = crate::usage::UsageLog::build(
         &config.usage,
         budgets.clone(),
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+        None,
     )?;
     let cache = crate::cache::ResponseCache::build(
         &config.cache,
