@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tower_llm_resilience::postgres::{CounterError, Postgres, PostgresCounters};
+use tower_llm_resilience::postgres::{CounterError, PgError, Postgres, PostgresCounters};
 
 /// Charges waiting for the task, at most; past it a charge is dropped (and
 /// counted in `llm_proxy_budget_errors_total`).
@@ -22,6 +22,9 @@ const CHARGE_QUEUE: usize = 10_000;
 const CHARGE_BATCH: usize = 500;
 /// The least time between two prunes.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The longest admission waits for the counters (as on Redis) before it
+/// admits: a slow database does not hold every request for its own timeout.
+const ADMIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a minute's counters live.
 const MINUTE_TTL: Duration = Duration::from_secs(120);
 const PREFIX: &str = "llm-proxy";
@@ -61,7 +64,8 @@ impl PostgresBudget {
     }
 
     /// `(spent this period, tokens this minute, requests this minute with this
-    /// one)`, adding `request` (0 or 1) to the minute's requests: one round trip.
+    /// one)`, adding `request` (0 or 1) to the minute's requests: one round trip,
+    /// within [`ADMIT_TIMEOUT`].
     pub(super) async fn read_and_count(
         &self,
         client: &str,
@@ -74,13 +78,16 @@ impl PostgresBudget {
             key(client, "tokens"),
             key(client, "requests"),
         );
-        let (read, requests) = self
+        let reads = [
+            (spend.as_str(), window(spend_window)),
+            (&tokens, window(minute)),
+        ];
+        let counted = self
             .counters
-            .read_and_add(
-                &[(&spend, window(spend_window)), (&tokens, window(minute))],
-                (&requests, window(minute), request, MINUTE_TTL),
-            )
-            .await?;
+            .read_and_add(&reads, (&requests, window(minute), request, MINUTE_TTL));
+        let (read, requests) = tokio::time::timeout(ADMIT_TIMEOUT, counted)
+            .await
+            .map_err(|_| CounterError::Pg(PgError::Timeout(ADMIT_TIMEOUT)))??;
         let at = |i: usize| read.get(i).copied().unwrap_or(0);
         Ok((at(0), at(1), requests))
     }
