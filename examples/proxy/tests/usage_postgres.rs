@@ -87,6 +87,22 @@ impl Pair {
             .status()
     }
 
+    /// A counter of `/metrics` on `proxy` (0 when not there yet).
+    async fn metric(&self, proxy: &Proxy, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", proxy.url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
     fn sql(&self, sql: &str) -> String {
         self.db.server.psql(&self.db.name, sql)
     }
@@ -222,9 +238,11 @@ async fn a_budget_store_outage_admits_and_the_budget_holds_again_after() {
     )
     .await;
     assert_eq!(pair.chat(&pair.a).await, 200);
+    let errors = pair.metric(&pair.b, "llm_proxy_budget_errors_total").await;
     pair.db.server.stop();
     // The counters are unreachable: admitted (logged and counted), answered.
     assert_eq!(pair.chat(&pair.b).await, 200);
+    assert!(pair.metric(&pair.b, "llm_proxy_budget_errors_total").await > errors);
     pair.db.server.restart();
     // Back by itself: the answers after it are counted (a charge made during
     // the outage is lost, counted in `llm_proxy_budget_errors_total`), and the
