@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "usage_and_audit_log",
         sql: include_str!("migrations/0004_usage_audit.sql"),
     },
+    Migration {
+        version: 5,
+        name: "counters",
+        sql: include_str!("migrations/0005_counters.sql"),
+    },
 ];
 
 /// Any constant both instances agree on: the lock that serialises migrations.

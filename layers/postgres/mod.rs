@@ -12,6 +12,7 @@
 //! | [`PostgresBatchStore`] | [`PartialBatchLayer`](crate::PartialBatchLayer)`::builder().store(..)` | successes of named batches |
 //! | [`PostgresUsageStore`] | your usage accounting (e.g. the output of [`usage`](crate::usage)) | token and cost records, grouped by client, model, day |
 //! | [`PostgresAuditLog`] | your operators' actions | an append-only audit log |
+//! | [`PostgresCounters`] | your budgets and rate limits | fixed-window counters |
 //!
 //! # Example
 //!
@@ -63,6 +64,7 @@ mod audit_log;
 mod batch_store;
 mod circuit_sync;
 mod connect;
+mod counters;
 mod error;
 mod escalation_rows;
 mod escalation_store;
@@ -77,6 +79,9 @@ pub use self::audit_log::{
 pub use self::batch_store::PostgresBatchStore;
 pub use self::circuit_sync::PostgresCircuitSync;
 pub use self::connect::{Postgres, PostgresBuilder};
+pub use self::counters::{
+    CounterAdd, CounterError, PostgresCounters, COUNTER_MAX_BATCH, COUNTER_MAX_KEY,
+};
 pub use self::error::{ConfigError, MigrateError, PgError};
 pub use self::escalation_store::{PostgresEscalationStore, PostgresEscalationStoreBuilder};
 pub use self::migrate::{Migrated, SCHEMA_VERSION};

@@ -139,11 +139,13 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
     let budgets = crate::usage::Budgets::build(
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+        pipeline.postgres.as_ref().map(|p| p.pg().clone()),
     )?;
     let usage = crate::usage::UsageLog::build(
         &config.usage,
         budgets.clone(),
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
+        pipeline.postgres.as_ref().map(|p| p.pg().clone()),
     )?;
     let cache = crate::cache::ResponseCache::build(
         &config.cache,

@@ -266,6 +266,7 @@ mod tests {
             },
             None,
             None,
+            None,
         )
         .unwrap()
         .unwrap();

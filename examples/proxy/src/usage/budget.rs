@@ -1,6 +1,6 @@
 //! Budgets per client key: spend per period, requests and tokens per minute,
-//! checked before any upstream is called; counted in memory, or in Redis so
-//! every proxy on it enforces one budget.
+//! checked before any upstream is called; counted in memory, or in Redis or
+//! PostgreSQL so every proxy on it enforces one budget.
 //!
 //! Windows are fixed, counted from the Unix epoch (a minute for `rpm`/`tpm`,
 //! `budget_period` for spend), so every proxy agrees on them without talking.
@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use redis::aio::ConnectionManager;
+use tower_llm_resilience::postgres::Postgres;
+
+use super::budget_postgres::PostgresBudget;
 
 use crate::config::{BudgetConfig, BudgetsConfig, ConfigError};
 use crate::error::ApiError;
@@ -78,6 +81,7 @@ enum Store {
         conn: ConnectionManager,
         prefix: String,
     },
+    Postgres(PostgresBudget),
 }
 
 /// The limits and their counters.
@@ -102,16 +106,18 @@ fn now_secs() -> u64 {
 
 impl Budgets {
     /// The budgets of `config` (`None`: no limit anywhere), counted in Redis when
-    /// `redis` is given.
+    /// `redis` is given (the lower latency), else in `postgres` (migrated) when
+    /// given, else in memory.
     pub(crate) fn build(
         config: &BudgetsConfig,
         redis: Option<(redis::Client, String)>,
+        postgres: Option<Postgres>,
     ) -> Result<Option<Arc<Self>>, ConfigError> {
         if !config.any() {
             return Ok(None);
         }
-        let store = match redis {
-            Some((client, prefix)) => {
+        let store = match (redis, postgres) {
+            (Some((client, prefix)), _) => {
                 let manager = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_response_timeout(Some(Duration::from_secs(1)))
@@ -120,7 +126,8 @@ impl Budgets {
                     .map_err(|e| ConfigError(format!("budgets on redis: {e}")))?;
                 Store::Redis { conn, prefix }
             }
-            None => Store::Memory(Mutex::new(HashMap::new())),
+            (None, Some(pg)) => Store::Postgres(PostgresBudget::open(&pg)),
+            (None, None) => Store::Memory(Mutex::new(HashMap::new())),
         };
         Ok(Some(Arc::new(Self {
             default: config.default.as_ref().map(Limits::from),
@@ -138,7 +145,7 @@ impl Budgets {
     }
 
     /// Admit one request of `client`, or the 429 to answer. Counts the request
-    /// against `rpm`. A Redis error admits (and is logged and counted): a
+    /// against `rpm`. A Redis or Postgres error admits (and is logged and counted): a
     /// budget store outage does not stop the service.
     pub(crate) async fn admit(&self, client: &Arc<str>) -> Result<(), ApiError> {
         let Some(limits) = self.limits(client) else {
@@ -196,7 +203,7 @@ impl Budgets {
         limits: &Limits,
         spend_window: u64,
         minute: u64,
-    ) -> Result<(u64, u64, u64), redis::RedisError> {
+    ) -> Result<(u64, u64, u64), tower::BoxError> {
         match &self.store {
             Store::Memory(counters) => {
                 let mut counters = counters.lock().unwrap_or_else(|p| p.into_inner());
@@ -226,6 +233,12 @@ impl Budgets {
                     .query_async(&mut conn)
                     .await?;
                 Ok((spent.unwrap_or(0), tokens.unwrap_or(0), requests))
+            }
+            Store::Postgres(budget) => {
+                let one = u64::from(limits.rpm.is_some());
+                Ok(budget
+                    .read_and_count(client, spend_window, minute, one)
+                    .await?)
             }
         }
     }
@@ -281,6 +294,14 @@ impl Budgets {
                     }
                 });
             }
+            // Off the answer's path too, through a bounded queue.
+            Store::Postgres(budget) => budget.charge(
+                client,
+                (spend_window, limits.period_secs),
+                minute,
+                tokens,
+                cost_nano_usd,
+            ),
         }
     }
 }

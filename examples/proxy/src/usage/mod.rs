@@ -1,6 +1,6 @@
 //! Usage records: one per answered chat request (client key id, model, tier,
-//! tokens, cost, cached, degraded, time), kept in SQLite, read by
-//! `GET /v1/usage`.
+//! tokens, cost, cached, degraded, time), kept in SQLite, on Redis or on
+//! PostgreSQL, read by `GET /v1/usage`.
 //!
 //! Tokens come from the answer: a buffered answer's `usage` object, or a
 //! stream's usage events (the OpenAI final chunk, when the upstream sends it;
@@ -9,11 +9,13 @@
 //! `llm_usage_*` (library, labelled model and tier) are kept as well.
 //!
 //! Recording never slows a request: rows go through a bounded queue to a
-//! writer thread; a full queue drops the row and counts it
+//! writer (thread or task); a full queue drops the row and counts it
 //! (`llm_proxy_usage_dropped_total`).
 
 mod body;
 mod budget;
+mod budget_postgres;
+mod postgres;
 mod redis;
 mod sqlite;
 mod tokens;
@@ -26,10 +28,12 @@ use std::sync::LazyLock;
 use memchr::memmem::FinderRev;
 
 use serde::Serialize;
+use tower_llm_resilience::postgres::Postgres;
 use tower_llm_resilience::usage::{Accountant, Cost, TokenUsage, UsageReport};
 
 pub(crate) use self::body::UsageBody;
 pub(crate) use self::budget::Budgets;
+use self::postgres::PostgresUsage;
 use self::redis::RedisUsage;
 use self::sqlite::SqliteUsage;
 use self::tokens::UsageObject;
@@ -125,27 +129,36 @@ impl std::fmt::Debug for UsageLog {
 enum Store {
     Sqlite(SqliteUsage),
     Redis(RedisUsage),
+    Postgres(PostgresUsage),
 }
 
 impl UsageLog {
-    /// The log `config` asks for (on `redis`, a client and key prefix, when
-    /// given); `None` when usage is off.
+    /// The log `config` asks for: on `postgres` (migrated) when given, else on
+    /// `redis` (a client and key prefix) when given, else in SQLite; `None`
+    /// when usage is off.
     pub(crate) fn build(
         config: &UsageConfig,
         budgets: Option<Arc<Budgets>>,
         redis: Option<(::redis::Client, String)>,
+        postgres: Option<Postgres>,
     ) -> Result<Option<Arc<Self>>, ConfigError> {
         if !config.enabled {
             return Ok(None);
         }
-        let store = match redis {
-            Some((client, prefix)) => Store::Redis(RedisUsage::open(
+        let store = match (postgres, redis) {
+            (Some(pg), _) => Store::Postgres(PostgresUsage::open(
+                &pg,
+                config.queue,
+                config.retention_secs,
+                config.max_records,
+            )),
+            (None, Some((client, prefix))) => Store::Redis(RedisUsage::open(
                 client,
                 prefix,
                 config.queue,
                 config.retention_secs,
             )?),
-            None => Store::Sqlite(SqliteUsage::open(
+            (None, None) => Store::Sqlite(SqliteUsage::open(
                 config.sqlite_path.as_deref(),
                 config.queue,
                 config.retention_secs,
@@ -183,6 +196,7 @@ impl UsageLog {
         let queued = match &self.store {
             Store::Sqlite(store) => store.record(row),
             Store::Redis(store) => store.record(row),
+            Store::Postgres(store) => store.record(row),
         };
         if !queued {
             metrics::counter!("llm_proxy_usage_dropped_total").increment(1);
@@ -213,6 +227,7 @@ impl UsageLog {
         match &self.store {
             Store::Sqlite(store) => store.query(query, self.max_groups).await,
             Store::Redis(store) => store.query(query, self.max_groups).await,
+            Store::Postgres(store) => store.query(query, self.max_groups).await,
         }
     }
 }
