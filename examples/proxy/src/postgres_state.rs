@@ -59,6 +59,11 @@ impl PostgresState {
         &self.pg
     }
 
+    /// `[state] prefix`: of circuit names and budget counter keys.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Share the circuits of `handle` (upstream `upstream`) with every proxy on
     /// this database and prefix, until the returned guard is dropped.
     pub(crate) fn attach_circuit(

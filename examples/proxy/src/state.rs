@@ -139,7 +139,10 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
     let budgets = crate::usage::Budgets::build(
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
-        pipeline.postgres.as_ref().map(|p| p.pg().clone()),
+        pipeline
+            .postgres
+            .as_ref()
+            .map(|p| (p.pg().clone(), p.prefix().to_owned())),
     )?;
     let usage = crate::usage::UsageLog::build(
         &config.usage,

@@ -129,7 +129,16 @@ async fn usage_recorded_on_both_proxies_is_read_on_either() {
     assert_eq!(chat(&http, &a).await, 200);
     assert_eq!(chat(&http, &b).await, 200);
     for proxy in [&a, &b] {
-        let usage = get_json(&http, &format!("{}/v1/usage", proxy.url()), CLIENT_KEY).await;
+        // A query flushes its own proxy's writer, not the other's: poll for it.
+        let url = format!("{}/v1/usage", proxy.url());
+        let started = Instant::now();
+        let usage = loop {
+            let usage = get_json(&http, &url, CLIENT_KEY).await;
+            if usage["totals"]["requests"] == 2 || started.elapsed() > Duration::from_secs(5) {
+                break usage;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let totals = &usage["totals"];
         assert_eq!(totals["requests"], 2, "{usage}");
         assert_eq!(

@@ -111,7 +111,7 @@ impl Budgets {
     pub(crate) fn build(
         config: &BudgetsConfig,
         redis: Option<(redis::Client, String)>,
-        postgres: Option<Postgres>,
+        postgres: Option<(Postgres, String)>,
     ) -> Result<Option<Arc<Self>>, ConfigError> {
         if !config.any() {
             return Ok(None);
@@ -126,7 +126,7 @@ impl Budgets {
                     .map_err(|e| ConfigError(format!("budgets on redis: {e}")))?;
                 Store::Redis { conn, prefix }
             }
-            (None, Some(pg)) => Store::Postgres(PostgresBudget::open(&pg)),
+            (None, Some((pg, prefix))) => Store::Postgres(PostgresBudget::open(&pg, prefix)),
             (None, None) => Store::Memory(Mutex::new(HashMap::new())),
         };
         Ok(Some(Arc::new(Self {

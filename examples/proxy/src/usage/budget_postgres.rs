@@ -2,8 +2,7 @@
 //! proxy on the database enforces one budget per client key.
 //!
 //! Keys are Redis's without the window, which is the counter's window column:
-//! `llm-proxy:budget:{client}:{spend|tokens|requests}` (deployments that share
-//! a database keep apart in their own schemas, as for every Postgres table).
+//! `{prefix}:budget:{client}:{spend|tokens|requests}` with `[state] prefix`.
 //! Admitting is one round trip (read spend and tokens, add the request);
 //! charging goes through a bounded queue to a task that adds in batches, off
 //! the answer's path; the same task prunes expired counters at most once a
@@ -27,10 +26,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const ADMIT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a minute's counters live.
 const MINUTE_TTL: Duration = Duration::from_secs(120);
-const PREFIX: &str = "llm-proxy";
 
-fn key(client: &str, counter: &str) -> String {
-    format!("{PREFIX}:budget:{client}:{counter}")
+fn key(prefix: &str, client: &str, counter: &str) -> String {
+    format!("{prefix}:budget:{client}:{counter}")
 }
 
 fn window(window: u64) -> i64 {
@@ -50,17 +48,26 @@ struct Charge {
 /// The counters, and the queue to the charging task.
 pub(super) struct PostgresBudget {
     counters: PostgresCounters,
+    prefix: String,
     charges: mpsc::Sender<Charge>,
 }
 
 impl PostgresBudget {
     /// Counters on `pg` (migrated by the caller). Spawns the charging task on
     /// the current tokio runtime; never waits for Postgres.
-    pub(super) fn open(pg: &Postgres) -> Self {
+    pub(super) fn open(pg: &Postgres, prefix: String) -> Self {
         let counters = PostgresCounters::new(pg);
         let (charges, receiver) = mpsc::channel(CHARGE_QUEUE);
-        tokio::spawn(charge_task(receiver, counters.clone()));
-        Self { counters, charges }
+        tokio::spawn(charge_task(receiver, counters.clone(), prefix.clone()));
+        Self {
+            counters,
+            prefix,
+            charges,
+        }
+    }
+
+    fn key(&self, client: &str, counter: &str) -> String {
+        key(&self.prefix, client, counter)
     }
 
     /// `(spent this period, tokens this minute, requests this minute with this
@@ -74,9 +81,9 @@ impl PostgresBudget {
         request: u64,
     ) -> Result<(u64, u64, u64), CounterError> {
         let (spend, tokens, requests) = (
-            key(client, "spend"),
-            key(client, "tokens"),
-            key(client, "requests"),
+            self.key(client, "spend"),
+            self.key(client, "tokens"),
+            self.key(client, "requests"),
         );
         let reads = [
             (spend.as_str(), window(spend_window)),
@@ -117,7 +124,11 @@ impl PostgresBudget {
 }
 
 /// Adds queued charges in batches; prunes expired counters once a minute.
-async fn charge_task(mut receiver: mpsc::Receiver<Charge>, counters: PostgresCounters) {
+async fn charge_task(
+    mut receiver: mpsc::Receiver<Charge>,
+    counters: PostgresCounters,
+    prefix: String,
+) {
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(CHARGE_BATCH);
@@ -139,7 +150,12 @@ async fn charge_task(mut receiver: mpsc::Receiver<Charge>, counters: PostgresCou
         }
         let keys: Vec<(String, String)> = batch
             .iter()
-            .map(|c| (key(&c.client, "spend"), key(&c.client, "tokens")))
+            .map(|c| {
+                (
+                    key(&prefix, &c.client, "spend"),
+                    key(&prefix, &c.client, "tokens"),
+                )
+            })
             .collect();
         let mut adds = Vec::with_capacity(2 * batch.len());
         for (charge, (spend, tokens)) in batch.iter().zip(&keys) {
