@@ -3,6 +3,7 @@
 //! postgres_url`, also kept in PostgreSQL's audit log (`tower_llm_audit_log`,
 //! shared by every proxy on the database), read at `GET /v1/admin/audit`.
 //!
+//! Events are kept 400 days (a year and a bit, for yearly reviews), then pruned.
 //! Writing never slows the action: events go through a bounded queue to a
 //! writer task; a full queue or a failed write drops the event from the table
 //! (it is in the log already) and counts it (`llm_proxy_audit_dropped_total`).
@@ -11,6 +12,9 @@ use tokio::sync::mpsc;
 use tower_llm_resilience::postgres::{AuditEvent, PostgresAuditLog};
 
 use crate::postgres_state::PostgresState;
+
+/// How long events are kept in the table (older ones are pruned every minute).
+pub(crate) const RETENTION: std::time::Duration = std::time::Duration::from_secs(400 * 24 * 3600);
 
 /// Events waiting to be written, at most.
 const QUEUE: usize = 1024;

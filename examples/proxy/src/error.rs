@@ -395,13 +395,14 @@ fn from_escalation(e: &EscalationError) -> ApiError {
 impl ApiError {
     /// 503 for an operation its store (`what`: escalation, batch...) could not
     /// serve: unreachable, timed out, refused. Nothing was done; the same
-    /// request may be sent again.
+    /// request may be sent again. The store's own words are logged, not sent.
     pub(crate) fn store_unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(store = what, error = %e, "store unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "store_unavailable",
-            format!("the {what} store is unavailable ({e}); try again shortly"),
+            format!("the {what} store is unavailable; try again shortly"),
         )
         .retry_after(Duration::from_secs(5))
     }

@@ -19,9 +19,12 @@
 //! the circuits decide on local state and the store-backed operations fail with
 //! a 503 (see the README).
 
+use std::time::Duration;
+
 use tower_llm_resilience::circuit_breaker::Handle;
 use tower_llm_resilience::postgres::{
-    Migrated, Postgres, PostgresBatchStore, PostgresCircuitSync, PostgresEscalationStore,
+    MigrateError, Migrated, PgError, Postgres, PostgresBatchStore, PostgresCircuitSync,
+    PostgresEscalationStore,
 };
 
 use crate::config::{Config, ConfigError, StateConfig};
@@ -88,15 +91,52 @@ impl PostgresState {
     }
 }
 
+/// How long one migration attempt may take in all (waiting for another
+/// instance's migration included).
+pub(crate) const MIGRATE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why a migration did not apply.
+#[derive(Debug)]
+pub(crate) enum MigrateFailure {
+    /// PostgreSQL did not answer (unreachable, or not within
+    /// [`MIGRATE_DEADLINE`]): worth trying again later.
+    Unreachable(ConfigError),
+    /// It answered and refused (a modified migration, no permission, a bad
+    /// setting): trying again will not help.
+    Refused(ConfigError),
+}
+
+impl MigrateFailure {
+    pub(crate) fn into_error(self) -> ConfigError {
+        match self {
+            MigrateFailure::Unreachable(e) | MigrateFailure::Refused(e) => e,
+        }
+    }
+}
+
 /// Applies the PostgreSQL schema migrations of `config`'s `[state]`, if it names
 /// a PostgreSQL (`None` otherwise): what `llm-proxy migrate` does, and the proxy
 /// at startup unless `postgres_migrate = false`. Safe when several proxies
-/// start at once: one applies, the others wait and find nothing left.
+/// start at once: one applies, the others wait and find nothing left. Bounded
+/// by a minute.
 pub async fn migrate(config: &Config) -> Result<Option<Migrated>, ConfigError> {
-    let Some(pg) = config.state.postgres()? else {
+    try_migrate(config)
+        .await
+        .map_err(MigrateFailure::into_error)
+}
+
+pub(crate) async fn try_migrate(config: &Config) -> Result<Option<Migrated>, MigrateFailure> {
+    let Some(pg) = config.state.postgres().map_err(MigrateFailure::Refused)? else {
         return Ok(None);
     };
-    match pg.migrate().await {
+    let attempt = tokio::time::timeout(MIGRATE_DEADLINE, pg.migrate()).await;
+    let Ok(result) = attempt else {
+        return Err(MigrateFailure::Unreachable(ConfigError(format!(
+            "cannot migrate the PostgreSQL schema ({pg:?}): no answer within \
+             {MIGRATE_DEADLINE:?} (is another migration holding its lock?)"
+        ))));
+    };
+    match result {
         Ok(migrated) => {
             if !migrated.applied.is_empty() {
                 tracing::info!(
@@ -107,8 +147,41 @@ pub async fn migrate(config: &Config) -> Result<Option<Migrated>, ConfigError> {
             }
             Ok(Some(migrated))
         }
-        Err(e) => Err(ConfigError(format!(
-            "cannot migrate the PostgreSQL schema ({pg:?}): {e}"
-        ))),
+        Err(e) => {
+            let message = ConfigError(format!(
+                "cannot migrate the PostgreSQL schema ({pg:?}): {e}"
+            ));
+            let answered = match &e {
+                MigrateError::Pg(PgError::Db(db)) => db.as_db_error().is_some(),
+                MigrateError::Pg(PgError::Corrupt(_)) => true,
+                MigrateError::Pg(_) => false,
+                _ => true,
+            };
+            Err(if answered {
+                MigrateFailure::Refused(message)
+            } else {
+                MigrateFailure::Unreachable(message)
+            })
+        }
+    }
+}
+
+/// Tries [`try_migrate`] again every `every` until it applies or is refused:
+/// a proxy that started while PostgreSQL was unreachable gets its schema when
+/// it returns.
+pub(crate) async fn migrate_in_background(config: Config, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match try_migrate(&config).await {
+            Ok(_) => {
+                tracing::info!("PostgreSQL reachable: schema migrated");
+                return;
+            }
+            Err(MigrateFailure::Refused(e)) => {
+                tracing::error!(error = %e, "the PostgreSQL schema cannot be migrated");
+                return;
+            }
+            Err(MigrateFailure::Unreachable(_)) => {}
+        }
     }
 }

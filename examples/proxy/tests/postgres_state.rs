@@ -663,15 +663,70 @@ fn migrate_fails_clearly_without_postgres_or_when_unreachable() {
     assert!(said.contains("cannot migrate"), "{said}");
     assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
     assert!(!said.contains("hunter2"), "the password stays out: {said}");
+}
 
-    // The proxy, which migrates at startup, refuses to start and says why.
-    let config = Config::from_toml(&format!(
-        "{text}\n[state]\npostgres_url = \"{url}\"\npostgres_connect_timeout_secs = 1\n"
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_while_postgres_is_down_serves_chat_and_migrates_when_it_returns() {
+    let db = TestDb::on_own_server();
+    db.server.stop();
+    let primary = mock("primary").await;
+    let secondary = mock("secondary").await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(&config(
+        &primary,
+        &secondary,
+        &dir,
+        &state(&db),
+        "mode = \"detach\"",
     ))
-    .unwrap();
-    let e = Proxy::start(&config).unwrap_err().to_string();
-    assert!(e.contains("llm-proxy migrate"), "{e}");
-    assert!(!e.contains("hunter2"), "{e}");
+    .expect("an unreachable PostgreSQL does not stop the proxy");
+    let http = reqwest::Client::new();
+    let chat = |headers: &'static [(&'static str, &'static str)]| {
+        let mut request = http
+            .post(format!("{}/v1/chat/completions", proxy.url()))
+            .bearer_auth(CLIENT_KEY)
+            .json(&ask("smart"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    assert_eq!(
+        chat(&[]).await.unwrap().status(),
+        200,
+        "chat needs no store"
+    );
+    let refused = chat(&[APPROVAL]).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert!(
+        !body.to_string().contains("postgres"),
+        "the store's own words stay in the log: {body}"
+    );
+
+    // PostgreSQL comes up with an empty database: the proxy migrates it (it
+    // tries every 5 s) and escalations work.
+    db.server.restart();
+    let started = Instant::now();
+    loop {
+        let response = chat(&[APPROVAL]).await.unwrap();
+        if response.status() == 202 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not migrated within 30 s: {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        db.server
+            .psql(&db.name, "SELECT count(*) FROM tower_llm_escalations"),
+        "1"
+    );
+    stop(proxy).await;
 }
 
 #[test]
@@ -691,6 +746,7 @@ fn bad_postgres_settings_fail_at_load_with_the_setting_named() {
             "postgres_url_env = \"LLM_PROXY_TEST_NO_SUCH_VARIABLE\"",
             "not set",
         ),
+        ("postgres_url = \"postgres://u:pw-x@y@h/db\"", "%40"),
         (
             "postgres_url = \"postgres://h/db\"\npostgres_url_env = \"X\"",
             "both set",

@@ -167,6 +167,20 @@ impl StateConfig {
         else {
             return Ok(None);
         };
+        // `user:p@ss@host` parses as host `ss@host`, and would then be shown
+        // with part of the password in it.
+        if let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        {
+            let authority = rest.split(['/', '?']).next().unwrap_or("");
+            if authority.matches('@').count() > 1 {
+                return err(format!(
+                    "{setting}: more than one '@' before the host: percent-encode an '@' \
+                     in the password as %40"
+                ));
+            }
+        }
         let mut builder = Postgres::builder(&url)
             .name(self.prefix.as_str())
             .pool_size(self.postgres_pool_size)
@@ -194,6 +208,9 @@ impl StateConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.prefix.is_empty() {
             return err("state.prefix must not be empty");
+        }
+        if self.prefix.len() > 128 {
+            return err("state.prefix: at most 128 bytes");
         }
         if self.postgres_pool_size == 0 || self.postgres_pool_size > 1024 {
             return err("state.postgres_pool_size: between 1 and 1024");

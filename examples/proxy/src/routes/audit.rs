@@ -69,8 +69,14 @@ async fn list(
     let next_after = (events.len() == limit)
         .then(|| events.last().map(|e| e.seq))
         .flatten();
+    // A time humantime cannot print (past year 9999, set by hand) is skipped.
+    let printable = |at: std::time::SystemTime| {
+        at.duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|d| d.as_secs() < 253_402_300_800)
+    };
     let data: Vec<Value> = events
         .iter()
+        .filter(|e| printable(e.at))
         .map(|e| {
             json!({
                 "seq": e.seq,

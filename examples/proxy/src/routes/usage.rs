@@ -113,6 +113,7 @@ async fn answer(
                 "usage_unavailable",
                 format!("usage records cannot be read: {e}"),
             )
+            .retry_after(std::time::Duration::from_secs(5))
         })?;
     Ok(Json(json!({
         "object": "usage",

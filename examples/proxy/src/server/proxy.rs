@@ -11,6 +11,11 @@ use tower_llm_resilience::BoxError;
 use super::connections::{serve, ClientLimits};
 use super::listeners::bind_listeners;
 use crate::config::Config;
+use crate::postgres_state::MigrateFailure;
+
+/// How often a proxy that started while PostgreSQL was unreachable tries to
+/// migrate its schema again.
+const MIGRATE_RETRY: Duration = Duration::from_secs(5);
 use crate::routes;
 use crate::state::{AppState, Shared};
 
@@ -92,27 +97,41 @@ impl Proxy {
             }
         }
         let control = runtimes.pop().expect("workers + 1 runtimes were built");
-        // `[state] postgres_url`: the schema first (a no-op when current).
+        // `[state] postgres_url`: the schema first (a no-op when current). An
+        // unreachable PostgreSQL does not stop the proxy (chat does not need
+        // it; the stores answer 503 meanwhile): it migrates once it answers.
+        let mut migrate_later = false;
         if config.state.postgres_migrate {
             // On a thread of its own: `start` may be called inside a runtime.
             let migrated = std::thread::scope(|scope| {
                 scope
-                    .spawn(|| control.block_on(crate::postgres_state::migrate(config)))
+                    .spawn(|| control.block_on(crate::postgres_state::try_migrate(config)))
                     .join()
             });
-            let migrated = migrated.unwrap_or_else(|_| {
-                Err(crate::config::ConfigError(
-                    "the PostgreSQL migration panicked".into(),
-                ))
-            });
-            if let Err(e) = migrated {
-                runtimes.push(control);
-                discard(runtimes);
-                return Err(format!(
-                    "{e} (the proxy migrates at startup: start it once PostgreSQL answers, \
-                     or set state.postgres_migrate = false and run `llm-proxy migrate`)"
-                )
-                .into());
+            match migrated {
+                Ok(Ok(_)) => {}
+                Ok(Err(MigrateFailure::Unreachable(e))) => {
+                    tracing::warn!(
+                        error = %e,
+                        "PostgreSQL unreachable at startup: serving without it, \
+                         migrating once it answers"
+                    );
+                    migrate_later = true;
+                }
+                Ok(Err(MigrateFailure::Refused(e))) => {
+                    runtimes.push(control);
+                    discard(runtimes);
+                    return Err(format!(
+                        "{e} (fix it, or set state.postgres_migrate = false and run \
+                         `llm-proxy migrate`)"
+                    )
+                    .into());
+                }
+                Err(_) => {
+                    runtimes.push(control);
+                    discard(runtimes);
+                    return Err("the PostgreSQL migration panicked".into());
+                }
             }
         }
         // Built inside the control runtime: the Redis backends' tasks run there
@@ -131,14 +150,24 @@ impl Proxy {
         };
         let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
         let background = state.clone();
+        let config_copy = config.clone();
         let control = std::thread::Builder::new()
             .name("llm-proxy-control".into())
             .spawn(move || {
                 control.block_on(async move {
                     // Housekeeping on its own schedule, not only when scraped.
                     let chores = tokio::spawn(housekeeping(background, upkeep));
+                    let migration = migrate_later.then(|| {
+                        tokio::spawn(crate::postgres_state::migrate_in_background(
+                            config_copy,
+                            MIGRATE_RETRY,
+                        ))
+                    });
                     let _ = control_stopped.await;
                     chores.abort();
+                    if let Some(migration) = migration {
+                        migration.abort();
+                    }
                 });
             })?;
         let mut proxy = Self {
@@ -283,5 +312,11 @@ async fn store_chores(state: &AppState) {
         Ok(0) => {}
         Ok(purged) => tracing::info!(purged, "escalations past their retention purged"),
         Err(e) => tracing::warn!(error = %e, "cannot purge old escalations"),
+    }
+    if let Some(log) = state.audit.log() {
+        let before = std::time::SystemTime::now() - crate::audit::RETENTION;
+        if let Err(e) = log.prune(before).await {
+            tracing::warn!(error = %e, "cannot prune the audit log");
+        }
     }
 }

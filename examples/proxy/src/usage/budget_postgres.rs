@@ -89,9 +89,16 @@ impl PostgresBudget {
             (spend.as_str(), window(spend_window)),
             (&tokens, window(minute)),
         ];
-        let counted = self
-            .counters
-            .read_and_add(&reads, (&requests, window(minute), request, MINUTE_TTL));
+        // Without an `rpm` limit nothing is counted: a read, no write.
+        let counted = async {
+            if request == 0 {
+                Ok((self.counters.read(&reads).await?, 0))
+            } else {
+                self.counters
+                    .read_and_add(&reads, (&requests, window(minute), request, MINUTE_TTL))
+                    .await
+            }
+        };
         let (read, requests) = tokio::time::timeout(ADMIT_TIMEOUT, counted)
             .await
             .map_err(|_| CounterError::Pg(PgError::Timeout(ADMIT_TIMEOUT)))??;

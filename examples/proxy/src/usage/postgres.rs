@@ -30,6 +30,8 @@ pub(super) struct PostgresUsage {
 
 /// Rows one insert takes, at most.
 const BATCH: usize = 1000;
+/// The longest a query waits for the records queued before it.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// The least time between two prunes.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -58,14 +60,21 @@ impl PostgresUsage {
         query: Query,
         max_groups: usize,
     ) -> Result<(Vec<Group>, Totals, bool), String> {
+        // The records queued before this query are written first, within
+        // FLUSH_WAIT: a slow database answers a 503, not a hang. The flush
+        // takes a queue slot only when one is free (records keep priority).
         let (done, written) = tokio::sync::oneshot::channel();
-        self.queue
-            .send(Message::Flush(done))
+        let flushed = async {
+            self.queue
+                .try_send(Message::Flush(done))
+                .map_err(|_| "the usage queue is full: try again shortly".to_owned())?;
+            written
+                .await
+                .map_err(|_| "the usage writer stopped".to_owned())
+        };
+        tokio::time::timeout(FLUSH_WAIT, flushed)
             .await
-            .map_err(|_| "the usage writer stopped".to_owned())?;
-        written
-            .await
-            .map_err(|_| "the usage writer stopped".to_owned())?;
+            .map_err(|_| "the usage records are not written yet: try again shortly".to_owned())??;
         let query = UsageQuery {
             from: query.from,
             to: query.to,
