@@ -103,6 +103,9 @@ pub mod client;
 mod dyn_error;
 pub mod escalation;
 pub mod fallback;
+#[cfg(feature = "apalis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apalis")))]
+pub mod jobs;
 pub mod partial_batch;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

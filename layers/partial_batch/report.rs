@@ -134,14 +134,23 @@ pub enum ItemOutcome<Res> {
         /// Why its last finished attempt failed, if one did.
         last_failure: Option<ItemFailure>,
     },
+    /// Not finished yet (a batch run as jobs, see `jobs`): waiting for a
+    /// worker, or held by one (`in_flight`).
+    InProgress {
+        /// A worker holds it now.
+        in_flight: bool,
+    },
 }
 
 impl<Res> ItemOutcome<Res> {
-    /// `true` for the outcomes of the batch deadline.
+    /// `true` for the outcomes of the batch deadline, and for items of a batch
+    /// run as jobs that are not finished yet.
     pub fn is_unfinished(&self) -> bool {
         matches!(
             self,
-            ItemOutcome::NotAttempted | ItemOutcome::TimedOut { .. }
+            ItemOutcome::NotAttempted
+                | ItemOutcome::TimedOut { .. }
+                | ItemOutcome::InProgress { .. }
         )
     }
 }

@@ -106,6 +106,8 @@ mod circuit;
 mod circuit_sync;
 mod error;
 mod escalation_store;
+#[cfg(feature = "apalis")]
+mod job_store;
 mod link;
 mod subscriber;
 mod sync_key;
@@ -115,4 +117,6 @@ pub use self::cache::RedisCacheStore;
 pub use self::circuit::{RedisCircuitSync, RedisCircuitSyncBuilder};
 pub use self::error::ConfigError;
 pub use self::escalation_store::{RedisEscalationStore, RedisEscalationStoreBuilder};
+#[cfg(feature = "apalis")]
+pub use self::job_store::RedisJobStore;
 pub use self::sync_key::SyncKey;

@@ -196,7 +196,9 @@ where
                 },
                 "failed",
             ),
-            ItemOutcome::NotAttempted | ItemOutcome::TimedOut { .. } => (
+            ItemOutcome::NotAttempted
+            | ItemOutcome::TimedOut { .. }
+            | ItemOutcome::InProgress { .. } => (
                 ProgressEvent::Unfinished {
                     attempts: slot.attempts,
                 },

@@ -1,0 +1,540 @@
+//! Batches as jobs (feature `apalis`): the job store's contract on memory and on
+//! a real `redis-server`, and whole batches run by several apalis workers on
+//! Redis, with seeded failures, duplicate deliveries, a worker killed mid-run,
+//! a `Retry-After` that pauses every worker, and a re-submission.
+#![cfg(feature = "apalis")]
+
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use apalis::prelude::*;
+use apalis_redis::RedisStorage;
+use redis_server::RedisServer;
+use tower::service_fn;
+use tower_llm_resilience::classify::{ClassifiedError, ErrorOnlyClassifier, FailureKind};
+use tower_llm_resilience::jobs::{
+    self, BatchWorker, Claim, ItemJob, ItemState, JobStore, MemoryJobStore, Progress,
+};
+use tower_llm_resilience::partial_batch::{ItemFailure, ItemOutcome};
+use tower_llm_resilience::redis::RedisJobStore;
+use tower_llm_resilience::BoxError;
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("item-{i:04}")).collect()
+}
+
+fn failure(kind: FailureKind) -> ItemFailure {
+    ItemFailure {
+        kind,
+        message: "boom".into(),
+        fatal: true,
+    }
+}
+
+/// The store contract, run against each implementation.
+async fn contract(store: &dyn JobStore) {
+    let lease = Duration::from_secs(30);
+    assert_eq!(store.progress("b").await.unwrap(), None, "unknown batch");
+    let opened = store.open("b", &keys(3)).await.unwrap();
+    assert_eq!(opened.to_submit, keys(3));
+    let progress = store.progress("b").await.unwrap().unwrap();
+    assert_eq!((progress.total, progress.pending), (3, 3));
+
+    // One claim at a time; the holder renews; another owner waits.
+    assert_eq!(
+        store.claim("b", "item-0000", "w1/a", lease).await.unwrap(),
+        Claim::Claimed { attempts: 0 }
+    );
+    match store.claim("b", "item-0000", "w2/b", lease).await.unwrap() {
+        Claim::Held(wait) => assert!(wait <= lease && wait > Duration::from_secs(25), "{wait:?}"),
+        other => panic!("held expected, got {other:?}"),
+    }
+    assert!(store
+        .renew("b", "item-0000", "w1/a", lease, true)
+        .await
+        .unwrap());
+    assert!(!store
+        .renew("b", "item-0000", "w2/b", lease, true)
+        .await
+        .unwrap());
+    let progress = store.progress("b").await.unwrap().unwrap();
+    assert_eq!((progress.in_flight, progress.pending), (1, 2));
+
+    // Recorded once; a second success is not kept.
+    assert!(store
+        .succeed("b", "item-0000", "\"first\"", 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .succeed("b", "item-0000", "\"second\"", 2)
+        .await
+        .unwrap());
+    assert!(!store
+        .fail("b", "item-0000", &failure(FailureKind::ServerError), 2)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.claim("b", "item-0000", "w2/b", lease).await.unwrap(),
+        Claim::Done
+    );
+
+    // A failure is final for this run; a release gives an item back.
+    assert!(matches!(
+        store.claim("b", "item-0001", "w1/c", lease).await.unwrap(),
+        Claim::Claimed { .. }
+    ));
+    assert!(store
+        .fail("b", "item-0001", &failure(FailureKind::BadRequest), 1)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.claim("b", "item-0001", "w1/d", lease).await.unwrap(),
+        Claim::Failed
+    );
+    assert!(matches!(
+        store.claim("b", "item-0002", "w1/e", lease).await.unwrap(),
+        Claim::Claimed { .. }
+    ));
+    store.release("b", "item-0002", "w1/e").await.unwrap();
+    assert_eq!(
+        store.claim("b", "item-0002", "w2/f", lease).await.unwrap(),
+        Claim::Claimed { attempts: 0 }
+    );
+    assert_eq!(
+        store.claim("b", "missing", "w2/f", lease).await.unwrap(),
+        Claim::Unknown
+    );
+    let progress = store.progress("b").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            progress.total,
+            progress.done,
+            progress.failed,
+            progress.in_flight,
+            progress.pending
+        ),
+        (3, 1, 1, 1, 0)
+    );
+
+    // Re-opened: done and running items are left alone, the failed one runs again.
+    let again = store.open("b", &keys(3)).await.unwrap();
+    assert_eq!(again.to_submit, ["item-0001"]);
+    assert_eq!((again.already_done, again.running), (1, 1));
+
+    // Items in key order, paged; the states carry results and attempts.
+    let first = store.items("b", None, 2).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert_eq!(first.items[0].0, "item-0000");
+    assert_eq!(
+        first.items[0].1,
+        ItemState::Done {
+            response_json: "\"first\"".into(),
+            attempts: 1
+        }
+    );
+    assert_eq!(first.items[1].1, ItemState::Pending { attempts: 1 });
+    let next = first.next.expect("a second page");
+    let second = store.items("b", Some(&next), 2).await.unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].0, "item-0002");
+    assert!(matches!(second.items[0].1, ItemState::Running { .. }));
+    assert_eq!(second.next, None);
+
+    // A pause: the later one wins, a past one is none.
+    assert_eq!(store.paused_until("b").await.unwrap(), None);
+    let soon = SystemTime::now() + Duration::from_secs(2);
+    store.pause("b", soon).await.unwrap();
+    store
+        .pause("b", SystemTime::now() + Duration::from_secs(1))
+        .await
+        .unwrap();
+    let until = store.paused_until("b").await.unwrap().expect("paused");
+    let off = until.duration_since(soon).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_millis(5), "{off:?}");
+
+    // Bounds: keys up to 512 bytes.
+    let long = "k".repeat(513);
+    assert!(store.open("b", &[long.clone()]).await.is_err());
+    assert!(store.open(&long, &keys(1)).await.is_err());
+}
+
+#[tokio::test]
+async fn the_memory_store_keeps_the_contract() {
+    contract(&MemoryJobStore::new()).await;
+}
+
+#[tokio::test]
+async fn the_redis_store_keeps_the_contract() {
+    let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .prefix("contract");
+    contract(&store).await;
+    // Another prefix is another namespace.
+    let other = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .prefix("other");
+    assert_eq!(other.progress("b").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_result_over_the_bound_is_recorded_as_a_failure() {
+    let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .max_result_bytes(100);
+    store.open("b", &keys(1)).await.unwrap();
+    let big = format!("\"{}\"", "x".repeat(200));
+    assert!(store.succeed("b", "item-0000", &big, 1).await.unwrap());
+    let page = store.items("b", None, 10).await.unwrap();
+    match &page.items[0].1 {
+        ItemState::Failed { failure, .. } => {
+            assert_eq!(failure.kind, FailureKind::InvalidResponse);
+            assert!(failure.message.contains("100 bytes"), "{}", failure.message);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What the seeded upstream does with an item: by its index.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Plan {
+    Ok,
+    /// A 400: fatal, never retried.
+    Fatal,
+    /// A 429 with `Retry-After` on the first call, then an answer.
+    RateLimitedOnce,
+    /// A 500 on the first call, then an answer.
+    ServerErrorOnce,
+}
+
+fn plan(index: usize) -> Plan {
+    match index % 10 {
+        3 => Plan::Fatal,
+        7 => Plan::RateLimitedOnce,
+        9 => Plan::ServerErrorOnce,
+        _ => Plan::Ok,
+    }
+}
+
+/// The mock upstream: counts calls and successes per item, and when each call
+/// started.
+#[derive(Clone, Default)]
+struct Upstream {
+    calls: Arc<Mutex<HashMap<String, u32>>>,
+    successes: Arc<Mutex<HashMap<String, u32>>>,
+    starts: Arc<Mutex<Vec<(String, Instant)>>>,
+    retry_after: Duration,
+    latency: Duration,
+}
+
+impl Upstream {
+    fn service(
+        &self,
+    ) -> impl tower::Service<
+        String,
+        Response = String,
+        Error = BoxError,
+        Future = impl std::future::Future<Output = Result<String, BoxError>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let this = self.clone();
+        service_fn(move |key: String| {
+            let this = this.clone();
+            async move {
+                this.starts
+                    .lock()
+                    .unwrap()
+                    .push((key.clone(), Instant::now()));
+                let call = {
+                    let mut calls = this.calls.lock().unwrap();
+                    let n = calls.entry(key.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                tokio::time::sleep(this.latency).await;
+                let index: usize = key[5..].parse().unwrap();
+                let fail =
+                    |kind| Err(ClassifiedError::new(kind, format!("{key}: call {call}")).into());
+                match plan(index) {
+                    Plan::Fatal => return fail(FailureKind::BadRequest),
+                    Plan::RateLimitedOnce if call == 1 => {
+                        return fail(FailureKind::RateLimited {
+                            retry_after: Some(this.retry_after),
+                        })
+                    }
+                    Plan::ServerErrorOnce if call == 1 => return fail(FailureKind::ServerError),
+                    _ => {}
+                }
+                *this
+                    .successes
+                    .lock()
+                    .unwrap()
+                    .entry(key.clone())
+                    .or_default() += 1;
+                Ok(format!("answer to {key}"))
+            }
+        })
+    }
+
+    fn successes(&self) -> HashMap<String, u32> {
+        self.successes.lock().unwrap().clone()
+    }
+}
+
+/// The apalis storage for `queue`, with fast heartbeats (a dead worker's jobs
+/// go to the others after 2 s).
+async fn storage(redis: &RedisServer, queue: &str) -> RedisStorage<ItemJob<String>> {
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    RedisStorage::new(conn).with_config(
+        jobs::redis_storage_config(queue)
+            .heartbeat_interval(Duration::from_millis(500))
+            .missed_heartbeats(4),
+    )
+}
+
+/// A worker on its own runtime and thread (as another machine would be);
+/// dropping the returned runtime kills it without a goodbye.
+fn start_worker(
+    redis: &RedisServer,
+    queue: &str,
+    store: &RedisJobStore,
+    upstream: &Upstream,
+    name: &str,
+    lease: Duration,
+) -> tokio::runtime::Runtime {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (url, queue, store, upstream, name) = (
+        redis.url(),
+        queue.to_owned(),
+        store.clone(),
+        upstream.clone(),
+        name.to_owned(),
+    );
+    runtime.spawn(async move {
+        let conn = redis::Client::open(url)
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        let storage = RedisStorage::<ItemJob<String>>::new(conn).with_config(
+            jobs::redis_storage_config(&queue)
+                .heartbeat_interval(Duration::from_millis(500))
+                .missed_heartbeats(4),
+        );
+        let service = BatchWorker::builder(store)
+            .classifier(ErrorOnlyClassifier)
+            .max_attempts(3)
+            .backoff(Duration::from_millis(10), Duration::from_millis(50))
+            .lease(lease)
+            .name(name.clone())
+            .seed(7)
+            .build(upstream.service())
+            .unwrap();
+        let worker = WorkerBuilder::new(format!("{name}-{}", fastrand::u32(..)))
+            .backend(storage)
+            .concurrency(8)
+            .build(service);
+        let _ = worker.run().await;
+    });
+    runtime
+}
+
+/// Polls the batch's progress until it is finished (bounded).
+async fn wait_finished(store: &RedisJobStore, batch: &str, deadline: Duration) -> Progress {
+    let started = Instant::now();
+    loop {
+        let progress = store.progress(batch).await.unwrap().unwrap();
+        if progress.is_finished() {
+            return progress;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the batch did not finish within {deadline:?}: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn items(n: usize) -> Vec<(String, String)> {
+    keys(n).into_iter().map(|k| (k.clone(), k)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_run_a_seeded_batch_once_per_item_and_the_report_is_exact() {
+    let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .prefix("t1");
+    let upstream = Upstream {
+        retry_after: Duration::from_millis(300),
+        ..Upstream::default()
+    };
+    let n = 300;
+    let mut sink = storage(&redis, "q1").await;
+    let submitted = jobs::submit(&mut sink, &store, "batch-1", items(n))
+        .await
+        .unwrap();
+    assert_eq!(submitted.pushed, n);
+    // The same item pushed twice more (as a crashed submitter retrying would):
+    // delivered three times, called once.
+    for _ in 0..2 {
+        sink.push(ItemJob {
+            batch_id: "batch-1".into(),
+            key: "item-0000".into(),
+            request: "item-0000".into(),
+        })
+        .await
+        .unwrap();
+    }
+
+    let workers: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            start_worker(
+                &redis,
+                "q1",
+                &store,
+                &upstream,
+                name,
+                Duration::from_secs(5),
+            )
+        })
+        .collect();
+    let progress = wait_finished(&store, "batch-1", Duration::from_secs(60)).await;
+    let fatal = (0..n).filter(|i| plan(*i) == Plan::Fatal).count();
+    assert_eq!(
+        (progress.total, progress.done, progress.failed),
+        (n, n - fatal, fatal)
+    );
+
+    // No item called to success twice; fatal items called once, retried ones twice.
+    let successes = upstream.successes();
+    assert_eq!(successes.len(), n - fatal);
+    assert!(successes.values().all(|&s| s == 1), "{successes:?}");
+    let calls = upstream.calls.lock().unwrap().clone();
+    for (i, key) in keys(n).iter().enumerate() {
+        let expected = match plan(i) {
+            Plan::Ok | Plan::Fatal => 1,
+            Plan::RateLimitedOnce | Plan::ServerErrorOnce => 2,
+        };
+        assert_eq!(calls[key], expected, "{key}");
+    }
+
+    let report = jobs::report::<String>(&store, "batch-1", 10_000)
+        .await
+        .unwrap()
+        .expect("the batch is known");
+    let summary = &report.report;
+    assert_eq!(
+        (summary.ok, summary.failed, summary.unfinished),
+        (n - fatal, fatal, 0)
+    );
+    assert_eq!(summary.items.len(), n);
+    for (i, item) in summary.items.iter().enumerate() {
+        assert_eq!(item.key, keys(n)[i]);
+        match (&item.outcome, plan(i)) {
+            (ItemOutcome::Failed(failure), Plan::Fatal) => {
+                assert_eq!(failure.kind, FailureKind::BadRequest);
+                assert!(failure.fatal);
+                assert_eq!(item.attempts, 1);
+            }
+            (ItemOutcome::Success(answer), Plan::RateLimitedOnce | Plan::ServerErrorOnce) => {
+                assert_eq!(answer, &format!("answer to {}", item.key));
+                assert_eq!(item.attempts, 2);
+            }
+            (ItemOutcome::Success(_), Plan::Ok) => assert_eq!(item.attempts, 1),
+            (outcome, plan) => panic!("{}: {outcome:?} for {plan:?}", item.key),
+        }
+    }
+
+    // The Retry-After of any item paused every worker: no call started in the
+    // 300 ms after a rate-limited call began (less the scheduling slack of the
+    // calls already past their pause check).
+    let starts = upstream.starts.lock().unwrap().clone();
+    let first_limited = starts
+        .iter()
+        .find(|(key, _)| plan(key[5..].parse().unwrap()) == Plan::RateLimitedOnce)
+        .map(|(_, at)| *at)
+        .unwrap();
+    let during = starts
+        .iter()
+        .filter(|(_, at)| {
+            *at > first_limited + Duration::from_millis(50)
+                && *at < first_limited + Duration::from_millis(250)
+        })
+        .count();
+    assert_eq!(during, 0, "calls started while the batch was paused");
+
+    // Submitted again: nothing left to do, nothing pushed.
+    let again = jobs::submit(&mut sink, &store, "batch-1", items(n))
+        .await
+        .unwrap();
+    assert_eq!(again.already_done, n - fatal);
+    assert_eq!(again.pushed, fatal, "only the failed items run again");
+    for worker in workers {
+        worker.shutdown_background();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_leaves_its_items_to_the_others() {
+    let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .prefix("t2");
+    let upstream = Upstream {
+        latency: Duration::from_millis(100),
+        retry_after: Duration::from_millis(10),
+        ..Upstream::default()
+    };
+    let n = 120;
+    let mut sink = storage(&redis, "q2").await;
+    jobs::submit(&mut sink, &store, "batch-2", items(n))
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(1500);
+    let victim = start_worker(&redis, "q2", &store, &upstream, "victim", lease);
+    // Let the victim take items, then kill it while calls are in flight.
+    let started = Instant::now();
+    loop {
+        let progress = store.progress("batch-2").await.unwrap().unwrap();
+        if progress.in_flight > 0 && progress.done > 5 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{progress:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    victim.shutdown_background();
+    let orphaned = store.progress("batch-2").await.unwrap().unwrap();
+    assert!(orphaned.in_flight > 0, "{orphaned:?}");
+
+    let others: Vec<_> = ["b", "c"]
+        .iter()
+        .map(|name| start_worker(&redis, "q2", &store, &upstream, name, lease))
+        .collect();
+    let progress = wait_finished(&store, "batch-2", Duration::from_secs(60)).await;
+    let fatal = (0..n).filter(|i| plan(*i) == Plan::Fatal).count();
+    assert_eq!((progress.done, progress.failed), (n - fatal, fatal));
+    let successes = upstream.successes();
+    assert_eq!(successes.len(), n - fatal);
+    // The victim's calls in flight were cut before they answered (the mock
+    // counts a success when it answers): each item answered exactly once.
+    assert!(successes.values().all(|&s| s == 1), "{successes:?}");
+    for worker in others {
+        worker.shutdown_background();
+    }
+}
