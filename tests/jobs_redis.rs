@@ -47,7 +47,10 @@ async fn contract(store: &dyn JobStore) {
     // One claim at a time; the holder renews; another owner waits.
     assert_eq!(
         store.claim("b", "item-0000", "w1/a", lease).await.unwrap(),
-        Claim::Claimed { attempts: 0 }
+        Claim::Claimed {
+            attempts: 0,
+            paused_for: Duration::ZERO
+        }
     );
     match store.claim("b", "item-0000", "w2/b", lease).await.unwrap() {
         Claim::Held(wait) => assert!(wait <= lease && wait > Duration::from_secs(25), "{wait:?}"),
@@ -102,7 +105,10 @@ async fn contract(store: &dyn JobStore) {
     store.release("b", "item-0002", "w1/e").await.unwrap();
     assert_eq!(
         store.claim("b", "item-0002", "w2/f", lease).await.unwrap(),
-        Claim::Claimed { attempts: 0 }
+        Claim::Claimed {
+            attempts: 1,
+            paused_for: Duration::ZERO
+        }
     );
     assert_eq!(
         store.claim("b", "missing", "w2/f", lease).await.unwrap(),
@@ -155,6 +161,14 @@ async fn contract(store: &dyn JobStore) {
     let until = store.paused_until("b").await.unwrap().expect("paused");
     let off = until.duration_since(soon).unwrap_or_else(|e| e.duration());
     assert!(off < Duration::from_millis(5), "{off:?}");
+    // A claim says how long the batch is still paused.
+    match store.claim("b", "item-0001", "w3/g", lease).await.unwrap() {
+        Claim::Claimed { paused_for, .. } => assert!(
+            paused_for > Duration::from_millis(1500) && paused_for <= Duration::from_secs(2),
+            "{paused_for:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
 
     // Bounds: keys up to 512 bytes.
     let long = "k".repeat(513);
@@ -287,19 +301,52 @@ impl Upstream {
     }
 }
 
-/// The apalis storage for `queue`, with fast heartbeats (a dead worker's jobs
+/// The storage settings of `queue`, with fast heartbeats (a dead worker's jobs
 /// go to the others after 2 s).
-async fn storage(redis: &RedisServer, queue: &str) -> RedisStorage<ItemJob<String>> {
-    let conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection_manager()
+fn queue_config(queue: &str) -> apalis_redis::Config {
+    jobs::redis_storage_config(queue)
+        .heartbeat_interval(Duration::from_millis(500))
+        .missed_heartbeats(4)
+}
+
+/// A submitter's side of `queue`: the storage and its connection.
+struct Sink {
+    storage: RedisStorage<ItemJob<String>>,
+    conn: redis::aio::ConnectionManager,
+    config: apalis_redis::Config,
+}
+
+impl Sink {
+    async fn new(redis: &RedisServer, queue: &str) -> Sink {
+        let conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_connection_manager()
+            .await
+            .unwrap();
+        Sink {
+            storage: RedisStorage::new(conn.clone()).with_config(queue_config(queue)),
+            conn,
+            config: queue_config(queue),
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        store: &RedisJobStore,
+        batch: &str,
+        items: Vec<(String, String)>,
+    ) -> jobs::Submitted {
+        jobs::submit_to_redis(
+            &mut self.storage,
+            &self.conn,
+            &self.config,
+            store,
+            batch,
+            items,
+        )
         .await
-        .unwrap();
-    RedisStorage::new(conn).with_config(
-        jobs::redis_storage_config(queue)
-            .heartbeat_interval(Duration::from_millis(500))
-            .missed_heartbeats(4),
-    )
+        .unwrap()
+    }
 }
 
 /// A worker on its own runtime and thread (as another machine would be);
@@ -330,11 +377,10 @@ fn start_worker(
             .get_connection_manager()
             .await
             .unwrap();
-        let storage = RedisStorage::<ItemJob<String>>::new(conn).with_config(
-            jobs::redis_storage_config(&queue)
-                .heartbeat_interval(Duration::from_millis(500))
-                .missed_heartbeats(4),
-        );
+        let storage =
+            RedisStorage::<ItemJob<String>>::new(conn.clone()).with_config(queue_config(&queue));
+        let _promoter =
+            jobs::spawn_redis_promoter(conn, queue_config(&queue), Duration::from_millis(100));
         let service = BatchWorker::builder(store)
             .classifier(ErrorOnlyClassifier)
             .max_attempts(3)
@@ -384,21 +430,20 @@ async fn three_workers_run_a_seeded_batch_once_per_item_and_the_report_is_exact(
         ..Upstream::default()
     };
     let n = 300;
-    let mut sink = storage(&redis, "q1").await;
-    let submitted = jobs::submit(&mut sink, &store, "batch-1", items(n))
-        .await
-        .unwrap();
+    let mut sink = Sink::new(&redis, "q1").await;
+    let submitted = sink.submit(&store, "batch-1", items(n)).await;
     assert_eq!(submitted.pushed, n);
     // The same item pushed twice more (as a crashed submitter retrying would):
     // delivered three times, called once.
     for _ in 0..2 {
-        sink.push(ItemJob {
-            batch_id: "batch-1".into(),
-            key: "item-0000".into(),
-            request: "item-0000".into(),
-        })
-        .await
-        .unwrap();
+        sink.storage
+            .push(ItemJob {
+                batch_id: "batch-1".into(),
+                key: "item-0000".into(),
+                request: "item-0000".into(),
+            })
+            .await
+            .unwrap();
     }
 
     let workers: Vec<_> = ["a", "b", "c"]
@@ -480,9 +525,7 @@ async fn three_workers_run_a_seeded_batch_once_per_item_and_the_report_is_exact(
     assert_eq!(during, 0, "calls started while the batch was paused");
 
     // Submitted again: nothing left to do, nothing pushed.
-    let again = jobs::submit(&mut sink, &store, "batch-1", items(n))
-        .await
-        .unwrap();
+    let again = sink.submit(&store, "batch-1", items(n)).await;
     assert_eq!(again.already_done, n - fatal);
     assert_eq!(again.pushed, fatal, "only the failed items run again");
     for worker in workers {
@@ -502,10 +545,8 @@ async fn a_worker_killed_mid_run_leaves_its_items_to_the_others() {
         ..Upstream::default()
     };
     let n = 120;
-    let mut sink = storage(&redis, "q2").await;
-    jobs::submit(&mut sink, &store, "batch-2", items(n))
-        .await
-        .unwrap();
+    let mut sink = Sink::new(&redis, "q2").await;
+    sink.submit(&store, "batch-2", items(n)).await;
     let lease = Duration::from_millis(1500);
     let victim = start_worker(&redis, "q2", &store, &upstream, "victim", lease);
     // Let the victim take items, then kill it while calls are in flight.
@@ -535,6 +576,58 @@ async fn a_worker_killed_mid_run_leaves_its_items_to_the_others() {
     // counts a success when it answers): each item answered exactly once.
     assert!(successes.values().all(|&s| s == 1), "{successes:?}");
     for worker in others {
+        worker.shutdown_background();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_9000_jobs_does_not_stop_the_workers() {
+    let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis::Client::open(redis.url()).unwrap())
+        .unwrap()
+        .prefix("t3");
+    let n = 9000;
+    // Submitted with no worker running: apalis-redis 1.0.0 would leave all of
+    // them in its scheduled set, and its workers' first fetch would move them
+    // in one Lua `unpack` past the 8,000 limit and stop.
+    let mut sink = Sink::new(&redis, "q3").await;
+    assert_eq!(sink.submit(&store, "batch-3", items(n)).await.pushed, n);
+    let mut conn = sink.conn.clone();
+    let scheduled: usize = redis::cmd("ZCARD")
+        .arg(sink.config.scheduled_jobs_set())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let active: usize = redis::cmd("LLEN")
+        .arg(sink.config.active_jobs_list())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (scheduled, active),
+        (0, n),
+        "moved to the active list in chunks"
+    );
+
+    let upstream = Upstream::default();
+    let workers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            start_worker(
+                &redis,
+                "q3",
+                &store,
+                &upstream,
+                name,
+                Duration::from_secs(5),
+            )
+        })
+        .collect();
+    let progress = wait_finished(&store, "batch-3", Duration::from_secs(120)).await;
+    let fatal = (0..n).filter(|i| plan(*i) == Plan::Fatal).count();
+    assert_eq!((progress.done, progress.failed), (n - fatal, fatal));
+    assert!(upstream.successes().values().all(|&s| s == 1));
+    for worker in workers {
         worker.shutdown_background();
     }
 }

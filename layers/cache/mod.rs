@@ -113,7 +113,7 @@ pub use self::memory::{MemoryStore, DEFAULT_MAX_ENTRIES};
 pub use self::service::{Cache, CacheFuture};
 pub use self::store::{CacheStore, CacheStoreError, StoreFuture};
 
-use crate::fallback::{MarkDegraded, Marked};
+use crate::fallback::Marked;
 
 /// How a call was answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -166,6 +166,7 @@ impl<T: Clone + Send + Sync + 'static> CacheableResponse for Marked<T> {
 impl CacheableResponse for crate::client::ChatResponse {
     fn storable(&self) -> bool {
         use crate::classify::ClassifyResponse;
+        use crate::fallback::MarkDegraded;
         self.degraded().is_none() && self.classify_response().is_success()
     }
 }

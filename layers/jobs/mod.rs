@@ -6,9 +6,9 @@
 //! this module runs the same idea on a job engine:
 //!
 //! - [`submit`] registers the batch's items in a [`JobStore`] and pushes one
-//!   [`ItemJob`] per item to an apalis storage (Redis: `apalis_redis`). Items
-//!   that already succeeded are not pushed again, so submitting the batch again
-//!   sends only what did not succeed.
+//!   [`ItemJob`] per item to an apalis storage (on Redis: [`submit_to_redis`]).
+//!   Items that already succeeded are not pushed again, so submitting the batch
+//!   again sends only what did not succeed.
 //! - On any number of machines, an apalis worker runs [`BatchWorker`] around
 //!   your service (with this crate's layers: a circuit breaker shared through
 //!   Redis or PostgreSQL, fallback tiers, escalation). It claims each item in
@@ -33,6 +33,13 @@
 //! another. Use `batch_size(1)` in the storage's config (see
 //! [`redis_storage_config`]) so that a busy worker keeps sending heartbeats.
 //!
+//! # apalis-redis 1.0.0
+//!
+//! Its workers stop (`too many results to unpack`) when more than about 8,000
+//! jobs are due at once: submit with [`submit_to_redis`] and run a
+//! [`spawn_redis_promoter`] in each worker process, which keep that backlog
+//! under a thousand (see [`promote_due`]).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -48,12 +55,12 @@
 //! let client = redis::Client::open("redis://127.0.0.1/")?;
 //! let store = RedisJobStore::new(client.clone())?;
 //! let conn = client.get_connection_manager().await?;
-//! let mut storage = RedisStorage::<ItemJob<String>>::new(conn)
-//!     .with_config(jobs::redis_storage_config("llm-batches"));
+//! let config = jobs::redis_storage_config("llm-batches");
+//! let mut storage = RedisStorage::<ItemJob<String>>::new(conn.clone()).with_config(config.clone());
 //!
 //! // Anywhere: submit a batch (again later: only what did not succeed).
 //! let items = vec![("doc-1".to_owned(), "Summarise ...".to_owned())];
-//! jobs::submit(&mut storage, &store, "nightly-2026-12-01", items).await?;
+//! jobs::submit_to_redis(&mut storage, &conn, &config, &store, "nightly-2026-12-01", items).await?;
 //!
 //! // On each worker machine: your service, with this crate's layers around it.
 //! let llm = service_fn(|prompt: String| async move {
@@ -63,6 +70,8 @@
 //!     .classifier(ErrorOnlyClassifier)
 //!     .max_attempts(4)
 //!     .build(llm)?;
+//! // Keeps apalis-redis 1.0.0's backlog of due jobs small (see `promote_due`).
+//! let _promoter = jobs::spawn_redis_promoter(conn, config, std::time::Duration::from_millis(100));
 //! let worker = WorkerBuilder::new("worker-a")
 //!     .backend(storage)
 //!     .concurrency(16)
@@ -80,16 +89,22 @@
 //! [apalis]: https://docs.rs/apalis
 
 mod job;
+#[cfg(feature = "redis")]
+mod redis_queue;
 mod report;
 pub(crate) mod store;
 mod submit;
 mod worker;
 
 pub use self::job::ItemJob;
+#[cfg(feature = "redis")]
+pub use self::redis_queue::{promote_due, spawn_redis_promoter, RedisPromoter};
 pub use self::report::{report, JobBatchReport};
 pub use self::store::{
     Claim, ItemState, ItemsPage, JobStore, MemoryJobStore, Opened, Progress, JOB_MAX_KEY,
 };
+#[cfg(feature = "redis")]
+pub use self::submit::submit_to_redis;
 pub use self::submit::{submit, Submitted};
 pub use self::worker::{BatchWorker, BatchWorkerBuilder, JobOutcome};
 

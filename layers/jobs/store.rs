@@ -79,11 +79,14 @@ pub struct Opened {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Claim {
-    /// The item is this worker's until its lease runs out: run it. `attempts`:
-    /// calls made for it before.
+    /// The item is this worker's until its lease runs out: run it. The claim
+    /// counts the call it is for.
     Claimed {
         /// Calls made for it before this claim.
         attempts: u32,
+        /// How long its batch is still paused (zero: not paused): wait that
+        /// long before the call.
+        paused_for: Duration,
     },
     /// Already done: do not call again.
     Done,
@@ -143,7 +146,8 @@ pub trait JobStore: fmt::Debug + Send + Sync + 'static {
     fn open<'a>(&'a self, batch: &'a str, keys: &'a [String]) -> StoreFuture<'a, Opened>;
 
     /// Takes item `key` for `worker` for `lease` (if not done, failed, or held
-    /// by another under a live lease).
+    /// by another under a live lease), counting one call for it, and says how
+    /// long the batch is still paused: one round trip before a first call.
     fn claim<'a>(
         &'a self,
         batch: &'a str,
@@ -293,8 +297,13 @@ impl JobStore for MemoryJobStore {
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
             let now = now_ms();
-            Ok(self.with(|batches| {
-                let Some(state) = batches.get_mut(batch).and_then(|b| b.items.get_mut(key)) else {
+            let mut paused_ms = None;
+            let claim = self.with(|batches| {
+                let Some(batch) = batches.get_mut(batch) else {
+                    return Claim::Unknown;
+                };
+                paused_ms = Some(batch.paused_until_ms);
+                let Some(state) = batch.items.get_mut(key) else {
                     return Claim::Unknown;
                 };
                 match state {
@@ -312,12 +321,24 @@ impl JobStore for MemoryJobStore {
                         *state = ItemState::Running {
                             worker: worker.to_owned(),
                             lease_until_ms: now.saturating_add(lease_ms(lease)),
-                            attempts,
+                            attempts: attempts.saturating_add(1),
                         };
-                        Claim::Claimed { attempts }
+                        Claim::Claimed {
+                            attempts,
+                            paused_for: Duration::ZERO,
+                        }
                     }
                 }
-            }))
+            });
+            Ok(match claim {
+                Claim::Claimed { attempts, .. } => Claim::Claimed {
+                    attempts,
+                    paused_for: paused_ms.map_or(Duration::ZERO, |until| {
+                        Duration::from_millis(until.saturating_sub(now))
+                    }),
+                },
+                other => other,
+            })
         })
     }
 

@@ -46,6 +46,49 @@ where
     B::Error: std::fmt::Display,
     Req: Send,
 {
+    submit_with(sink, store, batch_id, items, || async { Ok(()) }).await
+}
+
+/// [`submit`] to an `apalis_redis` storage: after each chunk pushed, its due
+/// jobs are moved to the active list a thousand at a time (see
+/// [`promote_due`](super::promote_due): apalis-redis 1.0.0 workers fail on a
+/// backlog of more than about 8,000 due jobs).
+#[cfg(feature = "redis")]
+pub async fn submit_to_redis<Req>(
+    storage: &mut apalis_redis::RedisStorage<ItemJob<Req>>,
+    conn: &redis::aio::ConnectionManager,
+    config: &apalis_redis::Config,
+    store: &dyn JobStore,
+    batch_id: &str,
+    items: Vec<(String, Req)>,
+) -> Result<Submitted, BoxError>
+where
+    Req: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + Unpin + 'static,
+{
+    submit_with(storage, store, batch_id, items, || {
+        let mut conn = conn.clone();
+        async move {
+            super::promote_due(&mut conn, config).await?;
+            Ok(())
+        }
+    })
+    .await
+}
+
+async fn submit_with<Req, B, K, F, Fut>(
+    sink: &mut B,
+    store: &dyn JobStore,
+    batch_id: &str,
+    items: Vec<(String, Req)>,
+    mut after_chunk: F,
+) -> Result<Submitted, BoxError>
+where
+    B: TaskSink<ItemJob<Req>, K>,
+    B::Error: std::fmt::Display,
+    Req: Send,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>>,
+{
     let mut seen = HashSet::with_capacity(items.len());
     if let Some((key, _)) = items.iter().find(|(key, _)| !seen.insert(key.as_str())) {
         return Err(format!("the key {key:?} is used twice in batch {batch_id:?}").into());
@@ -71,10 +114,12 @@ where
         if tasks.len() == PUSH_CHUNK {
             pushed += tasks.len();
             push(sink, std::mem::take(&mut tasks)).await?;
+            after_chunk().await?;
         }
     }
     pushed += tasks.len();
     push(sink, tasks).await?;
+    after_chunk().await?;
     Ok(Submitted {
         pushed,
         already_done: opened.already_done,

@@ -292,9 +292,14 @@ where
     // Unique per delivery: a second delivery of the same item, even to this
     // worker, waits for the first.
     let owner = format!("{}/{:016x}", shared.name, fastrand::u64(..));
-    let mut attempts = loop {
+    // The claim counts the first call and says whether the batch is paused:
+    // one round trip before it.
+    let (mut attempts, paused_for) = loop {
         match store.claim(batch, key, &owner, shared.lease).await? {
-            Claim::Claimed { attempts } => break attempts,
+            Claim::Claimed {
+                attempts,
+                paused_for,
+            } => break (attempts, paused_for),
             Claim::Done => {
                 metrics::counter!("jobs_duplicate_deliveries_total").increment(1);
                 return Ok(JobOutcome::AlreadyDone);
@@ -325,13 +330,19 @@ where
             }
         }))
     };
+    let mut first = true;
     loop {
-        if let Some(until) = store.paused_until(batch).await? {
-            let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::sleep(cap_retry_after(wait)).await;
+        if first {
+            first = false;
+            tokio::time::sleep(cap_retry_after(paused_for)).await;
+        } else {
+            if let Some(until) = store.paused_until(batch).await? {
+                let wait = until.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(cap_retry_after(wait)).await;
+            }
+            store.renew(batch, key, &owner, shared.lease, true).await?;
         }
         attempts = attempts.saturating_add(1);
-        store.renew(batch, key, &owner, shared.lease, true).await?;
         let result = inner.clone().oneshot(job.request.clone()).await;
         match shared.classifier.classify(&result) {
             Outcome::Success => {

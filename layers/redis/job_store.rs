@@ -73,8 +73,9 @@ static OPEN: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// ARGV: key, owner, lease ms. Returns {'claimed', attempts} | {'done'} |
-/// {'failed'} | {'held', ms} | {'unknown'}.
+/// ARGV: key, owner, lease ms. Returns {'claimed', attempts before, paused
+/// ms} | {'done'} | {'failed'} | {'held', ms} | {'unknown'}. A claim counts
+/// the call it is for.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{PRELUDE}{}",
@@ -86,8 +87,10 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         if s == 'r' and u > now and w ~= ARGV[2] then return {'held', tostring(u - now)} end
         if s ~= 'r' then count('running', 1) end
         local lease = string.format('%d', now + tonumber(ARGV[3]))
-        redis.call('HSET', KEYS[1], ARGV[1], 'r|' .. a .. '|' .. lease .. '|' .. ARGV[2])
-        return {'claimed', tostring(a)}",
+        redis.call('HSET', KEYS[1], ARGV[1], 'r|' .. (a + 1) .. '|' .. lease .. '|' .. ARGV[2])
+        local paused = tonumber(redis.call('GET', KEYS[5]) or '0') - now
+        if paused < 0 then paused = 0 end
+        return {'claimed', tostring(a), string.format('%d', paused)}",
     ))
 });
 
@@ -373,6 +376,7 @@ impl JobStore for RedisJobStore {
             Ok(match out.first().map(String::as_str) {
                 Some("claimed") => Claim::Claimed {
                     attempts: u32::try_from(number(1)).unwrap_or(u32::MAX),
+                    paused_for: Duration::from_millis(number(2)),
                 },
                 Some("done") => Claim::Done,
                 Some("failed") => Claim::Failed,
