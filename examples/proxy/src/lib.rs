@@ -75,6 +75,7 @@ mod batch;
 mod cache;
 mod circuit_sync;
 mod dashboard;
+mod jobs;
 mod postgres_state;
 mod redis_state;
 mod usage;
@@ -88,5 +89,6 @@ pub mod mock;
 
 pub use crate::circuit_sync::CircuitSync;
 pub use crate::config::Config;
+pub use crate::jobs::worker::run_worker;
 pub use crate::postgres_state::migrate;
 pub use crate::server::{bind_listeners, Proxy};
