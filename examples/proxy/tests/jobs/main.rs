@@ -3,6 +3,7 @@
 //! processes on a real `redis-server`, against a seeded upstream written for
 //! the test (rate limits with Retry-After, 500s, fatal 400s).
 
+mod bounds;
 #[path = "../../../../tests/support/redis.rs"]
 mod redis_server;
 mod upstream;
