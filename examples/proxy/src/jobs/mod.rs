@@ -26,10 +26,14 @@ use crate::redis_state::RedisState;
 use crate::batch::ItemAnswer;
 
 /// One item of an asynchronous batch, as it travels through the queue: the
-/// chat completion body, and the model it names (for logs; the worker reads
-/// the model from the body, as the chat endpoint does).
+/// chat completion body, the model it names (for usage records; the worker
+/// reads the model from the body, as the chat endpoint does) and the client
+/// key id that submitted it (usage records and budgets charge it).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct JobRequest {
+    /// The submitting client key's id (`-`: the proxy runs without keys).
+    #[serde(default)]
+    pub(crate) client: String,
     /// The `model` of `body` (empty when it names none).
     pub(crate) model: String,
     /// The chat completion request.

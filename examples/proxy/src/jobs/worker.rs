@@ -17,6 +17,7 @@ use super::JobRequest;
 use crate::batch::{ItemAnswer, ItemRequest, ItemService};
 use crate::config::Config;
 use crate::state::Shared;
+use crate::usage::Answered;
 
 /// Runs a worker for `config` until `shutdown` completes, then stops taking
 /// jobs and gives the items in flight `limits.shutdown_grace_secs` to finish
@@ -124,6 +125,29 @@ impl Service<JobRequest> for JobItems {
     }
 
     fn call(&mut self, job: JobRequest) -> Self::Future {
+        let answering = self.answer(&job);
+        let Some(usage) = self.state.usage.clone() else {
+            return answering;
+        };
+        Box::pin(async move {
+            let answer = answering.await?;
+            // Each answer an upstream gave is recorded (and charged to the
+            // submitting key), as for in-process batches.
+            let answered = Answered {
+                client: job.client.as_str().into(),
+                model: job.model.as_str().into(),
+                tier: answer.tier.as_str().into(),
+                cached: false,
+                degraded: answer.degraded,
+            };
+            usage.record(&answered, crate::routes::batch::usage_of(&answer));
+            Ok(answer)
+        })
+    }
+}
+
+impl JobItems {
+    fn answer(&mut self, job: &JobRequest) -> BoxFuture<'static, Result<ItemAnswer, BoxError>> {
         let item = match serde_json::to_vec(&job.body) {
             Ok(body) => match crate::routes::chat::prepare(&self.state.models, &body, true) {
                 Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),

@@ -58,7 +58,7 @@ pub(crate) async fn handler(
         budgets.admit(&client).await?;
     }
     if super::batch_jobs::wants_async(&headers) {
-        return super::batch_jobs::submit(&state, &headers, &uri, body).await;
+        return super::batch_jobs::submit(&state, &client, &headers, &uri, body).await;
     }
     let bytes: Bytes = super::read_body(&headers, body, state.max_body).await?;
     let parsed: BatchBody = serde_json::from_slice(&bytes)
@@ -226,7 +226,7 @@ pub(crate) fn item_json(
 }
 
 /// The model and tokens an item's answer reports.
-fn usage_of(answer: &ItemAnswer) -> Option<UsageReport> {
+pub(crate) fn usage_of(answer: &ItemAnswer) -> Option<UsageReport> {
     let tokens = TokenUsage::from_json(&answer.response)?;
     let model = answer.response["model"].as_str().unwrap_or("-");
     Some(UsageReport::new(model, tokens))

@@ -93,6 +93,7 @@ fn scoped(headers: &HeaderMap, id: &str) -> String {
 /// `POST /v1/batch` in asynchronous mode.
 pub(crate) async fn submit(
     state: &AppState,
+    client: &str,
     headers: &HeaderMap,
     uri: &Uri,
     body: Body,
@@ -147,6 +148,7 @@ pub(crate) async fn submit(
         items.push((
             entry.key,
             JobRequest {
+                client: client.to_owned(),
                 model,
                 body: entry.body,
             },
@@ -174,6 +176,10 @@ pub(crate) async fn submit(
         })),
     )
         .into_response();
+    response.headers_mut().insert(
+        "preference-applied",
+        HeaderValue::from_static("respond-async"),
+    );
     if let Ok(location) = HeaderValue::try_from(status_url) {
         response
             .headers_mut()

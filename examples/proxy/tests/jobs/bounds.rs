@@ -128,6 +128,7 @@ async fn submissions_and_reports_are_bounded_and_scoped_to_their_client() {
         .unwrap();
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["location"], "/v1/batch/lines");
+    assert_eq!(response.headers()["preference-applied"], "respond-async");
     let accepted: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     assert_eq!(
         (&accepted["id"], &accepted["pushed"]),
@@ -285,4 +286,45 @@ async fn the_worker_needs_redis_and_stops_gracefully_on_sigterm() {
         "{status}: {}",
         std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_answers_are_recorded_in_usage_for_the_submitting_key() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n[usage]\nenabled = true\n",
+        config_text(&upstream.base_url(), &redis_state(&redis), "")
+    );
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
+    let _worker = Worker::start(&path, dir.path().join("worker.log"));
+    // Items 0, 1 and 2 answer; 3 is refused (fatal): three records.
+    let (status, accepted) = client
+        .post(KEY_A, &[("prefer", "respond-async")], batch_body("used", 4))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    client
+        .wait_progress("used", Duration::from_secs(60), super::finished)
+        .await;
+    let started = Instant::now();
+    let usage = loop {
+        let (status, usage) = client.get(KEY_A, "/v1/usage").await;
+        assert_eq!(status, 200, "{usage}");
+        if usage["totals"]["requests"] == 3 {
+            break usage;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{usage}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(usage["totals"]["output_tokens"], 12, "{usage}");
+    let (_, theirs) = client.get(KEY_B, "/v1/usage").await;
+    assert_eq!(theirs["totals"]["requests"], 0, "{theirs}");
+    proxy.stop();
 }
