@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
@@ -25,7 +25,6 @@ use tower_llm_resilience::redis::RedisJobStore;
 use super::batch::{check_name, item_json};
 use super::PathParam;
 use crate::batch::ItemAnswer;
-use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::jobs::{JobRequest, Jobs};
 use crate::state::{AppState, Shared};
@@ -224,7 +223,6 @@ struct StatusQuery {
 /// with `Accept: application/jsonl` every item, one per line.
 pub(crate) async fn status(
     State(state): State<Shared>,
-    _client: Option<Extension<ClientId>>,
     PathParam(id): PathParam,
     headers: HeaderMap,
     uri: Uri,

@@ -234,42 +234,54 @@ async fn the_worker_needs_redis_and_stops_gracefully_on_sigterm() {
 
     let redis = RedisServer::start();
     let with = dir.path().join("redis.toml");
-    std::fs::write(
-        &with,
-        config_text(&upstream.base_url(), &redis_state(&redis), ""),
-    )
-    .unwrap();
+    let text = config_text(&upstream.base_url(), &redis_state(&redis), "");
+    std::fs::write(&with, &text).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
     let mut worker = Worker::start(&with, dir.path().join("worker.log"));
-    // Wait for it to run (it says so on stdout... which the test discards):
-    // the queue's worker registry on Redis lists it.
+    // An item in flight when SIGTERM comes (held at the upstream's gate) is
+    // finished before the worker exits.
+    upstream.close_gate();
+    let (status, accepted) = client
+        .post(KEY_A, &[("prefer", "respond-async")], batch_body("term", 1))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
     let started = Instant::now();
-    let mut conn = redis
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    loop {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if keys.iter().any(|k| k.contains("worker")) {
-            break;
-        }
+    while upstream.held_now() == 0 {
         assert!(
             worker.child.try_wait().unwrap().is_none(),
             "the worker exited: {}",
             std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
         );
-        assert!(started.elapsed() < Duration::from_secs(20), "{keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no call arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed = Command::new("kill")
         .args(["-TERM", &worker.pid().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
+    // Once it says it is stopping, the held call answers (a 500: retried
+    // once, within the grace period).
+    let log = dir.path().join("worker.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("stopping")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no stop logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    upstream.open_gate();
     let started = Instant::now();
     let status = loop {
         if let Some(status) = worker.child.try_wait().unwrap() {
@@ -286,6 +298,11 @@ async fn the_worker_needs_redis_and_stops_gracefully_on_sigterm() {
         "{status}: {}",
         std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
     );
+    let (status, report) = client.get(KEY_A, "/v1/batch/term").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["items"][0]["status"], "ok", "{report}");
+    assert_eq!(upstream.successes()[&prompt(0)], 1);
+    proxy.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@ mod bounds;
 mod redis_server;
 mod upstream;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -78,7 +79,7 @@ impl Worker {
         let child = Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
             .args(["worker", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,llm_proxy=info")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -178,6 +179,26 @@ impl Client {
     }
 }
 
+/// The items of `batch` a worker whose name starts with `prefix` holds.
+async fn held_by(store: &RedisJobStore, batch: &str, prefix: &str) -> BTreeSet<String> {
+    let mut held = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = store.items(batch, after.as_deref(), 1000).await.unwrap();
+        for (key, state) in page.items {
+            if let ItemState::Running { worker, .. } = state {
+                if worker.starts_with(prefix) {
+                    held.insert(key);
+                }
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return held,
+        }
+    }
+}
+
 fn finished(progress: &Value) -> bool {
     progress["done"].as_u64().unwrap() + progress["failed"].as_u64().unwrap()
         == progress["total"].as_u64().unwrap()
@@ -249,25 +270,10 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
     let batch = format!("{}/nightly", llm_proxy::client_id::client_key_id(KEY_A));
     let victim_prefix = format!("llm-proxy-{}-", workers[0].pid());
     let started = Instant::now();
-    let victim_items: Vec<String> = loop {
+    let mut victim_items = loop {
         let answered: u32 = upstream.successes().values().sum();
         let progress = store.progress(&batch).await.unwrap().unwrap();
-        let mut held = Vec::new();
-        let mut after = None;
-        loop {
-            let page = store.items(&batch, after.as_deref(), 1000).await.unwrap();
-            for (key, state) in page.items {
-                if let ItemState::Running { worker, .. } = state {
-                    if worker.starts_with(&victim_prefix) {
-                        held.push(key);
-                    }
-                }
-            }
-            match page.next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+        let held = held_by(&store, &batch, &victim_prefix).await;
         if progress.done == answered as usize && !held.is_empty() && upstream.held_now() > 0 {
             break held;
         }
@@ -281,6 +287,9 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
     let mut victim = workers.remove(0);
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
+    // With what it claimed between the look and the kill (its lease keeps
+    // them in its name for 2 s yet).
+    victim_items.extend(held_by(&store, &batch, &victim_prefix).await);
     upstream.open_gate();
 
     let progress = client
