@@ -68,7 +68,8 @@ async fn submissions_and_reports_are_bounded_and_scoped_to_their_client() {
         &upstream.base_url(),
         &redis_state(&redis),
         "max_async_items = 5\nmax_async_body_bytes = 4000",
-    );
+    )
+    .replace("[limits]\n", "[limits]\nmax_body_bytes = 1500\n");
     let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
     let client = Client {
         http: reqwest::Client::new(),
@@ -87,6 +88,14 @@ async fn submissions_and_reports_are_bounded_and_scoped_to_their_client() {
     let padded = json!({"batch_id": "big", "requests": [], "pad": "x".repeat(5000)}).to_string();
     let (status, error) = client.post(KEY_A, &async_json, padded).await;
     assert_eq!(status, 413, "{error}");
+    // Batch bodies have their own, larger limit; every other request keeps
+    // limits.max_body_bytes.
+    let mut roomy: Value = serde_json::from_str(&batch_body("roomy", 1)).unwrap();
+    roomy["pad"] = "x".repeat(2000).into();
+    let (status, error) = client.post(KEY_A, &[], roomy.to_string()).await;
+    assert_eq!(status, 413, "in-process: {error}");
+    let (status, accepted) = client.post(KEY_A, &async_json, roomy.to_string()).await;
+    assert_eq!(status, 202, "{accepted}");
     let (status, error) = client
         .post(
             KEY_A,
