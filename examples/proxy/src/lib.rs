@@ -38,7 +38,9 @@
 //! - Escalations: `escalation_caps` (caps on pending escalations), `resume`
 //!   (a resume token works only for its client), `sealed` (snapshots
 //!   encrypted at rest).
-//! - `batch`: the batch runner and its bounded store; `redis_state` and
+//! - `batch`: the batch runner and its bounded store; `jobs`: batches as
+//!   jobs on apalis workers (the queue, the job store, `llm-proxy worker`,
+//!   [`run_worker`]); `redis_state` and
 //!   `postgres_state`: the state shared through Redis (`[state] redis_url`)
 //!   and PostgreSQL (`postgres_url`), [`CircuitSync`] the circuits shared
 //!   through either; `usage`: usage records and their stores, budgets; `cache`: the response cache;
@@ -75,6 +77,7 @@ mod batch;
 mod cache;
 mod circuit_sync;
 mod dashboard;
+mod jobs;
 mod postgres_state;
 mod redis_state;
 mod usage;
@@ -88,5 +91,6 @@ pub mod mock;
 
 pub use crate::circuit_sync::CircuitSync;
 pub use crate::config::Config;
+pub use crate::jobs::worker::run_worker;
 pub use crate::postgres_state::migrate;
 pub use crate::server::{bind_listeners, Proxy};

@@ -39,12 +39,22 @@ enum Command {
     /// postgres_url` (or `postgres_url_env`) and exit. Safe to run while proxies
     /// run, and from several machines at once.
     Migrate,
+    /// Run a batch worker: takes the items of asynchronous batches (`POST
+    /// /v1/batch` with `Prefer: respond-async`) from the queue on `--config`'s
+    /// `[state] redis_url` and runs them through the config's models, like the
+    /// proxy. Stops gracefully on Ctrl-C or SIGTERM.
+    Worker {
+        /// Items run at once (default: `[batch] concurrency`).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Serving a config file, its `[telemetry]` decides (installed once read).
-    let serves_config = cli.command.is_none() && cli.config.is_some();
+    let serves_config =
+        matches!(cli.command, None | Some(Command::Worker { .. })) && cli.config.is_some();
     let _telemetry = match serves_config {
         true => None,
         false => match Telemetry::install(&TelemetryConfig::default()) {
@@ -67,6 +77,10 @@ fn main() -> ExitCode {
         (Some(Command::Migrate), Some(path)) => migrate(&path),
         (Some(Command::Migrate), None) => {
             Err("migrate needs --config FILE (whose [state] names the PostgreSQL)".into())
+        }
+        (Some(Command::Worker { concurrency }), Some(path)) => worker(&path, concurrency),
+        (Some(Command::Worker { .. }), None) => {
+            Err("worker needs --config FILE (the proxy's, with [state] redis_url)".into())
         }
         (None, Some(path)) => serve_config(&path, cli.listen, cli.workers),
         (None, None) => multi_thread().and_then(|runtime| {
@@ -117,6 +131,19 @@ fn migrate(path: &std::path::Path) -> Result<(), BoxError> {
             Ok(())
         }
     }
+}
+
+/// `worker --config FILE`: run batch items until Ctrl-C or SIGTERM.
+fn worker(path: &std::path::Path, concurrency: Option<usize>) -> Result<(), BoxError> {
+    let config = Config::load(path)?;
+    let telemetry = Telemetry::install(&config.telemetry)?;
+    let result = multi_thread()?.block_on(llm_proxy::run_worker(
+        &config,
+        concurrency,
+        shutdown_signal(),
+    ));
+    telemetry.flush();
+    result
 }
 
 /// `--config FILE`: serve until Ctrl-C or SIGTERM, then shut down gracefully.

@@ -48,6 +48,11 @@ pub(crate) struct AppState {
     pub(crate) approval_header: Option<HeaderName>,
     /// The batch endpoint.
     pub(crate) batch: BatchRunner,
+    /// Asynchronous batches: the queue and the job store (`None`: no `[state]
+    /// redis_url`).
+    pub(crate) jobs: Option<crate::jobs::Jobs>,
+    /// `[batch]` bounds of asynchronous batches: items, body bytes.
+    pub(crate) async_batch: (usize, usize),
     /// Prometheus rendering.
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Review-page sessions.
@@ -136,6 +141,10 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         pipeline.redis.as_ref(),
         pipeline.postgres.as_ref(),
     )?;
+    let jobs = match &pipeline.redis {
+        Some(redis) => Some(crate::jobs::Jobs::new(redis, &config.batch)?),
+        None => None,
+    };
     let budgets = crate::usage::Budgets::build(
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),
@@ -162,6 +171,11 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         max_body: config.limits.max_body_bytes,
         approval_header,
         batch,
+        jobs,
+        async_batch: (
+            config.batch.max_async_items,
+            config.batch.max_async_body_bytes,
+        ),
         metrics,
         pipeline,
         sessions: crate::auth::Sessions::new(

@@ -133,6 +133,7 @@ pub(crate) fn route(method: &Method, path: &str) -> Route {
         "/v1/chat/completions" | "/v1/models" | "/v1/batch" | "/v1/circuits" | "/v1/usage" => {
             Route::Client
         }
+        _ if path.starts_with("/v1/batch/") => Route::Client,
         "/escalations/logout" => Route::Admin { mutation },
         _ if path == "/v1/escalations"
             || path.starts_with("/v1/escalations/")

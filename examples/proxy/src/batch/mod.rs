@@ -60,6 +60,13 @@ pub(crate) struct ItemService {
     cores: Arc<HashMap<Arc<str>, Core>>,
 }
 
+impl ItemService {
+    /// Items routed to `cores`, each model's tiers without escalation.
+    pub(crate) fn new(cores: Arc<HashMap<Arc<str>, Core>>) -> Self {
+        Self { cores }
+    }
+}
+
 impl Service<ItemRequest> for ItemService {
     type Response = ItemAnswer;
     type Error = BoxError;
@@ -171,9 +178,7 @@ impl BatchRunner {
         let layer = builder
             .build()
             .map_err(|e| ConfigError(format!("batch: {e}")))?;
-        let service = layer.layer(ItemService {
-            cores: Arc::new(cores),
-        });
+        let service = layer.layer(ItemService::new(Arc::new(cores)));
         Ok(Self {
             service: Mutex::new(service),
             max_items: config.max_items,

@@ -34,6 +34,47 @@ pub struct BatchConfig {
     /// `-_.:` only).
     #[serde(default = "default_batch_id_bytes")]
     pub max_id_bytes: usize,
+    /// Asynchronous batches (`Prefer: respond-async`, run by `llm-proxy
+    /// worker`): the most items in one submission.
+    #[serde(default = "default_max_async_items")]
+    pub max_async_items: usize,
+    /// Asynchronous batches: the largest request body (JSON or JSONL), in
+    /// bytes (every other request keeps `limits.max_body_bytes`).
+    #[serde(default = "default_max_async_body_bytes")]
+    pub max_async_body_bytes: usize,
+    /// `llm-proxy worker`: how long an item stays a worker's without a renewal
+    /// (renewed every third of it while it runs); a worker that dies loses
+    /// its items to the others after this.
+    #[serde(default = "default_job_lease", deserialize_with = "seconds")]
+    pub job_lease_secs: Duration,
+    /// `llm-proxy worker`: how often a worker tells the queue it is alive; one
+    /// silent for six of these is taken for dead and its jobs go to the others.
+    #[serde(default = "default_job_heartbeat", deserialize_with = "seconds")]
+    pub job_heartbeat_secs: Duration,
+    /// Asynchronous batches: how long a batch's items and results are kept
+    /// after its last submission or result.
+    #[serde(default = "default_job_ttl", deserialize_with = "seconds")]
+    pub job_ttl_secs: Duration,
+}
+
+fn default_max_async_items() -> usize {
+    100_000
+}
+
+fn default_max_async_body_bytes() -> usize {
+    256 * 1024 * 1024
+}
+
+fn default_job_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_job_heartbeat() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_job_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_batch_ttl() -> Duration {
@@ -75,6 +116,11 @@ impl Default for BatchConfig {
             max_records: default_batch_records(),
             max_bytes: default_batch_bytes(),
             max_id_bytes: default_batch_id_bytes(),
+            max_async_items: default_max_async_items(),
+            max_async_body_bytes: default_max_async_body_bytes(),
+            job_lease_secs: default_job_lease(),
+            job_heartbeat_secs: default_job_heartbeat(),
+            job_ttl_secs: default_job_ttl(),
         }
     }
 }

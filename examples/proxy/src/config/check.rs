@@ -104,6 +104,8 @@ impl Config {
             ),
             ("limits.metrics_upkeep_secs", limits.metrics_upkeep_secs),
             ("batch.ttl_secs", self.batch.ttl_secs),
+            ("batch.job_heartbeat_secs", self.batch.job_heartbeat_secs),
+            ("batch.job_ttl_secs", self.batch.job_ttl_secs),
             ("escalation.timeout_secs", self.escalation.timeout_secs),
             (
                 "escalation.poll_interval_secs",
@@ -131,6 +133,12 @@ impl Config {
         if self.batch.concurrency == 0 || self.batch.max_attempts == 0 || self.batch.max_items == 0
         {
             return err("batch.concurrency, max_attempts and max_items must be positive");
+        }
+        if self.batch.max_async_items == 0 || self.batch.max_async_body_bytes == 0 {
+            return err("batch.max_async_items and max_async_body_bytes must be positive");
+        }
+        if self.batch.job_lease_secs < Duration::from_millis(100) {
+            return err("batch.job_lease_secs must be at least 0.1");
         }
         self.state.validate()?;
         self.telemetry.validate()?;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Digest as _;
@@ -49,11 +50,15 @@ pub(crate) async fn handler(
     State(state): State<Shared>,
     client: Option<Extension<ClientId>>,
     headers: HeaderMap,
+    uri: Uri,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let client: Arc<str> = client.map_or_else(|| "-".into(), |Extension(id)| id.as_str().into());
     if let Some(budgets) = &state.budgets {
         budgets.admit(&client).await?;
+    }
+    if super::batch_jobs::wants_async(&headers) {
+        return super::batch_jobs::submit(&state, &client, &headers, &uri, body).await;
     }
     let bytes: Bytes = super::read_body(&headers, body, state.max_body).await?;
     let parsed: BatchBody = serde_json::from_slice(&bytes)
@@ -132,36 +137,8 @@ pub(crate) async fn handler(
         .items
         .iter()
         .map(|item| {
-            let mut out = serde_json::json!({
-                "key": keys.get(&item.key).unwrap_or(&item.key),
-                "attempts": item.attempts,
-                "cached": item.from_store,
-            });
-            match &item.outcome {
-                ItemOutcome::Success(answer) => {
-                    out["status"] = "ok".into();
-                    out["tier"] = answer.tier.clone().into();
-                    out["degraded"] = answer.degraded.into();
-                    out["response"] = answer.response.clone();
-                }
-                ItemOutcome::Failed(failure) => {
-                    out["status"] = "failed".into();
-                    out["error"] = serde_json::json!({
-                        "type": failure.kind.name(),
-                        "message": failure.message,
-                        "fatal": failure.fatal,
-                    });
-                }
-                other => {
-                    out["status"] = if matches!(other, ItemOutcome::NotAttempted) {
-                        "not_attempted"
-                    } else {
-                        "timed_out"
-                    }
-                    .into();
-                }
-            }
-            out
+            let key = keys.get(&item.key).unwrap_or(&item.key);
+            item_json(key, item.attempts, item.from_store, &item.outcome)
         })
         .collect();
     crate::metrics::record_batch(report.ok, report.failed, report.cached);
@@ -201,18 +178,62 @@ pub(crate) async fn handler(
         "unfinished": report.unfinished,
         "duration_ms": report.duration.as_millis() as u64,
         "items": items,
-    })))
+    }))
+    .into_response())
+}
+
+/// One item of a batch report, as the batch endpoints answer it (in-process
+/// and asynchronous alike).
+pub(crate) fn item_json(
+    key: &str,
+    attempts: u32,
+    cached: bool,
+    outcome: &ItemOutcome<ItemAnswer>,
+) -> Value {
+    let mut out = serde_json::json!({
+        "key": key,
+        "attempts": attempts,
+        "cached": cached,
+    });
+    match outcome {
+        ItemOutcome::Success(answer) => {
+            out["status"] = "ok".into();
+            out["tier"] = answer.tier.clone().into();
+            out["degraded"] = answer.degraded.into();
+            out["response"] = answer.response.clone();
+        }
+        ItemOutcome::Failed(failure) => {
+            out["status"] = "failed".into();
+            out["error"] = serde_json::json!({
+                "type": failure.kind.name(),
+                "message": failure.message,
+                "fatal": failure.fatal,
+            });
+        }
+        ItemOutcome::InProgress { in_flight } => {
+            out["status"] = if *in_flight { "running" } else { "pending" }.into();
+        }
+        other => {
+            out["status"] = if matches!(other, ItemOutcome::NotAttempted) {
+                "not_attempted"
+            } else {
+                "timed_out"
+            }
+            .into();
+        }
+    }
+    out
 }
 
 /// The model and tokens an item's answer reports.
-fn usage_of(answer: &ItemAnswer) -> Option<UsageReport> {
+pub(crate) fn usage_of(answer: &ItemAnswer) -> Option<UsageReport> {
     let tokens = TokenUsage::from_json(&answer.response)?;
     let model = answer.response["model"].as_str().unwrap_or("-");
     Some(UsageReport::new(model, tokens))
 }
 
 /// Why a `batch_id` or item key is refused, if it is.
-fn check_name(name: &str, max_bytes: usize) -> Result<(), String> {
+pub(crate) fn check_name(name: &str, max_bytes: usize) -> Result<(), String> {
     if name.is_empty() || name.len() > max_bytes {
         return Err(format!(
             "must be 1 to {max_bytes} bytes long (batch.max_id_bytes), not {}",
@@ -233,7 +254,7 @@ fn digest(body: &[u8]) -> String {
     crate::client_id::hex16(&sha2::Sha256::digest(body))
 }
 
-fn invalid_reason(status: StatusCode) -> &'static str {
+pub(crate) fn invalid_reason(status: StatusCode) -> &'static str {
     if status == StatusCode::NOT_FOUND {
         "unknown model"
     } else {

@@ -33,6 +33,7 @@ use crate::state::Shared;
 pub(crate) mod admin;
 pub(crate) mod audit;
 pub(crate) mod batch;
+pub(crate) mod batch_jobs;
 pub(crate) mod chat;
 pub(crate) mod circuits;
 pub(crate) mod dashboard;
@@ -53,6 +54,7 @@ pub(crate) fn build(config: &Config) -> Result<(ProxyService, Shared), ConfigErr
         .route("/v1/chat/completions", post(chat::chat))
         .route("/v1/models", get(info::list_models))
         .route("/v1/batch", post(batch::handler))
+        .route("/v1/batch/{id}", get(batch_jobs::status))
         .route("/v1/circuits", get(info::circuits))
         .route("/healthz", get(info::healthz))
         .route("/readyz", get(ready::readyz))

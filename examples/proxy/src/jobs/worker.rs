@@ -1,0 +1,167 @@
+//! `llm-proxy worker --config FILE`: an apalis worker that runs the items of
+//! asynchronous batches, on any machine that shares the proxy's Redis.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use apalis::layers::WorkerBuilderExt;
+use apalis::prelude::WorkerBuilder;
+use futures_util::future::BoxFuture;
+use tower::Service;
+use tower_llm_resilience::classify::{ClassifiedError, ErrorOnlyClassifier, FailureKind};
+use tower_llm_resilience::jobs::BatchWorker;
+use tower_llm_resilience::BoxError;
+
+use super::JobRequest;
+use crate::batch::{ItemAnswer, ItemRequest, ItemService};
+use crate::config::Config;
+use crate::state::Shared;
+use crate::usage::Answered;
+
+/// Runs a worker for `config` until `shutdown` completes, then stops taking
+/// jobs and gives the items in flight `limits.shutdown_grace_secs` to finish
+/// (an item cut there goes to another worker once its lease runs out).
+///
+/// The models' pipelines are built from `config` as the proxy builds them;
+/// each item goes through its model's tiers without escalation, as in-process
+/// batches do. `concurrency`: items run at once (default `[batch]
+/// concurrency`). Needs `[state] redis_url`.
+pub async fn run_worker(
+    config: &Config,
+    concurrency: Option<usize>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    config.validate()?;
+    if config.state.redis_client()?.is_none() {
+        return Err(
+            "the worker needs [state] redis_url: the batch queue and the items' \
+                    results live there, shared with the proxy"
+                .into(),
+        );
+    }
+    let concurrency = concurrency.unwrap_or(config.batch.concurrency);
+    if concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    let state = crate::state::build(config)?;
+    let jobs = state
+        .jobs
+        .clone()
+        .ok_or("the batch queue needs [state] redis_url")?;
+    let storage = jobs
+        .storage()
+        .await
+        .map_err(|e| format!("cannot reach the batch queue on Redis: {e}"))?;
+    let name = format!("llm-proxy-{}-{:08x}", std::process::id(), fastrand::u32(..));
+    let mut builder = BatchWorker::builder(jobs.store.clone())
+        .classifier(ErrorOnlyClassifier)
+        .max_attempts(config.batch.max_attempts)
+        .lease(config.batch.job_lease_secs)
+        .name(name.clone());
+    if let Some(seed) = config.batch.seed {
+        builder = builder.seed(seed);
+    }
+    let service = builder.build(JobItems::new(state))?;
+    let worker = WorkerBuilder::new(name.clone())
+        .backend(storage)
+        .concurrency(concurrency)
+        .build(service);
+    tracing::info!(worker = %name, queue = jobs.queue(), concurrency, "batch worker started");
+    println!(
+        "llm-proxy worker {name} on queue {} ({concurrency} items at once)",
+        jobs.queue()
+    );
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+        Ok::<(), std::io::Error>(())
+    };
+    let run = worker.run_until(signal);
+    tokio::pin!(run);
+    let grace = config.limits.shutdown_grace_secs;
+    let result = tokio::select! {
+        result = &mut run => result,
+        _ = stopping => {
+            tracing::info!("stopping: no new items, finishing the items in flight");
+            match tokio::time::timeout(grace, &mut run).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?grace,
+                        "items still running after the grace period: left to other workers"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
+    result.map_err(|e| format!("the worker stopped: {e}").into())
+}
+
+/// The service the worker runs for each item: the chat body checked and
+/// prepared as the chat endpoint does, then sent through its model's tiers.
+#[derive(Clone)]
+struct JobItems {
+    state: Shared,
+    items: ItemService,
+}
+
+impl JobItems {
+    fn new(state: Shared) -> Self {
+        let items = ItemService::new(Arc::new(state.pipeline.cores.clone()));
+        Self { state, items }
+    }
+}
+
+impl Service<JobRequest> for JobItems {
+    type Response = ItemAnswer;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<ItemAnswer, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, job: JobRequest) -> Self::Future {
+        let answering = self.answer(&job);
+        let Some(usage) = self.state.usage.clone() else {
+            return answering;
+        };
+        Box::pin(async move {
+            let answer = answering.await?;
+            // Each answer an upstream gave is recorded (and charged to the
+            // submitting key), as for in-process batches.
+            let answered = Answered {
+                client: job.client.as_str().into(),
+                model: job.model.as_str().into(),
+                tier: answer.tier.as_str().into(),
+                cached: false,
+                degraded: answer.degraded,
+            };
+            usage.record(&answered, crate::routes::batch::usage_of(&answer));
+            Ok(answer)
+        })
+    }
+}
+
+impl JobItems {
+    fn answer(&mut self, job: &JobRequest) -> BoxFuture<'static, Result<ItemAnswer, BoxError>> {
+        let item = match serde_json::to_vec(&job.body) {
+            Ok(body) => match crate::routes::chat::prepare(&self.state.models, &body, true) {
+                Ok((_, prepared)) => ItemRequest::Ready(Box::new(prepared.request)),
+                Err(refused) => ItemRequest::Invalid(
+                    crate::routes::batch::invalid_reason(refused.status()).into(),
+                ),
+            },
+            Err(e) => {
+                let message = format!("the item's body cannot be sent: {e}");
+                return Box::pin(async move {
+                    Err(ClassifiedError::new(FailureKind::BadRequest, message).into())
+                });
+            }
+        };
+        self.items.call(item)
+    }
+}
