@@ -87,15 +87,23 @@ impl Jobs {
         &self.queue
     }
 
-    /// A connection to the queue (bounded: an unreachable Redis is an error
-    /// after a few seconds).
-    pub(crate) async fn storage(&self) -> Result<JobStorage, String> {
+    /// The queue's storage settings.
+    pub(crate) fn config(&self) -> apalis_redis::Config {
+        jobs::redis_storage_config(&self.queue).heartbeat_interval(self.heartbeat)
+    }
+
+    /// A connection to the queue, and the storage on it (bounded: an
+    /// unreachable Redis is an error after a few seconds).
+    pub(crate) async fn storage(
+        &self,
+    ) -> Result<(JobStorage, redis::aio::ConnectionManager), String> {
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_connection_manager())
             .await
             .map_err(|_| format!("no answer from Redis within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| e.to_string())?;
-        Ok(RedisStorage::new(conn).with_config(
-            jobs::redis_storage_config(&self.queue).heartbeat_interval(self.heartbeat),
+        Ok((
+            RedisStorage::new(conn.clone()).with_config(self.config()),
+            conn,
         ))
     }
 }

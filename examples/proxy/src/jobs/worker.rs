@@ -49,10 +49,17 @@ pub async fn run_worker(
         .jobs
         .clone()
         .ok_or("the batch queue needs [state] redis_url")?;
-    let storage = jobs
+    let (storage, conn) = jobs
         .storage()
         .await
         .map_err(|e| format!("cannot reach the batch queue on Redis: {e}"))?;
+    // apalis-redis 1.0.0 stops its workers past ~8,000 due jobs: keep the
+    // backlog small (see `tower_llm_resilience::jobs::promote_due`).
+    let _promoter = tower_llm_resilience::jobs::spawn_redis_promoter(
+        conn,
+        jobs.config(),
+        std::time::Duration::from_millis(100),
+    );
     let name = format!("llm-proxy-{}-{:08x}", std::process::id(), fastrand::u32(..));
     let mut builder = BatchWorker::builder(jobs.store.clone())
         .classifier(ErrorOnlyClassifier)

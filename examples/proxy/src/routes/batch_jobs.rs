@@ -154,13 +154,21 @@ pub(crate) async fn submit(
         ));
     }
     drop(seen);
-    let mut storage = jobs
+    let (mut storage, conn) = jobs
         .storage()
         .await
         .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
-    let submitted = jobs::submit(&mut storage, &jobs.store, &scoped(headers, &id), items)
-        .await
-        .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
+    let config = jobs.config();
+    let submitted = jobs::submit_to_redis(
+        &mut storage,
+        &conn,
+        &config,
+        &jobs.store,
+        &scoped(headers, &id),
+        items,
+    )
+    .await
+    .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
     metrics::counter!("llm_proxy_batch_jobs_pushed_total").increment(submitted.pushed as u64);
     let status_url = format!("/v1/batch/{id}");
     let mut response = (
