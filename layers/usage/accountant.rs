@@ -15,7 +15,7 @@ pub const PRIMARY_TIER: &str = "primary";
 /// The `model` label of answers whose model has no price in the table.
 pub const UNPRICED_MODEL: &str = "unpriced";
 
-/// One answer's usage, as handed to [`UsageLayer::on_record`].
+/// One answer's usage, as handed to [`UsageLayer::on_record`](super::UsageLayer::on_record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRecord {
     /// The model and tokens the provider reported.
