@@ -1,0 +1,235 @@
+//! The job store on a real PostgreSQL (features `apalis` and `postgres`): the
+//! shared contract, two instances racing for one item, the result bound, keys
+//! paged in byte order, and expired batches gone.
+#![cfg(all(feature = "apalis", feature = "postgres"))]
+
+#[path = "support/job_store_contract.rs"]
+mod contract;
+#[path = "support/postgres.rs"]
+mod postgres_server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use contract::contract;
+use postgres_server::TestDb;
+use tower_llm_resilience::classify::FailureKind;
+use tower_llm_resilience::jobs::{Claim, ItemState, JobStore};
+use tower_llm_resilience::postgres::PostgresJobStore;
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("item-{i:04}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_store_keeps_the_contract() {
+    let db = TestDb::fresh();
+    let store = PostgresJobStore::new(&db.migrated().await);
+    contract(&store).await;
+    // A second instance on its own pool sees the same batch.
+    let other = PostgresJobStore::new(&db.postgres());
+    let progress = other.progress("b").await.unwrap().unwrap();
+    // The contract ends with one item done and two held (the failed one reopened).
+    assert_eq!(
+        (
+            progress.total,
+            progress.done,
+            progress.failed,
+            progress.in_flight
+        ),
+        (3, 1, 0, 2)
+    );
+    assert_eq!(other.progress("never-opened").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_racing_for_one_item_claim_it_once() {
+    let db = TestDb::fresh();
+    let a = Arc::new(PostgresJobStore::new(&db.migrated().await));
+    let b = Arc::new(PostgresJobStore::new(&db.postgres()));
+    a.open("race", &keys(1)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                store
+                    .claim("race", "item-0000", &format!("w{i}"), lease)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut claimed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Claim::Claimed { attempts, .. } => {
+                assert_eq!(attempts, 0);
+                claimed += 1;
+            }
+            Claim::Held(wait) => assert!(wait <= lease, "{wait:?}"),
+            other => panic!("claimed or held expected, got {other:?}"),
+        }
+    }
+    assert_eq!(claimed, 1, "exactly one claim wins");
+    let page = a.items("race", None, 10).await.unwrap();
+    match &page.items[0].1 {
+        ItemState::Running { attempts, .. } => assert_eq!(*attempts, 1, "one call counted"),
+        other => panic!("{other:?}"),
+    }
+
+    // Racing to record it: one result kept.
+    let results: Vec<_> = (0..10)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                store
+                    .succeed("race", "item-0000", &format!("\"{i}\""), 1)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut recorded = 0;
+    for result in results {
+        recorded += usize::from(result.await.unwrap());
+    }
+    assert_eq!(recorded, 1, "exactly one success recorded");
+    let progress = b.progress("race").await.unwrap().unwrap();
+    assert_eq!((progress.done, progress.in_flight), (1, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_over_the_bound_is_recorded_as_a_failure() {
+    let db = TestDb::fresh();
+    let store = PostgresJobStore::new(&db.migrated().await).max_result_bytes(100);
+    store.open("b", &keys(2)).await.unwrap();
+    let big = format!("\"{}\"", "x".repeat(200));
+    assert!(store.succeed("b", "item-0000", &big, 1).await.unwrap());
+    let small = format!("\"{}\"", "x".repeat(90));
+    assert!(store.succeed("b", "item-0001", &small, 1).await.unwrap());
+    let page = store.items("b", None, 10).await.unwrap();
+    match &page.items[0].1 {
+        ItemState::Failed { failure, attempts } => {
+            assert_eq!(failure.kind, FailureKind::InvalidResponse);
+            assert!(failure.message.contains("100 bytes"), "{}", failure.message);
+            assert_eq!(*attempts, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        page.items[1].1,
+        ItemState::Done {
+            response_json: small,
+            attempts: 1
+        }
+    );
+    // The failed one runs again on the next submission.
+    let again = store.open("b", &keys(2)).await.unwrap();
+    assert_eq!(again.to_submit, ["item-0000"]);
+    assert_eq!(again.already_done, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_paged_in_byte_order_and_big_submissions_in_chunks() {
+    let db = TestDb::fresh();
+    let store = PostgresJobStore::new(&db.migrated().await);
+    // Byte order, as Redis's ZRANGEBYLEX: upper case before lower, 'é' last.
+    let odd: Vec<String> = ["b", "B", "a", "é", "A", "a b"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let opened = store.open("odd", &odd).await.unwrap();
+    assert_eq!(opened.to_submit, odd, "in the order given");
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.items("odd", after.as_deref(), 2).await.unwrap();
+        seen.extend(page.items.into_iter().map(|(k, _)| k));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let mut sorted = odd.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+
+    // 2,500 keys: three statements; a key given twice is submitted twice.
+    let mut many = keys(2500);
+    many.push("item-0000".into());
+    let opened = store.open("many", &many).await.unwrap();
+    assert_eq!(opened.to_submit, many);
+    let progress = store.progress("many").await.unwrap().unwrap();
+    assert_eq!((progress.total, progress.pending), (2500, 2500));
+    let last = store.items("many", Some("item-2498"), 1000).await.unwrap();
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.next, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_batch_is_gone() {
+    let db = TestDb::fresh();
+    let store = PostgresJobStore::new(&db.migrated().await);
+    store.open("old", &keys(3)).await.unwrap();
+    assert!(matches!(
+        store
+            .claim("old", "item-0000", "w", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::Claimed { .. }
+    ));
+    assert!(store.succeed("old", "item-0000", "\"a\"", 1).await.unwrap());
+    store.open("kept", &keys(1)).await.unwrap();
+    // Its time passed (set in the database: no waiting).
+    db.server.psql(
+        &db.name,
+        "UPDATE tower_llm_job_batches SET expires_at = now() - interval '1 second'
+         WHERE batch_id = 'old'",
+    );
+    assert_eq!(store.progress("old").await.unwrap(), None);
+    assert_eq!(
+        store
+            .claim("old", "item-0001", "w", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Claim::Unknown
+    );
+    assert!(store.items("old", None, 10).await.unwrap().items.is_empty());
+    assert!(!store
+        .renew("old", "item-0000", "w", Duration::from_secs(30), false)
+        .await
+        .unwrap());
+
+    // The next submission deletes it, with its items.
+    store.open("new", &keys(1)).await.unwrap();
+    assert_eq!(
+        db.server.psql(
+            &db.name,
+            "SELECT string_agg(batch_id, ',' ORDER BY batch_id) FROM tower_llm_job_batches"
+        ),
+        "kept,new"
+    );
+    assert_eq!(
+        db.server.psql(
+            &db.name,
+            "SELECT count(*) FROM tower_llm_job_items WHERE batch_id = 'old'"
+        ),
+        "0"
+    );
+    // Opened again, it starts anew: the item done before runs again.
+    let again = store.open("old", &keys(3)).await.unwrap();
+    assert_eq!(again.to_submit, keys(3));
+    let first = store.items("old", None, 1).await.unwrap();
+    assert_eq!(first.items[0].1, ItemState::Pending { attempts: 0 });
+
+    // A result recorded for an expired batch starts it anew too.
+    db.server.psql(
+        &db.name,
+        "UPDATE tower_llm_job_batches SET expires_at = now() - interval '1 second'
+         WHERE batch_id = 'kept'",
+    );
+    assert!(store.succeed("kept", "other", "\"b\"", 1).await.unwrap());
+    let progress = store.progress("kept").await.unwrap().unwrap();
+    assert_eq!((progress.total, progress.done), (1, 1));
+}
