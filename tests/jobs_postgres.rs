@@ -8,14 +8,19 @@ mod contract;
 #[path = "support/postgres.rs"]
 mod postgres_server;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use apalis::prelude::Task;
 use contract::contract;
 use postgres_server::TestDb;
-use tower_llm_resilience::classify::FailureKind;
-use tower_llm_resilience::jobs::{Claim, ItemState, JobStore};
+use tower::{service_fn, ServiceExt};
+use tower_llm_resilience::classify::{ClassifiedError, ErrorOnlyClassifier, FailureKind};
+use tower_llm_resilience::jobs::{self, BatchWorker, Claim, ItemJob, ItemState, JobStore};
+use tower_llm_resilience::partial_batch::ItemOutcome;
 use tower_llm_resilience::postgres::PostgresJobStore;
+use tower_llm_resilience::BoxError;
 
 fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("item-{i:04}")).collect()
@@ -232,4 +237,147 @@ async fn an_expired_batch_is_gone() {
     assert!(store.succeed("kept", "other", "\"b\"", 1).await.unwrap());
     let progress = store.progress("kept").await.unwrap().unwrap();
     assert_eq!((progress.total, progress.done), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_workers_on_two_pools_run_each_item_once_and_the_report_is_exact() {
+    let db = TestDb::fresh();
+    let stores = [
+        PostgresJobStore::new(&db.migrated().await),
+        PostgresJobStore::new(&db.postgres()),
+    ];
+    // Both pools connected before the clock of the leases starts (a debug
+    // build's password exchange is slow enough to outlast a short lease).
+    for store in &stores {
+        let warm: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.progress("batch").await.unwrap() })
+            })
+            .collect();
+        for task in warm {
+            task.await.unwrap();
+        }
+    }
+    let n = 40;
+    let opened = stores[0].open("batch", &keys(n)).await.unwrap();
+    assert_eq!(opened.to_submit.len(), n);
+
+    // The upstream: every tenth item (from the 4th) a fatal 400, every tenth
+    // (from the 10th) a 500 on its first call; it counts calls per item.
+    let calls: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let upstream = {
+        let calls = calls.clone();
+        service_fn(move |key: String| {
+            let calls = calls.clone();
+            async move {
+                let call = {
+                    let mut calls = calls.lock().unwrap();
+                    let n = calls.entry(key.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let index: usize = key[5..].parse().unwrap();
+                match index % 10 {
+                    3 => Err(ClassifiedError::new(FailureKind::BadRequest, "bad").into()),
+                    9 if call == 1 => {
+                        Err(ClassifiedError::new(FailureKind::ServerError, "down").into())
+                    }
+                    _ => Ok::<_, BoxError>(format!("answer to {key}")),
+                }
+            }
+        })
+    };
+    let workers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            BatchWorker::builder(store.clone())
+                .classifier(ErrorOnlyClassifier)
+                .max_attempts(3)
+                .backoff(Duration::from_millis(5), Duration::from_millis(20))
+                .lease(Duration::from_secs(2))
+                .name(format!("w{i}"))
+                .seed(7)
+                .build(upstream.clone())
+                .unwrap()
+        })
+        .collect();
+    // Every job delivered to both workers at once (apalis delivers at least once).
+    let mut deliveries = Vec::new();
+    for key in keys(n) {
+        for worker in &workers {
+            let job = ItemJob {
+                batch_id: "batch".into(),
+                key: key.clone(),
+                request: key.clone(),
+            };
+            deliveries.push((
+                key.clone(),
+                tokio::spawn(worker.clone().oneshot(Task::new(job))),
+            ));
+        }
+    }
+    let mut outcomes: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, delivery) in deliveries {
+        let outcome = match delivery.await.unwrap() {
+            // A fatal failure aborts the job (apalis does not retry it).
+            Err(_) => "aborted".to_owned(),
+            Ok(outcome) => format!("{outcome:?}"),
+        };
+        outcomes.entry(key).or_default().push(outcome);
+    }
+    for (i, key) in keys(n).iter().enumerate() {
+        let mut seen = outcomes.remove(key).unwrap();
+        seen.sort();
+        // One delivery ran it; the other found it finished.
+        let expected = if i % 10 == 3 {
+            ["AlreadyFailed", "aborted"]
+        } else {
+            ["AlreadyDone", "Done"]
+        };
+        assert_eq!(
+            seen,
+            expected,
+            "{key}: {:?}",
+            calls.lock().unwrap().get(key)
+        );
+    }
+    let calls = calls.lock().unwrap().clone();
+    for (i, key) in keys(n).iter().enumerate() {
+        let expected = if i % 10 == 9 { 2 } else { 1 };
+        assert_eq!(calls[key], expected, "{key}: called once per attempt");
+    }
+    let fatal = (0..n).filter(|i| i % 10 == 3).count();
+    let report = jobs::report::<String>(&stores[1], "batch", 1000)
+        .await
+        .unwrap()
+        .expect("the batch is known");
+    assert_eq!(
+        (
+            report.progress.done,
+            report.progress.failed,
+            report.progress.in_flight
+        ),
+        (n - fatal, fatal, 0)
+    );
+    assert_eq!(report.report.items.len(), n);
+    for (i, item) in report.report.items.iter().enumerate() {
+        assert_eq!(item.key, keys(n)[i]);
+        match &item.outcome {
+            ItemOutcome::Failed(failure) => {
+                assert_eq!((i % 10, failure.kind.clone()), (3, FailureKind::BadRequest));
+                assert_eq!(item.attempts, 1);
+            }
+            ItemOutcome::Success(answer) => {
+                assert_eq!(answer, &format!("answer to {}", item.key));
+                assert_eq!(item.attempts, if i % 10 == 9 { 2 } else { 1 });
+            }
+            other => panic!("{}: {other:?}", item.key),
+        }
+    }
+    // Submitted again: only the failed items run again.
+    let again = stores[1].open("batch", &keys(n)).await.unwrap();
+    assert_eq!(again.already_done, n - fatal);
+    assert_eq!(again.to_submit.len(), fatal);
 }
