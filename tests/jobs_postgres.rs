@@ -381,3 +381,107 @@ async fn batch_workers_on_two_pools_run_each_item_once_and_the_report_is_exact()
     assert_eq!(again.already_done, n - fatal);
     assert_eq!(again.to_submit.len(), fatal);
 }
+
+/// A claim as far as both stores must agree (a held item's wait and a
+/// running item's lease depend on each store's clock).
+fn comparable_claim(claim: Claim) -> String {
+    match claim {
+        Claim::Claimed { attempts, .. } => format!("claimed after {attempts}"),
+        Claim::Held(_) => "held".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn comparable_state(state: &ItemState) -> String {
+    match state {
+        ItemState::Running {
+            worker, attempts, ..
+        } => format!("running by {worker} after {attempts}"),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_operations_answer_as_the_memory_store_does() {
+    let db = TestDb::fresh();
+    let postgres = PostgresJobStore::new(&db.migrated().await);
+    let memory = tower_llm_resilience::jobs::MemoryJobStore::new();
+    let stores: [&dyn JobStore; 2] = [&memory, &postgres];
+    let mut rng = fastrand::Rng::with_seed(22);
+    let all = keys(10);
+    let workers = ["w1", "w2", "w3"];
+    let lease = Duration::from_secs(60);
+    let failure = tower_llm_resilience::partial_batch::ItemFailure {
+        kind: FailureKind::ServerError,
+        message: "down".into(),
+        fatal: false,
+    };
+    for step in 0..800 {
+        let key = all[rng.usize(..all.len())].as_str();
+        let worker = workers[rng.usize(..workers.len())];
+        // Weighted so that items go round (a success is final): open 6, claim
+        // 12, renew 6, succeed 1, fail 5, release 4, read 6 in 40.
+        let weights = [6, 12, 6, 1, 5, 4, 6];
+        let mut draw = rng.usize(..40);
+        let op = weights
+            .iter()
+            .position(|w| {
+                let hit = draw < *w;
+                draw = draw.saturating_sub(*w);
+                hit
+            })
+            .unwrap();
+        let batch = ["m", "n"][rng.usize(..2)];
+        let some: Vec<String> = all.iter().filter(|_| rng.bool()).cloned().collect();
+        let mut answers = Vec::new();
+        for store in stores {
+            let answer = match op {
+                0 => {
+                    let opened = store.open(batch, &some).await.unwrap();
+                    format!(
+                        "{:?} {} {}",
+                        opened.to_submit, opened.already_done, opened.running
+                    )
+                }
+                1 => comparable_claim(store.claim(batch, key, worker, lease).await.unwrap()),
+                2 => store
+                    .renew(batch, key, worker, lease, step % 2 == 0)
+                    .await
+                    .unwrap()
+                    .to_string(),
+                3 => store
+                    .succeed(batch, key, &format!("\"{step}\""), step)
+                    .await
+                    .unwrap()
+                    .to_string(),
+                4 => store
+                    .fail(batch, key, &failure, step)
+                    .await
+                    .unwrap()
+                    .to_string(),
+                5 => {
+                    store.release(batch, key, worker).await.unwrap();
+                    String::new()
+                }
+                _ => {
+                    let page = store.items(batch, Some(key), 3).await.unwrap();
+                    let items: Vec<_> = page
+                        .items
+                        .iter()
+                        .map(|(k, s)| format!("{k}: {}", comparable_state(s)))
+                        .collect();
+                    format!(
+                        "{items:?} {:?} {:?}",
+                        page.next,
+                        store.progress(batch).await.unwrap()
+                    )
+                }
+            };
+            answers.push(answer);
+        }
+        assert_eq!(
+            answers[0], answers[1],
+            "step {step}, op {op}, {batch}, {key}, {worker}"
+        );
+    }
+}
