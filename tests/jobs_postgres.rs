@@ -26,6 +26,24 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("item-{i:04}")).collect()
 }
 
+/// Opens every connection of `store`'s pool (8 in the tests), so that what
+/// follows does not wait for connections to be made.
+async fn warm(store: &PostgresJobStore) {
+    let gate = Arc::new(tokio::sync::Barrier::new(8));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, gate) = (store.clone(), gate.clone());
+            tokio::spawn(async move {
+                gate.wait().await;
+                store.progress("warm-up").await.unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_store_keeps_the_contract() {
     let db = TestDb::fresh();
@@ -53,7 +71,22 @@ async fn two_instances_racing_for_one_item_claim_it_once() {
     let a = Arc::new(PostgresJobStore::new(&db.migrated().await));
     let b = Arc::new(PostgresJobStore::new(&db.postgres()));
     a.open("race", &keys(1)).await.unwrap();
+    warm(&a).await;
+    warm(&b).await;
     let lease = Duration::from_secs(30);
+    // A transaction holds the item's row: every claim that starts now sees
+    // it pending and queues on the row; when it lets go, one claim takes the
+    // item and the others find it taken (and look again: held).
+    let (blocker, connection) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    blocker
+        .batch_execute(
+            "BEGIN; SELECT 1 FROM tower_llm_job_items WHERE batch_id = 'race' FOR UPDATE",
+        )
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -65,6 +98,28 @@ async fn two_instances_racing_for_one_item_claim_it_once() {
             })
         })
         .collect();
+    // Every connection of both pools (8 each) waits on the row.
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = blocker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting >= 16 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{waiting} waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    blocker.batch_execute("COMMIT").await.unwrap();
     let mut claimed = 0;
     for task in tasks {
         match task.await.unwrap() {
@@ -249,15 +304,7 @@ async fn batch_workers_on_two_pools_run_each_item_once_and_the_report_is_exact()
     // Both pools connected before the clock of the leases starts (a debug
     // build's password exchange is slow enough to outlast a short lease).
     for store in &stores {
-        let warm: Vec<_> = (0..8)
-            .map(|_| {
-                let store = store.clone();
-                tokio::spawn(async move { store.progress("batch").await.unwrap() })
-            })
-            .collect();
-        for task in warm {
-            task.await.unwrap();
-        }
+        warm(store).await;
     }
     let n = 40;
     let opened = stores[0].open("batch", &keys(n)).await.unwrap();
