@@ -40,6 +40,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "counters",
         sql: include_str!("migrations/0005_counters.sql"),
     },
+    Migration {
+        version: 6,
+        name: "jobs",
+        sql: include_str!("migrations/0006_jobs.sql"),
+    },
 ];
 
 /// Any constant both instances agree on: the lock that serialises migrations.

@@ -13,6 +13,7 @@
 //! | [`PostgresUsageStore`] | your usage accounting (e.g. the output of [`usage`](crate::usage)) | token and cost records, grouped by client, model, day |
 //! | [`PostgresAuditLog`] | your operators' actions | an append-only audit log |
 //! | [`PostgresCounters`] | your budgets and rate limits | fixed-window counters |
+//! | `PostgresJobStore` (feature `apalis`) | [`jobs`](crate::jobs)' submitter, workers and report | a distributed batch's item states, claims, pause and results |
 //!
 //! # Example
 //!
@@ -68,6 +69,8 @@ mod counters;
 mod error;
 mod escalation_rows;
 mod escalation_store;
+#[cfg(feature = "apalis")]
+mod job_store;
 mod link;
 mod listen;
 mod migrate;
@@ -84,6 +87,8 @@ pub use self::counters::{
 };
 pub use self::error::{ConfigError, MigrateError, PgError};
 pub use self::escalation_store::{PostgresEscalationStore, PostgresEscalationStoreBuilder};
+#[cfg(feature = "apalis")]
+pub use self::job_store::PostgresJobStore;
 pub use self::migrate::{Migrated, SCHEMA_VERSION};
 pub use self::usage::{
     PostgresUsageStore, UsageGroup, UsageQuery, UsageReport, UsageRow, UsageTotals,
