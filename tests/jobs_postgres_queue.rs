@@ -1,7 +1,8 @@
 //! Batches as jobs with the queue on PostgreSQL (feature `apalis-postgres`):
 //! `jobs::submit` pushes to an `apalis_postgres::PostgresStorage` on a real
 //! PostgreSQL, two apalis workers run the items through `BatchWorker`, each
-//! item is answered once, the report is exact, and a re-submission pushes only
+//! item is answered once (its state in a `PostgresJobStore` on the same
+//! database), the report is exact, and a re-submission pushes only
 //! what did not succeed.
 #![cfg(feature = "apalis-postgres")]
 
@@ -17,8 +18,9 @@ use apalis_postgres::{PgPool, PostgresStorage};
 use postgres_server::TestDb;
 use tower::service_fn;
 use tower_llm_resilience::classify::{ClassifiedError, ErrorOnlyClassifier, FailureKind};
-use tower_llm_resilience::jobs::{self, BatchWorker, ItemJob, JobStore, MemoryJobStore};
+use tower_llm_resilience::jobs::{self, BatchWorker, ItemJob, JobStore};
 use tower_llm_resilience::partial_batch::ItemOutcome;
+use tower_llm_resilience::postgres::PostgresJobStore;
 use tower_llm_resilience::BoxError;
 
 fn config() -> apalis_postgres::Config {
@@ -69,7 +71,8 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
     let db = TestDb::fresh();
     let pool = PgPool::connect(&db.url()).await.unwrap();
     PostgresStorage::<()>::setup(&pool).await.unwrap();
-    let store: Arc<dyn JobStore> = Arc::new(MemoryJobStore::new());
+    // The job store on the same database: queue and state on PostgreSQL alone.
+    let store: Arc<dyn JobStore> = Arc::new(PostgresJobStore::new(&db.migrated().await));
     let n = 200;
     let items: Vec<(String, String)> = (0..n)
         .map(|i| (format!("item-{i:04}"), format!("item-{i:04}")))

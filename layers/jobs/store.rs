@@ -137,8 +137,9 @@ pub struct ItemsPage {
 /// job delivered twice (apalis delivers at least once) calls the upstream at
 /// most once while the first delivery holds it, and records one result.
 ///
-/// Implementations: [`MemoryJobStore`] (one process), and with the `redis`
-/// feature `RedisJobStore` (every worker on one Redis).
+/// Implementations: [`MemoryJobStore`] (one process), `redis::RedisJobStore`
+/// (every worker on one Redis) and, with the `postgres` feature,
+/// `postgres::PostgresJobStore` (every worker on one PostgreSQL).
 pub trait JobStore: fmt::Debug + Send + Sync + 'static {
     /// Adds `keys` to batch `batch` (creating it): new and failed keys become
     /// pending and are returned to be submitted; done keys and keys running
