@@ -186,38 +186,30 @@ impl BatchStore for PostgresBatchStore {
                 return Ok(());
             }
             let ttl_ms = self.ttl_ms();
-            let evicted = self
-                .pg
-                .run(|mut client| async move {
-                    let tx = client.transaction().await?;
-                    // An expired run is gone, whatever it held: it starts anew.
-                    tx.execute(
-                        "DELETE FROM tower_llm_batch_runs WHERE batch_id = $1 AND expires_at <= now()",
-                        &[&batch_id],
-                    )
-                    .await?;
-                    tx.execute(UPSERT_RUN, &[&batch_id, &ttl_ms]).await?;
-                    tx.execute(
-                        UPSERT_ITEM,
-                        &[
-                            &batch_id,
-                            &key,
-                            &success.response_json,
-                            &i64::from(success.attempts),
-                            &to_i64(size),
-                        ],
-                    )
-                    .await?;
-                    let evicted = if self.over(totals(&tx).await?) {
-                        self.evict(&tx, batch_id, key).await?
-                    } else {
-                        Some(0)
-                    };
-                    tx.commit().await?;
-                    Ok(evicted)
-                })
-                .await
-                .map_err(StoreError::new)?;
+            // Two instances evicting each other's batches can deadlock (each
+            // holds its own batch's rows and waits for the other's): PostgreSQL
+            // aborts one, which runs again, a few times at most.
+            let mut tries = 0;
+            let evicted = loop {
+                tries += 1;
+                let attempt = self
+                    .record_once(batch_id, key, &success, size, ttl_ms)
+                    .await;
+                match attempt {
+                    Err(PgError::Db(e))
+                        if tries < 4
+                            && e.code()
+                                == Some(
+                                    &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                                ) =>
+                    {
+                        tracing::debug!(
+                            "batch records: a deadlock between instances, trying again"
+                        );
+                    }
+                    other => break other.map_err(StoreError::new)?,
+                }
+            };
             match evicted {
                 // Kept nowhere: the item runs again next time.
                 None => tracing::debug!(
@@ -256,6 +248,47 @@ impl BatchStore for PostgresBatchStore {
 }
 
 impl PostgresBatchStore {
+    /// One try of [`record`](BatchStore::record): one transaction.
+    async fn record_once(
+        &self,
+        batch_id: &str,
+        key: &str,
+        success: &StoredSuccess,
+        size: usize,
+        ttl_ms: f64,
+    ) -> Result<Option<usize>, PgError> {
+        self.pg
+            .run(|mut client| async move {
+                let tx = client.transaction().await?;
+                // An expired run is gone, whatever it held: it starts anew.
+                tx.execute(
+                    "DELETE FROM tower_llm_batch_runs WHERE batch_id = $1 AND expires_at <= now()",
+                    &[&batch_id],
+                )
+                .await?;
+                tx.execute(UPSERT_RUN, &[&batch_id, &ttl_ms]).await?;
+                tx.execute(
+                    UPSERT_ITEM,
+                    &[
+                        &batch_id,
+                        &key,
+                        &success.response_json,
+                        &i64::from(success.attempts),
+                        &to_i64(size),
+                    ],
+                )
+                .await?;
+                let evicted = if self.over(totals(&tx).await?) {
+                    self.evict(&tx, batch_id, key).await?
+                } else {
+                    Some(0)
+                };
+                tx.commit().await?;
+                Ok(evicted)
+            })
+            .await
+    }
+
     /// Over the bounds: drops other batches, expired and then earliest deadline
     /// first, until under them. `None` when that was not enough and this item
     /// was taken out again.
