@@ -189,6 +189,15 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
     })
     .await
     .expect("99 requests wait for the first");
+    // The leader's call may still be on its way to the upstream: it arrives,
+    // alone.
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first request reaches the upstream");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     open.send_replace(true);
 
