@@ -102,6 +102,7 @@ pub use self::redis_queue::{promote_due, spawn_redis_promoter, RedisPromoter};
 pub use self::report::{report, JobBatchReport};
 pub use self::store::{
     Claim, ItemState, ItemsPage, JobStore, MemoryJobStore, Opened, Progress, JOB_MAX_KEY,
+    JOB_MAX_PAGE,
 };
 #[cfg(feature = "redis")]
 pub use self::submit::submit_to_redis;

@@ -13,6 +13,9 @@ use crate::partial_batch::{ItemFailure, StoreError, StoreFuture};
 /// The longest batch id or item key, in bytes.
 pub const JOB_MAX_KEY: usize = 512;
 
+/// The most items one [`JobStore::items`] page holds.
+pub const JOB_MAX_PAGE: usize = 1000;
+
 /// One item's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -200,7 +203,8 @@ pub trait JobStore: fmt::Debug + Send + Sync + 'static {
     /// How far `batch` has come (`None`: unknown batch).
     fn progress<'a>(&'a self, batch: &'a str) -> StoreFuture<'a, Option<Progress>>;
 
-    /// At most `limit` items of `batch` with keys after `after`, in key order.
+    /// At most `limit` items of `batch` (clamped to 1 to [`JOB_MAX_PAGE`])
+    /// with keys after `after`, in key order.
     fn items<'a>(
         &'a self,
         batch: &'a str,
@@ -502,23 +506,15 @@ impl JobStore for MemoryJobStore {
                     )),
                     None => batch.items.range::<str, _>(..),
                 };
-                let items: Vec<(String, ItemState)> = range
-                    .take(limit.max(1))
+                let limit = limit.clamp(1, JOB_MAX_PAGE);
+                // One more than asked: whether there is a next page.
+                let mut items: Vec<(String, ItemState)> = range
+                    .take(limit + 1)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let next = (items.len() == limit.max(1))
-                    .then(|| items.last().map(|(k, _)| k.clone()))
-                    .flatten()
-                    .filter(|last| {
-                        batch
-                            .items
-                            .range::<str, _>((
-                                std::ops::Bound::Excluded(last.as_str()),
-                                std::ops::Bound::Unbounded,
-                            ))
-                            .next()
-                            .is_some()
-                    });
+                let more = items.len() > limit;
+                items.truncate(limit);
+                let next = more.then(|| items.last().map(|(k, _)| k.clone())).flatten();
                 ItemsPage { items, next }
             }))
         })

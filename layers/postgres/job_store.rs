@@ -6,14 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::classify::FailureKind;
 use crate::jobs::store::{check_key, lease_ms, unix_ms};
-use crate::jobs::{Claim, ItemState, ItemsPage, JobStore, Opened, Progress};
+use crate::jobs::{Claim, ItemState, ItemsPage, JobStore, Opened, Progress, JOB_MAX_PAGE};
 use crate::partial_batch::{ItemFailure, StoreError, StoreFuture};
 
 use super::connect::Postgres;
 use super::error::PgError;
 
-/// Items read per page at most.
-const MAX_PAGE: usize = 1000;
 /// Keys one `open` statement takes at most (bigger submissions are cut in chunks).
 const OPEN_CHUNK: usize = 1000;
 /// Expired batches one `open` deletes at most (with their items).
@@ -565,7 +563,7 @@ impl JobStore for PostgresJobStore {
         limit: usize,
     ) -> StoreFuture<'a, ItemsPage> {
         Box::pin(async move {
-            let limit = limit.clamp(1, MAX_PAGE);
+            let limit = limit.clamp(1, JOB_MAX_PAGE);
             // One more than asked: whether there is a next page.
             let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
             let mut items = self

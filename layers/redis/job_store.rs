@@ -11,7 +11,7 @@ use redis::{Script, ToRedisArgs};
 use super::error::ConfigError;
 use super::link::{link, manager_config, Link};
 use crate::jobs::store::{check_key, lease_ms, unix_ms};
-use crate::jobs::{Claim, ItemState, ItemsPage, JobStore, Opened, Progress};
+use crate::jobs::{Claim, ItemState, ItemsPage, JobStore, Opened, Progress, JOB_MAX_PAGE};
 use crate::partial_batch::{ItemFailure, StoreError, StoreFuture};
 
 /// Keys of one batch (all in one hash slot, `{prefix:batch}`):
@@ -169,8 +169,6 @@ macro_rules! args {
     }};
 }
 
-/// Keys read per page at most.
-const MAX_PAGE: usize = 1000;
 /// Keys one `open` script takes at most (bigger submissions are cut in chunks).
 const OPEN_CHUNK: usize = 1000;
 
@@ -510,7 +508,7 @@ impl JobStore for RedisJobStore {
         limit: usize,
     ) -> StoreFuture<'a, ItemsPage> {
         Box::pin(async move {
-            let limit = limit.clamp(1, MAX_PAGE);
+            let limit = limit.clamp(1, JOB_MAX_PAGE);
             let [state, results, keys, ..] = self.keys(batch);
             let mut conn = self.conn.clone();
             let from = match after {

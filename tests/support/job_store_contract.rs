@@ -6,7 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use tower_llm_resilience::classify::FailureKind;
-use tower_llm_resilience::jobs::{Claim, ItemState, JobStore};
+use tower_llm_resilience::jobs::{Claim, ItemState, JobStore, JOB_MAX_PAGE};
 use tower_llm_resilience::partial_batch::ItemFailure;
 
 fn keys(n: usize) -> Vec<String> {
@@ -160,4 +160,15 @@ pub async fn contract(store: &dyn JobStore) {
     let long = "k".repeat(513);
     assert!(store.open("b", std::slice::from_ref(&long)).await.is_err());
     assert!(store.open(&long, &keys(1)).await.is_err());
+
+    // Pages: at most JOB_MAX_PAGE items, however many are asked; at least one.
+    let many: Vec<String> = (0..=JOB_MAX_PAGE).map(|i| format!("item-{i:05}")).collect();
+    store.open("big", &many).await.unwrap();
+    let page = store.items("big", None, usize::MAX).await.unwrap();
+    assert_eq!(page.items.len(), JOB_MAX_PAGE);
+    let next = page.next.expect("one more item");
+    let last = store.items("big", Some(&next), usize::MAX).await.unwrap();
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.next, None);
+    assert_eq!(store.items("big", None, 0).await.unwrap().items.len(), 1);
 }

@@ -748,6 +748,10 @@ fn bad_postgres_settings_fail_at_load_with_the_setting_named() {
         ),
         ("postgres_url = \"postgres://u:pw-x@y@h/db\"", "%40"),
         (
+            "postgres_url = \"postgres://h/db\"\nprefix = \"PREFIX\"",
+            "state.prefix: at most 128 bytes",
+        ),
+        (
             "postgres_url = \"postgres://h/db\"\npostgres_url_env = \"X\"",
             "both set",
         ),
@@ -764,6 +768,7 @@ fn bad_postgres_settings_fail_at_load_with_the_setting_named() {
             "postgres_ca_file",
         ),
     ] {
+        let state = state.replace("PREFIX", &"p".repeat(129));
         let e = Config::from_toml(&format!("{text}\n[state]\n{state}\n"))
             .err()
             .unwrap_or_else(|| panic!("{state} is refused"))
