@@ -75,6 +75,21 @@ impl Browser {
     }
 
     pub async fn start() -> Browser {
+        // The free port chromedriver was given can be taken by another test
+        // between the pick and its bind (it then exits, and something else
+        // answered `ready`): a fresh driver, three tries at most.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::try_start().await {
+                Ok(browser) => return browser,
+                Err(e) if tries < 3 => eprintln!("WebDriver session failed ({e}); again"),
+                Err(e) => panic!("a WebDriver session: {e}"),
+            }
+        }
+    }
+
+    async fn try_start() -> Result<Browser, fantoccini::error::NewSessionError> {
         let driver = ChromeDriver::start();
         driver.ready().await;
         let profile = tempfile::tempdir().expect("a profile directory");
@@ -100,13 +115,12 @@ impl Browser {
         let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{}", driver.port))
-            .await
-            .expect("a WebDriver session");
-        Browser {
+            .await?;
+        Ok(Browser {
             client,
             _driver: driver,
             _profile: profile,
-        }
+        })
     }
 
     /// Opens the review page at `page_url`, signs in with `admin_key` on its
