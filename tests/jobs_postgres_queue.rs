@@ -147,6 +147,88 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
         .await
         .unwrap();
     assert_eq!((again.pushed, again.already_done), (fatal, n - fatal));
+
+    // The queue's table is pruned: finished jobs (once apalis has acknowledged
+    // them all, the fatal items' second run included), then, past
+    // `stale_after`, every row whatever its state.
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let finished_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches' \
+                        AND status IN ('Done', 'Failed', 'Killed')";
+    let all_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches'";
+    let started = Instant::now();
+    while count(finished_sql).await < (n + fatal) as i64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not all acknowledged: {}",
+            count(finished_sql).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let finished = count(finished_sql).await;
+    assert_eq!(finished, (n + fatal) as i64);
+    let total = count(all_sql).await;
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        jobs::prune_postgres_queue(&pool, "llm-batches", hour, hour * 24)
+            .await
+            .unwrap(),
+        0,
+        "nothing finished an hour ago"
+    );
+    assert_eq!(
+        jobs::prune_postgres_queue(&pool, "other-queue", Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap(),
+        0,
+        "another queue's jobs are not touched"
+    );
+    let pruned = jobs::prune_postgres_queue(&pool, "llm-batches", Duration::ZERO, hour)
+        .await
+        .unwrap();
+    assert_eq!(pruned as i64, finished);
+    assert_eq!(count(all_sql).await, total - finished);
+    // A job no worker ever takes (a queue without workers) is kept until it is
+    // older than `stale_after`.
+    let mut idle = PostgresStorage::<ItemJob<String>>::new(&pool)
+        .with_config(config().queue("llm-batches-idle"));
+    let idle_store = jobs::MemoryJobStore::new();
+    let pushed = jobs::submit(
+        &mut idle,
+        &idle_store,
+        "idle",
+        vec![("k".to_owned(), "never run".to_owned())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushed.pushed, 1);
+    let idle_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches-idle'";
+    assert_eq!(
+        jobs::prune_postgres_queue(&pool, "llm-batches-idle", Duration::ZERO, hour)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(count(idle_sql).await, 1);
+    let stale =
+        jobs::prune_postgres_queue(&pool, "llm-batches-idle", Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+    assert_eq!(stale, 1);
+    assert_eq!(count(idle_sql).await, 0);
+    // Rows apalis-postgres 1.0.0 may leave `Queued` after they ran go the same
+    // way.
+    jobs::prune_postgres_queue(&pool, "llm-batches", Duration::ZERO, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(count(all_sql).await, 0);
     for worker in workers {
         worker.abort();
     }

@@ -481,6 +481,66 @@ async fn a_backlog_of_9000_jobs_does_not_stop_the_workers() {
     let fatal = (0..n).filter(|i| plan(*i) == Plan::Fatal).count();
     assert_eq!((progress.done, progress.failed), (n - fatal, fatal));
     assert!(upstream.successes().values().all(|&s| s == 1));
+
+    // The finished jobs are pruned (once apalis has acknowledged them all), a
+    // thousand at a time, with their data.
+    let finished = |conn: redis::aio::ConnectionManager| {
+        let config = sink.config.clone();
+        async move {
+            let mut conn = conn;
+            let (done, dead): (usize, usize) = redis::pipe()
+                .cmd("SCARD")
+                .arg(config.done_jobs_set())
+                .cmd("SCARD")
+                .arg(config.dead_jobs_set())
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            done + dead
+        }
+    };
+    let started = Instant::now();
+    while finished(conn.clone()).await < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not all acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        jobs::prune_redis_queue(&mut conn, &sink.config, hour)
+            .await
+            .unwrap(),
+        0,
+        "nothing finished an hour ago"
+    );
+    let data_len = |mut conn: redis::aio::ConnectionManager, key: String| async move {
+        redis::cmd("HLEN")
+            .arg(key)
+            .query_async::<usize>(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!(data_len(conn.clone(), sink.config.job_data_hash()).await >= n);
+    let pruned = jobs::prune_redis_queue(&mut conn, &sink.config, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(pruned, n);
+    assert_eq!(finished(conn.clone()).await, 0);
+    assert_eq!(data_len(conn.clone(), sink.config.job_data_hash()).await, 0);
+    let metas: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", sink.config.job_meta_hash()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(metas.is_empty(), "{} metadata keys left", metas.len());
+    assert_eq!(
+        jobs::prune_redis_queue(&mut conn, &sink.config, Duration::ZERO)
+            .await
+            .unwrap(),
+        0
+    );
     for worker in workers {
         worker.shutdown_background();
     }

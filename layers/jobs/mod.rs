@@ -40,6 +40,14 @@
 //! [`spawn_redis_promoter`] in each worker process, which keep that backlog
 //! under a thousand (see [`promote_due`]).
 //!
+//! # Storage growth
+//!
+//! apalis 1.0.0 keeps each job (its whole request) after it ran, until
+//! vacuumed: a million items leave a million jobs. Their results are in the
+//! [`JobStore`], which expires batches on its own; prune the queue now and
+//! then (every minute, from any worker) with `prune_redis_queue` or
+//! `prune_postgres_queue` (feature `apalis-postgres`).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -89,6 +97,8 @@
 //! [apalis]: https://docs.rs/apalis
 
 mod job;
+#[cfg(feature = "apalis-postgres")]
+mod postgres_queue;
 #[cfg(feature = "redis")]
 mod redis_queue;
 mod report;
@@ -97,8 +107,10 @@ mod submit;
 mod worker;
 
 pub use self::job::ItemJob;
+#[cfg(feature = "apalis-postgres")]
+pub use self::postgres_queue::prune_postgres_queue;
 #[cfg(feature = "redis")]
-pub use self::redis_queue::{promote_due, spawn_redis_promoter, RedisPromoter};
+pub use self::redis_queue::{promote_due, prune_redis_queue, spawn_redis_promoter, RedisPromoter};
 pub use self::report::{report, JobBatchReport};
 pub use self::store::{
     Claim, ItemState, ItemsPage, JobStore, MemoryJobStore, Opened, Progress, JOB_MAX_KEY,

@@ -1,5 +1,6 @@
-//! Keeps an `apalis_redis` queue's backlog of due jobs small (a work-around for
-//! apalis-redis 1.0.0, see [`promote_due`]).
+//! Keeps an `apalis_redis` queue's backlog of due jobs small and its finished
+//! jobs pruned (work-arounds for apalis-redis 1.0.0, see [`promote_due`] and
+//! [`prune_redis_queue`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +66,86 @@ pub async fn promote_due(
             return Ok(moved);
         }
     }
+}
+
+/// KEYS: the job data hash, the job metadata prefix, the done (or dead) set.
+/// ARGV: the age in seconds a finished job must have, then the ids (members of
+/// that set). Deletes each finished job old enough: its data, result and
+/// metadata, and its id from the set.
+static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local cutoff = tonumber(redis.call('time')[1]) - tonumber(ARGV[1])
+        local results = KEYS[2] .. ':result'
+        local deleted = 0
+        for i = 2, #ARGV do
+            local id = ARGV[i]
+            local meta = KEYS[2] .. ':' .. id
+            local fields = redis.call('hmget', meta, 'status', 'done_at')
+            local status, done_at = fields[1], tonumber(fields[2])
+            local finished = status == 'Done' or status == 'Failed' or status == 'Killed'
+            if (not status) or (finished and done_at and done_at <= cutoff) then
+                redis.call('hdel', KEYS[1], id)
+                redis.call('hdel', results, id)
+                redis.call('del', meta)
+                redis.call('srem', KEYS[3], id)
+                deleted = deleted + 1
+            end
+        end
+        return deleted",
+    )
+});
+
+/// Deletes the jobs of `config`'s queue that finished (done, or dead after
+/// apalis' own retries) more than `finished_for` ago; returns how many.
+///
+/// apalis-redis 1.0.0 keeps each job's data (its whole request), metadata and
+/// result until vacuumed, and its vacuum reads the whole data hash in one Lua
+/// call. With [`BatchWorker`](super::BatchWorker) a finished job is of no use
+/// (the item's state and result are in the [`JobStore`](super::JobStore)).
+/// This walks the done and dead sets a thousand ids at a time (`SSCAN`), so a
+/// pass costs about one round trip per thousand finished jobs; a finished id is
+/// in no worker's in-flight set nor the active list (apalis moves it there
+/// atomically on acknowledgement), so pruning it cannot take a job from under
+/// a worker. Safe to run from every worker at once. Each pass reads every
+/// finished job still kept: with a long `finished_for`, run it less often.
+pub async fn prune_redis_queue(
+    conn: &mut ConnectionManager,
+    config: &apalis_redis::Config,
+    finished_for: Duration,
+) -> redis::RedisResult<usize> {
+    let (data, meta) = (config.job_data_hash(), config.job_meta_hash());
+    let mut deleted = 0;
+    for set in [config.done_jobs_set(), config.dead_jobs_set()] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, ids): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(&set)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(CHUNK)
+                .query_async(conn)
+                .await?;
+            if !ids.is_empty() {
+                let mut prune = PRUNE.prepare_invoke();
+                prune
+                    .key(&data)
+                    .key(&meta)
+                    .key(&set)
+                    .arg(finished_for.as_secs());
+                for id in &ids {
+                    prune.arg(id);
+                }
+                let n: usize = prune.invoke_async(conn).await?;
+                deleted += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(deleted)
 }
 
 /// Runs [`promote_due`] every `every` until dropped (errors are logged and

@@ -91,6 +91,7 @@ pub mod mock;
 
 pub use crate::circuit_sync::CircuitSync;
 pub use crate::config::Config;
+pub use crate::jobs::migrate_job_queue;
 pub use crate::jobs::worker::run_worker;
 pub use crate::postgres_state::migrate;
 pub use crate::server::{bind_listeners, Proxy};

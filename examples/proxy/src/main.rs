@@ -109,7 +109,11 @@ fn migrate(path: &std::path::Path) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match runtime.block_on(llm_proxy::migrate(&config))? {
+    let migrated = runtime.block_on(llm_proxy::migrate(&config))?;
+    if runtime.block_on(llm_proxy::migrate_job_queue(&config))? {
+        println!("the batch queue's schema (apalis) is current");
+    }
+    match migrated {
         None => Err(format!(
             "{}: [state] names no PostgreSQL (postgres_url or postgres_url_env): \
              nothing to migrate",

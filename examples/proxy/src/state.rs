@@ -141,10 +141,8 @@ pub(crate) fn build(config: &Config) -> Result<Shared, ConfigError> {
         pipeline.redis.as_ref(),
         pipeline.postgres.as_ref(),
     )?;
-    let jobs = match &pipeline.redis {
-        Some(redis) => Some(crate::jobs::Jobs::new(redis, &config.batch)?),
-        None => None,
-    };
+    let jobs =
+        crate::jobs::Jobs::build(config, pipeline.redis.as_ref(), pipeline.postgres.as_ref())?;
     let budgets = crate::usage::Budgets::build(
         &config.budgets,
         pipeline.redis.as_ref().map(|r| r.client_and_prefix()),

@@ -55,6 +55,21 @@ pub struct BatchConfig {
     /// after its last submission or result.
     #[serde(default = "default_job_ttl", deserialize_with = "seconds")]
     pub job_ttl_secs: Duration,
+    /// Asynchronous batches: where the queue and the items' states live,
+    /// `"redis"` or `"postgres"` (that store of `[state]` must be set). By
+    /// default Redis when `[state]` names one, else PostgreSQL.
+    #[serde(default)]
+    pub job_queue: Option<JobQueue>,
+}
+
+/// Where asynchronous batches queue their items (`[batch] job_queue`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobQueue {
+    /// apalis-redis, with the items' states in a `RedisJobStore`.
+    Redis,
+    /// apalis-postgres, with the items' states in a `PostgresJobStore`.
+    Postgres,
 }
 
 fn default_max_async_items() -> usize {
@@ -121,6 +136,7 @@ impl Default for BatchConfig {
             job_lease_secs: default_job_lease(),
             job_heartbeat_secs: default_job_heartbeat(),
             job_ttl_secs: default_job_ttl(),
+            job_queue: None,
         }
     }
 }

@@ -137,6 +137,19 @@ impl Config {
         if self.batch.max_async_items == 0 || self.batch.max_async_body_bytes == 0 {
             return err("batch.max_async_items and max_async_body_bytes must be positive");
         }
+        match self.batch.job_queue {
+            Some(super::JobQueue::Redis)
+                if self.state.redis_url.is_none() && self.state.redis_url_env.is_none() =>
+            {
+                return err("batch.job_queue = \"redis\" needs [state] redis_url");
+            }
+            Some(super::JobQueue::Postgres)
+                if self.state.postgres_url.is_none() && self.state.postgres_url_env.is_none() =>
+            {
+                return err("batch.job_queue = \"postgres\" needs [state] postgres_url");
+            }
+            _ => {}
+        }
         if self.batch.job_lease_secs < Duration::from_millis(100) {
             return err("batch.job_lease_secs must be at least 0.1");
         }

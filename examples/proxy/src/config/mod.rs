@@ -54,7 +54,7 @@ mod upstreams;
 mod usage;
 
 pub use self::auth::AuthConfig;
-pub use self::batch::BatchConfig;
+pub use self::batch::{BatchConfig, JobQueue};
 pub use self::budgets::{BudgetConfig, BudgetsConfig};
 pub use self::cache::{CacheConfig, CacheMode};
 pub use self::escalation::{EscalationConfig, EscalationMode, OnTimeout, StoreKind, WebhookConfig};

@@ -205,6 +205,36 @@ impl StateConfig {
         })
     }
 
+    /// A pool (sqlx, apalis-postgres's driver) on the same PostgreSQL as
+    /// [`postgres`](Self::postgres), for the asynchronous batches' queue, with
+    /// the same pool size, timeouts and CA file. Nothing is connected here.
+    pub(crate) fn postgres_queue_pool(
+        &self,
+    ) -> Result<Option<apalis_postgres::PgPool>, ConfigError> {
+        // Checks the URL and the CA file with the messages of `postgres`.
+        if self.postgres()?.is_none() {
+            return Ok(None);
+        }
+        let Some((url, setting)) = url_of(&self.postgres_url, &self.postgres_url_env, "postgres")?
+        else {
+            return Ok(None);
+        };
+        // sqlx's parse errors never repeat the URL either.
+        let mut options: apalis_postgres::PgConnectOptions = url.parse().map_err(|e| {
+            ConfigError(format!(
+                "{setting}: {e}; expected postgres://user:password@host[:port]/db"
+            ))
+        })?;
+        if let Some(path) = &self.postgres_ca_file {
+            options = options.ssl_root_cert(path.as_path());
+        }
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.postgres_pool_size.min(u32::MAX as usize) as u32)
+            .acquire_timeout(self.postgres_connect_timeout_secs)
+            .connect_lazy_with(options);
+        Ok(Some(pool))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.prefix.is_empty() {
             return err("state.prefix must not be empty");

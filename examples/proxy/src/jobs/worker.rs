@@ -1,9 +1,11 @@
 //! `llm-proxy worker --config FILE`: an apalis worker that runs the items of
-//! asynchronous batches, on any machine that shares the proxy's Redis.
+//! asynchronous batches, on any machine that shares the proxy's Redis or
+//! PostgreSQL.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::WorkerBuilder;
@@ -16,6 +18,7 @@ use tower_llm_resilience::BoxError;
 use super::JobRequest;
 use crate::batch::{ItemAnswer, ItemRequest, ItemService};
 use crate::config::Config;
+use crate::postgres_state::MigrateFailure;
 use crate::state::Shared;
 use crate::usage::Answered;
 
@@ -26,42 +29,46 @@ use crate::usage::Answered;
 /// The models' pipelines are built from `config` as the proxy builds them;
 /// each item goes through its model's tiers without escalation, as in-process
 /// batches do. `concurrency`: items run at once (default `[batch]
-/// concurrency`). Needs `[state] redis_url`.
+/// concurrency`). Needs `[state] redis_url` or `postgres_url` (the queue of
+/// asynchronous batches).
 pub async fn run_worker(
     config: &Config,
     concurrency: Option<usize>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
     config.validate()?;
-    if config.state.redis_client()?.is_none() {
-        return Err(
-            "the worker needs [state] redis_url: the batch queue and the items' \
-                    results live there, shared with the proxy"
-                .into(),
-        );
-    }
     let concurrency = concurrency.unwrap_or(config.batch.concurrency);
     if concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
     }
+    // `[state] postgres_url`: the schema first, as the proxy does at startup
+    // (the job store's tables among it).
+    if config.state.postgres_migrate {
+        match crate::postgres_state::try_migrate(config).await {
+            Ok(_) => {}
+            Err(MigrateFailure::Refused(e)) => {
+                return Err(format!(
+                    "{e} (fix it, or set state.postgres_migrate = false and run \
+                     `llm-proxy migrate`)"
+                )
+                .into())
+            }
+            Err(MigrateFailure::Unreachable(e)) => {
+                tracing::warn!(error = %e, "PostgreSQL unreachable: migrating once it answers");
+                tokio::spawn(crate::postgres_state::migrate_in_background(
+                    config.clone(),
+                    Duration::from_secs(5),
+                ));
+            }
+        }
+    }
     let state = crate::state::build(config)?;
-    let jobs = state
-        .jobs
-        .clone()
-        .ok_or("the batch queue needs [state] redis_url")?;
-    let (storage, conn) = jobs
-        .storage()
-        .await
-        .map_err(|e| format!("cannot reach the batch queue on Redis: {e}"))?;
-    // apalis-redis 1.0.0 stops its workers past ~8,000 due jobs: keep the
-    // backlog small (see `tower_llm_resilience::jobs::promote_due`).
-    let _promoter = tower_llm_resilience::jobs::spawn_redis_promoter(
-        conn,
-        jobs.config(),
-        std::time::Duration::from_millis(100),
-    );
+    let jobs = state.jobs.clone().ok_or(
+        "the worker needs [state] redis_url or postgres_url: the batch queue and the \
+         items' results live there, shared with the proxy",
+    )?;
     let name = format!("llm-proxy-{}-{:08x}", std::process::id(), fastrand::u32(..));
-    let mut builder = BatchWorker::builder(jobs.store.clone())
+    let mut builder = BatchWorker::builder_shared(jobs.store.clone())
         .classifier(ErrorOnlyClassifier)
         .max_attempts(config.batch.max_attempts)
         .lease(config.batch.job_lease_secs)
@@ -70,14 +77,17 @@ pub async fn run_worker(
         builder = builder.seed(seed);
     }
     let service = builder.build(JobItems::new(state))?;
-    let worker = WorkerBuilder::new(name.clone())
-        .backend(storage)
-        .concurrency(concurrency)
-        .build(service);
-    tracing::info!(worker = %name, queue = jobs.queue(), concurrency, "batch worker started");
+    tracing::info!(
+        worker = %name,
+        queue = jobs.queue(),
+        on = jobs.backend(),
+        concurrency,
+        "batch worker started"
+    );
     println!(
-        "llm-proxy worker {name} on queue {} ({concurrency} items at once)",
-        jobs.queue()
+        "llm-proxy worker {name} on queue {} ({}, {concurrency} items at once)",
+        jobs.queue(),
+        jobs.backend()
     );
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -85,9 +95,103 @@ pub async fn run_worker(
         let _ = stopping_tx.send(());
         Ok::<(), std::io::Error>(())
     };
-    let run = worker.run_until(signal);
-    tokio::pin!(run);
     let grace = config.limits.shutdown_grace_secs;
+    if let Some(storage) = jobs.redis_storage().await {
+        let (storage, conn) =
+            storage.map_err(|e| format!("cannot reach the batch queue on Redis: {e}"))?;
+        // apalis-redis 1.0.0 stops its workers past ~8,000 due jobs: keep the
+        // backlog small (see `tower_llm_resilience::jobs::promote_due`).
+        let _promoter = tower_llm_resilience::jobs::spawn_redis_promoter(
+            conn.clone(),
+            jobs.redis_config(),
+            Duration::from_millis(100),
+        );
+        let config = jobs.redis_config();
+        let _pruner = Pruner::spawn(move || {
+            let (mut conn, config) = (conn.clone(), config.clone());
+            async move {
+                tower_llm_resilience::jobs::prune_redis_queue(&mut conn, &config, Duration::ZERO)
+                    .await
+                    .map(|n| n as u64)
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let worker = WorkerBuilder::new(name)
+            .backend(storage)
+            .concurrency(concurrency)
+            .build(service);
+        return drive(worker.run_until(signal), stopping, grace).await;
+    }
+    let storage = jobs
+        .postgres_storage()
+        .await
+        .ok_or("the batch queue is on Redis or PostgreSQL")?
+        .map_err(|e| format!("cannot reach the batch queue on PostgreSQL: {e}"))?;
+    let (pool, queue, ttl) = (
+        storage.pool().clone(),
+        jobs.queue().to_owned(),
+        config.batch.job_ttl_secs,
+    );
+    let _pruner = Pruner::spawn(move || {
+        let (pool, queue) = (pool.clone(), queue.clone());
+        async move {
+            tower_llm_resilience::jobs::prune_postgres_queue(&pool, &queue, Duration::ZERO, ttl)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    });
+    let worker = WorkerBuilder::new(name)
+        .backend(storage)
+        .concurrency(concurrency)
+        .build(service);
+    drive(worker.run_until(signal), stopping, grace).await
+}
+
+/// How often a worker prunes the queue's finished jobs.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Prunes the queue's finished jobs every [`PRUNE_EVERY`] until dropped: apalis
+/// 1.0.0 keeps each job (its whole request) after it ran, and the items'
+/// results are in the job store (see `tower_llm_resilience::jobs`, "Storage
+/// growth"). Every worker runs one; they do not get in each other's way.
+struct Pruner(tokio::task::JoinHandle<()>);
+
+impl Pruner {
+    fn spawn<F, Fut>(prune: F) -> Self
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<u64, String>> + Send,
+    {
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PRUNE_EVERY).await;
+                match prune().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics::counter!("llm_proxy_batch_jobs_pruned_total").increment(n);
+                        tracing::debug!(pruned = n, "finished jobs pruned from the queue");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the batch queue"),
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a worker until it stops; once `stopping` fires, gives it `grace` to
+/// finish the items in flight.
+async fn drive<E: std::fmt::Display>(
+    run: impl Future<Output = Result<(), E>>,
+    stopping: tokio::sync::oneshot::Receiver<()>,
+    grace: Duration,
+) -> Result<(), BoxError> {
+    tokio::pin!(run);
     let result = tokio::select! {
         result = &mut run => result,
         _ = stopping => {

@@ -2,7 +2,8 @@
 //! JSONL body) submits the items as jobs for `llm-proxy worker` and answers
 //! 202 at once; `GET /v1/batch/{id}` reports progress and the items' results.
 //!
-//! Needs `[state] redis_url` (the queue and the results live there). A batch
+//! Needs `[state] redis_url` or `postgres_url` (the queue and the results live
+//! there; see [`crate::jobs`]). A batch
 //! id belongs to the client key that submitted it: another key neither reads
 //! nor resubmits it (its same id is another batch). Submitting a batch again
 //! pushes only the items that did not succeed; an item is known by its key.
@@ -18,9 +19,8 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use serde::Deserialize;
 use serde_json::Value;
-use tower_llm_resilience::jobs::{self, ItemState, JobStore, Progress};
+use tower_llm_resilience::jobs::{ItemState, JobStore, Progress};
 use tower_llm_resilience::partial_batch::{ItemFailure, ItemOutcome};
-use tower_llm_resilience::redis::RedisJobStore;
 
 use super::batch::{check_name, item_json};
 use super::PathParam;
@@ -77,7 +77,8 @@ struct SubmitQuery {
 fn jobs_of(state: &AppState) -> Result<&Jobs, ApiError> {
     state.jobs.as_ref().ok_or_else(|| {
         ApiError::bad_request(
-            "asynchronous batches need a shared queue: this proxy has no [state] redis_url",
+            "asynchronous batches need a shared queue: this proxy has no [state] \
+             redis_url or postgres_url",
         )
     })
 }
@@ -154,21 +155,10 @@ pub(crate) async fn submit(
         ));
     }
     drop(seen);
-    let (mut storage, conn) = jobs
-        .storage()
+    let submitted = jobs
+        .submit(&scoped(headers, &id), items)
         .await
         .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
-    let config = jobs.config();
-    let submitted = jobs::submit_to_redis(
-        &mut storage,
-        &conn,
-        &config,
-        &jobs.store,
-        &scoped(headers, &id),
-        items,
-    )
-    .await
-    .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
     metrics::counter!("llm_proxy_batch_jobs_pushed_total").increment(submitted.pushed as u64);
     let status_url = format!("/v1/batch/{id}");
     let mut response = (
@@ -331,8 +321,7 @@ fn unreadable() -> ItemOutcome<ItemAnswer> {
 /// Every item of `batch`, one JSON per line, read from the store a page at a
 /// time. A store error cuts the stream (the client sees a broken body, never
 /// a short list that looks whole).
-fn stream_items(store: RedisJobStore, batch: String, after: Option<String>) -> Response {
-    let store = Arc::new(store);
+fn stream_items(store: Arc<dyn JobStore>, batch: String, after: Option<String>) -> Response {
     let pages = futures_util::stream::unfold(Some(after), move |cursor| {
         let (store, batch) = (store.clone(), batch.clone());
         async move {

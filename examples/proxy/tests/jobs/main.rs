@@ -1,9 +1,15 @@
 //! Asynchronous batches (issue 22): `POST /v1/batch` with `Prefer:
 //! respond-async` or JSONL, `GET /v1/batch/{id}`, and `llm-proxy worker`
-//! processes on a real `redis-server`, against a seeded upstream written for
-//! the test (rate limits with Retry-After, 500s, fatal 400s).
+//! processes with the queue on a real `redis-server` or a real PostgreSQL,
+//! against a seeded upstream written for the test (rate limits with
+//! Retry-After, 500s, fatal 400s).
 
 mod bounds;
+mod postgres;
+// The file's library-only helpers are behind the library's `postgres` feature.
+#[allow(unexpected_cfgs)]
+#[path = "../../../../tests/support/postgres.rs"]
+mod postgres_server;
 #[path = "../../../../tests/support/redis.rs"]
 mod redis_server;
 mod upstream;
@@ -11,6 +17,7 @@ mod upstream;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_proxy::{Config, Proxy};
@@ -180,7 +187,7 @@ impl Client {
 }
 
 /// The items of `batch` a worker whose name starts with `prefix` holds.
-async fn held_by(store: &RedisJobStore, batch: &str, prefix: &str) -> BTreeSet<String> {
+async fn held_by(store: &dyn JobStore, batch: &str, prefix: &str) -> BTreeSet<String> {
     let mut held = BTreeSet::new();
     let mut after = None;
     loop {
@@ -217,9 +224,41 @@ fn batch_body(id: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigkill() {
     let redis = RedisServer::start();
+    let store = RedisJobStore::new(redis.client()).unwrap().prefix(PREFIX);
+    let client = redis.client();
+    let jobs_left = move || {
+        let client = client.clone();
+        Box::pin(async move {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let config =
+                tower_llm_resilience::jobs::redis_storage_config(&format!("{PREFIX}:batches"));
+            redis::cmd("HLEN")
+                .arg(config.job_data_hash())
+                .query_async::<u64>(&mut conn)
+                .await
+                .unwrap()
+        }) as JobsLeft
+    };
+    seeded_batch_through_a_sigkill(&redis_state(&redis), Arc::new(store), jobs_left).await;
+}
+
+/// How many jobs the queue still keeps (apalis' own rows or hashes).
+pub(crate) type JobsLeft = std::pin::Pin<Box<dyn std::future::Future<Output = u64> + Send>>;
+
+/// 1,000 seeded items on three `llm-proxy worker` processes sharing the
+/// proxy's `[state]` (`state`, whose job store `store` reads), one SIGKILLed
+/// mid-run: each item answered to success once, the report exact (paged and
+/// JSONL), a re-submission pushes only the fatal items, and the workers prune
+/// the queue's finished jobs (`jobs_left` counts what it keeps).
+pub(crate) async fn seeded_batch_through_a_sigkill(
+    state: &str,
+    store: Arc<dyn JobStore>,
+    jobs_left: impl Fn() -> JobsLeft,
+) {
+    let store = store.as_ref();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(&upstream.base_url(), &redis_state(&redis), "");
+    let text = config_text(&upstream.base_url(), state, "");
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, &text).unwrap();
     let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).expect("the proxy starts");
@@ -266,14 +305,13 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
         })
         .await;
     upstream.close_gate();
-    let store = RedisJobStore::new(redis.client()).unwrap().prefix(PREFIX);
     let batch = format!("{}/nightly", llm_proxy::client_id::client_key_id(KEY_A));
     let victim_prefix = format!("llm-proxy-{}-", workers[0].pid());
     let started = Instant::now();
     let mut victim_items = loop {
         let answered: u32 = upstream.successes().values().sum();
         let progress = store.progress(&batch).await.unwrap().unwrap();
-        let held = held_by(&store, &batch, &victim_prefix).await;
+        let held = held_by(store, &batch, &victim_prefix).await;
         if progress.done == answered as usize && !held.is_empty() && upstream.held_now() > 0 {
             break held;
         }
@@ -289,7 +327,7 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
     victim.child.wait().unwrap();
     // With what it claimed between the look and the kill (its lease keeps
     // them in its name for 2 s yet).
-    victim_items.extend(held_by(&store, &batch, &victim_prefix).await);
+    victim_items.extend(held_by(store, &batch, &victim_prefix).await);
     upstream.open_gate();
 
     let progress = client
@@ -399,6 +437,25 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
     let successes = upstream.successes();
     assert_eq!(successes.len(), n - fatal);
     assert!(successes.values().all(|&s| s == 1), "{successes:?}");
+    // The queue forgets the finished jobs (their results stay in the store):
+    // the workers prune it every 10 s.
+    let started = Instant::now();
+    loop {
+        let left = jobs_left().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "{left} jobs still kept by the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, page) = client.get(KEY_A, "/v1/batch/nightly?limit=1").await;
+    assert_eq!(
+        (status, &page["progress"]["done"]),
+        (200, &json!(n - fatal))
+    );
     drop(workers);
     proxy.stop();
 }

@@ -1,0 +1,155 @@
+//! Asynchronous batches with the queue and the items' states on PostgreSQL
+//! (apalis-postgres and a `PostgresJobStore`), and the choice of queue.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_proxy::{Config, Proxy};
+use serde_json::json;
+use tower_llm_resilience::jobs::JobStore;
+use tower_llm_resilience::postgres::{Postgres, PostgresJobStore};
+
+use super::postgres_server::TestDb;
+use super::redis_server::RedisServer;
+use super::upstream::Upstream;
+use super::{batch_body, config_text, finished, Client, JobsLeft, Worker, KEY_A, PREFIX};
+
+fn postgres_state(db: &TestDb) -> String {
+    format!(
+        "[state]\npostgres_url = {:?}\nprefix = \"{PREFIX}\"\n\
+         postgres_connect_timeout_secs = 2\npostgres_op_timeout_secs = 5\n",
+        db.url()
+    )
+}
+
+fn job_store(db: &TestDb) -> PostgresJobStore {
+    let pg = Postgres::builder(&db.url())
+        .pool_size(4)
+        .connect_timeout(Duration::from_secs(2))
+        .op_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    PostgresJobStore::new(&pg)
+}
+
+/// The apalis jobs of `queue` in `db`.
+fn apalis_jobs(db: &TestDb, queue: &str) -> u64 {
+    let count = db.server.psql(
+        &db.name,
+        &format!("SELECT count(*) FROM apalis.jobs WHERE job_type = '{queue}'"),
+    );
+    count.trim().parse().unwrap_or_else(|_| panic!("{count:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_worker_processes_on_postgres_run_a_seeded_batch_once_per_item_through_a_sigkill() {
+    let db = Arc::new(TestDb::fresh());
+    let store = job_store(&db);
+    let queue = format!("{PREFIX}:batches");
+    let counted = db.clone();
+    let jobs_left = move || {
+        let (db, queue) = (counted.clone(), queue.clone());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || apalis_jobs(&db, &queue))
+                .await
+                .unwrap()
+        }) as JobsLeft
+    };
+    super::seeded_batch_through_a_sigkill(&postgres_state(&db), Arc::new(store), jobs_left).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_and_postgres_the_queue_goes_where_job_queue_says() {
+    let redis = RedisServer::start();
+    let db = TestDb::fresh();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("{}redis_url = {:?}\n", postgres_state(&db), redis.url());
+    let text = config_text(&upstream.base_url(), &state, "job_queue = \"postgres\"");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+
+    // `llm-proxy migrate` sets up the queue's schema too.
+    let output = Command::new(env!("CARGO_BIN_EXE_llm-proxy"))
+        .args(["migrate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("batch queue's schema"), "{stdout}");
+
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
+    let _worker = Worker::start(&path, dir.path().join("worker.log"));
+    let (status, accepted) = client
+        .post(
+            KEY_A,
+            &[("prefer", "respond-async")],
+            batch_body("split", 20),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let progress = client
+        .wait_progress("split", Duration::from_secs(60), finished)
+        .await;
+    assert_eq!(progress["total"], json!(20));
+    // Items and results are in PostgreSQL, and nothing of the queue in Redis.
+    let batch = format!("{}/split", llm_proxy::client_id::client_key_id(KEY_A));
+    let stored = job_store(&db).progress(&batch).await.unwrap().unwrap();
+    assert_eq!(stored.total, 20);
+    let mut redis_conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}:batches*"))
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+    proxy.stop();
+
+    // A queue named on a store `[state]` does not have fails at load.
+    let only_redis = config_text(
+        &upstream.base_url(),
+        &format!("[state]\nredis_url = {:?}\n", redis.url()),
+        "job_queue = \"postgres\"",
+    );
+    let error = Config::from_toml(&only_redis).unwrap_err().to_string();
+    assert!(
+        error.contains("job_queue") && error.contains("postgres_url"),
+        "{error}"
+    );
+    let error = Config::from_toml(&config_text(
+        &upstream.base_url(),
+        "",
+        "job_queue = \"redis\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("job_queue") && error.contains("redis_url"),
+        "{error}"
+    );
+    let error = Config::from_toml(&config_text(
+        &upstream.base_url(),
+        "",
+        "job_queue = \"kafka\"",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("kafka") || error.contains("job_queue"),
+        "{error}"
+    );
+}
