@@ -228,6 +228,14 @@ impl StateConfig {
         if let Some(path) = &self.postgres_ca_file {
             options = options.ssl_root_cert(path.as_path());
         }
+        // The proxy's other pool verifies the server's certificate and name
+        // whenever it uses TLS; sqlx's `require` would encrypt without
+        // checking either (and send the password to whoever answers). Its
+        // `prefer` (the default) stays libpq's: TLS when offered, unverified,
+        // and plain text when not (see the README).
+        if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Require) {
+            options = options.ssl_mode(sqlx::postgres::PgSslMode::VerifyFull);
+        }
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.postgres_pool_size.min(u32::MAX as usize) as u32)
             .acquire_timeout(self.postgres_connect_timeout_secs)

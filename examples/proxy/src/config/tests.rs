@@ -145,3 +145,23 @@ fn malformed_redis_urls_are_startup_errors() {
     let no_prefix = format!("{FIXED}\n[state]\nprefix = \"\"\n");
     assert!(Config::from_toml(&no_prefix).is_err());
 }
+
+#[tokio::test]
+async fn the_job_queue_pool_verifies_the_server_as_the_other_pool_does() {
+    let mode = |url: &str| {
+        let text = format!("{FIXED}\n[state]\npostgres_url = {url:?}\n");
+        let config = Config::from_toml(&text).unwrap();
+        let pool = config.state.postgres_queue_pool().unwrap().unwrap();
+        format!("{:?}", pool.connect_options().get_ssl_mode())
+    };
+    let base = "postgres://u:p@127.0.0.1:5432/db";
+    // `require` verifies the certificate and the host name, as tokio-postgres
+    // with rustls does for the proxy's other pool.
+    assert_eq!(mode(&format!("{base}?sslmode=require")), "VerifyFull");
+    // `prefer` (the default) stays libpq's: TLS if offered, unverified.
+    assert_eq!(mode(&format!("{base}?sslmode=prefer")), "Prefer");
+    assert_eq!(mode(&format!("{base}?sslmode=disable")), "Disable");
+    // No PostgreSQL in [state]: no pool.
+    let config = Config::from_toml(FIXED).unwrap();
+    assert!(config.state.postgres_queue_pool().unwrap().is_none());
+}

@@ -10,7 +10,7 @@ use serde_json::json;
 use tower_llm_resilience::jobs::JobStore;
 use tower_llm_resilience::postgres::{Postgres, PostgresJobStore};
 
-use super::postgres_server::TestDb;
+use super::postgres_server::{PostgresServer, TestDb, PASSWORD, USER};
 use super::redis_server::RedisServer;
 use super::upstream::Upstream;
 use super::{batch_body, config_text, finished, Client, JobsLeft, Worker, KEY_A, PREFIX};
@@ -152,4 +152,49 @@ async fn with_redis_and_postgres_the_queue_goes_where_job_queue_says() {
         error.contains("kafka") || error.contains("job_queue"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_on_a_tls_postgres_with_sslmode_require_verifies_and_encrypts() {
+    let server = PostgresServer::start_tls();
+    let name = server.create_database();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    let state = format!(
+        "[state]\npostgres_url = \"postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{name}?sslmode=require\"\n\
+         postgres_ca_file = {:?}\nprefix = \"{PREFIX}\"\npostgres_connect_timeout_secs = 2\n",
+        server.port(),
+        ca.display().to_string(),
+    );
+    let text = config_text(&upstream.base_url(), &state, "");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
+    let _worker = Worker::start(&path, dir.path().join("worker.log"));
+    let (status, accepted) = client
+        .post(KEY_A, &[("prefer", "respond-async")], batch_body("tls", 5))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let progress = client
+        .wait_progress("tls", Duration::from_secs(60), finished)
+        .await;
+    assert_eq!(progress["total"], json!(5));
+    // Every connection to this database but psql's own (a unix socket) is
+    // TLS: the proxy's and the worker's pools, the queue's included.
+    let connections = server.psql(
+        &name,
+        "SELECT count(*) || ',' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.datname = current_database() \
+         AND a.pid <> pg_backend_pid()",
+    );
+    let (all, tls) = connections.split_once(',').unwrap();
+    assert_eq!(all, tls, "{connections}");
+    assert!(all.parse::<u32>().unwrap() >= 2, "{connections}");
+    proxy.stop();
 }
