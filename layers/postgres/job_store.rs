@@ -133,13 +133,12 @@ const PAUSED_UNTIL: &str = "
 SELECT (extract(epoch FROM paused_until) * 1000)::float8 FROM tower_llm_job_batches
 WHERE batch_id = $1 AND expires_at > now() AND paused_until > now()";
 
-/// The items of batch `$1` by state.
+/// The items of batch `$1` by state: the running counts the triggers of
+/// migration 7 keep (at most 16 rows, however many items).
 const PROGRESS: &str = "
-SELECT count(*),
-       count(*) FILTER (WHERE i.state = 'd'),
-       count(*) FILTER (WHERE i.state = 'f'),
-       count(*) FILTER (WHERE i.state = 'r')
-FROM tower_llm_job_batches b JOIN tower_llm_job_items i ON i.batch_id = b.batch_id
+SELECT coalesce(sum(c.total), 0)::int8, coalesce(sum(c.done), 0)::int8,
+       coalesce(sum(c.failed), 0)::int8, coalesce(sum(c.running), 0)::int8
+FROM tower_llm_job_batches b JOIN tower_llm_job_counts c ON c.batch_id = b.batch_id
 WHERE b.batch_id = $1 AND b.expires_at > now()";
 
 /// At most `$3` items of batch `$1` after key `$2` (NULL: from the first), in
@@ -157,7 +156,10 @@ LIMIT $3";
 ///
 /// Tables `tower_llm_job_batches` (batch id, pause, deadline) and
 /// `tower_llm_job_items` (batch id, item key, state, attempts, lease, owner,
-/// result), created by [`Postgres::migrate`]. Each transition is one statement
+/// result), created by [`Postgres::migrate`], and `tower_llm_job_counts`
+/// (each batch's items by state, kept by triggers, so that
+/// [`progress`](JobStore::progress) reads at most 16 rows however big the
+/// batch). Each transition is one statement
 /// (an `INSERT .. ON CONFLICT .. DO UPDATE .. WHERE` or an `UPDATE` with its
 /// condition), on the database's clock (`now()`), so leases mean the same on
 /// every machine and two workers racing for an item never both claim it.

@@ -45,6 +45,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "jobs",
         sql: include_str!("migrations/0006_jobs.sql"),
     },
+    Migration {
+        version: 7,
+        name: "job_counts",
+        sql: include_str!("migrations/0007_job_counts.sql"),
+    },
 ];
 
 /// Any constant both instances agree on: the lock that serialises migrations.

@@ -110,31 +110,28 @@ fn migrate(path: &std::path::Path) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let migrated = runtime.block_on(llm_proxy::migrate(&config))?;
+    match migrated {
+        None => {
+            return Err(format!(
+                "{}: [state] names no PostgreSQL (postgres_url or postgres_url_env): \
+                 nothing to migrate",
+                path.display()
+            )
+            .into())
+        }
+        Some(migrated) if migrated.applied.is_empty() => println!(
+            "the PostgreSQL schema is current (version {})",
+            migrated.current
+        ),
+        Some(migrated) => println!(
+            "applied migrations {:?}; the PostgreSQL schema is at version {}",
+            migrated.applied, migrated.current
+        ),
+    }
     if runtime.block_on(llm_proxy::migrate_job_queue(&config))? {
         println!("the batch queue's schema (apalis) is current");
     }
-    match migrated {
-        None => Err(format!(
-            "{}: [state] names no PostgreSQL (postgres_url or postgres_url_env): \
-             nothing to migrate",
-            path.display()
-        )
-        .into()),
-        Some(migrated) if migrated.applied.is_empty() => {
-            println!(
-                "the PostgreSQL schema is current (version {})",
-                migrated.current
-            );
-            Ok(())
-        }
-        Some(migrated) => {
-            println!(
-                "applied migrations {:?}; the PostgreSQL schema is at version {}",
-                migrated.applied, migrated.current
-            );
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 /// `worker --config FILE`: run batch items until Ctrl-C or SIGTERM.
