@@ -21,7 +21,14 @@ const QUEUE: usize = 1024;
 
 /// Where operators' actions are kept besides the log.
 pub(crate) struct AuditTrail {
-    table: Option<(mpsc::Sender<AuditEvent>, PostgresAuditLog)>,
+    table: Option<(mpsc::Sender<Message>, PostgresAuditLog)>,
+}
+
+/// What the writer receives.
+enum Message {
+    Event(AuditEvent),
+    /// Answer once every event sent before is written (or dropped).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -57,9 +64,32 @@ impl AuditTrail {
             subject: subject.to_owned(),
             detail,
         };
-        if queue.try_send(event).is_err() {
+        if queue.try_send(Message::Event(event)).is_err() {
             metrics::counter!("llm_proxy_audit_dropped_total").increment(1);
         }
+    }
+
+    /// Waits until every event queued so far is written (a graceful stop's
+    /// last step). Unbounded: the caller bounds it.
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        let Some((queue, _)) = &self.table else {
+            return Ok(());
+        };
+        let (done, written) = tokio::sync::oneshot::channel();
+        queue
+            .send(Message::Flush(done))
+            .await
+            .map_err(|_| "the audit writer stopped".to_owned())?;
+        written
+            .await
+            .map_err(|_| "the audit writer stopped".to_owned())
+    }
+
+    /// Events queued and not written yet.
+    pub(crate) fn queued(&self) -> usize {
+        self.table
+            .as_ref()
+            .map_or(0, |(queue, _)| queue.max_capacity() - queue.capacity())
     }
 
     /// The table, if this proxy keeps one.
@@ -68,8 +98,15 @@ impl AuditTrail {
     }
 }
 
-async fn write(mut events: mpsc::Receiver<AuditEvent>, log: PostgresAuditLog) {
-    while let Some(event) = events.recv().await {
+async fn write(mut events: mpsc::Receiver<Message>, log: PostgresAuditLog) {
+    while let Some(message) = events.recv().await {
+        let event = match message {
+            Message::Event(event) => event,
+            Message::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         if let Err(e) = log.append(&event).await {
             tracing::warn!(error = %e, action = %event.action, "audit event not written to postgres");
             metrics::counter!("llm_proxy_audit_dropped_total").increment(1);

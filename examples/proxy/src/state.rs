@@ -87,6 +87,46 @@ impl std::fmt::Debug for AppState {
     }
 }
 
+impl AppState {
+    /// A graceful stop's last step, once no request runs: waits, at most
+    /// `bound`, until the usage records, budget charges and audit events
+    /// queued so far are written to their stores. What is still queued after
+    /// `bound` (a store down or too slow) is logged and counted as dropped.
+    pub(crate) async fn flush_writers(&self, bound: std::time::Duration) {
+        let usage = async {
+            match &self.usage {
+                Some(usage) => usage.flush().await,
+                None => Ok(()),
+            }
+        };
+        let budgets = async {
+            match &self.budgets {
+                Some(budgets) => budgets.flush().await,
+                None => Ok(()),
+            }
+        };
+        let flushed = async {
+            let (usage, budgets, audit) = tokio::join!(usage, budgets, self.audit.flush());
+            usage.and(budgets).and(audit)
+        };
+        let failed = match tokio::time::timeout(bound, flushed).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => format!("not done within {bound:?}"),
+        };
+        let usage = self.usage.as_ref().map_or(0, |usage| usage.queued());
+        let audit = self.audit.queued();
+        metrics::counter!("llm_proxy_usage_dropped_total").increment(usage as u64);
+        metrics::counter!("llm_proxy_audit_dropped_total").increment(audit as u64);
+        tracing::warn!(
+            error = %failed,
+            usage_records = usage,
+            audit_events = audit,
+            "stopping with records not written to their stores"
+        );
+    }
+}
+
 /// Shared state.
 pub(crate) type Shared = Arc<AppState>;
 

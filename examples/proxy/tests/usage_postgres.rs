@@ -28,6 +28,7 @@ fn proxy(
     secondary: &str,
     db: &TestDb,
     budgets: &str,
+    grace_secs: u32,
 ) -> Proxy {
     let text = format!(
         "{}\n[state]\npostgres_url = \"{}\"\nprefix = \"budget-test\"\n\
@@ -41,7 +42,21 @@ fn proxy(
             ""
         ),
         db.url(),
+    )
+    .replace(
+        "shutdown_grace_secs = 1\n",
+        &format!("shutdown_grace_secs = {grace_secs}\n"),
     );
+    // A long grace is for a test that holds a table: its operations may wait
+    // as long.
+    let text = if grace_secs > 1 {
+        text.replace(
+            "postgres_op_timeout_secs = 2\n",
+            &format!("postgres_op_timeout_secs = {grace_secs}\n"),
+        )
+    } else {
+        text
+    };
     Proxy::start(&Config::from_toml(&text).expect("valid config")).expect("proxy starts")
 }
 
@@ -59,14 +74,19 @@ struct Pair {
 
 impl Pair {
     async fn start(db: TestDb, budgets: &str) -> Pair {
+        Pair::start_with_grace(db, budgets, 1).await
+    }
+
+    /// [`start`](Self::start) with `limits.shutdown_grace_secs`.
+    async fn start_with_grace(db: TestDb, budgets: &str, grace_secs: u32) -> Pair {
         let (primary, secondary) = (mock("primary").await, mock("secondary").await);
         let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
         let (p, s) = (primary.base_url(), secondary.base_url());
         // Started off the async threads, together: both migrate at startup
         // (one applies, the other waits).
         let (a, b) = std::thread::scope(|scope| {
-            let starts =
-                [&dirs[0], &dirs[1]].map(|dir| scope.spawn(|| proxy(dir, &p, &s, &db, budgets)));
+            let starts = [&dirs[0], &dirs[1]]
+                .map(|dir| scope.spawn(|| proxy(dir, &p, &s, &db, budgets, grace_secs)));
             let [a, b] = starts.map(|start| start.join().expect("the proxy starts"));
             (a, b)
         });
@@ -262,4 +282,48 @@ async fn a_budget_store_outage_admits_and_the_budget_holds_again_after() {
     }
     assert_eq!(pair.chat(&pair.b).await, 429);
     pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_the_usage_records_queued_before_it() {
+    // A grace period well past the lock below, however loaded the machine.
+    let pair = Pair::start_with_grace(TestDb::fresh(), "", 20).await;
+    // The usage table held by another session for a second (well under the
+    // operation timeout): the proxy's writer waits on its first write, and the
+    // records after it queue up.
+    let (server, name) = (pair.db.server.clone(), pair.db.name.clone());
+    let holder = std::thread::spawn(move || {
+        server.psql(
+            &name,
+            "BEGIN; LOCK TABLE tower_llm_usage IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(1); COMMIT;",
+        )
+    });
+    let started = Instant::now();
+    while pair.sql(
+        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+         WHERE c.relname = 'tower_llm_usage' AND l.mode = 'AccessExclusiveLock' AND l.granted",
+    ) != "1"
+    {
+        assert!(started.elapsed() < DEADLINE, "the lock is not taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let n = 40;
+    for _ in 0..n {
+        assert_eq!(pair.chat(&pair.a).await, 200);
+    }
+    // Stopped while the records wait: the stop waits for them (within the
+    // grace period), so none is lost.
+    let Pair { a, b, db, .. } = pair;
+    for proxy in [a, b] {
+        tokio::task::spawn_blocking(move || proxy.stop())
+            .await
+            .unwrap();
+    }
+    holder.join().unwrap();
+    let written = db.server.psql(
+        &db.name,
+        "SELECT coalesce(sum(requests), 0) FROM tower_llm_usage",
+    );
+    assert_eq!(written, n.to_string());
 }

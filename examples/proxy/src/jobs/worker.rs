@@ -76,7 +76,7 @@ pub async fn run_worker(
     if let Some(seed) = config.batch.seed {
         builder = builder.seed(seed);
     }
-    let service = builder.build(JobItems::new(state))?;
+    let service = builder.build(JobItems::new(state.clone()))?;
     tracing::info!(
         worker = %name,
         queue = jobs.queue(),
@@ -89,62 +89,180 @@ pub async fn run_worker(
         jobs.queue(),
         jobs.backend()
     );
-    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
+    let grace = config.limits.shutdown_grace_secs;
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         shutdown.await;
-        let _ = stopping_tx.send(());
+        let _ = stop_tx.send(true);
+    });
+    // apalis 1.0.0 stops a worker for good at the first error of its queue (a
+    // fetch, heartbeat or acknowledgement that fails: the store restarting, a
+    // pool timeout). So the process runs one apalis worker after another: a
+    // worker stopped by an error is logged and counted, and a fresh one starts
+    // after a backoff. The items the stopped one had in flight are dropped and
+    // delivered again once its registration times out; their claims are this
+    // process's, so a fresh worker here takes them back at once.
+    let mut chores = None;
+    let mut backoff = RESTART_MIN;
+    let mut generation = 0u32;
+    let result = loop {
+        generation += 1;
+        let started = tokio::time::Instant::now();
+        let ran = run_generation(
+            &jobs,
+            &format!("{name}-{generation}"),
+            service.clone(),
+            concurrency,
+            config.batch.job_ttl_secs,
+            &mut chores,
+            stop.clone(),
+            grace,
+        )
+        .await;
+        if *stop.borrow() {
+            break ran;
+        }
+        let error = ran.err().unwrap_or_else(|| "it stopped".to_owned());
+        if started.elapsed() >= RESTART_RESET {
+            backoff = RESTART_MIN;
+        }
+        tracing::warn!(
+            %error,
+            restart_in = ?backoff,
+            "the batch worker lost its queue: starting a fresh worker"
+        );
+        metrics::counter!("llm_proxy_batch_worker_restarts_total").increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|stopped| *stopped) => break Ok(()),
+        }
+        backoff = (backoff * 2).min(RESTART_MAX);
+    };
+    // The answers' usage records are written before the process goes.
+    state.flush_writers(grace).await;
+    result.map_err(Into::into)
+}
+
+/// The least and the most time between a worker stopped by a queue error and
+/// the next (doubling in between).
+const RESTART_MIN: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A worker that ran this long resets the backoff.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
+/// The queue's housekeeping, for the process's life: started with the first
+/// worker that reaches the queue.
+struct Chores {
+    _promoter: Option<tower_llm_resilience::jobs::RedisPromoter>,
+    _pruner: Pruner,
+}
+
+/// One apalis worker `name` on the queue of `jobs`, running `service`, until
+/// `stop` (then `grace` for the items in flight) or a queue error.
+#[allow(clippy::too_many_arguments)]
+async fn run_generation(
+    jobs: &super::Jobs,
+    name: &str,
+    service: JobService,
+    concurrency: usize,
+    ttl: Duration,
+    chores: &mut Option<Chores>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), String> {
+    let mut signalled = stop.clone();
+    let signal = async move {
+        let _ = signalled.wait_for(|stopped| *stopped).await;
         Ok::<(), std::io::Error>(())
     };
-    let grace = config.limits.shutdown_grace_secs;
     if let Some(storage) = jobs.redis_storage().await {
         let (storage, conn) =
             storage.map_err(|e| format!("cannot reach the batch queue on Redis: {e}"))?;
-        // apalis-redis 1.0.0 stops its workers past ~8,000 due jobs: keep the
-        // backlog small (see `tower_llm_resilience::jobs::promote_due`).
-        let _promoter = tower_llm_resilience::jobs::spawn_redis_promoter(
-            conn.clone(),
-            jobs.redis_config(),
-            Duration::from_millis(100),
-        );
-        let config = jobs.redis_config();
-        let _pruner = Pruner::spawn(move || {
-            let (mut conn, config) = (conn.clone(), config.clone());
-            async move {
-                tower_llm_resilience::jobs::prune_redis_queue(&mut conn, &config, Duration::ZERO)
+        if chores.is_none() {
+            // apalis-redis 1.0.0 stops its workers past ~8,000 due jobs: keep
+            // the backlog small (see `tower_llm_resilience::jobs::promote_due`).
+            let promoter = tower_llm_resilience::jobs::spawn_redis_promoter(
+                conn.clone(),
+                jobs.redis_config(),
+                Duration::from_millis(100),
+            );
+            let config = jobs.redis_config();
+            let pruner = Pruner::spawn(move || {
+                let (mut conn, config) = (conn.clone(), config.clone());
+                async move {
+                    tower_llm_resilience::jobs::prune_redis_queue(
+                        &mut conn,
+                        &config,
+                        Duration::ZERO,
+                    )
                     .await
                     .map(|n| n as u64)
                     .map_err(|e| e.to_string())
-            }
-        });
+                }
+            });
+            *chores = Some(Chores {
+                _promoter: Some(promoter),
+                _pruner: pruner,
+            });
+        }
         let worker = WorkerBuilder::new(name)
             .backend(storage)
             .concurrency(concurrency)
             .build(service);
-        return drive(worker.run_until(signal), stopping, grace).await;
+        return drive(worker.run_until(signal), stop, grace).await;
     }
     let storage = jobs
         .postgres_storage()
         .await
         .ok_or("the batch queue is on Redis or PostgreSQL")?
         .map_err(|e| format!("cannot reach the batch queue on PostgreSQL: {e}"))?;
-    let (pool, queue, ttl) = (
-        storage.pool().clone(),
-        jobs.queue().to_owned(),
-        config.batch.job_ttl_secs,
-    );
-    let _pruner = Pruner::spawn(move || {
-        let (pool, queue) = (pool.clone(), queue.clone());
-        async move {
-            tower_llm_resilience::jobs::prune_postgres_queue(&pool, &queue, Duration::ZERO, ttl)
-                .await
-                .map_err(|e| e.to_string())
-        }
-    });
+    if chores.is_none() {
+        let (pool, queue) = (storage.pool().clone(), jobs.queue().to_owned());
+        let pruner = Pruner::spawn(move || {
+            let (pool, queue) = (pool.clone(), queue.clone());
+            async move {
+                tower_llm_resilience::jobs::prune_postgres_queue(&pool, &queue, Duration::ZERO, ttl)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        *chores = Some(Chores {
+            _promoter: None,
+            _pruner: pruner,
+        });
+    }
     let worker = WorkerBuilder::new(name)
         .backend(storage)
         .concurrency(concurrency)
         .build(service);
-    drive(worker.run_until(signal), stopping, grace).await
+    drive(worker.run_until(signal), stop, grace).await
+}
+
+/// Runs a worker until it stops; once `stop` says so, gives it `grace` to
+/// finish the items in flight.
+async fn drive<E: std::fmt::Display>(
+    run: impl Future<Output = Result<(), E>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<(), String> {
+    tokio::pin!(run);
+    let result = tokio::select! {
+        result = &mut run => result,
+        _ = stop.wait_for(|stopped| *stopped) => {
+            tracing::info!("stopping: no new items, finishing the items in flight");
+            match tokio::time::timeout(grace, &mut run).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(
+                        grace = ?grace,
+                        "items still running after the grace period: left to other workers"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    };
+    result.map_err(|e| format!("the worker stopped: {e}"))
 }
 
 /// How often a worker prunes the queue's finished jobs.
@@ -184,32 +302,8 @@ impl Drop for Pruner {
     }
 }
 
-/// Runs a worker until it stops; once `stopping` fires, gives it `grace` to
-/// finish the items in flight.
-async fn drive<E: std::fmt::Display>(
-    run: impl Future<Output = Result<(), E>>,
-    stopping: tokio::sync::oneshot::Receiver<()>,
-    grace: Duration,
-) -> Result<(), BoxError> {
-    tokio::pin!(run);
-    let result = tokio::select! {
-        result = &mut run => result,
-        _ = stopping => {
-            tracing::info!("stopping: no new items, finishing the items in flight");
-            match tokio::time::timeout(grace, &mut run).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(
-                        grace = ?grace,
-                        "items still running after the grace period: left to other workers"
-                    );
-                    Ok(())
-                }
-            }
-        }
-    };
-    result.map_err(|e| format!("the worker stopped: {e}").into())
-}
+/// What each apalis worker runs.
+type JobService = BatchWorker<JobItems, ErrorOnlyClassifier>;
 
 /// The service the worker runs for each item: the chat body checked and
 /// prepared as the chat endpoint does, then sent through its model's tiers.

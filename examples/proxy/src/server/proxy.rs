@@ -31,7 +31,9 @@ use crate::state::{AppState, Shared};
 ///
 /// Stopping it (or dropping it) stops accepting, gives in-flight requests
 /// `limits.shutdown_grace_secs`, then drops everything it ran, requests still
-/// waiting included, as a process exit would; what it stored stays.
+/// waiting included, as a process exit would; what it stored stays. What the
+/// requests queued for the stores (usage records, budget charges, audit
+/// events) is written first, within another `shutdown_grace_secs`.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), tower_llm_resilience::BoxError> {
@@ -156,7 +158,7 @@ impl Proxy {
             .spawn(move || {
                 control.block_on(async move {
                     // Housekeeping on its own schedule, not only when scraped.
-                    let chores = tokio::spawn(housekeeping(background, upkeep));
+                    let chores = tokio::spawn(housekeeping(background.clone(), upkeep));
                     let migration = migrate_later.then(|| {
                         tokio::spawn(crate::postgres_state::migrate_in_background(
                             config_copy,
@@ -164,6 +166,9 @@ impl Proxy {
                         ))
                     });
                     let _ = control_stopped.await;
+                    // Every request has finished: what they queued for the
+                    // stores is written before the threads go.
+                    background.flush_writers(grace).await;
                     chores.abort();
                     if let Some(migration) = migration {
                         migration.abort();

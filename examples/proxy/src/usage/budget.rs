@@ -80,6 +80,11 @@ enum Store {
     Redis {
         conn: ConnectionManager,
         prefix: String,
+        /// Charges being sent, on the runtime the budgets were built in (the
+        /// proxy's control runtime, which outlives the serving ones), so that
+        /// a graceful stop can wait for them.
+        charges: tokio_util::task::TaskTracker,
+        runtime: tokio::runtime::Handle,
     },
     Postgres(PostgresBudget),
 }
@@ -124,7 +129,15 @@ impl Budgets {
                     .set_number_of_retries(1);
                 let conn = ConnectionManager::new_lazy_with_config(client, manager)
                     .map_err(|e| ConfigError(format!("budgets on redis: {e}")))?;
-                Store::Redis { conn, prefix }
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    ConfigError("budgets on redis: built outside a tokio runtime".into())
+                })?;
+                Store::Redis {
+                    conn,
+                    prefix,
+                    charges: tokio_util::task::TaskTracker::new(),
+                    runtime,
+                }
             }
             (None, Some((pg, prefix))) => Store::Postgres(PostgresBudget::open(&pg, prefix)),
             (None, None) => Store::Memory(Mutex::new(HashMap::new())),
@@ -213,7 +226,7 @@ impl Budgets {
                 let requests = bump(&mut counters, client, Counter::Requests, minute, one);
                 Ok((spent, tokens, requests))
             }
-            Store::Redis { conn, prefix } => {
+            Store::Redis { conn, prefix, .. } => {
                 let key = |counter: Counter, window: u64| {
                     format!("{prefix}:budget:{client}:{}:{window}", counter.name())
                 };
@@ -262,13 +275,18 @@ impl Budgets {
                 );
                 bump(&mut counters, client, Counter::Tokens, minute, tokens);
             }
-            Store::Redis { conn, prefix } => {
+            Store::Redis {
+                conn,
+                prefix,
+                charges,
+                runtime,
+            } => {
                 let spend_key = format!("{prefix}:budget:{client}:spend:{spend_window}");
                 let tokens_key = format!("{prefix}:budget:{client}:tokens:{minute}");
                 let spend_ttl = limits.period_secs.saturating_add(60);
                 let mut conn = conn.clone();
                 // Off the answer's path: the answer does not wait for Redis.
-                tokio::spawn(async move {
+                let charged = async move {
                     let result: redis::RedisResult<()> = redis::pipe()
                         .cmd("INCRBY")
                         .arg(&spend_key)
@@ -292,7 +310,8 @@ impl Budgets {
                         tracing::warn!(error = %e, "budget spend not counted");
                         metrics::counter!("llm_proxy_budget_errors_total").increment(1);
                     }
-                });
+                };
+                charges.spawn_on(charged, runtime);
             }
             // Off the answer's path too, through a bounded queue.
             Store::Postgres(budget) => budget.charge(
@@ -302,6 +321,23 @@ impl Budgets {
                 tokens,
                 cost_nano_usd,
             ),
+        }
+    }
+}
+
+impl Budgets {
+    /// Waits until every charge made so far is counted in the shared store (a
+    /// graceful stop's last step). Unbounded: the caller bounds it.
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        match &self.store {
+            Store::Memory(_) => Ok(()),
+            Store::Redis { charges, .. } => {
+                charges.close();
+                charges.wait().await;
+                charges.reopen();
+                Ok(())
+            }
+            Store::Postgres(budget) => budget.flush().await,
         }
     }
 }

@@ -35,6 +35,13 @@ fn window(window: u64) -> i64 {
     i64::try_from(window).unwrap_or(i64::MAX)
 }
 
+/// What the charging task receives.
+enum Message {
+    Charge(Charge),
+    /// Answer once every charge sent before is added (or dropped).
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// What an answer used, to be added.
 struct Charge {
     client: Arc<str>,
@@ -49,7 +56,7 @@ struct Charge {
 pub(super) struct PostgresBudget {
     counters: PostgresCounters,
     prefix: String,
-    charges: mpsc::Sender<Charge>,
+    charges: mpsc::Sender<Message>,
 }
 
 impl PostgresBudget {
@@ -123,25 +130,42 @@ impl PostgresBudget {
             cost_nano_usd,
             spend_ttl: Duration::from_secs(period_secs.saturating_add(60)),
         };
-        if self.charges.try_send(charge).is_err() {
+        if self.charges.try_send(Message::Charge(charge)).is_err() {
             tracing::warn!("budget charges queue full; spend not counted");
             metrics::counter!("llm_proxy_budget_errors_total").increment(1);
         }
     }
 }
 
+impl PostgresBudget {
+    /// Waits until every charge queued so far is added (or dropped by a failed
+    /// write). Unbounded: the caller bounds it.
+    pub(super) async fn flush(&self) -> Result<(), String> {
+        let (done, added) = tokio::sync::oneshot::channel();
+        self.charges
+            .send(Message::Flush(done))
+            .await
+            .map_err(|_| "the budget charging task stopped".to_owned())?;
+        added
+            .await
+            .map_err(|_| "the budget charging task stopped".to_owned())
+    }
+}
+
 /// Adds queued charges in batches; prunes expired counters once a minute.
 async fn charge_task(
-    mut receiver: mpsc::Receiver<Charge>,
+    mut receiver: mpsc::Receiver<Message>,
     counters: PostgresCounters,
     prefix: String,
 ) {
     let mut prune = tokio::time::interval(PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut messages = Vec::with_capacity(CHARGE_BATCH);
     let mut batch = Vec::with_capacity(CHARGE_BATCH);
+    let mut flushes = Vec::new();
     loop {
         tokio::select! {
-            received = receiver.recv_many(&mut batch, CHARGE_BATCH) => {
+            received = receiver.recv_many(&mut messages, CHARGE_BATCH) => {
                 if received == 0 {
                     return;
                 }
@@ -153,6 +177,12 @@ async fn charge_task(
                     Err(e) => tracing::warn!(error = %e, "budget counters not pruned"),
                 }
                 continue;
+            }
+        }
+        for message in messages.drain(..) {
+            match message {
+                Message::Charge(charge) => batch.push(charge),
+                Message::Flush(done) => flushes.push(done),
             }
         }
         let keys: Vec<(String, String)> = batch
@@ -183,11 +213,16 @@ async fn charge_task(
                 ));
             }
         }
-        if let Err(e) = counters.add_many(&adds).await {
-            tracing::warn!(error = %e, charges = batch.len(), "budget spend not counted");
-            metrics::counter!("llm_proxy_budget_errors_total").increment(batch.len() as u64);
+        if !adds.is_empty() {
+            if let Err(e) = counters.add_many(&adds).await {
+                tracing::warn!(error = %e, charges = batch.len(), "budget spend not counted");
+                metrics::counter!("llm_proxy_budget_errors_total").increment(batch.len() as u64);
+            }
         }
         drop(adds);
         batch.clear();
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
     }
 }

@@ -221,6 +221,26 @@ impl UsageLog {
         );
     }
 
+    /// Waits until every record queued so far is written (a graceful stop's
+    /// last step: a record queued is not lost). Unbounded: the caller bounds
+    /// it, and counts what is left with [`queued`](Self::queued).
+    pub(crate) async fn flush(&self) -> Result<(), String> {
+        match &self.store {
+            Store::Sqlite(store) => store.flush().await,
+            Store::Redis(store) => store.flush().await,
+            Store::Postgres(store) => store.flush().await,
+        }
+    }
+
+    /// Records queued and not written yet (on SQLite: unknown, 0).
+    pub(crate) fn queued(&self) -> usize {
+        match &self.store {
+            Store::Sqlite(_) => 0,
+            Store::Redis(store) => store.queued(),
+            Store::Postgres(store) => store.queued(),
+        }
+    }
+
     /// The groups of `query` (every record written first), their totals, and
     /// whether the list was cut at `usage.max_groups`.
     pub(crate) async fn query(&self, query: Query) -> Result<(Vec<Group>, Totals, bool), String> {

@@ -49,6 +49,24 @@ impl PostgresUsage {
         }
     }
 
+    /// Waits until every row queued so far is written (or dropped by a failed
+    /// write); waits for room in the queue first. Unbounded: the caller bounds it.
+    pub(super) async fn flush(&self) -> Result<(), String> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Message::Flush(done))
+            .await
+            .map_err(|_| "the usage writer stopped".to_owned())?;
+        written
+            .await
+            .map_err(|_| "the usage writer stopped".to_owned())
+    }
+
+    /// Rows queued and not written yet.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// Queue `row`; `false` when the queue is full (the row is dropped).
     pub(super) fn record(&self, row: Row) -> bool {
         self.queue.try_send(Message::Row(row)).is_ok()

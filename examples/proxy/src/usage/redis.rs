@@ -74,11 +74,9 @@ impl RedisUsage {
         self.queue.try_send(Message::Row(row)).is_ok()
     }
 
-    pub(super) async fn query(
-        &self,
-        query: Query,
-        max_groups: usize,
-    ) -> Result<(Vec<Group>, Totals, bool), String> {
+    /// Waits until every row queued so far is written (or dropped by a failed
+    /// write). Unbounded: the caller bounds it.
+    pub(super) async fn flush(&self) -> Result<(), String> {
         let (done, written) = tokio::sync::oneshot::channel();
         self.queue
             .send(Message::Flush(done))
@@ -86,7 +84,20 @@ impl RedisUsage {
             .map_err(|_| "the usage writer stopped".to_owned())?;
         written
             .await
-            .map_err(|_| "the usage writer stopped".to_owned())?;
+            .map_err(|_| "the usage writer stopped".to_owned())
+    }
+
+    /// Rows queued and not written yet.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    pub(super) async fn query(
+        &self,
+        query: Query,
+        max_groups: usize,
+    ) -> Result<(Vec<Group>, Totals, bool), String> {
+        self.flush().await?;
         let (first, last) = (
             query.from.div_euclid(86_400),
             (query.to - 1).div_euclid(86_400),

@@ -90,12 +90,9 @@ impl SqliteUsage {
         }
     }
 
-    /// Wait until every row queued so far is written, then run `query`.
-    pub(super) async fn query(
-        &self,
-        query: Query,
-        max_groups: usize,
-    ) -> Result<(Vec<Group>, Totals, bool), String> {
+    /// Waits until every row queued so far is written (or dropped by a failed
+    /// write). Unbounded: the caller bounds it.
+    pub(super) async fn flush(&self) -> Result<(), String> {
         let (done, written) = tokio::sync::oneshot::channel();
         let queue = self.queue.clone();
         // A blocking send: the queue may be full for a moment.
@@ -105,7 +102,16 @@ impl SqliteUsage {
             .map_err(|_| "the usage writer stopped".to_owned())?;
         written
             .await
-            .map_err(|_| "the usage writer stopped".to_owned())?;
+            .map_err(|_| "the usage writer stopped".to_owned())
+    }
+
+    /// Wait until every row queued so far is written, then run `query`.
+    pub(super) async fn query(
+        &self,
+        query: Query,
+        max_groups: usize,
+    ) -> Result<(Vec<Group>, Totals, bool), String> {
+        self.flush().await?;
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|p| p.into_inner());

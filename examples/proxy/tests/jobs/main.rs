@@ -317,8 +317,10 @@ pub(crate) async fn seeded_batch_through_a_sigkill(
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "the victim holds no items, or successes are unrecorded: {progress:?}, \
-             {answered} answered"
+            "the victim holds no items ({held:?}, {} held at the upstream), or successes \
+             are unrecorded: {progress:?}, {answered} answered; the victim's log:\n{}",
+            upstream.held_now(),
+            std::fs::read_to_string(dir.path().join("worker-a.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llm_proxy::{Config, Proxy};
 use serde_json::json;
@@ -196,5 +196,85 @@ async fn the_queue_on_a_tls_postgres_with_sslmode_require_verifies_and_encrypts(
     let (all, tls) = connections.split_once(',').unwrap();
     assert_eq!(all, tls, "{connections}");
     assert!(all.parse::<u32>().unwrap() >= 2, "{connections}");
+    proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_outlives_a_postgres_outage_and_runs_the_next_batch() {
+    let db = TestDb::on_own_server();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&upstream.base_url(), &postgres_state(&db), "");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
+    let log = dir.path().join("worker.log");
+    let mut worker = Worker::start(&path, log.clone());
+    let (status, accepted) = client
+        .post(
+            KEY_A,
+            &[("prefer", "respond-async")],
+            batch_body("before", 10),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    client
+        .wait_progress("before", Duration::from_secs(60), finished)
+        .await;
+
+    // PostgreSQL goes away: apalis stops the worker's queue at its next
+    // heartbeat; the process starts fresh workers until it is back.
+    let server = db.server.clone();
+    tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("lost its queue")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the worker did not notice: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = db.server.clone();
+    tokio::task::spawn_blocking(move || server.restart())
+        .await
+        .unwrap();
+
+    // The same process runs the next batch (submitted once the proxy's pools
+    // reconnect: 503 until then).
+    let started = Instant::now();
+    loop {
+        let (status, answer) = client
+            .post(
+                KEY_A,
+                &[("prefer", "respond-async")],
+                batch_body("after", 10),
+            )
+            .await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let progress = client
+        .wait_progress("after", Duration::from_secs(90), finished)
+        .await;
+    assert_eq!(progress["total"], json!(10));
+    assert!(
+        worker.child.try_wait().unwrap().is_none(),
+        "the worker process exited: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     proxy.stop();
 }
