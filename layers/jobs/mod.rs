@@ -40,6 +40,17 @@
 //! [`spawn_redis_promoter`] in each worker process, which keep that backlog
 //! under a thousand (see [`promote_due`]).
 //!
+//! # A queue error ends an apalis 1.0.0 worker
+//!
+//! `Worker::run` returns at the first failed fetch, heartbeat or
+//! acknowledgement (Redis or PostgreSQL restarting, a pool timeout), and the
+//! storage stays dead. Run workers in a loop that builds a fresh storage and
+//! worker after a backoff; the items the stopped one had in flight are
+//! delivered again once its registration times out, and the [`JobStore`]
+//! makes that harmless (give every generation the same
+//! [`BatchWorkerBuilder::name`], so that it takes back its own claims at
+//! once). `llm-proxy worker` does this.
+//!
 //! # Storage growth
 //!
 //! apalis 1.0.0 keeps each job (its whole request) after it ran, until
