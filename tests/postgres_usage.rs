@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use postgres_server::TestDb;
 use tower_llm_resilience::postgres::{
-    AuditEvent, PostgresAuditLog, PostgresUsageStore, UsageQuery, UsageRow, AUDIT_MAX_FIELD,
+    AuditEvent, PostgresAuditLog, PostgresUsageStore, UsageQuery, UsageRow, AUDIT_APPEND_LOCK,
+    AUDIT_MAX_FIELD,
 };
 
 /// 2024-05-01T00:00:00Z.
@@ -182,4 +183,51 @@ async fn the_audit_log_is_shared_ordered_bounded_and_pruned() {
         3
     );
     assert!(a.list(None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_the_audit_log_never_skips_an_append_that_commits_late() {
+    let db = TestDb::fresh();
+    let log = PostgresAuditLog::new(&db.migrated().await);
+    // Another instance's append, slow to commit: it takes the append lock and
+    // its position, and commits a second later (as `append` does, by hand).
+    let (server, name) = (db.server.clone(), db.name.clone());
+    let slow = std::thread::spawn(move || {
+        server.psql(
+            &name,
+            &format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({AUDIT_APPEND_LOCK}); \
+                 INSERT INTO tower_llm_audit_log (actor, action, subject, detail) \
+                 VALUES ('slow', 'sign_in', '', ''); SELECT pg_sleep(1); COMMIT;"
+            ),
+        )
+    });
+    let started = std::time::Instant::now();
+    // A bigint advisory key shows as (classid, objid) = (high, low) halves.
+    let held = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid::bigint = {} AND objid::bigint = {}",
+        AUDIT_APPEND_LOCK >> 32,
+        AUDIT_APPEND_LOCK & 0xffff_ffff
+    );
+    while db.server.psql(&db.name, &held) != "1" {
+        assert!(started.elapsed() < Duration::from_secs(10), "no lock taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // An append meanwhile takes the next position only once the slow one
+    // committed, so a reader that sees it has seen the slow one.
+    let event = AuditEvent {
+        actor: "fast".into(),
+        action: "circuit_reset".into(),
+        subject: String::new(),
+        detail: String::new(),
+    };
+    let fast = log.append(&event).await.unwrap();
+    let page = log.list(None, 10).await.unwrap();
+    let actors: Vec<&str> = page.iter().map(|e| e.event.actor.as_str()).collect();
+    assert_eq!(actors, ["slow", "fast"]);
+    assert_eq!(page[1].seq, fast);
+    slow.join().unwrap();
+    assert!(log.list(Some(fast), 10).await.unwrap().is_empty());
 }

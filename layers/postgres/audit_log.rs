@@ -14,6 +14,12 @@ pub const AUDIT_MAX_DETAIL: usize = 4096;
 /// The most events one [`list`](PostgresAuditLog::list) returns.
 pub const AUDIT_MAX_PAGE: usize = 1000;
 
+/// The transaction-scoped advisory lock every append holds while it takes its
+/// position and commits (`pg_advisory_xact_lock`), so that positions commit in
+/// order: a reader that saw position `n` has seen every position before it.
+/// Anything else that writes to `tower_llm_audit_log` must take it too.
+pub const AUDIT_APPEND_LOCK: i64 = 0x746f_7765_725f_6175; // "tower_au"
+
 /// One audit event. Never put secrets or prompt text in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -82,6 +88,12 @@ impl PostgresAuditLog {
     }
 
     /// Appends `event`; returns its position.
+    ///
+    /// Appends from every instance take their positions one at a time (under
+    /// [`AUDIT_APPEND_LOCK`], held until the insert commits), so positions
+    /// become visible in order and paging with [`list`](Self::list) never
+    /// skips an event that commits late. Audit events are operators' actions:
+    /// a few per second at most, which one lock serves easily.
     pub async fn append(&self, event: &AuditEvent) -> Result<i64, PgError> {
         let fields = [
             bounded(&event.actor, AUDIT_MAX_FIELD),
@@ -93,9 +105,16 @@ impl PostgresAuditLog {
             .run(|client| async move {
                 let row = client
                     .query_one(
-                        "INSERT INTO tower_llm_audit_log (actor, action, subject, detail)
-                         VALUES ($1, $2, $3, $4) RETURNING seq",
-                        &[&fields[0], &fields[1], &fields[2], &fields[3]],
+                        "WITH locked AS (SELECT pg_advisory_xact_lock($5))
+                         INSERT INTO tower_llm_audit_log (actor, action, subject, detail)
+                         SELECT $1, $2, $3, $4 FROM locked RETURNING seq",
+                        &[
+                            &fields[0],
+                            &fields[1],
+                            &fields[2],
+                            &fields[3],
+                            &AUDIT_APPEND_LOCK,
+                        ],
                     )
                     .await?;
                 Ok(row.get(0))
@@ -104,7 +123,9 @@ impl PostgresAuditLog {
     }
 
     /// At most `limit` events (capped at [`AUDIT_MAX_PAGE`]) written after position
-    /// `after` (from the start when `None`), oldest first.
+    /// `after` (from the start when `None`), oldest first. Paging with the last
+    /// position seen misses nothing, however the appends interleave (see
+    /// [`append`](Self::append)).
     pub async fn list(
         &self,
         after: Option<i64>,

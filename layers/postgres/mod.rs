@@ -77,7 +77,8 @@ mod migrate;
 mod usage;
 
 pub use self::audit_log::{
-    AuditEvent, LoggedEvent, PostgresAuditLog, AUDIT_MAX_DETAIL, AUDIT_MAX_FIELD, AUDIT_MAX_PAGE,
+    AuditEvent, LoggedEvent, PostgresAuditLog, AUDIT_APPEND_LOCK, AUDIT_MAX_DETAIL,
+    AUDIT_MAX_FIELD, AUDIT_MAX_PAGE,
 };
 pub use self::batch_store::PostgresBatchStore;
 pub use self::circuit_sync::PostgresCircuitSync;
