@@ -186,3 +186,90 @@ async fn postgres_outage_keeps_local_state_and_resyncs() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_of_a_database_handle_listens_through_one_connection() {
+    let db = TestDb::fresh();
+    db.migrated().await;
+    let handle_with_pool_of_two = || async {
+        let pg = Postgres::builder(&db.url())
+            .pool_size(2)
+            .build()
+            .expect("a valid test URL");
+        pg.migrate().await.unwrap();
+        pg
+    };
+    let (pg_a, pg_b) = (
+        handle_with_pool_of_two().await,
+        handle_with_pool_of_two().await,
+    );
+    let circuits = 12;
+    let cooldown = Duration::from_secs(30);
+    // Instance A: twelve circuits (as a proxy with twelve upstreams).
+    let mut a = Vec::new();
+    for i in 0..circuits {
+        let layer = breaker(cooldown, 3);
+        let upstream = Upstream::default();
+        let svc = upstream.service(&layer);
+        let sync =
+            PostgresCircuitSync::attach_as(&pg_a, &layer.handle(), &format!("up-{i}")).unwrap();
+        a.push(Instance {
+            handle: layer.handle(),
+            upstream,
+            svc,
+            sync,
+        });
+    }
+    // Instance B: one of them.
+    let b_layer = breaker(cooldown, 3);
+    let b_upstream = Upstream::default();
+    let mut b_svc = b_upstream.service(&b_layer);
+    let b_sync = PostgresCircuitSync::attach_as(&pg_b, &b_layer.handle(), "up-7").unwrap();
+    eventually("every sync listening", || {
+        b_sync.is_listening() && a.iter().all(|i| i.sync.is_listening())
+    })
+    .await;
+    // Connections: at most the two pools and one listener per handle, not
+    // one listener per circuit.
+    let connections = || {
+        db.server
+            .psql(
+                &db.name,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'tower-llm-resilience'",
+            )
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert!(connections() <= 2 * 2 + 2, "{} connections", connections());
+
+    // Decisions still reach the right circuit through the shared connection.
+    b_upstream.failing.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        assert!(call(&mut b_svc).await.is_err());
+    }
+    eventually("up-7 open on A", || {
+        a[7].handle.circuit().state() == CircuitState::Open
+    })
+    .await;
+    for (i, instance) in a.iter_mut().enumerate() {
+        if i != 7 {
+            assert_eq!(instance.handle.circuit().state(), CircuitState::Closed);
+            assert!(call(&mut instance.svc).await.is_ok());
+        }
+        assert_eq!(
+            instance.upstream.calls.load(Ordering::SeqCst),
+            usize::from(i != 7)
+        );
+    }
+
+    // The last sync gone, the listening connection closes.
+    let listening_before = connections();
+    drop(a);
+    let started = Instant::now();
+    while connections() >= listening_before {
+        assert!(started.elapsed() < DEADLINE, "the listener stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(b_sync);
+}

@@ -12,8 +12,8 @@ use crate::circuit_breaker::{CircuitEvent, CircuitState, Handle, SyncKey, Transi
 
 use super::connect::Postgres;
 use super::error::{ConfigError, PgError};
-use super::link::{link, Link};
-use super::listen::{self, AbortOnDrop, Listener, MAX_PAYLOAD};
+use super::link::Link;
+use super::listen::{AbortOnDrop, Hub, SharedListener, Subscription, MAX_PAYLOAD};
 
 /// The notification channel of circuit decisions (payload: a [`Message`]).
 const CHANNEL: &str = "tower_llm_circuit";
@@ -105,11 +105,17 @@ fn key_of(circuit_id: &str) -> Option<Option<&str>> {
 ///   during the outage reach the others. A `closed` sent during an outage can be
 ///   missed; the other side then recovers through its own probes.
 ///
+/// Every sync attached through one [`Postgres`] handle (or its clones) shares
+/// one listening connection, so an instance with many circuits holds one, not
+/// one per circuit (metrics: `llm_postgres_connected{component="circuit_listen",
+/// name=<the handle's name>}`).
+///
 /// Unlike the Redis sync, failure counts are not added up across instances:
 /// each trips on its own outcomes. Stops when dropped.
 pub struct PostgresCircuitSync {
     instance: String,
     link: Arc<Link>,
+    _listening: Subscription,
     _tasks: Vec<AbortOnDrop>,
 }
 
@@ -139,27 +145,26 @@ impl PostgresCircuitSync {
         if name.is_empty() || name.len() > MAX_KEY {
             return Err(ConfigError::InvalidName(name.len()));
         }
-        let link = Arc::new(link("circuit_listen", name));
         let syncer = Arc::new(Syncer {
             handle: handle.clone(),
             pg: pg.clone(),
             instance: format!("{:016x}", fastrand::u64(..)),
             name: name.to_owned(),
         });
-        let tasks = vec![
-            AbortOnDrop(tokio::spawn(
-                syncer.clone().publish_events(handle.subscribe()),
-            )),
-            AbortOnDrop(tokio::spawn(listen::run(
-                pg.clone(),
-                CHANNEL.to_owned(),
-                link.clone(),
-                RemoteStates(syncer.clone()),
-            ))),
-        ];
+        let tasks = vec![AbortOnDrop(tokio::spawn(
+            syncer.clone().publish_events(handle.subscribe()),
+        ))];
+        // Every sync of this database handle listens through one connection.
+        let listening = Hub::subscribe(
+            pg,
+            CHANNEL,
+            "circuit_listen",
+            Arc::new(RemoteStates(syncer.clone())),
+        );
         Ok(Self {
             instance: syncer.instance.clone(),
-            link,
+            link: listening.link().clone(),
+            _listening: listening,
             _tasks: tasks,
         })
     }
@@ -342,8 +347,20 @@ const RESYNC_ATTEMPTS: u32 = 25;
 /// The listening side of a sync.
 struct RemoteStates<K>(Arc<Syncer<K>>);
 
-impl<K: SyncKey> Listener for RemoteStates<K> {
-    async fn subscribed(&mut self) {
+impl<K: SyncKey> SharedListener for RemoteStates<K> {
+    fn subscribed(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(self.resync())
+    }
+
+    fn message(&self, payload: &str) {
+        if payload.len() <= MAX_PAYLOAD {
+            self.0.apply(payload);
+        }
+    }
+}
+
+impl<K: SyncKey> RemoteStates<K> {
+    async fn resync(&self) {
         // Listening first, then read: a change after the read arrives as a
         // notification. After an outage the pool's first operations may fail
         // while it reconnects: try again for a while, or this instance's open
@@ -357,11 +374,5 @@ impl<K: SyncKey> Listener for RemoteStates<K> {
             wait = (wait * 2).min(Duration::from_millis(500));
         }
         tracing::warn!("could not resync circuit states after reconnecting to postgres");
-    }
-
-    fn message(&mut self, payload: &str) {
-        if payload.len() <= MAX_PAYLOAD {
-            self.0.apply(payload);
-        }
     }
 }

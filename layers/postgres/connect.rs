@@ -135,6 +135,7 @@ impl PostgresBuilder {
             .map_err(|e| ConfigError::Pool(e.to_string()))?;
         Ok(Postgres {
             inner: Arc::new(Inner {
+                hubs: Hubs::default(),
                 link: Arc::new(link("pool", self.name.clone())),
                 config,
                 pool,
@@ -208,7 +209,12 @@ pub struct Postgres {
     inner: Arc<Inner>,
 }
 
+/// Shared `LISTEN` connections of one database handle, by channel.
+pub(crate) type Hubs =
+    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<super::listen::Hub>>>;
+
 struct Inner {
+    hubs: Hubs,
     config: tokio_postgres::Config,
     pool: Pool,
     tls: MakeRustlsConnect,
@@ -269,6 +275,11 @@ impl Postgres {
     /// The name given at build time (metrics label).
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The shared `LISTEN` connections of this handle (and its clones).
+    pub(crate) fn hubs(&self) -> &Hubs {
+        &self.inner.hubs
     }
 
     /// Runs `work` with a pooled connection, within the operation timeout,

@@ -131,3 +131,124 @@ async fn listen_on<L: Listener>(
 }
 
 pub(crate) use crate::backend::AbortOnDrop;
+
+/// A listener a [`Hub`] shares its connection with.
+pub(crate) trait SharedListener: Send + Sync + 'static {
+    /// Listening (again): notifications sent meanwhile were missed.
+    fn subscribed(&self) -> futures_util::future::BoxFuture<'_, ()>;
+    /// One notification's payload.
+    fn message(&self, payload: &str);
+}
+
+type Subscribers = std::sync::Mutex<Vec<(u64, Arc<dyn SharedListener>)>>;
+
+/// One `LISTEN` connection on one channel, shared by every listener of one
+/// [`Postgres`] on it (e.g. every circuit sync of a proxy): a deployment with
+/// many circuits holds one listening connection per database, not one per
+/// circuit. It lives while a [`Subscription`] does.
+pub(crate) struct Hub {
+    subscribers: Arc<Subscribers>,
+    next_id: std::sync::atomic::AtomicU64,
+    link: Arc<Link>,
+    _task: AbortOnDrop,
+}
+
+/// A listener's place on a [`Hub`]; dropping it leaves (the last one to leave
+/// closes the connection).
+pub(crate) struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Subscription {
+    /// The shared connection's reachability.
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.hub.link
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self
+            .hub
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Hands what the connection hears to every subscriber.
+struct FanOut(Arc<Subscribers>);
+
+impl FanOut {
+    fn snapshot(&self) -> Vec<Arc<dyn SharedListener>> {
+        let subscribers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.iter().map(|(_, l)| l.clone()).collect()
+    }
+}
+
+impl Listener for FanOut {
+    async fn subscribed(&mut self) {
+        let listeners = self.snapshot();
+        futures_util::future::join_all(listeners.iter().map(|l| l.subscribed())).await;
+    }
+
+    fn message(&mut self, payload: &str) {
+        for listener in self.snapshot() {
+            listener.message(payload);
+        }
+    }
+}
+
+impl Hub {
+    /// Subscribes `listener` to `channel` on `pg`'s shared connection (started
+    /// on the current runtime if none is open). A listener that joins while
+    /// the connection listens is told it is subscribed at once (in a task of
+    /// its own), so it resyncs as the others did.
+    pub(crate) fn subscribe(
+        pg: &Postgres,
+        channel: &str,
+        component: &'static str,
+        listener: Arc<dyn SharedListener>,
+    ) -> Subscription {
+        let hub = {
+            let mut hubs = pg.hubs().lock().unwrap_or_else(|p| p.into_inner());
+            hubs.retain(|_, hub| hub.strong_count() > 0);
+            match hubs.get(channel).and_then(std::sync::Weak::upgrade) {
+                Some(hub) => hub,
+                None => {
+                    let subscribers: Arc<Subscribers> = Arc::default();
+                    let link = Arc::new(super::link::link(component, pg.name().to_owned()));
+                    let task = tokio::spawn(run(
+                        pg.clone(),
+                        channel.to_owned(),
+                        link.clone(),
+                        FanOut(subscribers.clone()),
+                    ));
+                    let hub = Arc::new(Hub {
+                        subscribers,
+                        next_id: std::sync::atomic::AtomicU64::new(0),
+                        link,
+                        _task: AbortOnDrop(task),
+                    });
+                    hubs.insert(channel.to_owned(), Arc::downgrade(&hub));
+                    hub
+                }
+            }
+        };
+        let id = hub
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hub.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, listener.clone()));
+        // Joined after the connection said it listens: the fan-out's resync
+        // may have missed this listener (a second one is harmless).
+        if hub.link.is_up() {
+            tokio::spawn(async move { listener.subscribed().await });
+        }
+        Subscription { hub, id }
+    }
+}
