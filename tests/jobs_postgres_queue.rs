@@ -70,7 +70,7 @@ fn upstream(
 async fn two_workers_on_a_postgres_queue_run_each_item_once() {
     let db = TestDb::fresh();
     let pool = PgPool::connect(&db.url()).await.unwrap();
-    PostgresStorage::<()>::setup(&pool).await.unwrap();
+    jobs::setup_postgres_queue(&pool).await.unwrap();
     // The job store on the same database: queue and state on PostgreSQL alone.
     let store: Arc<dyn JobStore> = Arc::new(PostgresJobStore::new(&db.migrated().await));
     let n = 200;
@@ -148,9 +148,8 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
         .unwrap();
     assert_eq!((again.pushed, again.already_done), (fatal, n - fatal));
 
-    // The queue's table is pruned: finished jobs (once apalis has acknowledged
-    // them all, the fatal items' second run included), then, past
-    // `stale_after`, every row whatever its state.
+    // The queue's table is pruned of finished jobs (once apalis has
+    // acknowledged them all, the fatal items' second run included).
     let count = |sql: &'static str| {
         let pool = pool.clone();
         async move {
@@ -161,7 +160,7 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
         }
     };
     let finished_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches' \
-                        AND status IN ('Done', 'Failed', 'Killed')";
+                        AND status IN ('Done', 'Killed')";
     let all_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches'";
     let started = Instant::now();
     while count(finished_sql).await < (n + fatal) as i64 {
@@ -177,26 +176,27 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
     let total = count(all_sql).await;
     let hour = Duration::from_secs(3600);
     assert_eq!(
-        jobs::prune_postgres_queue(&pool, "llm-batches", hour, hour * 24)
+        jobs::prune_postgres_queue(&pool, "llm-batches", hour)
             .await
             .unwrap(),
-        0,
+        Some(0),
         "nothing finished an hour ago"
     );
     assert_eq!(
-        jobs::prune_postgres_queue(&pool, "other-queue", Duration::ZERO, Duration::ZERO)
+        jobs::prune_postgres_queue(&pool, "other-queue", Duration::ZERO)
             .await
             .unwrap(),
-        0,
+        Some(0),
         "another queue's jobs are not touched"
     );
-    let pruned = jobs::prune_postgres_queue(&pool, "llm-batches", Duration::ZERO, hour)
+    let pruned = jobs::prune_postgres_queue(&pool, "llm-batches", Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(pruned as i64, finished);
+    assert_eq!(pruned, Some(finished as u64));
     assert_eq!(count(all_sql).await, total - finished);
-    // A job no worker ever takes (a queue without workers) is kept until it is
-    // older than `stale_after`.
+
+    // A job still to run is kept: pending, or failed with attempts left (apalis
+    // fetches it again); failed with none left, it goes.
     let mut idle = PostgresStorage::<ItemJob<String>>::new(&pool)
         .with_config(config().queue("llm-batches-idle"));
     let idle_store = jobs::MemoryJobStore::new();
@@ -210,25 +210,39 @@ async fn two_workers_on_a_postgres_queue_run_each_item_once() {
     .unwrap();
     assert_eq!(pushed.pushed, 1);
     let idle_sql = "SELECT count(*) FROM apalis.jobs WHERE job_type = 'llm-batches-idle'";
+    let prune_idle = || jobs::prune_postgres_queue(&pool, "llm-batches-idle", Duration::ZERO);
+    assert_eq!(prune_idle().await.unwrap(), Some(0));
+    sqlx::query(
+        "UPDATE apalis.jobs SET status = 'Failed', attempts = 1, max_attempts = 25, \
+         done_at = now() - interval '1 hour' WHERE job_type = 'llm-batches-idle'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     assert_eq!(
-        jobs::prune_postgres_queue(&pool, "llm-batches-idle", Duration::ZERO, hour)
-            .await
-            .unwrap(),
-        0
+        prune_idle().await.unwrap(),
+        Some(0),
+        "a retry is not pruned"
     );
     assert_eq!(count(idle_sql).await, 1);
-    let stale =
-        jobs::prune_postgres_queue(&pool, "llm-batches-idle", Duration::ZERO, Duration::ZERO)
-            .await
-            .unwrap();
-    assert_eq!(stale, 1);
-    assert_eq!(count(idle_sql).await, 0);
-    // Rows apalis-postgres 1.0.0 may leave `Queued` after they ran go the same
-    // way.
-    jobs::prune_postgres_queue(&pool, "llm-batches", Duration::ZERO, Duration::ZERO)
+    sqlx::query("UPDATE apalis.jobs SET attempts = 25 WHERE job_type = 'llm-batches-idle'")
+        .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(count(all_sql).await, 0);
+    assert_eq!(prune_idle().await.unwrap(), Some(1));
+    assert_eq!(count(idle_sql).await, 0);
+
+    // One pruner at a time: another process holding the turn, a call skips.
+    let mut holder = pool.begin().await.unwrap();
+    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(0x746f_7765_725f_6a70_i64)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    assert!(held);
+    assert_eq!(prune_idle().await.unwrap(), None);
+    holder.rollback().await.unwrap();
+    assert_eq!(prune_idle().await.unwrap(), Some(0));
     for worker in workers {
         worker.abort();
     }

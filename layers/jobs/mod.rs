@@ -56,8 +56,9 @@
 //! apalis 1.0.0 keeps each job (its whole request) after it ran, until
 //! vacuumed: a million items leave a million jobs. Their results are in the
 //! [`JobStore`], which expires batches on its own; prune the queue now and
-//! then (every minute, from any worker) with `prune_redis_queue` or
-//! `prune_postgres_queue` (feature `apalis-postgres`).
+//! then (every few seconds to a minute, from any worker) with
+//! `prune_redis_queue` or `prune_postgres_queue` (feature `apalis-postgres`;
+//! set the queue up with `setup_postgres_queue`).
 //!
 //! # Example
 //!
@@ -119,7 +120,7 @@ mod worker;
 
 pub use self::job::ItemJob;
 #[cfg(feature = "apalis-postgres")]
-pub use self::postgres_queue::prune_postgres_queue;
+pub use self::postgres_queue::{prune_postgres_queue, setup_postgres_queue};
 #[cfg(feature = "redis")]
 pub use self::redis_queue::{promote_due, prune_redis_queue, spawn_redis_promoter, RedisPromoter};
 pub use self::report::{report, JobBatchReport};
