@@ -76,6 +76,10 @@ enum Queue {
 #[derive(Clone)]
 pub(crate) struct Jobs {
     queue: Queue,
+    /// Put before batch ids in the store: on PostgreSQL its tables are shared
+    /// by every deployment on the database, and this keeps one prefix's
+    /// batches from another's (the Redis store prefixes its keys itself).
+    batch_prefix: String,
     name: String,
     heartbeat: Duration,
     /// Items' states and results.
@@ -135,6 +139,7 @@ impl Jobs {
             .prefix(prefix.as_str())
             .ttl(batch.job_ttl_secs);
         Ok(Self {
+            batch_prefix: String::new(),
             queue: Queue::Redis(client),
             name: format!("{prefix}:batches"),
             heartbeat: batch.job_heartbeat_secs,
@@ -148,10 +153,10 @@ impl Jobs {
         migrate: bool,
         batch: &BatchConfig,
     ) -> Self {
-        // The table is shared per database: the batch ids (scoped to the
-        // client key) are kept apart by the prefix.
+        // The tables are shared per database: batch ids carry the prefix.
         let store = PostgresJobStore::new(postgres.pg()).ttl(batch.job_ttl_secs);
         Self {
+            batch_prefix: format!("{}/", postgres.prefix()),
             queue: Queue::Postgres {
                 pool,
                 migrate,
@@ -161,6 +166,11 @@ impl Jobs {
             heartbeat: batch.job_heartbeat_secs,
             store: Arc::new(store),
         }
+    }
+
+    /// The id in the store of batch `scoped` (already scoped to its client).
+    pub(crate) fn batch_id(&self, scoped: &str) -> String {
+        format!("{}{scoped}", self.batch_prefix)
     }
 
     /// The queue's name.
@@ -299,7 +309,7 @@ pub async fn migrate_job_queue(config: &Config) -> Result<bool, ConfigError> {
 /// apalis' own schema on PostgreSQL (its migrations, with their own lock: safe
 /// when several proxies start at once), bounded by [`SETUP_TIMEOUT`].
 pub(crate) async fn setup_postgres(pool: &PgPool) -> Result<(), String> {
-    match tokio::time::timeout(SETUP_TIMEOUT, PostgresStorage::<()>::setup(pool)).await {
+    match tokio::time::timeout(SETUP_TIMEOUT, jobs::setup_postgres_queue(pool)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("cannot set up the batch queue's schema: {e}")),
         Err(_) => Err(format!(

@@ -113,7 +113,6 @@ pub async fn run_worker(
             &format!("{name}-{generation}"),
             service.clone(),
             concurrency,
-            config.batch.job_ttl_secs,
             &mut chores,
             stop.clone(),
             grace,
@@ -165,7 +164,6 @@ async fn run_generation(
     name: &str,
     service: JobService,
     concurrency: usize,
-    ttl: Duration,
     chores: &mut Option<Chores>,
     stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
@@ -221,8 +219,9 @@ async fn run_generation(
         let pruner = Pruner::spawn(move || {
             let (pool, queue) = (pool.clone(), queue.clone());
             async move {
-                tower_llm_resilience::jobs::prune_postgres_queue(&pool, &queue, Duration::ZERO, ttl)
+                tower_llm_resilience::jobs::prune_postgres_queue(&pool, &queue, Duration::ZERO)
                     .await
+                    .map(Option::unwrap_or_default)
                     .map_err(|e| e.to_string())
             }
         });

@@ -156,7 +156,7 @@ pub(crate) async fn submit(
     }
     drop(seen);
     let submitted = jobs
-        .submit(&scoped(headers, &id), items)
+        .submit(&jobs.batch_id(&scoped(headers, &id)), items)
         .await
         .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
     metrics::counter!("llm_proxy_batch_jobs_pushed_total").increment(submitted.pushed as u64);
@@ -243,7 +243,7 @@ pub(crate) async fn status(
         check_name(after, state.batch.max_id_bytes)
             .map_err(|why| ApiError::bad_request(format!("after {why}")))?;
     }
-    let batch = scoped(&headers, &id);
+    let batch = jobs.batch_id(&scoped(&headers, &id));
     let store = &jobs.store;
     let progress = store
         .progress(&batch)

@@ -239,7 +239,7 @@ async fn three_worker_processes_run_a_seeded_batch_once_per_item_through_a_sigki
                 .unwrap()
         }) as JobsLeft
     };
-    seeded_batch_through_a_sigkill(&redis_state(&redis), Arc::new(store), jobs_left).await;
+    seeded_batch_through_a_sigkill(&redis_state(&redis), Arc::new(store), "", jobs_left).await;
 }
 
 /// How many jobs the queue still keeps (apalis' own rows or hashes).
@@ -249,10 +249,12 @@ pub(crate) type JobsLeft = std::pin::Pin<Box<dyn std::future::Future<Output = u6
 /// proxy's `[state]` (`state`, whose job store `store` reads), one SIGKILLed
 /// mid-run: each item answered to success once, the report exact (paged and
 /// JSONL), a re-submission pushes only the fatal items, and the workers prune
-/// the queue's finished jobs (`jobs_left` counts what it keeps).
+/// the queue's finished jobs (`jobs_left` counts what it keeps). The store
+/// knows the batch as `{batch_prefix}{client}/{id}`.
 pub(crate) async fn seeded_batch_through_a_sigkill(
     state: &str,
     store: Arc<dyn JobStore>,
+    batch_prefix: &str,
     jobs_left: impl Fn() -> JobsLeft,
 ) {
     let store = store.as_ref();
@@ -305,7 +307,10 @@ pub(crate) async fn seeded_batch_through_a_sigkill(
         })
         .await;
     upstream.close_gate();
-    let batch = format!("{}/nightly", llm_proxy::client_id::client_key_id(KEY_A));
+    let batch = format!(
+        "{batch_prefix}{}/nightly",
+        llm_proxy::client_id::client_key_id(KEY_A)
+    );
     let victim_prefix = format!("llm-proxy-{}-", workers[0].pid());
     let started = Instant::now();
     let mut victim_items = loop {

@@ -56,7 +56,13 @@ async fn three_worker_processes_on_postgres_run_a_seeded_batch_once_per_item_thr
                 .unwrap()
         }) as JobsLeft
     };
-    super::seeded_batch_through_a_sigkill(&postgres_state(&db), Arc::new(store), jobs_left).await;
+    super::seeded_batch_through_a_sigkill(
+        &postgres_state(&db),
+        Arc::new(store),
+        &format!("{PREFIX}/"),
+        jobs_left,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +109,10 @@ async fn with_redis_and_postgres_the_queue_goes_where_job_queue_says() {
         .await;
     assert_eq!(progress["total"], json!(20));
     // Items and results are in PostgreSQL, and nothing of the queue in Redis.
-    let batch = format!("{}/split", llm_proxy::client_id::client_key_id(KEY_A));
+    let batch = format!(
+        "{PREFIX}/{}/split",
+        llm_proxy::client_id::client_key_id(KEY_A)
+    );
     let stored = job_store(&db).progress(&batch).await.unwrap().unwrap();
     assert_eq!(stored.total, 20);
     let mut redis_conn = redis
@@ -277,4 +286,61 @@ async fn a_worker_outlives_a_postgres_outage_and_runs_the_next_batch() {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
     proxy.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_with_other_prefixes_on_one_database_keep_their_batches_apart() {
+    let db = TestDb::fresh();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let on = |prefix: &str| {
+        config_text(
+            &upstream.base_url(),
+            &postgres_state(&db).replace(
+                &format!("prefix = \"{PREFIX}\""),
+                &format!("prefix = \"{prefix}\""),
+            ),
+            "",
+        )
+    };
+    let (text_a, text_b) = (on("team-a"), on("team-b"));
+    let path_a = dir.path().join("a.toml");
+    std::fs::write(&path_a, &text_a).unwrap();
+    let a = Proxy::start(&Config::from_toml(&text_a).unwrap()).unwrap();
+    let b = Proxy::start(&Config::from_toml(&text_b).unwrap()).unwrap();
+    let http = reqwest::Client::new();
+    let (client_a, client_b) = (
+        Client {
+            http: http.clone(),
+            base: a.url(),
+        },
+        Client {
+            http,
+            base: b.url(),
+        },
+    );
+    let _worker = Worker::start(&path_a, dir.path().join("worker-a.log"));
+    let (status, accepted) = client_a
+        .post(KEY_A, &[("prefer", "respond-async")], batch_body("same", 5))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    client_a
+        .wait_progress("same", Duration::from_secs(60), finished)
+        .await;
+    // The same id and client key under another prefix is another batch:
+    // nothing of team A's is found done, everything is pushed.
+    let (status, accepted) = client_b
+        .post(KEY_A, &[("prefer", "respond-async")], batch_body("same", 5))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    assert_eq!(
+        (&accepted["pushed"], &accepted["already_done"]),
+        (&json!(5), &json!(0)),
+        "{accepted}"
+    );
+    let (status, report) = client_b.get(KEY_A, "/v1/batch/same?limit=10").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["progress"]["done"], json!(0), "{report}");
+    a.stop();
+    b.stop();
 }
