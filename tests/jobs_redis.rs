@@ -545,3 +545,50 @@ async fn a_backlog_of_9000_jobs_does_not_stop_the_workers() {
         worker.shutdown_background();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_runs_to_its_end_when_apalis_drops_its_future() {
+    // An apalis 1.0.0 worker stopped by a queue error drops the futures of the
+    // jobs in flight: the item's call goes on, and its success is recorded.
+    let store = Arc::new(jobs::MemoryJobStore::new());
+    store.open("b", &["k".to_owned()]).await.unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let (in_call, release) = (started.clone(), gate.clone());
+    let llm = service_fn(move |prompt: String| {
+        let (in_call, release) = (in_call.clone(), release.clone());
+        async move {
+            in_call.notify_one();
+            release.notified().await;
+            Ok::<_, BoxError>(format!("answer to {prompt}"))
+        }
+    });
+    let mut worker = BatchWorker::builder_shared(store.clone())
+        .classifier(ErrorOnlyClassifier)
+        .build(llm)
+        .unwrap();
+    let task = TaskBuilder::new(ItemJob {
+        batch_id: "b".to_owned(),
+        key: "k".to_owned(),
+        request: "k".to_owned(),
+    })
+    .build();
+    let delivery = tower::Service::call(&mut worker, task);
+    // Polled once by apalis, say: the call is under way.
+    let mut delivery = Box::pin(delivery);
+    assert!(futures_util::poll!(delivery.as_mut()).is_pending());
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
+        .await
+        .expect("the call started");
+    drop(delivery);
+    gate.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = store.progress("b").await.unwrap().unwrap();
+        if progress.done == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not recorded: {progress:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -45,11 +45,11 @@
 //! `Worker::run` returns at the first failed fetch, heartbeat or
 //! acknowledgement (Redis or PostgreSQL restarting, a pool timeout), and the
 //! storage stays dead. Run workers in a loop that builds a fresh storage and
-//! worker after a backoff; the items the stopped one had in flight are
-//! delivered again once its registration times out, and the [`JobStore`]
-//! makes that harmless (give every generation the same
-//! [`BatchWorkerBuilder::name`], so that it takes back its own claims at
-//! once). `llm-proxy worker` does this.
+//! worker after a backoff (`llm-proxy worker` does). The stopped worker drops
+//! its jobs in flight, but not their items: [`BatchWorker`] runs each item on
+//! a task of its own, which goes on to its end and records the result; the
+//! jobs, delivered again once the stopped worker's registration times out,
+//! find their items done.
 //!
 //! # Storage growth
 //!

@@ -48,7 +48,7 @@ pub async fn setup_postgres_queue(pool: &PgPool) -> Result<(), apalis_postgres::
     sqlx::query(INDEX)
         .execute(pool)
         .await
-        .map_err(|e| apalis_postgres::Error::Database(e.into()))?;
+        .map_err(apalis_postgres::Error::Database)?;
     Ok(())
 }
 

@@ -88,8 +88,9 @@ static PRUNE: LazyLock<Script> = LazyLock::new(|| {
                 redis.call('hdel', KEYS[1], id)
                 redis.call('hdel', results, id)
                 redis.call('del', meta)
-                redis.call('srem', KEYS[3], id)
-                deleted = deleted + 1
+                -- SSCAN may return an id twice (the set shrinks as we go):
+                -- counted once.
+                deleted = deleted + redis.call('srem', KEYS[3], id)
             end
         end
         return deleted",

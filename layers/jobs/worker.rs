@@ -269,7 +269,15 @@ where
     fn call(&mut self, task: Task<ItemJob<Req>>) -> Self::Future {
         let inner = self.inner.clone();
         let shared = self.shared.clone();
-        Box::pin(run(inner, shared, task.args, PhantomData))
+        // On a task of its own: an item once claimed runs to its end even if
+        // apalis drops this future (an apalis 1.0.0 worker stopped by a queue
+        // error drops every job in flight). Its result is recorded, so the
+        // job's next delivery finds it done instead of calling again.
+        let item = tokio::spawn(run(inner, shared, task.args, PhantomData));
+        Box::pin(async move {
+            item.await
+                .map_err(|e| BoxError::from(format!("the item's task failed: {e}")))?
+        })
     }
 }
 

@@ -288,16 +288,19 @@ async fn a_budget_store_outage_admits_and_the_budget_holds_again_after() {
 async fn a_graceful_stop_writes_the_usage_records_queued_before_it() {
     // A grace period well past the lock below, however loaded the machine.
     let pair = Pair::start_with_grace(TestDb::fresh(), "", 20).await;
-    // The usage table held by another session for a second (well under the
-    // operation timeout): the proxy's writer waits on its first write, and the
-    // records after it queue up.
+    // The usage table held by another session until the test ends it: the
+    // proxy's writer waits on its first write, and the records after it queue
+    // up.
     let (server, name) = (pair.db.server.clone(), pair.db.name.clone());
     let holder = std::thread::spawn(move || {
-        server.psql(
-            &name,
-            "BEGIN; LOCK TABLE tower_llm_usage IN ACCESS EXCLUSIVE MODE; \
-             SELECT pg_sleep(1); COMMIT;",
-        )
+        // Ended by `pg_terminate_backend` below: psql then fails, as meant.
+        std::panic::catch_unwind(|| {
+            server.psql(
+                &name,
+                "BEGIN; LOCK TABLE tower_llm_usage IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(60); COMMIT;",
+            )
+        })
     });
     let started = Instant::now();
     while pair.sql(
@@ -312,15 +315,33 @@ async fn a_graceful_stop_writes_the_usage_records_queued_before_it() {
     for _ in 0..n {
         assert_eq!(pair.chat(&pair.a).await, 200);
     }
-    // Stopped while the records wait: the stop waits for them (within the
-    // grace period), so none is lost.
-    let Pair { a, b, db, .. } = pair;
-    for proxy in [a, b] {
-        tokio::task::spawn_blocking(move || proxy.stop())
-            .await
-            .unwrap();
+    // The writer is stuck behind the lock.
+    let started = Instant::now();
+    while pair.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    ) == "0"
+    {
+        assert!(started.elapsed() < DEADLINE, "the writer never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    holder.join().unwrap();
+    // Stopped while the records wait: the stop waits for them (within the
+    // grace period), so none is lost once the table is free again. (A stop
+    // that did not wait would be over, the records dropped, well before the
+    // lock goes.)
+    let Pair { a, b, db, .. } = pair;
+    let stopping = tokio::task::spawn_blocking(move || {
+        a.stop();
+        b.stop();
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    db.server.psql(
+        &db.name,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+    );
+    stopping.await.unwrap();
+    let _ = holder.join();
     let written = db.server.psql(
         &db.name,
         "SELECT coalesce(sum(requests), 0) FROM tower_llm_usage",

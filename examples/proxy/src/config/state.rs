@@ -207,7 +207,9 @@ impl StateConfig {
 
     /// A pool (sqlx, apalis-postgres's driver) on the same PostgreSQL as
     /// [`postgres`](Self::postgres), for the asynchronous batches' queue, with
-    /// the same pool size, timeouts and CA file. Nothing is connected here.
+    /// the same pool size and CA file, `postgres_connect_timeout_secs` to get
+    /// a connection and `postgres_op_timeout_secs` as the server's
+    /// `statement_timeout` and `lock_timeout`. Nothing is connected here.
     pub(crate) fn postgres_queue_pool(
         &self,
     ) -> Result<Option<apalis_postgres::PgPool>, ConfigError> {
@@ -236,6 +238,10 @@ impl StateConfig {
         if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Require) {
             options = options.ssl_mode(sqlx::postgres::PgSslMode::VerifyFull);
         }
+        // sqlx has no operation timeout: the server ends a statement (or a
+        // wait for a lock) that takes longer than the other pool's.
+        let op_ms = self.postgres_op_timeout_secs.as_millis().max(1);
+        options = options.options([("statement_timeout", op_ms), ("lock_timeout", op_ms)]);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.postgres_pool_size.min(u32::MAX as usize) as u32)
             .acquire_timeout(self.postgres_connect_timeout_secs)

@@ -99,9 +99,9 @@ pub async fn run_worker(
     // fetch, heartbeat or acknowledgement that fails: the store restarting, a
     // pool timeout). So the process runs one apalis worker after another: a
     // worker stopped by an error is logged and counted, and a fresh one starts
-    // after a backoff. The items the stopped one had in flight are dropped and
-    // delivered again once its registration times out; their claims are this
-    // process's, so a fresh worker here takes them back at once.
+    // after a backoff. The items the stopped one had in flight run to their end
+    // (`BatchWorker` runs each on a task of its own) and are recorded; their
+    // jobs, delivered again once its registration times out, are found done.
     let mut chores = None;
     let mut backoff = RESTART_MIN;
     let mut generation = 0u32;
@@ -119,7 +119,12 @@ pub async fn run_worker(
         )
         .await;
         if *stop.borrow() {
-            break ran;
+            // Asked to stop: an error on the way out is logged, not the
+            // process's failure.
+            if let Err(error) = ran {
+                tracing::warn!(%error, "the batch worker stopped with an error");
+            }
+            break Ok(());
         }
         let error = ran.err().unwrap_or_else(|| "it stopped".to_owned());
         if started.elapsed() >= RESTART_RESET {
@@ -139,7 +144,7 @@ pub async fn run_worker(
     };
     // The answers' usage records are written before the process goes.
     state.flush_writers(grace).await;
-    result.map_err(Into::into)
+    result
 }
 
 /// The least and the most time between a worker stopped by a queue error and

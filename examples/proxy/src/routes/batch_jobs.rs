@@ -31,6 +31,8 @@ use crate::state::{AppState, Shared};
 
 /// The JSONL media type (one JSON value per line), in and out.
 const JSONL: &str = "application/jsonl";
+/// The longest a submission may take (registering and pushing its items).
+const SUBMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Items per page of `GET /v1/batch/{id}`, by default and at most.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -155,10 +157,15 @@ pub(crate) async fn submit(
         ));
     }
     drop(seen);
-    let submitted = jobs
-        .submit(&jobs.batch_id(&scoped(headers, &id)), items)
-        .await
-        .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
+    // Bounded as a whole: a store that stops answering mid-way is a 503, and
+    // the items not pushed yet stay pending (submitting again pushes them).
+    let submitted = tokio::time::timeout(
+        SUBMIT_TIMEOUT,
+        jobs.submit(&jobs.batch_id(&scoped(headers, &id)), items),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("not submitted within {SUBMIT_TIMEOUT:?}")))
+    .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
     metrics::counter!("llm_proxy_batch_jobs_pushed_total").increment(submitted.pushed as u64);
     let status_url = format!("/v1/batch/{id}");
     let mut response = (
