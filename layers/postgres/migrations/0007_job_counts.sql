@@ -15,7 +15,10 @@ CREATE TABLE tower_llm_job_counts (
     PRIMARY KEY (batch_id, shard)
 );
 
-CREATE FUNCTION tower_llm_job_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The functions keep the migration's search_path: a session with another one
+-- (an operator's, a deployment in its own schema) still counts in this schema.
+CREATE FUNCTION tower_llm_job_counts_inserted() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO tower_llm_job_counts AS c (batch_id, shard, total, running, done, failed)
     SELECT batch_id, (hashtext(item_key) & 15)::smallint, count(*),
@@ -31,7 +34,8 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION tower_llm_job_counts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION tower_llm_job_counts_updated() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO tower_llm_job_counts AS c (batch_id, shard, total, running, done, failed)
     SELECT n.batch_id, (hashtext(n.item_key) & 15)::smallint, 0,
