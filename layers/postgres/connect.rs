@@ -209,9 +209,12 @@ pub struct Postgres {
     inner: Arc<Inner>,
 }
 
-/// Shared `LISTEN` connections of one database handle, by channel.
-pub(crate) type Hubs =
-    std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<super::listen::Hub>>>;
+/// Shared `LISTEN` connections of one database handle, by channel (each a
+/// `listen::Hub`, kept here without naming it: the listening side builds on
+/// this module, not the other way round).
+pub(crate) type Hubs = std::sync::Mutex<
+    std::collections::HashMap<String, std::sync::Weak<dyn std::any::Any + Send + Sync>>,
+>;
 
 struct Inner {
     hubs: Hubs,

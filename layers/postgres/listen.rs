@@ -215,7 +215,11 @@ impl Hub {
         let hub = {
             let mut hubs = pg.hubs().lock().unwrap_or_else(|p| p.into_inner());
             hubs.retain(|_, hub| hub.strong_count() > 0);
-            match hubs.get(channel).and_then(std::sync::Weak::upgrade) {
+            let existing = hubs
+                .get(channel)
+                .and_then(std::sync::Weak::upgrade)
+                .and_then(|hub| hub.downcast::<Hub>().ok());
+            match existing {
                 Some(hub) => hub,
                 None => {
                     let subscribers: Arc<Subscribers> = Arc::default();
@@ -232,7 +236,8 @@ impl Hub {
                         link,
                         _task: AbortOnDrop(task),
                     });
-                    hubs.insert(channel.to_owned(), Arc::downgrade(&hub));
+                    let erased: Arc<dyn std::any::Any + Send + Sync> = hub.clone();
+                    hubs.insert(channel.to_owned(), Arc::downgrade(&erased));
                     hub
                 }
             }
