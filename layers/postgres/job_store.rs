@@ -16,6 +16,8 @@ use super::error::PgError;
 const OPEN_CHUNK: usize = 1000;
 /// Expired batches one `open` deletes at most (with their items).
 const PRUNE_BATCHES: i64 = 100;
+/// Runs of a statement PostgreSQL aborted as a deadlock, at most.
+const DEADLOCK_TRIES: usize = 4;
 /// How often a lost claim race is run again (the next run sees the winner).
 const CLAIM_RUNS: usize = 3;
 
@@ -274,22 +276,52 @@ impl PostgresJobStore {
             (to, result)
         };
         let (ttl_ms, attempts) = (self.ttl_ms(), i64::from(attempts));
-        let recorded = self
-            .pg
-            .run(|client| async move {
+        let result = &result;
+        let recorded = again_after_deadlock(|| {
+            self.pg.run(|client| async move {
                 let drop_expired = client.prepare_cached(DROP_EXPIRED).await?;
                 let finish = client.prepare_cached(FINISH).await?;
                 // Pipelined: one round trip, in this order.
                 let (_, recorded) = futures_util::future::try_join(
                     client.execute(&drop_expired, &[&batch]),
-                    client.execute(&finish, &[&batch, &key, &to, &result, &attempts, &ttl_ms]),
+                    client.execute(&finish, &[&batch, &key, &to, result, &attempts, &ttl_ms]),
                 )
                 .await?;
                 Ok(recorded)
             })
-            .await
-            .map_err(StoreError::new)?;
+        })
+        .await
+        .map_err(StoreError::new)?;
         Ok(recorded == 1)
+    }
+}
+
+/// Runs `statement` again, a few times at most, when PostgreSQL aborted it as
+/// one side of a deadlock. A submission (OPEN: the batch's row, then its items
+/// in key order) and a worker recording a result (FINISH: the item's row and the
+/// batch's deadline, in one statement whose parts run in no fixed order) can
+/// each hold what the other waits for; PostgreSQL aborts one, and since each
+/// statement is whole or nothing, running it again is safe.
+async fn again_after_deadlock<T, F, Fut>(mut statement: F) -> Result<T, PgError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PgError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match statement().await {
+            Err(PgError::Db(e))
+                if tries < DEADLOCK_TRIES
+                    && e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                tracing::debug!("job store: a deadlock between instances, trying again");
+                metrics::counter!("jobs_store_deadlock_retries_total", "store" => "postgres")
+                    .increment(1);
+            }
+            other => return other,
+        }
     }
 }
 
@@ -357,9 +389,8 @@ impl JobStore for PostgresJobStore {
                 .await
                 .map_err(StoreError::new)?;
             for chunk in keys.chunks(OPEN_CHUNK) {
-                let (to_submit, done, running) = self
-                    .pg
-                    .run(|client| async move {
+                let (to_submit, done, running) = again_after_deadlock(|| {
+                    self.pg.run(|client| async move {
                         let statement = client.prepare_cached(OPEN).await?;
                         let row = client
                             .query_one(&statement, &[&batch, &chunk, &ttl_ms])
@@ -370,8 +401,9 @@ impl JobStore for PostgresJobStore {
                             row.get::<_, i64>(2),
                         ))
                     })
-                    .await
-                    .map_err(StoreError::new)?;
+                })
+                .await
+                .map_err(StoreError::new)?;
                 opened.to_submit.extend(to_submit);
                 opened.already_done += to_usize(done);
                 opened.running += to_usize(running);
