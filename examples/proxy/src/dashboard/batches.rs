@@ -55,10 +55,30 @@ impl BatchSummary {
     }
 }
 
-/// The ring of recent batch summaries.
+/// An asynchronous batch this process accepted, as the dashboard lists it
+/// (its progress is read from the job store when listed).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub(crate) struct AsyncSubmission {
+    /// The client's batch id.
+    pub(crate) batch_id: String,
+    /// The client key id that sent it (`-`: no client keys).
+    pub(crate) client: String,
+    /// Jobs pushed, items already done, items a worker held.
+    pub(crate) pushed: usize,
+    pub(crate) already_done: usize,
+    pub(crate) running: usize,
+    /// When it was accepted (RFC 3339, seconds).
+    pub(crate) submitted_at: String,
+    /// The batch's id in the job store (not shown).
+    #[serde(skip)]
+    pub(crate) store_id: String,
+}
+
+/// The rings of recent batch summaries and asynchronous submissions.
 #[derive(Debug, Default)]
 pub(crate) struct RecentBatches {
     ring: Mutex<VecDeque<BatchSummary>>,
+    submissions: Mutex<VecDeque<AsyncSubmission>>,
 }
 
 impl RecentBatches {
@@ -69,6 +89,23 @@ impl RecentBatches {
             ring.pop_front();
         }
         ring.push_back(summary);
+    }
+
+    /// Keep `submission` (a batch submitted again replaces its older entry);
+    /// the oldest goes when [`RECENT_BATCHES`] are kept.
+    pub(crate) fn record_submission(&self, submission: AsyncSubmission) {
+        let mut ring = self.submissions.lock().unwrap_or_else(|e| e.into_inner());
+        ring.retain(|kept| kept.store_id != submission.store_id);
+        if ring.len() >= RECENT_BATCHES {
+            ring.pop_front();
+        }
+        ring.push_back(submission);
+    }
+
+    /// The kept asynchronous submissions, newest first.
+    pub(crate) fn submissions_newest_first(&self) -> Vec<AsyncSubmission> {
+        let ring = self.submissions.lock().unwrap_or_else(|e| e.into_inner());
+        ring.iter().rev().cloned().collect()
     }
 
     /// The kept summaries, newest first.

@@ -159,13 +159,23 @@ pub(crate) async fn submit(
     drop(seen);
     // Bounded as a whole: a store that stops answering mid-way is a 503, and
     // the items not pushed yet stay pending (submitting again pushes them).
-    let submitted = tokio::time::timeout(
-        SUBMIT_TIMEOUT,
-        jobs.submit(&jobs.batch_id(&scoped(headers, &id)), items),
-    )
-    .await
-    .unwrap_or_else(|_| Err(format!("not submitted within {SUBMIT_TIMEOUT:?}")))
-    .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
+    let store_id = jobs.batch_id(&scoped(headers, &id));
+    let submitted = tokio::time::timeout(SUBMIT_TIMEOUT, jobs.submit(&store_id, items))
+        .await
+        .unwrap_or_else(|_| Err(format!("not submitted within {SUBMIT_TIMEOUT:?}")))
+        .map_err(|e| ApiError::store_unavailable("batch queue", &e))?;
+    state
+        .recent_batches
+        .record_submission(crate::dashboard::batches::AsyncSubmission {
+            batch_id: id.clone(),
+            client: client.to_owned(),
+            pushed: submitted.pushed,
+            already_done: submitted.already_done,
+            running: submitted.running,
+            submitted_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            store_id,
+        });
     metrics::counter!("llm_proxy_batch_jobs_pushed_total").increment(submitted.pushed as u64);
     let status_url = format!("/v1/batch/{id}");
     let mut response = (
@@ -287,7 +297,7 @@ fn wants_jsonl(headers: &HeaderMap) -> bool {
         .any(|v| is_jsonl(Some(v)) || v.to_str().is_ok_and(|v| v.contains(JSONL)))
 }
 
-fn progress_json(progress: &Progress) -> Value {
+pub(crate) fn progress_json(progress: &Progress) -> Value {
     serde_json::json!({
         "total": progress.total,
         "done": progress.done,

@@ -190,6 +190,18 @@ function drawBatches(list) {
   }));
 }
 
+// Asynchronous batches: progress as the job store tells it (`null`: not read).
+function drawAsyncBatches(list) {
+  $("async-batches-section").hidden = list.length === 0;
+  $("async-batches").tBodies[0].replaceChildren(...list.map((b) => {
+    const row = el("tr");
+    row.append(el("td", b.submitted_at), el("td", b.batch_id), el("td", b.client), el("td", b.status));
+    const p = b.progress || {};
+    for (const n of [p.total, p.done, p.failed, p.pending, p.in_flight]) row.append(el("td", n ?? "?", "num"));
+    return row;
+  }));
+}
+
 function drawUsage(usage) {
   $("usage-section").hidden = false;
   $("usage").tBodies[0].replaceChildren(...(usage.groups || []).map((g) => {
@@ -213,7 +225,10 @@ async function refresh() {
     if (circuits.ok) drawCircuits(circuits.json.data || []);
     if (stats.ok) drawStats(stats.json);
     if (escalations.ok) drawEscalations(escalations.json.data || []);
-    if (batches.ok) drawBatches(batches.json.data || []);
+    if (batches.ok) {
+      drawBatches(batches.json.data || []);
+      drawAsyncBatches(batches.json.asynchronous || []);
+    }
     if (polls % USAGE_EVERY === 0) {
       const usage = await getJson("/v1/admin/usage?group_by=model");
       if (usage.ok) drawUsage(usage.json); else $("usage-section").hidden = true;

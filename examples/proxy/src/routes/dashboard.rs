@@ -124,8 +124,49 @@ async fn stats(State(state): State<Shared>) -> Json<Value> {
     }))
 }
 
+/// How long listing reads the asynchronous batches' progress, in all.
+const PROGRESS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn batches(State(state): State<Shared>) -> Json<Value> {
-    Json(json!({"object": "list", "data": state.recent_batches.newest_first()}))
+    // The asynchronous batches this proxy accepted, with their progress read
+    // from the job store (at most RECENT_BATCHES reads, bounded together: a
+    // slow store shows `null` progress, not a slow page).
+    let submissions = state.recent_batches.submissions_newest_first();
+    let progress = async {
+        let Some(jobs) = &state.jobs else {
+            return vec![None; submissions.len()];
+        };
+        let reads = submissions.iter().map(|s| jobs.store.progress(&s.store_id));
+        futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .map(|read| read.ok().flatten())
+            .collect()
+    };
+    let progress = tokio::time::timeout(PROGRESS_WAIT, progress)
+        .await
+        .unwrap_or_else(|_| vec![None; submissions.len()]);
+    let asynchronous: Vec<Value> = submissions
+        .iter()
+        .zip(progress)
+        .map(|(submission, progress)| {
+            let mut entry = json!(submission);
+            entry["status"] = match &progress {
+                Some(p) if p.is_finished() => "completed".into(),
+                Some(_) => "in_progress".into(),
+                None => "unknown".into(),
+            };
+            entry["progress"] = progress
+                .as_ref()
+                .map_or(Value::Null, super::batch_jobs::progress_json);
+            entry
+        })
+        .collect();
+    Json(json!({
+        "object": "list",
+        "data": state.recent_batches.newest_first(),
+        "asynchronous": asynchronous,
+    }))
 }
 
 #[derive(Deserialize)]

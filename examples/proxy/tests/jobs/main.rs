@@ -5,6 +5,9 @@
 //! Retry-After, 500s, fatal 400s).
 
 mod bounds;
+#[path = "../common/mod.rs"]
+mod common;
+mod dashboard;
 mod postgres;
 // The file's library-only helpers are behind the library's `postgres` feature.
 #[allow(unexpected_cfgs)]
