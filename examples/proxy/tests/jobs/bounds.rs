@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::redis_server::RedisServer;
 use super::upstream::{prompt, Upstream};
-use super::{batch_body, config_text, redis_state, Client, Worker, KEY_A, KEY_B};
+use super::{batch_body, config_text, redis_state, serve, Client, Served, Worker, KEY_A, KEY_B};
 
 fn jsonl(keys: &[&str]) -> String {
     keys.iter()
@@ -323,13 +323,11 @@ async fn a_workers_answers_are_recorded_in_usage_for_the_submitting_key() {
         "{}\n[usage]\nenabled = true\n",
         config_text(&upstream.base_url(), &redis_state(&redis), "")
     );
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: proxy.url(),
-    };
+    let Served {
+        proxy,
+        client,
+        path,
+    } = serve(dir.path(), &text);
     let _worker = Worker::start(&path, dir.path().join("worker.log"));
     // Items 0, 1 and 2 answer; 3 is refused (fatal): three records.
     let (status, accepted) = client

@@ -5,13 +5,12 @@
 use std::time::{Duration, Instant};
 
 use fantoccini::Locator;
-use llm_proxy::{Config, Proxy};
 use serde_json::json;
 
 use super::common::browser::Browser;
 use super::redis_server::RedisServer;
 use super::upstream::Upstream;
-use super::{batch_body, config_text, finished, redis_state, Client, Worker, KEY_A};
+use super::{config_text, redis_state, serve, Served, Worker, KEY_A};
 
 const ADMIN_KEY: &str = "admin-key-jobs";
 
@@ -24,24 +23,14 @@ async fn the_dashboard_lists_asynchronous_batches_with_their_progress() {
         "[auth]\n",
         &format!("[auth]\nadmin_keys = [\"{ADMIN_KEY}\"]\n"),
     );
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: proxy.url(),
-    };
+    let Served {
+        proxy,
+        client,
+        path,
+    } = serve(dir.path(), &text);
     let _worker = Worker::start(&path, dir.path().join("worker.log"));
-    let (status, accepted) = client
-        .post(
-            KEY_A,
-            &[("prefer", "respond-async")],
-            batch_body("dash-1", 10),
-        )
-        .await;
-    assert_eq!(status, 202, "{accepted}");
     client
-        .wait_progress("dash-1", Duration::from_secs(60), finished)
+        .run_batch("dash-1", 10, Duration::from_secs(60))
         .await;
 
     // The API: the batch, its client and its progress, read from the store.

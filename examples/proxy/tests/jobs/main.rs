@@ -78,6 +78,30 @@ fn redis_state(redis: &RedisServer) -> String {
     )
 }
 
+/// A proxy started from a config text, its client, and where the text was
+/// written for `llm-proxy worker` processes.
+struct Served {
+    proxy: Proxy,
+    client: Client,
+    path: PathBuf,
+}
+
+/// Writes `text` to `dir/proxy.toml` and starts a proxy from it.
+fn serve(dir: &Path, text: &str) -> Served {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let proxy = Proxy::start(&Config::from_toml(text).unwrap()).expect("the proxy starts");
+    let client = Client {
+        http: reqwest::Client::new(),
+        base: proxy.url(),
+    };
+    Served {
+        proxy,
+        client,
+        path,
+    }
+}
+
 /// A `llm-proxy worker` process, killed on drop.
 struct Worker {
     child: Child,
@@ -164,6 +188,17 @@ impl Client {
         text.lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
+    }
+
+    /// Submits batch `id` of `n` seeded items (key A, asynchronous) and
+    /// waits (up to `deadline`) until every item is done or failed; returns
+    /// the progress.
+    async fn run_batch(&self, id: &str, n: usize, deadline: Duration) -> Value {
+        let (status, accepted) = self
+            .post(KEY_A, &[("prefer", "respond-async")], batch_body(id, n))
+            .await;
+        assert_eq!(status, 202, "{accepted}");
+        self.wait_progress(id, deadline, finished).await
     }
 
     /// Polls `GET /v1/batch/{id}` until `done` holds (bounded).
@@ -264,13 +299,11 @@ pub(crate) async fn seeded_batch_through_a_sigkill(
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&upstream.base_url(), state, "");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).expect("the proxy starts");
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: proxy.url(),
-    };
+    let Served {
+        proxy,
+        client,
+        path,
+    } = serve(dir.path(), &text);
     let mut workers: Vec<Worker> = ["a", "b", "c"]
         .iter()
         .map(|name| Worker::start(&path, dir.path().join(format!("worker-{name}.log"))))

@@ -13,7 +13,9 @@ use tower_llm_resilience::postgres::{Postgres, PostgresJobStore};
 use super::postgres_server::{PostgresServer, TestDb, PASSWORD, USER};
 use super::redis_server::RedisServer;
 use super::upstream::Upstream;
-use super::{batch_body, config_text, finished, Client, JobsLeft, Worker, KEY_A, PREFIX};
+use super::{
+    batch_body, config_text, finished, serve, Client, JobsLeft, Served, Worker, KEY_A, PREFIX,
+};
 
 fn postgres_state(db: &TestDb) -> String {
     format!(
@@ -178,21 +180,13 @@ async fn the_queue_on_a_tls_postgres_with_sslmode_require_verifies_and_encrypts(
         ca.display().to_string(),
     );
     let text = config_text(&upstream.base_url(), &state, "");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: proxy.url(),
-    };
+    let Served {
+        proxy,
+        client,
+        path,
+    } = serve(dir.path(), &text);
     let _worker = Worker::start(&path, dir.path().join("worker.log"));
-    let (status, accepted) = client
-        .post(KEY_A, &[("prefer", "respond-async")], batch_body("tls", 5))
-        .await;
-    assert_eq!(status, 202, "{accepted}");
-    let progress = client
-        .wait_progress("tls", Duration::from_secs(60), finished)
-        .await;
+    let progress = client.run_batch("tls", 5, Duration::from_secs(60)).await;
     assert_eq!(progress["total"], json!(5));
     // Every connection to this database but psql's own (a unix socket) is
     // TLS: the proxy's and the worker's pools, the queue's included.
@@ -214,13 +208,11 @@ async fn a_worker_outlives_a_postgres_outage_and_runs_the_next_batch() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&upstream.base_url(), &postgres_state(&db), "");
-    let path = dir.path().join("proxy.toml");
-    std::fs::write(&path, &text).unwrap();
-    let proxy = Proxy::start(&Config::from_toml(&text).unwrap()).unwrap();
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: proxy.url(),
-    };
+    let Served {
+        proxy,
+        client,
+        path,
+    } = serve(dir.path(), &text);
     let log = dir.path().join("worker.log");
     let mut worker = Worker::start(&path, log.clone());
     let (status, accepted) = client
@@ -320,13 +312,7 @@ async fn deployments_with_other_prefixes_on_one_database_keep_their_batches_apar
         },
     );
     let _worker = Worker::start(&path_a, dir.path().join("worker-a.log"));
-    let (status, accepted) = client_a
-        .post(KEY_A, &[("prefer", "respond-async")], batch_body("same", 5))
-        .await;
-    assert_eq!(status, 202, "{accepted}");
-    client_a
-        .wait_progress("same", Duration::from_secs(60), finished)
-        .await;
+    client_a.run_batch("same", 5, Duration::from_secs(60)).await;
     // The same id and client key under another prefix is another batch:
     // nothing of team A's is found done, everything is pushed.
     let (status, accepted) = client_b
