@@ -895,3 +895,70 @@ async fn without_postgres_the_audit_endpoint_says_where_the_trail_is() {
     assert_eq!(body["error"]["code"], "no_audit_log", "{body}");
     stop(proxy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_audit_log_drops_past_its_queue_and_admin_actions_still_answer() {
+    let pair = Pair::start("").await;
+    // The audit table held by another session until the test ends it: the
+    // proxy's writer blocks on its first event, the rest queue (1,024 at
+    // most) and the ones past the queue are dropped and counted.
+    let (server, name) = (pair.db.server.clone(), pair.db.name.clone());
+    let holder = std::thread::spawn(move || {
+        // Ended by `pg_terminate_backend` below: psql then fails, as meant.
+        std::panic::catch_unwind(|| {
+            server.psql(
+                &name,
+                "BEGIN; LOCK TABLE tower_llm_audit_log IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(60); COMMIT;",
+            )
+        })
+    });
+    poll_until("the audit table is locked", || async {
+        pair.sql(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = 'tower_llm_audit_log' AND l.mode = 'AccessExclusiveLock' \
+             AND l.granted",
+        ) == "1"
+    })
+    .await;
+    let actions = 1100;
+    for i in 0..actions {
+        let action = if i % 2 == 0 { "force-open" } else { "reset" };
+        let response = pair
+            .http
+            .post(format!(
+                "{}/v1/admin/circuits/secondary/{action}",
+                pair.a.url()
+            ))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "action {i}");
+    }
+    // One event in the writer's hands, 1,024 queued, the rest dropped.
+    let metrics = pair
+        .http
+        .get(format!("{}/metrics", pair.a.url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("llm_proxy_audit_dropped_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap());
+    assert_eq!(dropped, f64::from(actions - 1024 - 1), "{dropped}");
+    // The table free again, what was queued is written.
+    pair.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+    );
+    let _ = holder.join();
+    poll_until("the queued events are written", || async {
+        pair.sql("SELECT count(*) FROM tower_llm_audit_log") == "1025"
+    })
+    .await;
+}
