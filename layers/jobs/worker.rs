@@ -273,7 +273,13 @@ where
         // apalis drops this future (an apalis 1.0.0 worker stopped by a queue
         // error drops every job in flight). Its result is recorded, so the
         // job's next delivery finds it done instead of calling again.
-        let item = tokio::spawn(run(inner, shared, task.args, PhantomData));
+        // Outside a tokio runtime (apalis on another executor) the item runs
+        // in this future, as apalis drives it.
+        let item = run(inner, shared, task.args, PhantomData);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Box::pin(item);
+        };
+        let item = runtime.spawn(item);
         Box::pin(async move {
             item.await
                 .map_err(|e| BoxError::from(format!("the item's task failed: {e}")))?
