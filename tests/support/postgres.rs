@@ -346,6 +346,82 @@ impl PostgresServer {
     }
 }
 
+/// A table of one database held `ACCESS EXCLUSIVE` by another session (a
+/// stalled store, for tests), until [`release`](Self::release) or drop.
+pub struct TableLock {
+    server: Arc<PostgresServer>,
+    database: String,
+    marker: String,
+    session: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TableLock {
+    /// Locks `table` of `database` from a session of its own and returns once
+    /// the lock is granted (within 10 s).
+    pub fn hold(server: &Arc<PostgresServer>, database: &str, table: &str) -> TableLock {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // A comment no other query carries: how `release` finds the session.
+        let marker = format!(
+            "table-lock-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let (holder, name) = (server.clone(), database.to_owned());
+        let sql = format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; \
+             SELECT pg_sleep(60) /* {marker} */; COMMIT;"
+        );
+        let session = std::thread::spawn(move || {
+            // Ended by `release`: psql then fails, as meant.
+            let _ = std::panic::catch_unwind(|| holder.psql(&name, &sql));
+        });
+        let granted = format!(
+            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+             WHERE c.relname = '{table}' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+        );
+        let started = Instant::now();
+        while server.psql(database, &granted) != "1" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{table} is not locked"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        TableLock {
+            server: server.clone(),
+            database: database.to_owned(),
+            marker,
+            session: Some(session),
+        }
+    }
+
+    /// Ends the holding session (its transaction rolls back) and waits for it.
+    pub fn release(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        self.server.psql(
+            &self.database,
+            &format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE query LIKE '%{}%' AND pid <> pg_backend_pid()",
+                self.marker
+            ),
+        );
+        let _ = session.join();
+    }
+}
+
+impl Drop for TableLock {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
 impl Drop for PostgresServer {
     fn drop(&mut self) {
         self.stop();

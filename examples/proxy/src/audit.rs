@@ -75,21 +75,14 @@ impl AuditTrail {
         let Some((queue, _)) = &self.table else {
             return Ok(());
         };
-        let (done, written) = tokio::sync::oneshot::channel();
-        queue
-            .send(Message::Flush(done))
-            .await
-            .map_err(|_| "the audit writer stopped".to_owned())?;
-        written
-            .await
-            .map_err(|_| "the audit writer stopped".to_owned())
+        crate::writer::flush(queue, Message::Flush, "audit writer").await
     }
 
     /// Events queued and not written yet.
     pub(crate) fn queued(&self) -> usize {
         self.table
             .as_ref()
-            .map_or(0, |(queue, _)| queue.max_capacity() - queue.capacity())
+            .map_or(0, |(queue, _)| crate::writer::queued(queue))
     }
 
     /// The table, if this proxy keeps one.

@@ -81,6 +81,7 @@ mod jobs;
 mod postgres_state;
 mod redis_state;
 mod usage;
+mod writer;
 
 pub mod client_id;
 pub mod metrics;

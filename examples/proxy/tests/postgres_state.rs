@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use llm_proxy::mock::MockUpstream;
 use llm_proxy::{CircuitSync, Config, Proxy};
-use postgres_server::TestDb;
+use postgres_server::{TableLock, TestDb};
 use serde_json::{json, Value};
 
 const APPROVAL: (&str, &str) = ("x-require-approval", "true");
@@ -902,25 +902,7 @@ async fn a_stalled_audit_log_drops_past_its_queue_and_admin_actions_still_answer
     // The audit table held by another session until the test ends it: the
     // proxy's writer blocks on its first event, the rest queue (1,024 at
     // most) and the ones past the queue are dropped and counted.
-    let (server, name) = (pair.db.server.clone(), pair.db.name.clone());
-    let holder = std::thread::spawn(move || {
-        // Ended by `pg_terminate_backend` below: psql then fails, as meant.
-        std::panic::catch_unwind(|| {
-            server.psql(
-                &name,
-                "BEGIN; LOCK TABLE tower_llm_audit_log IN ACCESS EXCLUSIVE MODE; \
-                 SELECT pg_sleep(60); COMMIT;",
-            )
-        })
-    });
-    poll_until("the audit table is locked", || async {
-        pair.sql(
-            "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-             WHERE c.relname = 'tower_llm_audit_log' AND l.mode = 'AccessExclusiveLock' \
-             AND l.granted",
-        ) == "1"
-    })
-    .await;
+    let lock = TableLock::hold(&pair.db.server, &pair.db.name, "tower_llm_audit_log");
     let actions = 1100;
     for i in 0..actions {
         let action = if i % 2 == 0 { "force-open" } else { "reset" };
@@ -952,11 +934,7 @@ async fn a_stalled_audit_log_drops_past_its_queue_and_admin_actions_still_answer
         .map_or(0.0, |v| v.trim().parse().unwrap());
     assert_eq!(dropped, f64::from(actions - 1024 - 1), "{dropped}");
     // The table free again, what was queued is written.
-    pair.sql(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
-    );
-    let _ = holder.join();
+    lock.release();
     poll_until("the queued events are written", || async {
         pair.sql("SELECT count(*) FROM tower_llm_audit_log") == "1025"
     })

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use llm_proxy::{Config, Proxy};
-use postgres_server::TestDb;
+use postgres_server::{TableLock, TestDb};
 
 /// How long a charge may take to land in PostgreSQL (off the answer's path)
 /// before the test fails: slack for a loaded CI machine.
@@ -291,26 +291,7 @@ async fn a_graceful_stop_writes_the_usage_records_queued_before_it() {
     // The usage table held by another session until the test ends it: the
     // proxy's writer waits on its first write, and the records after it queue
     // up.
-    let (server, name) = (pair.db.server.clone(), pair.db.name.clone());
-    let holder = std::thread::spawn(move || {
-        // Ended by `pg_terminate_backend` below: psql then fails, as meant.
-        std::panic::catch_unwind(|| {
-            server.psql(
-                &name,
-                "BEGIN; LOCK TABLE tower_llm_usage IN ACCESS EXCLUSIVE MODE; \
-                 SELECT pg_sleep(60); COMMIT;",
-            )
-        })
-    });
-    let started = Instant::now();
-    while pair.sql(
-        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
-         WHERE c.relname = 'tower_llm_usage' AND l.mode = 'AccessExclusiveLock' AND l.granted",
-    ) != "1"
-    {
-        assert!(started.elapsed() < DEADLINE, "the lock is not taken");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let lock = TableLock::hold(&pair.db.server, &pair.db.name, "tower_llm_usage");
     let n = 40;
     for _ in 0..n {
         assert_eq!(pair.chat(&pair.a).await, 200);
@@ -335,13 +316,8 @@ async fn a_graceful_stop_writes_the_usage_records_queued_before_it() {
         b.stop();
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    db.server.psql(
-        &db.name,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
-    );
+    lock.release();
     stopping.await.unwrap();
-    let _ = holder.join();
     let written = db.server.psql(
         &db.name,
         "SELECT coalesce(sum(requests), 0) FROM tower_llm_usage",

@@ -141,14 +141,7 @@ impl PostgresBudget {
     /// Waits until every charge queued so far is added (or dropped by a failed
     /// write). Unbounded: the caller bounds it.
     pub(super) async fn flush(&self) -> Result<(), String> {
-        let (done, added) = tokio::sync::oneshot::channel();
-        self.charges
-            .send(Message::Flush(done))
-            .await
-            .map_err(|_| "the budget charging task stopped".to_owned())?;
-        added
-            .await
-            .map_err(|_| "the budget charging task stopped".to_owned())
+        crate::writer::flush(&self.charges, Message::Flush, "budget charging task").await
     }
 }
 

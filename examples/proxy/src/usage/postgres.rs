@@ -52,19 +52,12 @@ impl PostgresUsage {
     /// Waits until every row queued so far is written (or dropped by a failed
     /// write); waits for room in the queue first. Unbounded: the caller bounds it.
     pub(super) async fn flush(&self) -> Result<(), String> {
-        let (done, written) = tokio::sync::oneshot::channel();
-        self.queue
-            .send(Message::Flush(done))
-            .await
-            .map_err(|_| "the usage writer stopped".to_owned())?;
-        written
-            .await
-            .map_err(|_| "the usage writer stopped".to_owned())
+        crate::writer::flush(&self.queue, Message::Flush, "usage writer").await
     }
 
     /// Rows queued and not written yet.
     pub(super) fn queued(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        crate::writer::queued(&self.queue)
     }
 
     /// Queue `row`; `false` when the queue is full (the row is dropped).
